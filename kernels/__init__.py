@@ -1,0 +1,1 @@
+"""Hand-written kernels, installed as `moejax.kernels`."""

@@ -1,0 +1,1 @@
+"""moejax: Megatron-Core style Mixture-of-Experts training in JAX."""
