@@ -1,15 +1,147 @@
 """The single call site for grouped GEMM: `grouped_gemm(x, w, group_sizes)`.
 
 Rows of `x` are sorted by group; rows of group g are multiplied by `w[g]`.
-Rows past `sum(group_sizes)` produce zeros. Backends are swapped here only.
+Rows past `sum(group_sizes)` produce zeros. Backends are swapped here only:
+  impl="xla"     jax.lax.ragged_dot (everywhere; slow on GPU)
+  impl="pallas"  Mosaic GPU kernels (Hopper); on CPU they run interpreted (tests)
+  impl="tokamax" tokamax.ragged_dot, when tokamax is installed
+  impl="auto"    pallas on a Hopper GPU when the shape fits its tiles, else xla
 """
+from __future__ import annotations
+
+import functools
+
 import jax
 import jax.numpy as jnp
 
+IMPLS = ("auto", "pallas", "xla", "tokamax")
+_PALLAS_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _is_hopper() -> bool:
+  try:
+    dev = jax.devices()[0]
+  except RuntimeError:
+    return False
+  if dev.platform != "gpu":
+    return False
+  cc = str(getattr(dev, "compute_capability", ""))
+  return cc.startswith("9.")
+
+
+def _pallas_plan(m, g, k, n, dtype):
+  """(fwd_cfg, dgrad_cfg, wgrad_cfg) for the shape, or None with a reason."""
+  from moejax.kernels.grouped_gemm import configs
+  if jnp.dtype(dtype) not in _PALLAS_DTYPES:
+    return None, f"dtype {jnp.dtype(dtype)} (pallas kernels take bfloat16/float16)"
+  fwd = configs.lookup("fwd", m, g, k, n)
+  dgrad = configs.lookup("dgrad", m, g, n, k)
+  wgrad = configs.lookup("wgrad", m, g, k, n)
+  if fwd is None or dgrad is None or wgrad is None:
+    return None, (f"K={k} and N={n} must be multiples of 64 (and one of them of "
+                  "128) for the pallas tiles")
+  return (fwd, dgrad, wgrad), None
+
+
+def _pad_rows(a, mult):
+  m = a.shape[0]
+  pad = (-m) % mult
+  return a if pad == 0 else jnp.pad(a, ((0, pad), (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
+  return _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)[0]
+
+
+def _row_multiple(plan):
+  fwd, dgrad, wgrad = plan
+  return max(fwd.tile_m, dgrad.tile_m, wgrad.tile_k)
+
+
+def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
+  from moejax.kernels.grouped_gemm import mosaic
+  m = x_MK.shape[0]
+  xp = _pad_rows(x_MK, _row_multiple(plan))
+  y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
+                       interpret=interpret)
+  return y[:m], (x_MK, w_GKN, group_sizes_G)
+
+
+def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
+  from moejax.kernels.grouped_gemm import mosaic
+  x_MK, w_GKN, group_sizes_G = res
+  m = x_MK.shape[0]
+  mult = _row_multiple(plan)
+  dy = _pad_rows(dy_MN.astype(x_MK.dtype), mult)
+  xp = _pad_rows(x_MK, mult)
+  dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
+                        out_dtype=x_MK.dtype, interpret=interpret)[:m]
+  dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2],
+                              out_dtype=w_GKN.dtype, interpret=interpret)
+  return dx, dw, None
+
+
+_pallas_gg.defvjp(_pallas_fwd, _pallas_bwd)
+
+
+def _check_args(x_MK, w_GKN, group_sizes_G, impl):
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r} "
+                     "(set moe.grouped_gemm_impl accordingly)")
+  if x_MK.ndim != 2:
+    raise ValueError(f"x_MK must be 2-D [M, K], got shape {x_MK.shape}; "
+                     "flatten the token dims first")
+  if w_GKN.ndim != 3:
+    raise ValueError(f"w_GKN must be 3-D [G, K, N], got shape {w_GKN.shape}")
+  if group_sizes_G.ndim != 1 or group_sizes_G.shape[0] != w_GKN.shape[0]:
+    raise ValueError(f"group_sizes_G must have shape [G]=[{w_GKN.shape[0]}] to match "
+                     f"w_GKN {w_GKN.shape}, got {group_sizes_G.shape}")
+  if x_MK.shape[1] != w_GKN.shape[1]:
+    raise ValueError(f"contracting dims differ: x_MK {x_MK.shape} vs w_GKN "
+                     f"{w_GKN.shape}; x's K must equal w's dim 1")
+  if not jnp.issubdtype(group_sizes_G.dtype, jnp.integer):
+    raise ValueError(f"group_sizes_G must be integer, got {group_sizes_G.dtype}")
+
+
+def resolve_impl(x_MK, w_GKN, impl: str = "auto") -> str:
+  """The backend `grouped_gemm` uses for these operands."""
+  if impl != "auto":
+    return impl
+  if _is_hopper() and x_MK.dtype == w_GKN.dtype:
+    plan, _ = _pallas_plan(x_MK.shape[0], w_GKN.shape[0], w_GKN.shape[1],
+                           w_GKN.shape[2], x_MK.dtype)
+    if plan is not None:
+      return "pallas"
+  return "xla"
+
 
 def grouped_gemm(x_MK: jax.Array, w_GKN: jax.Array, group_sizes_G: jax.Array,
-                 *, preferred_element_type=None) -> jax.Array:
+                 *, preferred_element_type=None, impl: str = "auto") -> jax.Array:
   """y[M, N] = x[M, K] @ w[g] for the rows of group g (dropless MoE experts)."""
-  return jax.lax.ragged_dot(
-      x_MK, w_GKN, group_sizes_G.astype(jnp.int32),
-      preferred_element_type=preferred_element_type)
+  _check_args(x_MK, w_GKN, group_sizes_G, impl)
+  impl = resolve_impl(x_MK, w_GKN, impl)
+  group_sizes_G = group_sizes_G.astype(jnp.int32)
+  if impl == "xla":
+    return jax.lax.ragged_dot(x_MK, w_GKN, group_sizes_G,
+                              preferred_element_type=preferred_element_type)
+  if impl == "tokamax":
+    try:
+      import tokamax
+    except ImportError as e:
+      raise ValueError("impl='tokamax' needs the tokamax package (pip install "
+                       "tokamax); use impl='auto' or 'pallas' instead") from e
+    return tokamax.ragged_dot(x_MK, w_GKN, group_sizes_G,
+                              preferred_element_type=preferred_element_type)
+  # pallas
+  if x_MK.dtype != w_GKN.dtype:
+    raise ValueError(f"impl='pallas' needs x_MK and w_GKN of one dtype, got "
+                     f"{x_MK.dtype} and {w_GKN.dtype}; cast one of them")
+  m, (g, k, n) = x_MK.shape[0], w_GKN.shape
+  plan, why = _pallas_plan(m, g, k, n, x_MK.dtype)
+  if plan is None:
+    raise ValueError(f"impl='pallas' cannot run x_MK {x_MK.shape} @ w_GKN "
+                     f"{w_GKN.shape}: {why}; use impl='auto' or 'xla'")
+  interpret = jax.devices()[0].platform == "cpu"
+  out_dtype = jnp.dtype(preferred_element_type or x_MK.dtype)
+  return _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)
