@@ -20,6 +20,9 @@ class Tok:  # the only tokenizer attributes GPTDataset reads
 
 
 spec = json.load(open(sys.argv[1]))
+import torch.distributed as dist  # BlendedDataset asks for the rank: one local process group
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2] + ".pg", rank=0, world_size=1)
 cfg = GPTDatasetConfig(
     random_seed=spec["seed"], sequence_length=spec["seq_length"],
     blend=get_blend_from_list(spec["paths"]), split=spec["split"],
