@@ -44,8 +44,9 @@ def contract_fits(cfg: ContractConfig, k: int, n: int) -> bool:
 def default_mm(k: int, n: int) -> MMConfig | None:
   """First candidate that divides (k, n): prefers the warp-specialized kernel."""
   for tile_n, ws in ((128, True), (64, True), (128, False), (64, False)):
-    cfg = MMConfig(tile_m=128, tile_n=tile_n, tile_k=64, stages=4 if not ws else 4,
-                   ws=ws)
+    # ws with a 128x256 CTA tile fits 3 stages in 227 KiB of shared memory.
+    cfg = MMConfig(tile_m=128, tile_n=tile_n, tile_k=64,
+                   stages=3 if (ws and tile_n == 128) else 4, ws=ws)
     if mm_fits(cfg, k, n):
       return cfg
   return None

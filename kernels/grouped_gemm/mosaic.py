@@ -35,7 +35,7 @@ class MMConfig:
   tile_m: int = 128
   tile_n: int = 128
   tile_k: int = 64
-  stages: int = 4
+  stages: int = 3
   grid_tile_width: int = 4
   grid_minor_dim: int = 1
   ws: bool = True

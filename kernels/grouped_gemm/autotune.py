@@ -1,0 +1,136 @@
+"""Autotune the grouped GEMM tiles for one MoE shape on the device; rewrite tiles.json.
+
+  python -m moejax.kernels.grouped_gemm.autotune --m 32768 --e 8 --k 4096 --n 28672
+
+Times every candidate tile of the three kernel calls a grouped_gemm of x[m,k]
+@ w[e,k,n] makes (fwd, dgrad with k and n swapped, wgrad) on Dirichlet group
+sizes (seed 0), checks each against jax.lax.ragged_dot, and stores the fastest
+correct one per call. `--dry-run` prints without writing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from moejax.kernels.grouped_gemm import configs, mosaic
+
+
+def _time(fn, *args, iters=10):
+  jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts))
+
+
+def mm_candidates(k, n, quick=False):
+  out = []
+  grid = itertools.product((128,), (128, 64), (64,), (3, 4, 5), (4, 8), (True, False))
+  for tm, tn, tk, st, gw, ws in grid:
+    cfg = mosaic.MMConfig(tile_m=tm, tile_n=tn, tile_k=tk, stages=st, grid_tile_width=gw,
+                          ws=ws)
+    if ws and st > 4 and tn == 128:
+      continue  # exceeds shared memory
+    if configs.mm_fits(cfg, k, n):
+      out.append(cfg)
+  if quick:
+    out = [c for c in out if c.grid_tile_width == 4 and c.stages in (3, 4)]
+  return out
+
+
+def contract_candidates(k, n, quick=False):
+  out = []
+  for tm, tn, tk, st, gw in itertools.product((128, 64), (128, 64), (64,), (3, 4, 6),
+                                              (4, 8)):
+    cfg = mosaic.ContractConfig(tile_m=tm, tile_n=tn, tile_k=tk, stages=st,
+                                grid_tile_width=gw)
+    if configs.contract_fits(cfg, k, n):
+      out.append(cfg)
+  if quick:
+    out = [c for c in out if c.grid_tile_width == 4 and c.stages == 4]
+  return out
+
+
+def _sizes(m, e, seed=0):
+  p = np.random.default_rng(seed).dirichlet([1.0] * e)
+  s = np.floor(p * m).astype(np.int64)
+  s[np.argmax(s)] += m - s.sum()
+  return jnp.asarray(s.astype(np.int32))
+
+
+def tune_shape(m, e, k, n, quick=False, log=print):
+  gs = _sizes(m, e)
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  w = (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16)
+  dy = jax.random.normal(kd, (m, n), jnp.bfloat16)
+  flops = 2.0 * m * k * n
+  ref_y = jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32)
+  entries = []
+  calls = [
+      ("fwd", k, n, lambda c: jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=c)),
+       (x, w), ref_y, mm_candidates(k, n, quick)),
+      ("dgrad", n, k, lambda c: jax.jit(lambda a, b: mosaic.ragged_mm(
+          a, b, gs, cfg=c, transpose_rhs=True)), (dy, w), None, mm_candidates(n, k, quick)),
+      ("wgrad", k, n, lambda c: jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=c)),
+       (x, dy), None, contract_candidates(k, n, quick)),
+  ]
+  for op, ck, cn, make, args, ref, cands in calls:
+    best = None
+    ref_out = None
+    for cfg in cands:
+      try:
+        fn = make(cfg)
+        out = fn(*args)
+        if ref_out is None:
+          ref_out = ref if ref is not None else out
+        err = float(jnp.linalg.norm((out.astype(jnp.float32) - ref_out.astype(jnp.float32)))
+                    / jnp.linalg.norm(ref_out.astype(jnp.float32)))
+        if not np.isfinite(err) or err > 1e-2:
+          log(f"{op} {cfg}: wrong (rel err {err:.2e}), skipped")
+          continue
+        t = _time(fn, *args)
+      except Exception as ex:  # noqa: BLE001 - shared-memory overflow etc.
+        log(f"{op} {cfg}: failed: {str(ex).splitlines()[0][:160]}")
+        continue
+      tf = flops / t / 1e12
+      log(f"{op} m={m} g={e} k={ck} n={cn} {cfg}: {tf:.0f} TFLOP/s")
+      if best is None or tf > best[1]:
+        best = (cfg, tf)
+    if best is not None:
+      entries.append({"op": op, "m": m, "g": e, "k": ck, "n": cn,
+                      "cfg": dataclasses.asdict(best[0]), "tflops": round(best[1], 1),
+                      "device": jax.devices()[0].device_kind})
+  return entries
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--m", type=int, required=True, help="rows (tokens * topk)")
+  ap.add_argument("--e", type=int, required=True, help="experts (groups)")
+  ap.add_argument("--k", type=int, required=True, help="contracting dim of fwd")
+  ap.add_argument("--n", type=int, required=True, help="output dim of fwd")
+  ap.add_argument("--quick", action="store_true", help="fewer candidates")
+  ap.add_argument("--dry-run", action="store_true", help="print, do not write")
+  a = ap.parse_args()
+  if jax.devices()[0].platform != "gpu":
+    raise SystemExit("autotune needs a Hopper GPU (found "
+                     f"{jax.devices()[0].platform}); run it on the device")
+  entries = tune_shape(a.m, a.e, a.k, a.n, quick=a.quick)
+  for e in entries:
+    print("BEST", e)
+  if not a.dry_run:
+    configs.write_entries(entries)
+    print("wrote", configs.TABLE_PATH)
+
+
+if __name__ == "__main__":
+  main()
