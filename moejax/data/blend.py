@@ -118,11 +118,32 @@ class BlendedDataset:
     def __len__(self) -> int:
         return self.size
 
+    def window(self, idx: int) -> np.ndarray:
+        """The raw ``sequence_length + 1`` token window of sample ``idx``."""
+        return self.datasets[int(self.dataset_index[idx])].window(int(self.dataset_sample_index[idx]))
+
     def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
         d = int(self.dataset_index[idx])
         item = self.datasets[d][int(self.dataset_sample_index[idx])]
         item["dataset_id"] = np.int32(d)
         return item
+
+
+class WindowSource:
+    """Grain ``RandomAccessDataSource`` over a GPT or blended dataset: record i is sample i's
+    ``seq_length + 1`` token window as int32 (inputs = [:-1], labels = [1:])."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.dataset.window(int(idx)).astype(np.int32)
+
+    def __repr__(self) -> str:
+        return f"WindowSource({len(self)} samples)"
 
 
 def _sizes_per_dataset(weights, target_sizes, surplus: float = 0.0):
