@@ -1,0 +1,43 @@
+"""Orbax checkpoints of the train state: atomic, async, restorable into any mesh.
+
+Orbax writes each step to a temporary directory and renames it when complete,
+so a crash or SIGTERM mid-save leaves the previous checkpoint loadable.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from moejax.train.state import TrainState
+
+
+class CheckpointManager:
+  def __init__(self, workdir: str, save_interval: int, max_to_keep: int, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_interval, max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state: TrainState, meta: dict, force: bool = False) -> bool:
+    return self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+  def restore(self, abstract: TrainState, shardings: TrainState, step: int | None = None):
+    """Restores into `shardings` (which may be another mesh than the one saved from)."""
+    step = self._mngr.latest_step() if step is None else step
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,41 @@
+"""Grouped-query self-attention with rotary embeddings (heads sharded over tp)."""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from moejax.config import ModelSpec
+from moejax.layers.rotary import apply_rotary
+
+
+def _impl(name: str):
+  if name == "auto":
+    return None  # jax picks cuDNN where it applies, XLA otherwise
+  return name
+
+
+class Attention(nn.Module):
+  spec: ModelSpec
+
+  def _proj(self, name, shape, axes):
+    s = self.spec
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s.init_std), axes),
+                      shape, s.param_dtype).astype(s.dtype)
+
+  @nn.compact
+  def __call__(self, x_BSH: jax.Array, positions_BS: jax.Array) -> jax.Array:
+    s = self.spec
+    H, N, K, D = s.hidden_size, s.num_attention_heads, s.num_query_groups, s.head_dim
+    x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
+    q_BSND = jnp.einsum("bsh,hnd->bsnd", x_BSH, self._proj("q", (H, N, D), ("embed", "heads", "head_dim")))
+    k_BSKD = jnp.einsum("bsh,hkd->bskd", x_BSH, self._proj("k", (H, K, D), ("embed", "kv_heads", "head_dim")))
+    v_BSKD = jnp.einsum("bsh,hkd->bskd", x_BSH, self._proj("v", (H, K, D), ("embed", "kv_heads", "head_dim")))
+    q_BSND = apply_rotary(q_BSND, positions_BS, s.rotary_base)
+    k_BSKD = apply_rotary(k_BSKD, positions_BS, s.rotary_base)
+    q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
+    k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
+    v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
+    o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, is_causal=True,
+                                          implementation=_impl(s.attention_impl))
+    o_BSND = nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim"))
+    out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self._proj("o", (N, D, H), ("heads", "head_dim", "embed")))
+    return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

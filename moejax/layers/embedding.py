@@ -1,0 +1,30 @@
+"""Token embedding and the untied output head (vocab sharded over tp)."""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from moejax.config import ModelSpec
+
+
+class Embedding(nn.Module):
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, tokens_BS: jax.Array) -> jax.Array:
+    s = self.spec
+    table_VH = self.param("embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(s.init_std), ("vocab", "embed")), (s.vocab_size, s.hidden_size), s.param_dtype)
+    x_BSH = jnp.take(table_VH.astype(s.dtype), tokens_BS, axis=0)
+    return nn.with_logical_constraint(x_BSH, ("batch", "seq", "embed"))
+
+
+class OutputHead(nn.Module):
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, x_BSH: jax.Array) -> jax.Array:
+    s = self.spec
+    w_HV = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.normal(s.init_std), ("embed", "vocab")), (s.hidden_size, s.vocab_size), s.param_dtype)
+    logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV.astype(s.dtype), preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits_BSV, ("batch", "attn_seq", "vocab"))

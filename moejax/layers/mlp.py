@@ -1,0 +1,27 @@
+"""SwiGLU MLP for dense layers (FFN dimension sharded over tp)."""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from moejax.config import ModelSpec
+
+
+class MLP(nn.Module):
+  spec: ModelSpec
+  ffn_hidden_size: int
+
+  @nn.compact
+  def __call__(self, x_BSH: jax.Array) -> jax.Array:
+    s = self.spec
+    H, F = s.hidden_size, self.ffn_hidden_size
+    init = nn.initializers.normal(s.init_std)
+
+    def w(name, shape, axes):
+      return self.param(name, nn.with_logical_partitioning(init, axes), shape, s.param_dtype).astype(s.dtype)
+
+    x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
+    gate_BSF = jnp.einsum("bsh,hf->bsf", x_BSH, w("gate", (H, F), ("embed", "mlp")))
+    up_BSF = jnp.einsum("bsh,hf->bsf", x_BSH, w("up", (H, F), ("embed", "mlp")))
+    act_BSF = nn.with_logical_constraint(jax.nn.silu(gate_BSF) * up_BSF, ("batch", "attn_seq", "mlp"))
+    out_BSH = jnp.einsum("bsf,fh->bsh", act_BSF, w("down", (F, H), ("mlp", "embed")))
+    return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

@@ -1,0 +1,93 @@
+"""Decoder blocks and the layer stack, scanned so compile time does not grow with depth.
+
+`moe.layer_freq` may mix dense and MoE layers; `layer_segments` cuts the pattern
+into runs of a repeating superblock (e.g. [dense]*3 then [moe]*58, or
+[moe, dense]*16) and each run is one `nn.scan`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from moejax.config import ModelSpec
+from moejax.layers.attention import Attention
+from moejax.layers.mlp import MLP
+from moejax.layers.norms import RMSNorm
+from moejax.moe.layer import MoELayer
+
+
+def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple[tuple[bool, ...], int]]:
+  """Greedy cover of the layer pattern by (superblock kinds, repeats)."""
+  out, i, L = [], 0, len(pattern)
+  while i < L:
+    best = (1, 1)  # (period, repeats)
+    for p in range(1, min(max_period, L - i) + 1):
+      unit, r = pattern[i:i + p], 1
+      while pattern[i + r * p:i + (r + 1) * p] == unit:
+        r += 1
+      if r * p > best[0] * best[1]:
+        best = (p, r)
+    p, r = best
+    out.append((tuple(pattern[i:i + p]), r))
+    i += p * r
+  return out
+
+
+class DecoderBlock(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp_or_moe(norm(·))."""
+  spec: ModelSpec
+  is_moe: bool
+
+  @nn.compact
+  def __call__(self, x_BSH, positions_BS):
+    s = self.spec
+    norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.param_dtype, name=name)
+    x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS)
+    h_BSH = norm("pre_mlp_norm")(x_BSH)
+    if self.is_moe:
+      m_BSH, stats = MoELayer(s, name="moe")(h_BSH)
+    else:
+      m_BSH, stats = MLP(s, s.ffn_hidden_size, name="mlp")(h_BSH), None
+    x_BSH = nn.with_logical_constraint(x_BSH + m_BSH, ("batch", "seq", "embed"))
+    return x_BSH, stats
+
+
+class Superblock(nn.Module):
+  """A short run of blocks with fixed kinds: the body of one scan."""
+  spec: ModelSpec
+  kinds: tuple[bool, ...]
+
+  @nn.compact
+  def __call__(self, x_BSH, positions_BS):
+    stats = []
+    for j, is_moe in enumerate(self.kinds):
+      x_BSH, st = DecoderBlock(self.spec, is_moe, name=f"block_{j}")(x_BSH, positions_BS)
+      if st is not None:
+        stats.append(st)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *stats) if stats else None
+    return x_BSH, stacked
+
+
+class Decoder(nn.Module):
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, x_BSH, positions_BS):
+    s = self.spec
+    pattern = s.moe_pattern or (False,) * s.num_layers
+    block_cls = nn.remat(Superblock, prevent_cse=False) if s.recompute == "full" else Superblock
+    moe_stats = []
+    for i, (kinds, repeats) in enumerate(layer_segments(tuple(pattern))):
+      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,), length=repeats,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BSH, st = scanned(s, kinds, name=f"segment_{i}")(x_BSH, positions_BS)
+      if st is not None:  # [repeats, moe layers per superblock, ...] -> [layers, ...]
+        moe_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), st))
+    stats = jax.tree.map(lambda *a: jnp.concatenate(a), *moe_stats) if moe_stats else None
+    x_BSH = RMSNorm(s.norm_epsilon, s.dtype, s.param_dtype, name="final_norm")(x_BSH)
+    return x_BSH, stats
+
+
+

@@ -1,0 +1,73 @@
+"""Routed experts (GroupedMLP, SequentialMLP reference) and SharedExpertMLP.
+
+Expert weights: w1 [E, H, 2F] with gate and up interleaved along the last axis
+((f, 0) gate, (f, 1) up), so sharding 2F over expert-TP keeps each pair on one
+device whatever etp is; w2 [E, F, H].
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from moejax.config import ModelSpec
+from moejax.kernels.grouped_gemm import grouped_gemm
+from moejax.layers.mlp import MLP
+
+W1_AXES = ("expert", "expert_embed", "expert_mlp")
+W2_AXES = ("expert", "expert_mlp", "expert_embed")
+
+
+def swiglu_interleaved(h_M2F):
+  h = h_M2F.reshape(*h_M2F.shape[:-1], -1, 2)
+  return jax.nn.silu(h[..., 0]) * h[..., 1]
+
+
+def grouped_mlp(x_MH, group_sizes_E, probs_M, w1_EH2F, w2_EFH, *, impl: str = "auto"):
+  """Gated expert MLP over rows sorted by expert; the routing prob scales the activation."""
+  h_M2F = grouped_gemm(x_MH, w1_EH2F, group_sizes_E, impl=impl)
+  act_MF = (swiglu_interleaved(h_M2F) * probs_M[:, None].astype(h_M2F.dtype)).astype(x_MH.dtype)
+  return grouped_gemm(act_MF, w2_EFH, group_sizes_E, impl=impl)
+
+
+class _ExpertWeights(nn.Module):
+  spec: ModelSpec
+
+  def weights(self):
+    s = self.spec
+    E, H, F = s.num_experts, s.hidden_size, s.moe_ffn_hidden_size
+    init = nn.initializers.normal(s.init_std)
+    w1 = self.param("w1", nn.with_logical_partitioning(init, W1_AXES), (E, H, 2 * F), s.param_dtype)
+    w2 = self.param("w2", nn.with_logical_partitioning(init, W2_AXES), (E, F, H), s.param_dtype)
+    return w1.astype(s.dtype), w2.astype(s.dtype)
+
+
+class GroupedMLP(_ExpertWeights):
+  """All local experts in two grouped GEMMs (moejax.kernels.grouped_gemm)."""
+
+  @nn.compact
+  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher):
+    w1, w2 = self.weights()
+    specs = tuple(nn.logical_to_mesh_axes(a) for a in (W1_AXES, W2_AXES))
+    fn = functools.partial(grouped_mlp, impl=self.spec.grouped_gemm_impl)
+    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs)
+
+
+class SequentialMLP(_ExpertWeights):
+  """Reference: a plain loop over experts on the unpermuted tokens (tests only)."""
+
+  @nn.compact
+  def __call__(self, x_TH, probs_TK, idx_TK):
+    w1, w2 = self.weights()
+    out_TH = jnp.zeros(x_TH.shape, jnp.float32)
+    for e in range(self.spec.num_experts):
+      weight_T = jnp.sum(jnp.where(idx_TK == e, probs_TK, 0.0), axis=-1)
+      y_TH = (swiglu_interleaved(x_TH @ w1[e]) * weight_T[:, None]) @ w2[e]
+      out_TH = out_TH + y_TH
+    return out_TH.astype(x_TH.dtype)
+
+
+class SharedExpertMLP(MLP):
+  """Experts every token goes through (DeepSeek, Qwen-MoE): a dense SwiGLU MLP."""

@@ -1,0 +1,67 @@
+"""Logical axis names → mesh axes: the one table that places every tensor.
+
+| logical axis   | mesh role (see mesh.py)          | used by                              |
+|----------------|----------------------------------|--------------------------------------|
+| batch          | dp                               | activations, data                    |
+| seq            | cp (+ tp with sequence_parallel) | residual stream between blocks       |
+| attn_seq       | cp                               | inside attention and dense MLP       |
+| heads/kv_heads | tp                               | attention projections                |
+| mlp, vocab     | tp                               | dense MLP, embedding and output head |
+| expert         | ep                               | expert weights                       |
+| expert_mlp     | etp                              | expert FFN dimension                 |
+| embed, head_dim, expert_embed, layers | replicated | —                                   |
+"""
+from __future__ import annotations
+
+import jax
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moejax.parallel.mesh import MeshLayout
+
+
+def _axes(names: tuple[str, ...]):
+  return names if names else None
+
+
+def logical_axis_rules(layout: MeshLayout, sequence_parallel: bool = False) -> tuple:
+  """The rules table for `nn.logical_axis_rules` on this layout."""
+  tp, cp, dp = layout.role_axes("tp"), layout.role_axes("cp"), layout.role_axes("dp")
+  return (
+      ("batch", _axes(dp)),
+      ("seq", _axes(cp + tp if sequence_parallel else cp)),
+      ("attn_seq", _axes(cp)),
+      ("heads", _axes(tp)),
+      ("kv_heads", _axes(tp)),
+      ("mlp", _axes(tp)),
+      ("vocab", _axes(tp)),
+      ("expert", _axes(layout.role_axes("ep"))),
+      ("expert_mlp", _axes(layout.role_axes("etp"))),
+      ("embed", None),
+      ("head_dim", None),
+      ("expert_embed", None),
+      ("layers", None),
+  )
+
+
+def logical_sharding(mesh, rules, logical_tree):
+  """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_tree, mesh, rules)
+
+
+def batch_sharding(mesh, rules, ndim: int, leading_microbatch: bool = True) -> NamedSharding:
+  """Sharding of a [num_micro, batch, seq...] token array: batch over dp."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules)
+  lead = (None,) if leading_microbatch else ()
+  rest = (None,) * (ndim - len(lead) - 1)
+  return NamedSharding(mesh, P(*lead, *spec, *rest))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def current_mesh():
+  """The mesh set by `jax.set_mesh`, or None outside one (single-device code)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh is None or mesh.empty else mesh

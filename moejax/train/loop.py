@@ -1,0 +1,105 @@
+"""The training loop: mesh, state (fresh or resumed), data, jitted step, logs, checkpoints."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from moejax.checkpoint.manager import CheckpointManager
+from moejax.config import model_spec
+from moejax.data.loader import device_batch, make_dataset
+from moejax.metrics.flops import peak_tflops_per_device, train_flops_per_token
+from moejax.metrics.logging import MetricsWriter
+from moejax.models.gpt import GPTModel
+from moejax.parallel.mesh import make_mesh
+from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
+from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.state import init_state, state_shardings
+from moejax.train.step import make_train_step
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT: the loop finishes its step, saves and returns."""
+
+  def __init__(self):
+    self.set = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    self.set = True
+
+
+def _load_imbalance(tokens_per_expert_LE: np.ndarray) -> float | None:
+  if tokens_per_expert_LE.size == 0:
+    return None
+  mean = tokens_per_expert_LE.mean(-1)
+  return float(np.mean(tokens_per_expert_LE.max(-1) / np.maximum(mean, 1e-9)))
+
+
+def train(cfg, workdir: str, devices=None) -> list[dict]:
+  """Trains `cfg` in `workdir`, resuming from its newest checkpoint; returns the step metrics."""
+  layout = make_mesh(cfg, devices)
+  mesh, n_dev = layout.mesh, layout.mesh.size
+  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+  spec = model_spec(cfg)
+  model = GPTModel(spec)
+  optimizer, schedule = make_optimizer(cfg), lr_schedule(cfg)
+  t = cfg.train
+  tokens_per_step = t.global_batch_size * t.seq_length
+  flops_per_token = train_flops_per_token(spec, t.seq_length)
+  peak = peak_tflops_per_device(cfg.logging.peak_tflops_per_device)
+  stop = _StopFlag()
+  history = []
+
+  with nn.logical_axis_rules(rules):
+    abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    ckpt = CheckpointManager(workdir, cfg.checkpoint.save_interval, cfg.checkpoint.max_to_keep,
+                             cfg.checkpoint.async_save)
+    if ckpt.latest_step() is not None:
+      state, _ = ckpt.restore(abstract, shardings)
+      print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
+    else:
+      state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
+    dataset = make_dataset(cfg, n_dev)
+    bsh = batch_sharding(mesh, rules, ndim=3)
+    step_fn = jax.jit(make_train_step(model, optimizer, schedule), in_shardings=(shardings, bsh),
+                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    start = int(state.step)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
+    print(f"compiled the train step in {time.perf_counter() - t0:.1f}s on {n_dev} device(s), "
+          f"mesh {dict(mesh.shape)}", file=sys.stderr)
+    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters)
+    step = start
+    try:
+      for step in range(start, t.train_iters):
+        batch = device_batch(dataset[step], bsh)
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        metrics = jax.device_get(metrics)
+        dt = time.perf_counter() - t0
+        tps = tokens_per_step / dt
+        tflops = flops_per_token * tps / n_dev / 1e12
+        record = {k: float(v) for k, v in metrics.items() if k != "tokens_per_expert"}
+        record.update(moe_load_imbalance=_load_imbalance(np.asarray(metrics["tokens_per_expert"])),
+                      step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
+                      mfu=(tflops / peak) if peak else None)
+        history.append({"step": step + 1, **record})
+        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start)
+        ckpt.save(step + 1, state, {"step": step + 1}, force=stop.set)
+        if stop.set:
+          print(f"stopping at step {step + 1} on signal; checkpoint saved", file=sys.stderr)
+          break
+      else:
+        if ckpt.latest_step() != int(state.step):
+          ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
+    finally:
+      ckpt.close()
+      writer.close()
+  return history
