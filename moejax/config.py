@@ -66,8 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
       sequence_parallel=False,
   )
   c.data = dict(
-      source="pydoc",               # pydoc (bundled text) | synthetic
+      source="pydoc",               # pydoc (bundled text) | synthetic | indexed (Megatron .bin/.idx)
       seed=1234,
+      path=(),                      # indexed: .bin/.idx prefixes, optionally weighted like
+                                    # Megatron's --data-path: ("0.3", "a", "0.7", "b")
+      split="969,30,1",             # indexed: train,valid,test weights (Megatron's --split)
+      cache_dir="",                 # indexed: sample-index cache; "" = next to the data
   )
   c.optim = dict(
       optimizer="adam",
@@ -90,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
       seed=0,
       recompute_granularity=ml_collections.FieldReference(None, field_type=str),  # None | full
       log_interval=10,
+      eval_interval=0,              # evaluate on the validation split every N steps (0 = never)
+      eval_iters=10,                # global batches per evaluation
   )
   c.checkpoint = dict(
       save_interval=100,
@@ -112,7 +118,7 @@ _CHOICES = {
     ("moe", "router_dtype"): ("fp32", "fp64"),
     ("moe", "token_dispatcher_type"): ("allgather",),
     ("moe", "grouped_gemm_impl"): ("auto", "pallas", "xla", "tokamax"),
-    ("data", "source"): ("pydoc", "synthetic"),
+    ("data", "source"): ("pydoc", "synthetic", "indexed"),
     ("optim", "optimizer"): ("adam",),
     ("optim", "lr_decay_style"): ("cosine", "constant"),
 }
@@ -269,6 +275,8 @@ def validate(cfg, num_devices: int | None = None) -> None:
   elif p.ep > 1:
     problems.append(f"parallel.ep={p.ep} needs moe.num_experts to be set")
 
+  problems += _data_problems(cfg)
+
   if num_devices is not None:
     denom = p.tp * p.cp * p.pp
     if num_devices % denom:
@@ -292,6 +300,38 @@ def validate(cfg, num_devices: int | None = None) -> None:
           problems.append(str(e))
   if problems:
     raise ConfigError(problems)
+
+
+def _data_problems(cfg) -> list[str]:
+  """Data and evaluation settings: files exist, the split leaves no needed set empty."""
+  d, t = cfg.data, cfg.train
+  problems = []
+  if not isinstance(t.eval_interval, int) or t.eval_interval < 0:
+    problems.append(f"train.eval_interval={t.eval_interval!r} must be an integer >= 0 (0 = no evaluation)")
+  elif t.eval_interval and (not isinstance(t.eval_iters, int) or t.eval_iters < 1):
+    problems.append(f"train.eval_iters={t.eval_iters!r} must be a positive integer when train.eval_interval is set")
+  if d.source != "indexed":
+    if t.eval_interval:
+      problems.append(f"train.eval_interval={t.eval_interval} needs a validation split: set "
+                      "data.source='indexed' with data.path, or train.eval_interval=0")
+    return problems
+  from moejax.data.blend import parse_blend  # local: keeps config import light
+  from moejax.data.gpt_dataset import parse_split, split_ranges
+  from moejax.data.indexed import IndexedDataset, IndexedDatasetError
+  try:
+    prefixes, _ = parse_blend(list(d.path))
+    weights = parse_split(d.split)
+  except ValueError as e:
+    return problems + [str(e)]
+  if t.eval_interval and weights[1] == 0:
+    problems.append(f"train.eval_interval={t.eval_interval} but data.split={d.split!r} gives the "
+                    "validation set weight 0: give it a weight (e.g. '969,30,1') or set train.eval_interval=0")
+  for prefix in prefixes:
+    try:
+      split_ranges(len(IndexedDataset(prefix)), d.split, prefix)
+    except (IndexedDatasetError, ValueError) as e:
+      problems.append(f"data.path entry {prefix!r}: {e}")
+  return problems
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:

@@ -1,4 +1,8 @@
-"""Global batches through Grain: batch for step s is `dataset[s]`, so resuming is exact."""
+"""Global batches through Grain: batch for step s is `dataset[s]`, so resuming is exact.
+
+Sources: the bundled pydoc text, synthetic tokens, or Megatron `.bin`/`.idx` datasets
+(`data.source='indexed'`: Megatron's GPT sample index, split and blending; see gpt_dataset.py).
+"""
 from __future__ import annotations
 
 import grain
@@ -6,7 +10,9 @@ import jax
 import numpy as np
 
 from moejax.config import num_microbatches
+from moejax.data.blend import WindowSource, build_gpt_datasets
 from moejax.data.corpus import SyntheticWindows, TokenWindows, pydoc_tokens
+from moejax.data.gpt_dataset import GPTDatasetConfig
 
 
 def make_dataset(cfg, num_devices: int) -> grain.MapDataset:
@@ -17,12 +23,49 @@ def make_dataset(cfg, num_devices: int) -> grain.MapDataset:
     source = TokenWindows(pydoc_tokens(), length)
     if cfg.model.vocab_size < 257:
       raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 257")
+  elif d.source == "indexed":
+    return _batches(WindowSource(gpt_datasets(cfg)[0]), cfg, num_devices)
   else:
     source = SyntheticWindows(cfg.model.vocab_size, length, d.seed)
-  n_micro = num_microbatches(cfg, num_devices)
   ds = grain.MapDataset.source(source).shuffle(seed=d.seed).repeat()
+  return _batches(ds, cfg, num_devices)
+
+
+def make_eval_dataset(cfg, num_devices: int) -> grain.MapDataset | None:
+  """Validation batches (None without evaluation): evaluation k (at step k·eval_interval,
+  k = 1, 2, ...) reads batches [(k-1)·eval_iters, k·eval_iters), fresh ones each time as in
+  Megatron, and the same ones after a resume."""
+  if not cfg.train.eval_interval:
+    return None
+  return _batches(WindowSource(gpt_datasets(cfg)[1]), cfg, num_devices)
+
+
+def _batches(source, cfg, num_devices: int) -> grain.MapDataset:
+  """Consecutive records as global batches [num_micro, micro·dp, seq+1] (the GPT index is
+  already shuffled; Megatron's sampler reads it in order)."""
+  t = cfg.train
+  n_micro = num_microbatches(cfg, num_devices)
+  ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
   ds = ds.batch(t.global_batch_size, drop_remainder=True)
-  return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, length))
+  return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, t.seq_length + 1))
+
+
+def split_sizes(cfg) -> tuple[int, int, int]:
+  """Samples each split must hold (Megatron's formula): train for every step, valid for every
+  evaluation including one at the end, test for one evaluation."""
+  t = cfg.train
+  gbs, iters = t.global_batch_size, max(t.eval_iters, 1)
+  evals = t.train_iters // t.eval_interval + 1 if t.eval_interval else 1
+  return t.train_iters * gbs, evals * iters * gbs, iters * gbs
+
+
+def gpt_datasets(cfg):
+  """Train/valid/test GPT datasets over `data.path` (blended when several prefixes)."""
+  t, d = cfg.train, cfg.data
+  config = GPTDatasetConfig(sequence_length=t.seq_length, random_seed=d.seed,
+                            cache_dir=d.cache_dir or None)
+  return build_gpt_datasets(list(d.path), d.split, split_sizes(cfg), config,
+                            vocab_size=cfg.model.vocab_size)
 
 
 def device_batch(batch: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:

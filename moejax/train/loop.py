@@ -6,12 +6,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from moejax.checkpoint.manager import CheckpointManager
 from moejax.config import model_spec
-from moejax.data.loader import device_batch, make_dataset
+from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MetricsWriter
 from moejax.models.gpt import GPTModel
@@ -19,7 +20,7 @@ from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
 from moejax.train.state import init_state, state_shardings
-from moejax.train.step import make_train_step
+from moejax.train.step import loss_fn, make_train_step
 
 
 class _StopFlag:
@@ -39,6 +40,27 @@ def _load_imbalance(tokens_per_expert_LE: np.ndarray) -> float | None:
     return None
   mean = tokens_per_expert_LE.mean(-1)
   return float(np.mean(tokens_per_expert_LE.max(-1) / np.maximum(mean, 1e-9)))
+
+
+def make_eval_step(model: GPTModel):
+  """eval(params, batch [num_micro, b, seq+1]) -> mean LM loss over the micro-batches."""
+
+  def step(params, batch_NBS1):
+    def micro(total, tokens_BS1):
+      return total + loss_fn(model, params, tokens_BS1)[1]["lm_loss"], None
+
+    total, _ = jax.lax.scan(micro, jnp.zeros((), jnp.float32), batch_NBS1)
+    return total / batch_NBS1.shape[0]
+
+  return step
+
+
+def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict:
+  """Evaluation number `index` (1-based) on its own `eval_iters` validation batches."""
+  losses = [float(eval_fn(params, device_batch(dataset[(index - 1) * eval_iters + j], bsh)))
+            for j in range(eval_iters)]
+  loss = float(np.mean(losses))
+  return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
 
 
 def train(cfg, workdir: str, devices=None) -> list[dict]:
@@ -67,12 +89,17 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     else:
       state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
     dataset = make_dataset(cfg, n_dev)
+    eval_dataset = make_eval_dataset(cfg, n_dev)
     bsh = batch_sharding(mesh, rules, ndim=3)
     step_fn = jax.jit(make_train_step(model, optimizer, schedule), in_shardings=(shardings, bsh),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = int(state.step)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
+    eval_fn = None
+    if eval_dataset is not None:
+      eval_fn = jax.jit(make_eval_step(model), in_shardings=(shardings.params, bsh),
+                        out_shardings=replicated(mesh))
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s on {n_dev} device(s), "
           f"mesh {dict(mesh.shape)}", file=sys.stderr)
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters)
@@ -90,6 +117,11 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         record.update(moe_load_imbalance=_load_imbalance(np.asarray(metrics["tokens_per_expert"])),
                       step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
                       mfu=(tflops / peak) if peak else None)
+        if eval_fn is not None and (step + 1) % t.eval_interval == 0:
+          record.update(evaluate(eval_fn, state.params, eval_dataset, (step + 1) // t.eval_interval,
+                                 t.eval_iters, bsh))
+          print(f"step {step + 1} | eval_loss {record['eval_loss']:.4g} | eval_ppl "
+                f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
         history.append({"step": step + 1, **record})
         writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start)
         ckpt.save(step + 1, state, {"step": step + 1}, force=stop.set)
