@@ -27,4 +27,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import sys
+  from moejax.config import check_override_keys
+  try:
+    check_override_keys(sys.argv[1:])
+  except ConfigError as e:
+    raise SystemExit(str(e)) from None
   app.run(main)

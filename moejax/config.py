@@ -8,6 +8,7 @@ full flag table.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 import ml_collections
@@ -46,8 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
       ffn_hidden_size=ml_collections.FieldReference(None, field_type=int),  # None = model.ffn_hidden_size
       shared_expert_intermediate_size=ml_collections.FieldReference(None, field_type=int),
       layer_freq=ml_collections.FieldReference(1, field_type=object),  # int N (every Nth) or list of 0/1
-      router_load_balancing_type="aux_loss",
-      aux_loss_coeff=0.0,
+      # aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none, or a list with a list of coeffs
+      router_load_balancing_type=ml_collections.FieldReference("aux_loss", field_type=object),
+      aux_loss_coeff=ml_collections.FieldReference(0.0, field_type=object),
       z_loss_coeff=0.0,
       router_score_function="softmax",
       router_pre_softmax=False,
@@ -55,7 +57,19 @@ def base_config() -> ml_collections.ConfigDict:
       router_num_groups=ml_collections.FieldReference(None, field_type=int),
       router_group_topk=ml_collections.FieldReference(None, field_type=int),
       router_dtype="fp32",
-      token_dispatcher_type="allgather",
+      router_enable_expert_bias=False,   # aux-loss-free balancing (DeepSeek-V3); needs sigmoid
+      router_bias_update_rate=1e-3,
+      input_jitter_eps=ml_collections.FieldReference(None, field_type=float),
+      router_force_load_balancing=False,  # benchmark: random logits spread tokens evenly
+      expert_capacity_factor=ml_collections.FieldReference(None, field_type=float),  # None: dropless
+      token_drop_policy="probs",         # probs | position
+      pad_expert_input_to_capacity=False,
+      token_dispatcher_type="allgather",  # allgather | alltoall (benchmarks/RESULTS.md: "MoE layer / dispatch")
+      token_exchange="all_to_all",  # alltoall exchange primitive: all_to_all (padded) | ragged_all_to_all
+      exchange_capacity_factor=ml_collections.FieldReference(None, field_type=float),  # alltoall buffer rows
+                                    # per rank pair = factor * T*K/ep; None = worst case; overflow -> allgather path
+      shared_expert_gate=False,     # Qwen2-MoE: shared expert output scaled by sigmoid(x @ w_gate)
+      shared_expert_overlap=True,   # shared experts independent of the exchange so XLA can overlap them
       grouped_gemm_impl="auto",     # auto | pallas | xla | tokamax
   )
   c.parallel = dict(
@@ -105,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.logging = dict(
       tensorboard=True,
       peak_tflops_per_device=0.0,   # 0: detect (H100/H200: 989); unknown devices log mfu as null
+      moe_per_layer=False,          # per-MoE-layer series (losses, load, drops) besides the summary
   )
   return c
 
@@ -113,10 +128,11 @@ _CHOICES = {
     ("model", "attention_impl"): ("auto", "xla", "cudnn"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("model", "params_dtype"): ("float32", "bfloat16"),
-    ("moe", "router_load_balancing_type"): ("aux_loss", "none"),
+    ("moe", "token_drop_policy"): ("probs", "position"),
     ("moe", "router_score_function"): ("softmax", "sigmoid"),
     ("moe", "router_dtype"): ("fp32", "fp64"),
-    ("moe", "token_dispatcher_type"): ("allgather",),
+    ("moe", "token_dispatcher_type"): ("allgather", "alltoall"),
+    ("moe", "token_exchange"): ("all_to_all", "ragged_all_to_all"),
     ("moe", "grouped_gemm_impl"): ("auto", "pallas", "xla", "tokamax"),
     ("data", "source"): ("pydoc", "synthetic", "indexed"),
     ("optim", "optimizer"): ("adam",),
@@ -128,7 +144,7 @@ def _unknown_keys(cfg, ref, prefix="") -> list[str]:
   problems = []
   for k in cfg.keys():
     if k not in ref:
-      near = [r for r in ref.keys() if r.split("_")[-1] == k.split("_")[-1]]
+      near = difflib.get_close_matches(k, list(ref.keys()), n=1)
       hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
       problems.append(f"unknown key {prefix}{k}{hint}: remove it or use a key from moejax.config.base_config()")
     elif isinstance(ref[k], ml_collections.ConfigDict):
@@ -251,6 +267,11 @@ def validate(cfg, num_devices: int | None = None) -> None:
       problems.append(f"moe.num_experts={E} is not divisible by parallel.ep={p.ep}")
     if moe_ffn_hidden_size(cfg) % etp:
       problems.append(f"moe.ffn_hidden_size={moe_ffn_hidden_size(cfg)} is not divisible by parallel.etp={etp}")
+    ecf = moe.exchange_capacity_factor
+    if ecf is not None and not ecf >= 1.0:
+      problems.append(f"moe.exchange_capacity_factor={ecf} must be >= 1.0 (or None for the worst-case buffer)")
+    if moe.shared_expert_gate and not moe.shared_expert_intermediate_size:
+      problems.append("moe.shared_expert_gate=True needs moe.shared_expert_intermediate_size to be set")
     if p.ep > 1 and p.tp > 1 and not p.sequence_parallel:
       problems.append(f"parallel.ep={p.ep} with parallel.tp={p.tp} needs parallel.sequence_parallel=True "
                       "(as in Megatron)")
@@ -264,6 +285,7 @@ def validate(cfg, num_devices: int | None = None) -> None:
                         "(one per layer, 1 = MoE)")
     else:
       problems.append(f"moe.layer_freq={freq!r} must be an int or a list of 0/1")
+    problems += _router_problems(moe)
     if moe.router_num_groups is not None:
       G, g = moe.router_num_groups, moe.router_group_topk
       if E % G:
@@ -302,6 +324,20 @@ def validate(cfg, num_devices: int | None = None) -> None:
     raise ConfigError(problems)
 
 
+def _resolve(cfg: ml_collections.ConfigDict, dotted: str):
+  """(parent section, leaf name) of a dotted key, or ConfigError naming the unknown part."""
+  node, parts = cfg, dotted.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      near = difflib.get_close_matches(part, known, n=1)
+      hint = f" (did you mean {'.'.join(parts[:i] + near)}?)" if near else ""
+      raise ConfigError([f"unknown key {'.'.join(parts[:i + 1])}{hint}"])
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
 def _data_problems(cfg) -> list[str]:
   """Data and evaluation settings: files exist, the split leaves no needed set empty."""
   d, t = cfg.data, cfg.train
@@ -334,16 +370,68 @@ def _data_problems(cfg) -> list[str]:
   return problems
 
 
+_LB_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none")
+
+
+def _router_problems(moe) -> list[str]:
+  """Router and load-balancing keys (Megatron's TransformerConfig checks)."""
+  problems = []
+  types, coeffs = moe.router_load_balancing_type, moe.aux_loss_coeff
+  if isinstance(types, (list, tuple)):
+    bad = [t for t in types if t not in _LB_TYPES]
+    if bad or not types:
+      problems.append(f"moe.router_load_balancing_type={list(types)!r}: every entry must be one of {_LB_TYPES}")
+    if not isinstance(coeffs, (list, tuple)) or len(coeffs) != len(types):
+      problems.append(f"moe.aux_loss_coeff={coeffs!r} must be a list of {len(types)} numbers, one per entry "
+                      f"of moe.router_load_balancing_type={list(types)!r}")
+  elif types not in _LB_TYPES:
+    problems.append(f"moe.router_load_balancing_type={types!r} is not one of {_LB_TYPES} (or a list of them)")
+  elif isinstance(coeffs, (list, tuple)):
+    problems.append(f"moe.aux_loss_coeff={list(coeffs)!r} is a list but moe.router_load_balancing_type={types!r} "
+                    "is one type: give one number, or a list of types")
+  flat_types = list(types) if isinstance(types, (list, tuple)) else [types]
+  flat_coeffs = list(coeffs) if isinstance(coeffs, (list, tuple)) else [coeffs]
+  if any(not isinstance(c, (int, float)) or c < 0 for c in flat_coeffs):
+    problems.append(f"moe.aux_loss_coeff={coeffs!r} must be non-negative number(s)")
+  elif "sinkhorn" in flat_types and any(flat_coeffs):
+    problems.append("moe.router_load_balancing_type='sinkhorn' does not use an aux loss: set moe.aux_loss_coeff=0")
+  if moe.router_enable_expert_bias and moe.router_score_function != "sigmoid":
+    problems.append("moe.router_enable_expert_bias=True needs moe.router_score_function='sigmoid' (as in Megatron)")
+  if (moe.router_topk == 1 and moe.router_score_function == "softmax" and not moe.router_pre_softmax
+      and "sinkhorn" not in flat_types):
+    problems.append("moe.router_topk=1 with softmax after top-k gives the router no gradient: "
+                    "set moe.router_pre_softmax=True")
+  if moe.expert_capacity_factor is not None:
+    if moe.expert_capacity_factor <= 0:
+      problems.append(f"moe.expert_capacity_factor={moe.expert_capacity_factor} must be > 0 (or None: dropless)")
+    if "sinkhorn" in flat_types:
+      problems.append("moe.expert_capacity_factor works only with aux_loss, seq_aux_loss, global_aux_loss "
+                      "or none load balancing, not sinkhorn")
+  elif moe.pad_expert_input_to_capacity:
+    problems.append("moe.pad_expert_input_to_capacity=True needs moe.expert_capacity_factor to be set")
+  if moe.input_jitter_eps is not None and not 0 < moe.input_jitter_eps < 1:
+    problems.append(f"moe.input_jitter_eps={moe.input_jitter_eps} must be in (0, 1) or None")
+  if moe.router_dtype == "fp64":
+    import jax  # local: config stays light
+    if not jax.config.jax_enable_x64:
+      problems.append("moe.router_dtype='fp64' needs 64-bit JAX: set JAX_ENABLE_X64=1 "
+                      "(or jax.config.update('jax_enable_x64', True)) or use 'fp32'")
+  return problems
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
   """Sets dotted keys (`{"moe.num_experts": 8}`), with a clear error on unknown ones."""
   for dotted, value in overrides.items():
-    node, parts = cfg, dotted.split(".")
-    for i, part in enumerate(parts):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        raise ConfigError([f"unknown key {'.'.join(parts[:i + 1])} in override {dotted}={value!r}"])
-      if i < len(parts) - 1:
-        node = node[part]
-    node[parts[-1]] = value
+    node, leaf = _resolve(cfg, dotted)
+    node[leaf] = value
+
+
+def check_override_keys(argv: list[str]) -> None:
+  """Rejects `--config.a.b=v` flags whose key the schema lacks, before flag parsing."""
+  ref = base_config()
+  for arg in argv:
+    if arg.startswith("--config."):
+      _resolve(ref, arg[len("--config."):].split("=", 1)[0])
 
 
 def num_params_estimate(cfg) -> int:
@@ -389,8 +477,8 @@ class ModelSpec:
   router_topk: int = 2
   moe_ffn_hidden_size: int = 128
   shared_expert_intermediate_size: int | None = None
-  router_load_balancing_type: str = "aux_loss"
-  aux_loss_coeff: float = 0.0
+  router_load_balancing_type: str | tuple[str, ...] = "aux_loss"
+  aux_loss_coeff: float | tuple[float, ...] = 0.0
   z_loss_coeff: float = 0.0
   router_score_function: str = "softmax"
   router_pre_softmax: bool = False
@@ -398,8 +486,24 @@ class ModelSpec:
   router_num_groups: int | None = None
   router_group_topk: int | None = None
   router_dtype: str = "fp32"
+  router_enable_expert_bias: bool = False
+  router_bias_update_rate: float = 1e-3
+  input_jitter_eps: float | None = None
+  router_force_load_balancing: bool = False
+  expert_capacity_factor: float | None = None
+  token_drop_policy: str = "probs"
+  pad_expert_input_to_capacity: bool = False
   grouped_gemm_impl: str = "auto"
+  token_dispatcher_type: str = "allgather"
+  token_exchange: str = "all_to_all"
+  exchange_capacity_factor: float | None = None
+  shared_expert_gate: bool = False
+  shared_expert_overlap: bool = True
   recompute: str | None = None
+
+
+def _hashable(v):
+  return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
 def model_spec(cfg) -> ModelSpec:
@@ -413,10 +517,18 @@ def model_spec(cfg) -> ModelSpec:
       moe_pattern=tuple(moe_layer_pattern(cfg)), num_experts=moe.num_experts,
       router_topk=moe.router_topk, moe_ffn_hidden_size=moe_ffn_hidden_size(cfg),
       shared_expert_intermediate_size=moe.shared_expert_intermediate_size,
-      router_load_balancing_type=moe.router_load_balancing_type,
-      aux_loss_coeff=moe.aux_loss_coeff, z_loss_coeff=moe.z_loss_coeff,
+      router_load_balancing_type=_hashable(moe.router_load_balancing_type),
+      aux_loss_coeff=_hashable(moe.aux_loss_coeff), z_loss_coeff=moe.z_loss_coeff,
       router_score_function=moe.router_score_function, router_pre_softmax=moe.router_pre_softmax,
       router_topk_scaling_factor=moe.router_topk_scaling_factor,
       router_num_groups=moe.router_num_groups, router_group_topk=moe.router_group_topk,
-      router_dtype=moe.router_dtype, grouped_gemm_impl=moe.grouped_gemm_impl,
+      router_dtype=moe.router_dtype, router_enable_expert_bias=moe.router_enable_expert_bias,
+      router_bias_update_rate=moe.router_bias_update_rate, input_jitter_eps=moe.input_jitter_eps,
+      router_force_load_balancing=moe.router_force_load_balancing,
+      expert_capacity_factor=moe.expert_capacity_factor, token_drop_policy=moe.token_drop_policy,
+      pad_expert_input_to_capacity=moe.pad_expert_input_to_capacity,
+      token_dispatcher_type=moe.token_dispatcher_type, token_exchange=moe.token_exchange,
+      exchange_capacity_factor=moe.exchange_capacity_factor, shared_expert_gate=moe.shared_expert_gate,
+      shared_expert_overlap=moe.shared_expert_overlap,
+      grouped_gemm_impl=moe.grouped_gemm_impl,
       recompute=cfg.train.recompute_granularity)

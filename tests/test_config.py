@@ -1,0 +1,94 @@
+"""Config validation: each problem gives its own message naming the key and the fix."""
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from moejax.config import ConfigError, apply_overrides, base_config, num_params_estimate, validate
+
+
+def _cfg(**sections):
+  c = base_config()
+  c.moe.num_experts = 8
+  for dotted, v in sections.items():
+    apply_overrides(c, {dotted.replace("__", "."): v})
+  return c
+
+
+@pytest.mark.parametrize("overrides,devices,message", [
+    ({"moe__router_topk": 9}, None, "moe.router_topk=9 must be between 1 and moe.num_experts=8"),
+    ({"moe__num_experts": 6, "parallel__ep": 4}, 8, "moe.num_experts=6 is not divisible by parallel.ep=4"),
+    ({"model__num_attention_heads": 6, "model__num_query_groups": 6, "parallel__tp": 4}, 8,
+     "model.num_attention_heads=6 is not divisible by parallel.tp=4"),
+    ({"model__num_query_groups": 1, "parallel__tp": 2}, 8,
+     "model.num_query_groups=1 (KV heads) is not divisible by parallel.tp=2"),
+    ({"model__num_query_groups": 3}, None, "is not divisible by model.num_query_groups=3"),
+    ({"train__global_batch_size": 12, "train__micro_batch_size": 1}, 8,
+     "train.global_batch_size=12 is not divisible by train.micro_batch_size*dp=1*8=8"),
+    ({"parallel__dp": 2}, 8, "mesh size parallel.dp*tp*cp*pp=2 != 8 devices"),
+    ({"parallel__tp": 3, "model__num_attention_heads": 6, "model__num_query_groups": 3,
+      "model__ffn_hidden_size": 120, "model__vocab_size": 258}, 8, "parallel.tp*cp*pp=3 does not divide the 8 devices"),
+    ({"parallel__ep": 2, "parallel__tp": 2}, 8, "needs parallel.sequence_parallel=True"),
+    ({"parallel__ep": 8, "parallel__etp": 2}, 8, "parallel.etp*ep*pp=16 does not divide the 8 devices"),
+    ({"moe__layer_freq": [1, 0, 1]}, None, "must be a list of 2 zeros and ones"),
+    ({"moe__router_score_function": "relu"}, None, "moe.router_score_function='relu' is not one of"),
+    ({"moe__ffn_hidden_size": 100, "parallel__etp": 8}, 8, "moe.ffn_hidden_size=100 is not divisible by parallel.etp=8"),
+    ({"model__vocab_size": 0}, None, "model.vocab_size=0 must be a positive integer"),
+])
+def test_validation_error_names_key_and_fix(overrides, devices, message):
+  cfg = _cfg(**overrides)
+  with pytest.raises(ConfigError) as e:
+    validate(cfg, devices)
+  assert message in str(e.value)
+
+
+def test_every_problem_reported_once():
+  cfg = _cfg(moe__router_topk=9, parallel__ep=3)
+  with pytest.raises(ConfigError) as e:
+    validate(cfg, 8)
+  assert len(e.value.problems) >= 2
+
+
+def test_unknown_key_in_recipe_and_override():
+  cfg = base_config()
+  cfg.moe.num_expert = 8
+  with pytest.raises(ConfigError, match=r"unknown key moe.num_expert .*did you mean moe.num_experts"):
+    validate(cfg)
+  with pytest.raises(ConfigError, match="unknown key moe.topk"):
+    apply_overrides(base_config(), {"moe.topk": 2})
+
+
+def test_cli_override_and_unknown_key(tmp_path, repo_root):
+  """train.py takes dotted overrides; a misspelt one fails before anything compiles."""
+  out = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny_moe.py",
+                        "--config.moe.num_experts=6", "--config.parallel.ep=4", "--workdir", str(tmp_path)],
+                       cwd=repo_root, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "JAX_NUM_CPU_DEVICES": "8"})
+  assert out.returncode != 0
+  assert "moe.num_experts=6 is not divisible by parallel.ep=4" in out.stderr
+  assert "Traceback" not in out.stderr
+  out = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny_moe.py",
+                        "--config.moe.num_expert=6", "--workdir", str(tmp_path)],
+                       cwd=repo_root, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "unknown key moe.num_expert (did you mean moe.num_experts?)" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_mixtral_recipe_has_real_hyperparameters_and_46_7b_params(repo_root):
+  sys.path.insert(0, str(repo_root))
+  from configs import mixtral_8x7b
+  from moejax.config import model_spec
+  from moejax.models.gpt import GPTModel
+  cfg = mixtral_8x7b.get_config()
+  m = cfg.model
+  assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads, m.num_query_groups,
+          m.vocab_size, m.rotary_base) == (32, 4096, 14336, 32, 8, 32000, 1e6)
+  assert (cfg.moe.num_experts, cfg.moe.router_topk) == (8, 2)
+  validate(cfg, 8)
+  model = GPTModel(model_spec(cfg))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16), "int32"))
+  n = sum(x.size for x in jax.tree.leaves(shapes["params"]))
+  assert abs(n - 46.7e9) <= 0.1e9, n
+  assert n == num_params_estimate(cfg)
