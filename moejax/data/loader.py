@@ -15,8 +15,12 @@ from moejax.data.corpus import SyntheticWindows, TokenWindows, pydoc_tokens
 from moejax.data.gpt_dataset import GPTDatasetConfig
 
 
-def make_dataset(cfg, num_devices: int) -> grain.MapDataset:
-  """A Grain MapDataset of global batches shaped [num_micro, micro·dp, seq+1]."""
+def make_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset:
+  """A Grain MapDataset of global batches shaped [num_micro, micro·dp, seq+1].
+
+  With several processes and the batch `sharding`, each process reads only the rows its own
+  devices hold: [num_micro, rows of this process, seq+1] (see `process_rows`).
+  """
   t, d = cfg.train, cfg.data
   length = t.seq_length + 1
   if d.source == "pydoc":
@@ -24,30 +28,57 @@ def make_dataset(cfg, num_devices: int) -> grain.MapDataset:
     if cfg.model.vocab_size < 257:
       raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 257")
   elif d.source == "indexed":
-    return _batches(WindowSource(gpt_datasets(cfg)[0]), cfg, num_devices)
+    return _batches(WindowSource(gpt_datasets(cfg)[0]), cfg, num_devices, sharding)
   else:
     source = SyntheticWindows(cfg.model.vocab_size, length, d.seed)
   ds = grain.MapDataset.source(source).shuffle(seed=d.seed).repeat()
-  return _batches(ds, cfg, num_devices)
+  return _batches(ds, cfg, num_devices, sharding)
 
 
-def make_eval_dataset(cfg, num_devices: int) -> grain.MapDataset | None:
+def make_eval_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset | None:
   """Validation batches (None without evaluation): evaluation k (at step k·eval_interval,
   k = 1, 2, ...) reads batches [(k-1)·eval_iters, k·eval_iters), fresh ones each time as in
   Megatron, and the same ones after a resume."""
   if not cfg.train.eval_interval:
     return None
-  return _batches(WindowSource(gpt_datasets(cfg)[1]), cfg, num_devices)
+  return _batches(WindowSource(gpt_datasets(cfg)[1]), cfg, num_devices, sharding)
 
 
-def _batches(source, cfg, num_devices: int) -> grain.MapDataset:
+def _batches(source, cfg, num_devices: int, sharding=None) -> grain.MapDataset:
   """Consecutive records as global batches [num_micro, micro·dp, seq+1] (the GPT index is
-  already shuffled; Megatron's sampler reads it in order)."""
+  already shuffled; Megatron's sampler reads it in order): record s·gbs + m·(micro·dp) + r is
+  row r of micro-batch m of step s."""
   t = cfg.train
+  gbs, length = t.global_batch_size, t.seq_length + 1
   n_micro = num_microbatches(cfg, num_devices)
   ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
-  ds = ds.batch(t.global_batch_size, drop_remainder=True)
-  return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, t.seq_length + 1))
+  if sharding is not None and jax.process_count() > 1:
+    rows = process_rows(sharding, (n_micro, gbs // n_micro, length))
+    return local_batches(ds, gbs, n_micro, rows)
+  ds = ds.batch(gbs, drop_remainder=True)
+  return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, length))
+
+
+def process_rows(sharding, global_shape, devices=None) -> np.ndarray:
+  """Rows of the batch axis (axis 1) that `devices` (default: this process's) hold."""
+  devices = set(sharding.addressable_devices if devices is None else devices)
+  rows = set()
+  for dev, index in sharding.devices_indices_map(tuple(global_shape)).items():
+    if dev in devices:
+      rows.update(range(*index[1].indices(global_shape[1])))
+  return np.asarray(sorted(rows), dtype=np.int64)
+
+
+def local_batches(records: grain.MapDataset, gbs: int, n_micro: int, rows: np.ndarray) -> grain.MapDataset:
+  """Per step, only the given rows of each micro-batch: [n_micro, len(rows), seq+1]."""
+  per_micro = gbs // n_micro
+  offsets = (np.arange(n_micro)[:, None] * per_micro + rows[None, :]).ravel()
+
+  def load(step):
+    recs = [np.asarray(records[int(step) * gbs + int(o)], np.int32) for o in offsets]
+    return np.stack(recs).reshape(n_micro, len(rows), -1)
+
+  return grain.MapDataset.range(len(records) // gbs).map(load)
 
 
 def split_sizes(cfg) -> tuple[int, int, int]:
@@ -69,5 +100,8 @@ def gpt_datasets(cfg):
 
 
 def device_batch(batch: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
-  """Places a host global batch on the mesh (each process passes the whole batch)."""
+  """Places a batch on the mesh: the whole global batch with one process, this process's rows
+  (from `make_dataset(..., sharding)`) with several."""
+  if jax.process_count() > 1:
+    return jax.make_array_from_process_local_data(sharding, batch)
   return jax.make_array_from_callback(batch.shape, sharding, lambda idx: batch[idx])

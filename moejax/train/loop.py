@@ -88,9 +88,9 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
     else:
       state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
-    dataset = make_dataset(cfg, n_dev)
-    eval_dataset = make_eval_dataset(cfg, n_dev)
     bsh = batch_sharding(mesh, rules, ndim=3)
+    dataset = make_dataset(cfg, n_dev, bsh)
+    eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
     step_fn = jax.jit(make_train_step(model, optimizer, schedule), in_shardings=(shardings, bsh),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = int(state.step)
