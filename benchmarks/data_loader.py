@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from moejax.data.blend import build_gpt_datasets  # noqa: E402
-from moejax.data.gpt_dataset import GPTDatasetConfig  # noqa: E402
 from moejax.data.indexed import IndexedDatasetBuilder  # noqa: E402
 
 
@@ -64,7 +63,6 @@ def main() -> None:
 
     import grain
 
-    from moejax.data.blend import WindowSource
 
     work = a.workdir or tempfile.mkdtemp(prefix="moejax_loader_bench_")
     os.makedirs(work, exist_ok=True)
@@ -74,42 +72,55 @@ def main() -> None:
         make_corpus(prefix, int(a.tokens))
         print(f"wrote corpus {prefix} ({a.tokens:.3g} tokens) in {time.perf_counter() - t0:.1f}s")
     seq, gbs = a.seq_length, a.global_batch
+    # The Mixtral recipe reading this corpus (a 50/50 blend of it with itself, to include the
+    # blending layer) exactly as train.py does: make_dataset(cfg, 8 devices)[step].
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(REPO, "configs", "mixtral_8x7b.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    cfg = recipe.get_config()
+    cfg.data.update(source="indexed", path=("0.5", prefix, "0.5", prefix), split="98,1,1",
+                    cache_dir=os.path.join(work, "cache"))
+    cfg.train.update(train_iters=3 * a.steps, global_batch_size=gbs, seq_length=seq)
+    from moejax.config import validate
+    from moejax.data.loader import make_dataset
+    validate(cfg, a.gpus)
     t0 = time.perf_counter()
-    train, _, _ = build_gpt_datasets(["0.5", prefix, "0.5", prefix], "98,1,1", [a.steps * gbs * 4, gbs, gbs],
-                                     GPTDatasetConfig(seq, 1234, cache_dir=os.path.join(work, "cache")))
+    ds = make_dataset(cfg, a.gpus)
     t_index = time.perf_counter() - t0
-    print(f"built GPT + blended sample indices in {t_index:.2f}s")
-
-    ds = grain.MapDataset.source(WindowSource(train)).batch(gbs, drop_remainder=True)
+    print(f"built GPT + blended sample indices ({len(ds)} steps x {gbs} samples) in {t_index:.2f}s")
     results = {}
 
     def evict_page_cache():
         """Drop the corpus from the OS page cache so reads really go to disk (cold start)."""
-        with open(prefix + ".bin", "rb") as f:
+        with open(prefix + ".bin", "rb+") as f:
+            os.fsync(f.fileno())                      # dirty pages cannot be dropped
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
-    # 0) cold page cache, synchronous, fresh steps
+    # 1) cold page cache, synchronous, as the train loop calls it: batch = dataset[step]
     evict_page_cache()
-    t0 = time.perf_counter()
-    for s in range(2 * a.steps, 3 * a.steps):
-        batch = ds[s]
-    results["sync ds[s], cold page cache"] = a.steps * gbs * seq / (time.perf_counter() - t0)
-    # 1) what the train loop does: batch for step s = ds[s], synchronously
     t0 = time.perf_counter()
     for s in range(a.steps):
         batch = ds[s]
-    dt = time.perf_counter() - t0
-    assert batch.shape == (gbs, seq + 1)
-    results["sync ds[s]"] = a.steps * gbs * seq / dt
-    # 2) Grain iterator with read threads and prefetch (resumable state)
-    it = iter(ds[a.steps:2 * a.steps].to_iter_dataset(grain.ReadOptions(num_threads=a.threads,
-                                                                          prefetch_buffer_size=8)))
+    results["dataset[step], cold page cache"] = a.steps * gbs * seq / (time.perf_counter() - t0)
+    assert batch.shape == (gbs // a.gpus, a.gpus, seq + 1), batch.shape
+    # 2) warm page cache, other steps
+    t0 = time.perf_counter()
+    for s in range(a.steps, 2 * a.steps):
+        batch = ds[s]
+    results["dataset[step], warm page cache"] = a.steps * gbs * seq / (time.perf_counter() - t0)
+    # 3) Grain iterator with read threads and prefetch (its state is resumable)
+    evict_page_cache()
+    it = iter(ds[2 * a.steps:3 * a.steps].to_iter_dataset(
+        grain.ReadOptions(num_threads=a.threads, prefetch_buffer_size=8)))
     t0 = time.perf_counter()
     n = sum(1 for _ in it)
-    dt = time.perf_counter() - t0
-    results[f"grain iter, {a.threads} threads"] = n * gbs * seq / dt
+    results[f"Grain iterator, {a.threads} threads, cold"] = n * gbs * seq / (time.perf_counter() - t0)
 
     need = a.gpus * a.tflops_per_gpu * 1e12 / mixtral_train_flops_per_token(seq)
+    from moejax.config import model_spec
+    from moejax.metrics.flops import train_flops_per_token
+    assert abs(train_flops_per_token(model_spec(cfg), seq) / mixtral_train_flops_per_token(seq) - 1) < 1e-9
     print(f"Mixtral 8x7B train FLOPs/token (seq {seq}): {mixtral_train_flops_per_token(seq) / 1e9:.1f} GFLOP")
     print(f"{a.gpus} GPUs x {a.tflops_per_gpu:.0f} TFLOP/s consume {need:,.0f} tokens/s; 5x = {5 * need:,.0f}")
     for k, v in results.items():
