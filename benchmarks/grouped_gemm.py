@@ -234,7 +234,7 @@ def main():
     cells = []
     for c in cols:
       v = r.get(c)
-      cells.append(f"{v[0]:6.0f} | {v[1]:6.0f}" if v else f"{'n/a':>15s}")
+      cells.append(f"{v[0] / 1e12:6.0f} | {v[1] / 1e12:6.0f}" if v else f"{'n/a':>15s}")
     ratio = ""
     if "torch" in r:
       ratio = f"{r['pallas'][0] / r['torch'][0]:.2f} | {r['pallas'][1] / r['torch'][1]:.2f}"

@@ -1,0 +1,180 @@
+"""Grouped GEMM: Pallas Mosaic GPU kernels (interpret mode on CPU) vs references.
+
+References: jax.lax.ragged_dot and its VJP, and a NumPy float64 per-group loop.
+The interpreter fills fresh buffers with NaN, so "no NaN in the output" means
+every output element was written by the kernel.
+"""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from moejax.kernels.grouped_gemm import api, configs, grouped_gemm, mosaic
+
+ON_CPU = jax.devices()[0].platform == "cpu"
+
+
+def _inputs(m, k, n, sizes, seed):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+  w = jnp.asarray(rng.standard_normal((len(sizes), k, n)) / np.sqrt(k), jnp.bfloat16)
+  dy = jnp.asarray(rng.standard_normal((m, n)), jnp.bfloat16)
+  return x, w, dy, jnp.asarray(np.asarray(sizes, np.int32))
+
+
+def _np_ref(x, w, dy, sizes):
+  """float64 per-group y, dx, dw; tail rows give zeros."""
+  x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+  y = np.zeros((x.shape[0], w.shape[2])); dx = np.zeros_like(x); dw = np.zeros_like(w)
+  off = 0
+  for g, s in enumerate(np.asarray(sizes).tolist()):
+    r = slice(off, off + s)
+    y[r] = x[r] @ w[g]; dx[r] = dy[r] @ w[g].T; dw[g] = x[r].T @ dy[r]
+    off += s
+  return y, dx, dw
+
+
+def _rel(a, b):
+  a = np.asarray(a, np.float64); b = np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _fwd_bwd(impl, x, w, dy, gs):
+  y, vjp = jax.vjp(lambda a, b: grouped_gemm(a, b, gs, impl=impl), x, w)
+  dx, dw = vjp(dy)
+  return y, dx, dw
+
+
+# (m, k, n, group sizes): empty groups, sizes off the tile, tail rows, M off the tile.
+CASES = [
+    (256, 128, 256, [70, 0, 100, 50]),        # tail of 36 rows, one empty group
+    (200, 64, 128, [0, 0, 200]),              # leading empty groups, M % 128 != 0
+    (384, 128, 128, [1, 129, 0, 127, 127]),   # group edges straddle tiles
+]
+
+
+@pytest.mark.parametrize("m,k,n,sizes", CASES)
+def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
+  x, w, dy, gs = _inputs(m, k, n, sizes, seed=m + k)
+  ours = _fwd_bwd("pallas", x, w, dy, gs)
+  theirs = _fwd_bwd("xla", x, w, dy, gs)
+  ref = _np_ref(x, w, dy, gs)
+  for name, o, t, r in zip(("y", "dx", "dw"), ours, theirs, ref):
+    o32 = np.asarray(o, np.float32)
+    assert not np.isnan(o32).any(), f"{name}: unwritten (NaN) elements"
+    assert o.shape == t.shape and o.dtype == t.dtype, name
+    assert _rel(o32, t) <= 5e-3, (name, _rel(o32, t))
+    assert _rel(o32, r) <= 5e-3, (name, _rel(o32, r))
+  total = int(np.sum(sizes))
+  assert np.all(np.asarray(ours[0], np.float32)[total:] == 0), "tail rows must be 0"
+  assert np.all(np.asarray(ours[1], np.float32)[total:] == 0), "tail dx rows must be 0"
+  for g, s in enumerate(sizes):
+    if s == 0:
+      assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
+
+
+@pytest.mark.parametrize("ws", [True, False])
+@pytest.mark.parametrize("transpose_rhs", [False, True])
+def test_ragged_mm_kernel_variants(ws, transpose_rhs):
+  """Both the warp-specialized and the single-warpgroup kernel, both rhs layouts."""
+  m, k, n, sizes = 256, 128, 256, [3, 120, 0, 61]
+  x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
+  cfg = mosaic.MMConfig(tile_m=64, tile_n=64, tile_k=64, stages=2, ws=ws)
+  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
+  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
+                       out_dtype=jnp.float32, interpret=True)
+  ref = jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32)
+  assert not np.isnan(np.asarray(y)).any()
+  np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_contract_empty_groups_exact_zero():
+  m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0]
+  x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
+  dw = mosaic.ragged_contract(x, dy, gs, cfg=mosaic.ContractConfig(64, 64, 64, 2),
+                              out_dtype=jnp.float32, interpret=True)
+  _, _, ref = _np_ref(x, jnp.zeros((5, k, n), jnp.bfloat16), dy, gs)
+  dw = np.asarray(dw)
+  assert not np.isnan(dw).any()
+  assert _rel(dw, ref) <= 1e-5
+  for g in (0, 2, 4):
+    assert np.all(dw[g] == 0)
+
+
+def test_gated_expert_mlp_fc1_fused_and_fc2():
+  """Fused gate/up w1 [E, H, 2F] then down w2 [E, F, H]: values and grads."""
+  e, h, f, m = 3, 64, 64, 192
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.standard_normal((m, h)), jnp.bfloat16)
+  w1 = jnp.asarray(rng.standard_normal((e, h, 2 * f)) / 8, jnp.bfloat16)
+  w2 = jnp.asarray(rng.standard_normal((e, f, h)) / 8, jnp.bfloat16)
+  gs = jnp.array([90, 0, 80], jnp.int32)
+
+  def mlp(impl, x, w1, w2):
+    gu = grouped_gemm(x, w1, gs, impl=impl)
+    g, u = jnp.split(gu, 2, axis=-1)
+    a = (jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32)).astype(x.dtype)
+    return jnp.sum(grouped_gemm(a, w2, gs, impl=impl).astype(jnp.float32) ** 2)
+
+  lo, go = jax.value_and_grad(lambda *a: mlp("pallas", *a), argnums=(0, 1, 2))(x, w1, w2)
+  lx, gx = jax.value_and_grad(lambda *a: mlp("xla", *a), argnums=(0, 1, 2))(x, w1, w2)
+  assert abs(float(lo) - float(lx)) <= 5e-3 * abs(float(lx))
+  for a, b in zip(go, gx):
+    assert not np.isnan(np.asarray(a, np.float32)).any()
+    assert _rel(np.asarray(a, np.float32), np.asarray(b, np.float32)) <= 1e-2
+  assert np.all(np.asarray(go[1][1], np.float32) == 0)  # expert 1 got no rows
+
+
+def test_preferred_element_type_float32():
+  x, w, _, gs = _inputs(128, 64, 128, [60, 68], seed=5)
+  y = grouped_gemm(x, w, gs, impl="pallas", preferred_element_type=jnp.float32)
+  ref = jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_m_schedule_covers_every_row_once():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    g, m, tile = int(rng.integers(1, 9)), int(rng.integers(1, 700)), 64
+    cuts = np.sort(rng.integers(0, m + 1, g))
+    sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
+    sched, nt = mosaic.m_schedule(jnp.asarray(sizes, jnp.int32), m, tile)
+    sched, nt = np.asarray(sched), int(np.asarray(nt)[0])
+    owner = np.full(m, -1)
+    for t in range(nt):
+      gid, blk, lo, cnt = sched[:, t]
+      rows = np.arange(blk * tile + lo, blk * tile + lo + cnt)
+      assert cnt > 0 and np.all(owner[rows] == -1)
+      owner[rows] = gid
+    expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), g)])
+    np.testing.assert_array_equal(owner, expect)
+    assert np.all(sched[3, nt:] == 0)
+
+
+def test_auto_picks_xla_off_hopper_and_table_lookup():
+  x, w, _, gs = _inputs(128, 64, 128, [64, 64], seed=1)
+  if ON_CPU:
+    assert api.resolve_impl(x, w, "auto") == "xla"
+  np.testing.assert_array_equal(np.asarray(grouped_gemm(x, w, gs), np.float32),
+                                np.asarray(jax.lax.ragged_dot(x, w, gs), np.float32))
+  cfg = configs.lookup("fwd", 32768, 8, 4096, 28672)
+  assert isinstance(cfg, mosaic.MMConfig) and configs.mm_fits(cfg, 4096, 28672)
+  assert configs.lookup("wgrad", 100, 3, 96, 96) is None  # no tile divides 96
+
+
+def test_bad_inputs_raise_clear_errors():
+  x, w, _, gs = _inputs(128, 64, 128, [64, 64], seed=2)
+  with pytest.raises(ValueError, match="impl must be one of"):
+    grouped_gemm(x, w, gs, impl="cutlass")
+  with pytest.raises(ValueError, match="group_sizes_G must have shape"):
+    grouped_gemm(x, w, gs[:1])
+  with pytest.raises(ValueError, match="contracting dims differ"):
+    grouped_gemm(x[:, :32], w, gs)
+  with pytest.raises(ValueError, match="x_MK must be 2-D"):
+    grouped_gemm(x[None], w, gs)
+  with pytest.raises(ValueError, match="impl='pallas' cannot run"):
+    grouped_gemm(x.astype(jnp.float32), w.astype(jnp.float32), gs, impl="pallas")
+  with pytest.raises(ValueError, match="multiples of 64"):
+    grouped_gemm(x[:, :48], w[:, :48], gs, impl="pallas")
