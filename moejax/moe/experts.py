@@ -48,11 +48,11 @@ class GroupedMLP(_ExpertWeights):
   """All local experts in two grouped GEMMs (moejax.kernels.grouped_gemm)."""
 
   @nn.compact
-  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher):
+  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher, keep_BSK=None):
     w1, w2 = self.weights()
     specs = tuple(nn.logical_to_mesh_axes(a) for a in (W1_AXES, W2_AXES))
     fn = functools.partial(grouped_mlp, impl=self.spec.grouped_gemm_impl)
-    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs)
+    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs, keep_BSK)
 
 
 class SequentialMLP(_ExpertWeights):
@@ -70,4 +70,21 @@ class SequentialMLP(_ExpertWeights):
 
 
 class SharedExpertMLP(MLP):
-  """Experts every token goes through (DeepSeek, Qwen-MoE): a dense SwiGLU MLP."""
+  """Experts every token goes through (DeepSeek, Qwen-MoE): a dense SwiGLU MLP.
+
+  With `gate` (Qwen2-MoE's shared_expert_gate) the output is scaled per token by
+  sigmoid(x @ w_gate), w_gate [H, 1].
+  """
+  gate: bool = False
+
+  @nn.compact
+  def __call__(self, x_BSH):
+    out_BSH = super().__call__(x_BSH)
+    if not self.gate:
+      return out_BSH
+    s = self.spec
+    w_H1 = self.param("gate_weight", nn.with_logical_partitioning(nn.initializers.normal(s.init_std),
+                                                                  ("embed", None)),
+                      (s.hidden_size, 1), s.param_dtype)
+    gate_BS1 = jax.nn.sigmoid(jnp.einsum("bsh,ho->bso", x_BSH.astype(jnp.float32), w_H1.astype(jnp.float32)))
+    return (out_BSH * gate_BS1).astype(out_BSH.dtype)
