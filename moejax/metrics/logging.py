@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
@@ -38,3 +40,34 @@ class MetricsWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+MOE_ARRAY_KEYS = ("tokens_per_expert", "moe_dropped_fraction", "moe_losses")
+
+
+def moe_records(metrics: dict, per_layer: bool = False) -> dict:
+  """Scalars for the MoE statistics of one step (arrays [L, ...] over the MoE layers).
+
+  Always: `moe_load_imbalance` (max/mean tokens per expert, averaged over layers),
+  `moe_load_imbalance_max` (worst layer), the mean over layers of every logged
+  loss (`load_balancing_loss`, `z_loss`, ... each / its coeff, as Megatron logs
+  them, as `moe/NAME`) and `moe_dropped_fraction`. With `per_layer`: the same per layer as
+  `moe/layer_{i}/...` and the counts as `moe_tokens_per_expert` (jsonl only).
+  """
+  counts_LE = np.asarray(metrics.get("tokens_per_expert", np.zeros((0, 0))), np.float64)
+  if counts_LE.size == 0:
+    return {"moe_load_imbalance": None}
+  imb_L = counts_LE.max(-1) / np.maximum(counts_LE.mean(-1), 1e-9)
+  out = {"moe_load_imbalance": float(imb_L.mean()), "moe_load_imbalance_max": float(imb_L.max())}
+  logs = {k: np.asarray(v, np.float64) for k, v in metrics.get("moe_losses", {}).items()}
+  dropped_L = np.asarray(metrics.get("moe_dropped_fraction", np.zeros(len(imb_L))), np.float64)
+  out.update({f"moe/{name}": float(v.mean()) for name, v in logs.items()})
+  out["moe_dropped_fraction"] = float(dropped_L.mean())
+  if per_layer:
+    for i in range(len(imb_L)):
+      out[f"moe/layer_{i}/load_imbalance"] = float(imb_L[i])
+      out[f"moe/layer_{i}/dropped_fraction"] = float(dropped_L[i])
+      for name, v in logs.items():
+        out[f"moe/layer_{i}/{name}"] = float(v[i])
+    out["moe_tokens_per_expert"] = counts_LE.tolist()
+  return out

@@ -34,6 +34,9 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
   return out
 
 
+SCANNED_COLLECTIONS = ("params", "moe_state", "routing_replay", "routing_record")
+
+
 class DecoderBlock(nn.Module):
   """Pre-norm block: x + attn(norm(x)), then + mlp_or_moe(norm(·))."""
   spec: ModelSpec
@@ -79,7 +82,9 @@ class Decoder(nn.Module):
     block_cls = nn.remat(Superblock, prevent_cse=False) if s.recompute == "full" else Superblock
     moe_stats = []
     for i, (kinds, repeats) in enumerate(layer_segments(tuple(pattern))):
-      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+      # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
+      scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
+                        split_rngs={"params": True, "router": True},
                         in_axes=(nn.broadcast,), length=repeats,
                         metadata_params={nn.PARTITION_NAME: "layers"})
       x_BSH, st = scanned(s, kinds, name=f"segment_{i}")(x_BSH, positions_BS)

@@ -14,7 +14,7 @@ from moejax.checkpoint.manager import CheckpointManager
 from moejax.config import model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import peak_tflops_per_device, train_flops_per_token
-from moejax.metrics.logging import MetricsWriter
+from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
@@ -35,19 +35,12 @@ class _StopFlag:
     self.set = True
 
 
-def _load_imbalance(tokens_per_expert_LE: np.ndarray) -> float | None:
-  if tokens_per_expert_LE.size == 0:
-    return None
-  mean = tokens_per_expert_LE.mean(-1)
-  return float(np.mean(tokens_per_expert_LE.max(-1) / np.maximum(mean, 1e-9)))
-
-
 def make_eval_step(model: GPTModel):
-  """eval(params, batch [num_micro, b, seq+1]) -> mean LM loss over the micro-batches."""
+  """eval(params, batch [num_micro, b, seq+1], moe_state) -> mean LM loss over the micro-batches."""
 
-  def step(params, batch_NBS1):
+  def step(params, batch_NBS1, moe_state=None):
     def micro(total, tokens_BS1):
-      return total + loss_fn(model, params, tokens_BS1)[1]["lm_loss"], None
+      return total + loss_fn(model, params, tokens_BS1, moe_state)[1]["lm_loss"], None
 
     total, _ = jax.lax.scan(micro, jnp.zeros((), jnp.float32), batch_NBS1)
     return total / batch_NBS1.shape[0]
@@ -98,8 +91,9 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
     eval_fn = None
     if eval_dataset is not None:
-      eval_fn = jax.jit(make_eval_step(model), in_shardings=(shardings.params, bsh),
-                        out_shardings=replicated(mesh))
+      eval_jit = jax.jit(make_eval_step(model), in_shardings=(shardings.params, bsh, shardings.moe_state),
+                         out_shardings=replicated(mesh))
+      eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s on {n_dev} device(s), "
           f"mesh {dict(mesh.shape)}", file=sys.stderr)
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters)
@@ -113,9 +107,9 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         dt = time.perf_counter() - t0
         tps = tokens_per_step / dt
         tflops = flops_per_token * tps / n_dev / 1e12
-        record = {k: float(v) for k, v in metrics.items() if k != "tokens_per_expert"}
-        record.update(moe_load_imbalance=_load_imbalance(np.asarray(metrics["tokens_per_expert"])),
-                      step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
+        record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
+        record.update(moe_records(metrics, cfg.logging.moe_per_layer))
+        record.update(step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
                       mfu=(tflops / peak) if peak else None)
         if eval_fn is not None and (step + 1) % t.eval_interval == 0:
           record.update(evaluate(eval_fn, state.params, eval_dataset, (step + 1) // t.eval_interval,

@@ -11,6 +11,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moejax.models.gpt import GPTModel
+from moejax.parallel.sharding import current_mesh
 
 
 @flax.struct.dataclass
@@ -18,11 +19,17 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  moe_state: Any = None  # non-trainable MoE state (expert bias, step counters); {} when unused
 
 
-def _init_boxed(model: GPTModel, optimizer, seq_len: int, rng):
-  tokens = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(rng, tokens)["params"]
+def _init_boxed(model: GPTModel, optimizer, seq_len: int, rng, with_moe_state: bool = False):
+  # One row per device so the example batch divides over any data-parallel layout.
+  mesh = current_mesh()
+  tokens = jnp.zeros((mesh.size if mesh is not None else 1, seq_len), jnp.int32)
+  variables = model.init({"params": rng, "router": rng}, tokens)
+  params = variables["params"]
+  if with_moe_state:
+    return params, optimizer.init(nn.unbox(params)), dict(variables.get("moe_state", {}))
   return params, optimizer.init(nn.unbox(params))
 
 
@@ -31,7 +38,8 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
 
   Optimizer moments take their param's sharding; scalars are replicated.
   """
-  boxed, _ = jax.eval_shape(lambda r: _init_boxed(model, optimizer, seq_len, r), jax.random.key(0))
+  boxed, _, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, optimizer, seq_len, r, True),
+                                          jax.random.key(0))
   param_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
@@ -46,8 +54,10 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
     return node if isinstance(node, NamedSharding) and leaf.ndim else replicated
 
   opt_sh = jax.tree_util.tree_map_with_path(opt_leaf, abstract_opt)
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt)
-  shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
+                        moe_state=abstract_moe)
+  shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh,
+                         moe_state=jax.tree.map(lambda _: replicated, abstract_moe))
   return abstract, shardings
 
 
@@ -70,6 +80,7 @@ def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len
                shardings: TrainState) -> TrainState:
   """Initializes params and optimizer state directly into their shardings."""
   def init(rng):
-    params, opt_state = _init_boxed(model, optimizer, seq_len, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.unbox(params), opt_state=opt_state)
+    params, opt_state, moe_state = _init_boxed(model, optimizer, seq_len, rng, True)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.unbox(params), opt_state=opt_state,
+                      moe_state=moe_state)
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
