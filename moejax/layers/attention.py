@@ -7,10 +7,15 @@ from moejax.config import ModelSpec
 from moejax.layers.rotary import apply_rotary
 
 
-def _impl(name: str):
-  if name == "auto":
-    return None  # jax picks cuDNN where it applies, XLA otherwise
-  return name
+def _impl(spec: ModelSpec) -> str:
+  """`auto`: cuDNN flash attention on GPUs for 16-bit inputs it supports, XLA otherwise.
+
+  (jax.nn.dot_product_attention's own default is always XLA.)
+  """
+  if spec.attention_impl != "auto":
+    return spec.attention_impl
+  cudnn_ok = spec.dtype in ("bfloat16", "float16") and spec.head_dim <= 128 and spec.head_dim % 8 == 0
+  return "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
 
 
 class Attention(nn.Module):
@@ -35,7 +40,7 @@ class Attention(nn.Module):
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, is_causal=True,
-                                          implementation=_impl(s.attention_impl))
+                                          implementation=_impl(s))
     o_BSND = nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self._proj("o", (N, D, H), ("heads", "head_dim", "embed")))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))
