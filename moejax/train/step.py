@@ -10,16 +10,22 @@ from moejax.moe.router import finish_step
 from moejax.train.state import TrainState
 
 
-def moe_loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=None):
+def moe_loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=None,
+                replay_ids=None, record: bool = False):
   """LM cross-entropy + the MoE losses on one micro-batch [b, seq+1].
 
   Returns (loss, (metrics, moe_state after this micro-batch)); `rng` feeds the
-  router's 'router' stream (input jitter, forced balancing).
+  router's 'router' stream (input jitter, forced balancing). Router replay
+  (moejax/moe/replay.py): `replay_ids` forces the experts of every layer and
+  `record=True` returns the chosen ones as metrics['routing_ids'].
   """
   inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
   variables = {"params": params, **({"moe_state": moe_state} if moe_state else {})}
+  if replay_ids is not None:
+    variables["routing_replay"] = replay_ids
+  mutable = ["moe_state"] + (["routing_record"] if record else [])
   (logits_BSV, moe), updates = model.apply(variables, inputs_BS, rngs={"router": rng} if rng is not None else {},
-                                           mutable=["moe_state"])
+                                           mutable=mutable)
   lm = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS).mean()
   if moe is None:
     zero = jnp.zeros(())
@@ -28,6 +34,8 @@ def moe_loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, 
   aux, z = jnp.sum(moe.aux_loss), jnp.sum(moe.z_loss)
   metrics = dict(lm_loss=lm, aux_loss=aux, z_loss=z, tokens_per_expert=moe.tokens_per_expert_E,
                  moe_dropped_fraction=moe.dropped_fraction, moe_losses=moe.logs)
+  if record:
+    metrics["routing_ids"] = updates["routing_record"]
   return lm + aux + z, (metrics, dict(updates.get("moe_state", moe_state or {})))
 
 
