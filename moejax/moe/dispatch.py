@@ -195,7 +195,17 @@ def _spec(axes):
   return axes if axes else None
 
 
-# ---------------------------------------------------------------- exchange
+# ---------------------------------------------------------------- collectives
+# The token-moving collectives are module functions looked up at trace time, so
+# benchmarks/moe_layer.py can swap in local stand-ins to time compute alone.
+def gather_tokens(v, axes):
+  return jax.lax.all_gather(v, axes, axis=0, tiled=True)
+
+
+def scatter_tokens(v, axes):
+  return jax.lax.psum_scatter(v, axes, scatter_dimension=0, tiled=True)
+
+
 def _ragged_exchange_impl(x_GCH, send_counts_G, recv_counts_G, axes):
   G, C, H = x_GCH.shape
   flat = x_GCH.reshape(G * C, H)
@@ -252,7 +262,7 @@ def exchange_rows_per_rank(tokens: int, topk: int, ranks: int, capacity_factor: 
 # ---------------------------------------------------------------- dispatchers
 def _allgather_body(axes: MoEAxes, topk: int, expert_fn: Callable):
   def body(x_TH, probs_TK, idx_TK, keep_TK, *weights):
-    gather = lambda v: jax.lax.all_gather(v, axes.gather, axis=0, tiled=True) if axes.gather else v
+    gather = lambda v: gather_tokens(v, axes.gather) if axes.gather else v
     x_TH, probs_TK, idx_TK = gather(x_TH), gather(probs_TK), gather(idx_TK)
     keep_TK = None if keep_TK is None else gather(keep_TK)
     num_local = weights[0].shape[0]
@@ -260,7 +270,7 @@ def _allgather_body(axes: MoEAxes, topk: int, expert_fn: Callable):
     x_RH, probs_R, group_sizes, place = permute(x_TH, probs_TK, idx_TK, num_local, offset, keep_TK)
     out_TH = unpermute(expert_fn(x_RH, group_sizes, probs_R, *weights), place)
     if axes.gather:
-      out_TH = jax.lax.psum_scatter(out_TH, axes.gather, scatter_dimension=0, tiled=True)
+      out_TH = scatter_tokens(out_TH, axes.gather)
     if axes.replicated:
       out_TH = jax.lax.psum(out_TH, axes.replicated)
     return out_TH
