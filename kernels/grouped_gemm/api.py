@@ -59,13 +59,21 @@ def _row_multiple(plan):
   return max(fwd.tile_m, dgrad.tile_m, wgrad.tile_k)
 
 
+def _vary_like(y, *likes):
+  """Types y as varying over the shard_map axes of `likes` (inside shard_map, pallas_call
+  outputs come back typed invariant, which custom_vjp rejects). Adds zeros; no-op outside."""
+  for like in likes:
+    y = y + (like.reshape(-1)[:1] * 0).astype(y.dtype).reshape((1,) * y.ndim)
+  return y
+
+
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
   xp = _pad_rows(x_MK, _row_multiple(plan))
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret)
-  return y[:m], (x_MK, w_GKN, group_sizes_G)
+  return _vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G)
 
 
 def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
@@ -79,7 +87,7 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
                         out_dtype=x_MK.dtype, interpret=interpret)[:m]
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2],
                               out_dtype=w_GKN.dtype, interpret=interpret)
-  return dx, dw, None
+  return _vary_like(dx, x_MK), _vary_like(dw, w_GKN), None
 
 
 _pallas_gg.defvjp(_pallas_fwd, _pallas_bwd)
