@@ -118,8 +118,9 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                 f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
         history.append({"step": step + 1, **record})
         writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start)
-        ckpt.save(step + 1, state, {"step": step + 1}, force=stop.set)
-        if stop.set:
+        stopping = stop.set  # read once: a signal between save and check must not skip the save
+        ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
+        if stopping:
           print(f"stopping at step {step + 1} on signal; checkpoint saved", file=sys.stderr)
           break
       else:
