@@ -111,11 +111,13 @@ def sort_pairs(key_P, num_keys: int):
   return order_P, counts, valid_P
 
 
-def permute(x_TH, probs_TK, idx_TK, num_local_experts: int, expert_offset, keep_TK=None):
+def permute(x_TH, probs_TK, idx_TK, num_local_experts: int, expert_offset, keep_TK=None,
+            num_rows: int | None = None):
   """Sorts the (token, expert) pairs by local expert; other pairs get zero rows at the end.
 
-  Returns x_RH (R = T·K rows), probs_R (0 on empty rows), group_sizes [E_l] and
-  the `Placement` that `unpermute` inverts.
+  Returns x_RH (R = T·K rows, or `num_rows` if smaller: a bound on the kept
+  pairs, e.g. E_l × expert capacity when tokens are dropped), probs_R (0 on
+  empty rows), group_sizes [E_l] and the `Placement` that `unpermute` inverts.
   """
   T, K = idx_TK.shape
   local_P = idx_TK.reshape(-1) - expert_offset
@@ -124,10 +126,13 @@ def permute(x_TH, probs_TK, idx_TK, num_local_experts: int, expert_offset, keep_
     valid_P &= keep_TK.reshape(-1)
   key_P = jnp.where(valid_P, local_P, num_local_experts)
   order_P, group_sizes, row_valid_P = sort_pairs(key_P, num_local_experts)
-  R = T * K
-  src_R = jnp.where(row_valid_P, order_P // K, T)
-  slot_P = _inverse(order_P, jnp.where(row_valid_P, jnp.arange(R), R), R)
-  probs_R = jnp.where(row_valid_P, _take(probs_TK.reshape(-1), order_P), 0)
+  Pn = T * K
+  R = Pn if num_rows is None else min(Pn, num_rows)
+  order_R, row_valid_R = order_P[:R], row_valid_P[:R]
+  src_R = jnp.where(row_valid_R, order_R // K, T)
+  pos_P = jnp.arange(Pn)
+  slot_P = _inverse(order_P, jnp.where(row_valid_P & (pos_P < R), pos_P, R), Pn)
+  probs_R = jnp.where(row_valid_R, _take(probs_TK.reshape(-1), order_R), 0)
   place = Placement(src_R, slot_P.reshape(T, K), probs_R)
   return dispatch_rows(x_TH, src_R, place.slot_TK), probs_R, group_sizes, place
 
@@ -260,14 +265,15 @@ def exchange_rows_per_rank(tokens: int, topk: int, ranks: int, capacity_factor: 
 
 
 # ---------------------------------------------------------------- dispatchers
-def _allgather_body(axes: MoEAxes, topk: int, expert_fn: Callable):
+def _allgather_body(axes: MoEAxes, topk: int, expert_fn: Callable, rows_per_expert: int | None = None):
   def body(x_TH, probs_TK, idx_TK, keep_TK, *weights):
     gather = lambda v: gather_tokens(v, axes.gather) if axes.gather else v
     x_TH, probs_TK, idx_TK = gather(x_TH), gather(probs_TK), gather(idx_TK)
     keep_TK = None if keep_TK is None else gather(keep_TK)
     num_local = weights[0].shape[0]
     offset = jax.lax.axis_index(axes.ep) * num_local if axes.ep else 0
-    x_RH, probs_R, group_sizes, place = permute(x_TH, probs_TK, idx_TK, num_local, offset, keep_TK)
+    bound = None if rows_per_expert is None else num_local * rows_per_expert
+    x_RH, probs_R, group_sizes, place = permute(x_TH, probs_TK, idx_TK, num_local, offset, keep_TK, bound)
     out_TH = unpermute(expert_fn(x_RH, group_sizes, probs_R, *weights), place)
     if axes.gather:
       out_TH = scatter_tokens(out_TH, axes.gather)
@@ -278,7 +284,8 @@ def _allgather_body(axes: MoEAxes, topk: int, expert_fn: Callable):
 
 
 def _alltoall_body(axes: MoEAxes, topk: int, num_experts: int, expert_fn: Callable, primitive: str,
-                   capacity_factor: float | None, mesh_axes: tuple[str, ...], fallback: Callable):
+                   capacity_factor: float | None, mesh_axes: tuple[str, ...], fallback: Callable,
+                   rows_per_expert: int | None = None):
   def body(x_TH, probs_TK, idx_TK, keep_TK, *weights):
     T, K = idx_TK.shape
     E_l = weights[0].shape[0]
@@ -321,7 +328,8 @@ def _alltoall_body(axes: MoEAxes, topk: int, num_experts: int, expert_fn: Callab
                                  for v in (x_NH, probs_N, lexp_N))
       # 3. sort received rows by local expert, run the experts, unsort.
       x_RH, probs_R2, group_sizes, place = permute(
-          x_NH, probs_N[:, None], lexp_N[:, None], E_l, 0, None)
+          x_NH, probs_N[:, None], lexp_N[:, None], E_l, 0, None,
+          None if rows_per_expert is None else E_l * rows_per_expert)
       y_NH = unpermute(expert_fn(x_RH, group_sizes, probs_R2, *weights), place)
       if axes.etp_gather:
         y_NH = jax.lax.psum_scatter(y_NH, axes.etp_gather, scatter_dimension=0, tiled=True)
@@ -369,20 +377,24 @@ class TokenDispatcher:
     self.capacity_factor = exchange_capacity_factor
 
   def __call__(self, x_BSH, probs_BSK, idx_BSK, expert_fn: Callable, expert_weights: tuple,
-               weight_specs: tuple, keep_BSK=None) -> jax.Array:
-    """Returns the routed-expert output [B, S, H]; `keep_BSK` (optional) marks kept pairs."""
+               weight_specs: tuple, keep_BSK=None, rows_per_expert: int | None = None) -> jax.Array:
+    """Returns the routed-expert output [B, S, H].
+
+    keep_BSK (optional) marks the pairs kept after capacity dropping; then
+    `rows_per_expert` (the expert capacity) sizes the expert buffers: E_l × capacity rows.
+    """
     mesh = current_mesh()
     B, S, H = x_BSH.shape
     axes = MoEAxes()
     if mesh is not None:
       axes = _fit_token_axes(mesh, current_moe_axes(), B, S)
-    ag = _allgather_body(axes, self.topk, expert_fn)
+    ag = _allgather_body(axes, self.topk, expert_fn, rows_per_expert)
     # alltoall exchanges over ep: it needs the tokens sharded over every ep axis.
     use_a2a = self.kind == "alltoall" and all(a in axes.token for a in axes.ep)
     if use_a2a:
       mesh_axes = tuple(mesh.axis_names) if mesh is not None else ()
       fn = _alltoall_body(axes, self.topk, self.num_experts, expert_fn, self.exchange,
-                          self.capacity_factor, mesh_axes, ag)
+                          self.capacity_factor, mesh_axes, ag, rows_per_expert)
     else:
       fn = ag
 

@@ -58,11 +58,11 @@ class GroupedMLP(_ExpertWeights):
   """All local experts in two grouped GEMMs (moejax.kernels.grouped_gemm)."""
 
   @nn.compact
-  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher, keep_BSK=None):
+  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher, keep_BSK=None, rows_per_expert=None):
     w1, w2 = self.weights()
     specs = tuple(nn.logical_to_mesh_axes(a) for a in (W1_AXES, W2_AXES))
     fn = functools.partial(grouped_mlp, impl=self.spec.grouped_gemm_impl)
-    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs, keep_BSK)
+    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs, keep_BSK, rows_per_expert)
 
 
 class SequentialMLP(_ExpertWeights):

@@ -10,7 +10,7 @@ from flax import linen as nn
 from moejax.config import ModelSpec
 from moejax.moe.dispatch import TokenDispatcher
 from moejax.moe.experts import GroupedMLP, SharedExpertMLP
-from moejax.moe.router import TopKRouter
+from moejax.moe.router import TopKRouter, expert_capacity
 
 
 class MoEStats(NamedTuple):
@@ -39,8 +39,9 @@ class MoELayer(nn.Module):
     idx_BSK = nn.with_logical_constraint(route.idx_TK.reshape(B, S, -1), ("batch", "seq", None))
     dispatcher = TokenDispatcher(s.num_experts, s.router_topk, s.token_dispatcher_type, s.token_exchange,
                                  s.exchange_capacity_factor)
-    keep_BSK = None
+    keep_BSK, capacity = None, None
     if s.expert_capacity_factor is not None:  # pairs dropped by capacity (router.apply_token_dropping)
+      capacity = expert_capacity(B * S, s.num_experts, s.router_topk, s.expert_capacity_factor)
       keep_TK = jnp.take_along_axis(route.routing_map_TE, route.idx_TK, axis=1)
       keep_BSK = nn.with_logical_constraint(keep_TK.reshape(B, S, -1), ("batch", "seq", None))
     shared = None
@@ -51,7 +52,7 @@ class MoELayer(nn.Module):
     # tokens are exchanged. Without it they wait for the routed output.
     shared_BSH = shared(x_BSH) if shared is not None and s.shared_expert_overlap else None
     out_BSH = GroupedMLP(s, name="experts")(x_BSH, probs_BSK.astype(x_BSH.dtype), idx_BSK, dispatcher,
-                                            keep_BSK)
+                                            keep_BSK, capacity)
     if shared is not None and shared_BSH is None:
       out_BSH, x_after_BSH = jax.lax.optimization_barrier((out_BSH, x_BSH))
       shared_BSH = shared(x_after_BSH)

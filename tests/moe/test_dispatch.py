@@ -52,6 +52,22 @@ def test_permute_then_unpermute_restores_input_and_gradient(num_local, offset):
   np.testing.assert_allclose(g, cot * (local_TK.sum(1, keepdims=True) / K), rtol=1e-6, atol=1e-6)
 
 
+def test_permute_with_a_row_bound_keeps_every_kept_pair():
+  """num_rows (E_l × capacity under dropping) shrinks the buffer; with ≤ num_rows kept pairs
+  the round trip is unchanged."""
+  T, K, H, E = 12, 2, 4, 4
+  x_TH = jax.random.normal(jax.random.key(8), (T, H))
+  probs_TK, idx_TK = _random_routing(jax.random.key(9), T, K, E)
+  keep_TK = jnp.arange(T * K).reshape(T, K) % 3 == 0       # 8 kept pairs
+  full = dispatch.permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK)
+  small = dispatch.permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK, num_rows=8)
+  assert full[0].shape == (T * K, H) and small[0].shape == (8, H)
+  np.testing.assert_array_equal(small[0], full[0][:8])
+  np.testing.assert_array_equal(small[2], full[2])
+  back = lambda r: dispatch.unpermute(r[0] * r[1][:, None], r[3])
+  np.testing.assert_allclose(back(small), back(full), rtol=1e-6, atol=1e-6)
+
+
 def test_rows_are_sorted_by_expert_and_empty_rows_are_zero():
   T, K, H, E = 9, 2, 4, 6
   x_TH = jax.random.normal(jax.random.key(3), (T, H))

@@ -90,6 +90,21 @@ def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case
     _close(outs[kind][0][1], outs["allgather"][0][1], 1e-6)
 
 
+@pytest.mark.parametrize("policy", ["probs", "position"])
+def test_capacity_drops_match_one_device_and_both_dispatchers_drop_the_same_pairs(layer_case, policy):
+  """expert_capacity_factor=0.5: the router drops pairs globally; every device sizes its expert
+  buffers to E_l × capacity and skips exactly those pairs, in the folded tp2/ep4/etp2 layout."""
+  params, x, cot, _ = layer_case
+  spec = dataclasses.replace(SPEC, expert_capacity_factor=0.5, token_drop_policy=policy)
+  ref = _layer_value_and_grads(spec, params, x, cot)
+  layout = _mesh(LAYOUTS["fold_tp2_ep4_etp2"])
+  outs = {kind: _layer_value_and_grads(dataclasses.replace(spec, **kw), params, x, cot, layout)
+          for kind, kw in DISPATCHERS.items()}
+  for kind, out in outs.items():
+    _close(out, ref, 1e-5)
+    _close(out[0][1], outs["allgather"][0][1], 1e-6)
+
+
 def _pairs_per_rank_pair(idx_TK, devices, ranks, experts):
   """Max (source device, destination rank) pair count when the batch is split over `devices`."""
   per_dev = np.asarray(idx_TK).reshape(devices, -1)
@@ -184,3 +199,22 @@ def test_impossible_layouts_and_dispatch_settings_are_rejected(parallel, moe, ma
   cfg.moe.update(ffn_hidden_size=16, **moe)
   with pytest.raises(ConfigError, match=match):
     validate(cfg, 8)
+
+
+@pytest.mark.parametrize("kind", ["allgather", "alltoall"])
+def test_pallas_grouped_gemm_traces_under_shard_map(kind):
+  """Regression: Pallas outputs came back typed invariant inside shard_map, and the custom VJPs
+  (ours and the kernel's) rejected the gradient types at trace time (seen on GPU). Tracing the
+  bf16 gradient with impl='pallas' on an ep=2 mesh checks the types without running the kernels."""
+  cfg = _layout_cfg(ep=2)
+  cfg.train.update(seq_length=64, global_batch_size=8)
+  layout = make_mesh(cfg)
+  rules = logical_axis_rules(layout, False)
+  spec = ModelSpec(hidden_size=128, num_experts=4, router_topk=2, moe_ffn_hidden_size=128, init_std=0.05,
+                   dtype="bfloat16", grouped_gemm_impl="pallas", token_dispatcher_type=kind)
+  x = jax.ShapeDtypeStruct((8, 64, 128), jnp.bfloat16)
+  params = jax.eval_shape(lambda: nn.unbox(MoELayer(spec).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))))
+  grad = jax.grad(lambda p, x: jnp.sum(MoELayer(spec).apply(p, x)[0].astype(jnp.float32) ** 2))
+  with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
+    g = jax.eval_shape(grad, params, x)
+  assert jax.tree.structure(g) == jax.tree.structure(params)
