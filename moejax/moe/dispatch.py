@@ -324,15 +324,14 @@ def _alltoall_body(axes: MoEAxes, topk: int, num_experts: int, expert_fn: Callab
       lexp_GC = jax.vmap(lambda b: jnp.searchsorted(b, jnp.arange(C), side="right"))(bounds_GL)
       x_NH, probs_N, lexp_N = x_GCH.reshape(G * C, -1), probs_GC.reshape(-1), lexp_GC.reshape(-1)
       if axes.etp_gather:
-        x_NH, probs_N, lexp_N = (jax.lax.all_gather(v, axes.etp_gather, axis=0, tiled=True)
-                                 for v in (x_NH, probs_N, lexp_N))
+        x_NH, probs_N, lexp_N = (gather_tokens(v, axes.etp_gather) for v in (x_NH, probs_N, lexp_N))
       # 3. sort received rows by local expert, run the experts, unsort.
       x_RH, probs_R2, group_sizes, place = permute(
           x_NH, probs_N[:, None], lexp_N[:, None], E_l, 0, None,
           None if rows_per_expert is None else E_l * rows_per_expert)
       y_NH = unpermute(expert_fn(x_RH, group_sizes, probs_R2, *weights), place)
       if axes.etp_gather:
-        y_NH = jax.lax.psum_scatter(y_NH, axes.etp_gather, scatter_dimension=0, tiled=True)
+        y_NH = scatter_tokens(y_NH, axes.etp_gather)
       if axes.etp_replicated:
         y_NH = jax.lax.psum(y_NH, axes.etp_replicated)
       # 4. send the outputs back and combine each token's rows.
