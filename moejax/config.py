@@ -86,6 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
                                     # Megatron's --data-path: ("0.3", "a", "0.7", "b")
       split="969,30,1",             # indexed: train,valid,test weights (Megatron's --split)
       cache_dir="",                 # indexed: sample-index cache; "" = next to the data
+      eod=256,                      # end-of-document token id (the byte tokenizer's by default)
+      reset_position_ids=False,     # position ids restart after each eod token
+      reset_attention_mask=False,   # tokens attend only within their own document
+      eod_mask_loss=False,          # no loss at positions whose input token is eod
   )
   c.optim = dict(
       optimizer="adam",
@@ -227,6 +231,10 @@ def validate(cfg, num_devices: int | None = None) -> None:
   if problems:
     raise ConfigError(problems)
 
+  d = cfg.data
+  if (d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss) and not 0 <= d.eod < m.vocab_size:
+    problems.append(f"data.eod={d.eod} is outside model.vocab_size={m.vocab_size}: set data.eod to the "
+                    "tokenizer's end-of-document id (needed by data.reset_* / data.eod_mask_loss)")
   if m.num_attention_heads % m.num_query_groups:
     problems.append(f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
                     f"model.num_query_groups={m.num_query_groups}: choose a divisor of the head count")
@@ -500,6 +508,10 @@ class ModelSpec:
   shared_expert_gate: bool = False
   shared_expert_overlap: bool = True
   recompute: str | None = None
+  eod_token: int = 256
+  reset_position_ids: bool = False
+  reset_attention_mask: bool = False
+  eod_mask_loss: bool = False
 
 
 def _hashable(v):
@@ -531,4 +543,6 @@ def model_spec(cfg) -> ModelSpec:
       exchange_capacity_factor=moe.exchange_capacity_factor, shared_expert_gate=moe.shared_expert_gate,
       shared_expert_overlap=moe.shared_expert_overlap,
       grouped_gemm_impl=moe.grouped_gemm_impl,
-      recompute=cfg.train.recompute_granularity)
+      recompute=cfg.train.recompute_granularity, eod_token=cfg.data.eod,
+      reset_position_ids=cfg.data.reset_position_ids, reset_attention_mask=cfg.data.reset_attention_mask,
+      eod_mask_loss=cfg.data.eod_mask_loss)

@@ -35,6 +35,7 @@ def _cfg(**sections):
     ({"moe__router_score_function": "relu"}, None, "moe.router_score_function='relu' is not one of"),
     ({"moe__ffn_hidden_size": 100, "parallel__etp": 8}, 8, "moe.ffn_hidden_size=100 is not divisible by parallel.etp=8"),
     ({"model__vocab_size": 0}, None, "model.vocab_size=0 must be a positive integer"),
+    ({"data__reset_attention_mask": True, "data__eod": 300}, None, "data.eod=300 is outside model.vocab_size=257"),
 ])
 def test_validation_error_names_key_and_fix(overrides, devices, message):
   cfg = _cfg(**overrides)

@@ -27,7 +27,8 @@ class Attention(nn.Module):
                       shape, s.param_dtype).astype(s.dtype)
 
   @nn.compact
-  def __call__(self, x_BSH: jax.Array, positions_BS: jax.Array) -> jax.Array:
+  def __call__(self, x_BSH: jax.Array, positions_BS: jax.Array, segments_BS: jax.Array | None = None):
+    """Causal attention; with `segments_BS` (document ids) a token sees only its own document."""
     s = self.spec
     H, N, K, D = s.hidden_size, s.num_attention_heads, s.num_query_groups, s.head_dim
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
@@ -39,8 +40,12 @@ class Attention(nn.Module):
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
-    o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, is_causal=True,
-                                          implementation=_impl(s))
+    if segments_BS is None:
+      mask, impl = None, _impl(s)
+    else:  # document masks go through XLA (the cuDNN path here takes no arbitrary mask)
+      mask, impl = segments_BS[:, None, :, None] == segments_BS[:, None, None, :], "xla"
+    o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, mask=mask, is_causal=True,
+                                          implementation=impl)
     o_BSND = nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self._proj("o", (N, D, H), ("heads", "head_dim", "embed")))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

@@ -26,7 +26,7 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
       unit, r = pattern[i:i + p], 1
       while pattern[i + r * p:i + (r + 1) * p] == unit:
         r += 1
-      if r * p > best[0] * best[1]:
+      if r > 1 and r * p > best[0] * best[1]:  # a unit that does not repeat is no scan
         best = (p, r)
     p, r = best
     out.append((tuple(pattern[i:i + p]), r))
@@ -43,10 +43,10 @@ class DecoderBlock(nn.Module):
   is_moe: bool
 
   @nn.compact
-  def __call__(self, x_BSH, positions_BS):
+  def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
     norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.param_dtype, name=name)
-    x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS)
+    x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS, segments_BS)
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
       m_BSH, stats = MoELayer(s, name="moe")(h_BSH)
@@ -62,10 +62,10 @@ class Superblock(nn.Module):
   kinds: tuple[bool, ...]
 
   @nn.compact
-  def __call__(self, x_BSH, positions_BS):
+  def __call__(self, x_BSH, positions_BS, segments_BS=None):
     stats = []
     for j, is_moe in enumerate(self.kinds):
-      x_BSH, st = DecoderBlock(self.spec, is_moe, name=f"block_{j}")(x_BSH, positions_BS)
+      x_BSH, st = DecoderBlock(self.spec, is_moe, name=f"block_{j}")(x_BSH, positions_BS, segments_BS)
       if st is not None:
         stats.append(st)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *stats) if stats else None
@@ -76,7 +76,7 @@ class Decoder(nn.Module):
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, x_BSH, positions_BS):
+  def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
     pattern = s.moe_pattern or (False,) * s.num_layers
     block_cls = nn.remat(Superblock, prevent_cse=False) if s.recompute == "full" else Superblock
@@ -85,9 +85,9 @@ class Decoder(nn.Module):
       # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
       scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                         split_rngs={"params": True, "router": True},
-                        in_axes=(nn.broadcast,), length=repeats,
+                        in_axes=(nn.broadcast, nn.broadcast), length=repeats,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BSH, st = scanned(s, kinds, name=f"segment_{i}")(x_BSH, positions_BS)
+      x_BSH, st = scanned(s, kinds, name=f"segment_{i}")(x_BSH, positions_BS, segments_BS)
       if st is not None:  # [repeats, moe layers per superblock, ...] -> [layers, ...]
         moe_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), st))
     stats = jax.tree.map(lambda *a: jnp.concatenate(a), *moe_stats) if moe_stats else None

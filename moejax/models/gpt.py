@@ -10,14 +10,33 @@ from moejax.layers.embedding import Embedding, OutputHead
 from moejax.models.decoder import Decoder
 
 
+def document_positions_and_segments(tokens_BS: jax.Array, eod: int):
+  """Per row: position ids restarting after each `eod` token, and the document number
+  of every token (Megatron's reset_position_ids / reset_attention_mask)."""
+  B, S = tokens_BS.shape
+  after_eod_BS = jnp.pad(tokens_BS[:, :-1] == eod, ((0, 0), (1, 0)))
+  segments_BS = jnp.cumsum(after_eod_BS, axis=1, dtype=jnp.int32)
+  idx_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+  starts_BS = jax.lax.cummax(jnp.where(after_eod_BS, idx_BS, 0), axis=1)
+  return idx_BS - starts_BS, segments_BS
+
+
 class GPTModel(nn.Module):
   spec: ModelSpec
 
   @nn.compact
   def __call__(self, tokens_BS: jax.Array, positions_BS: jax.Array | None = None):
     """Returns fp32 logits [B, S, V] and the MoE statistics per MoE layer (or None)."""
+    s = self.spec
+    segments_BS = None
+    if s.reset_position_ids or s.reset_attention_mask:
+      doc_positions_BS, doc_segments_BS = document_positions_and_segments(tokens_BS, s.eod_token)
+      if s.reset_position_ids and positions_BS is None:
+        positions_BS = doc_positions_BS
+      if s.reset_attention_mask:
+        segments_BS = doc_segments_BS
     if positions_BS is None:
       positions_BS = jnp.broadcast_to(jnp.arange(tokens_BS.shape[1]), tokens_BS.shape)
-    x_BSH = Embedding(self.spec, name="embedding")(tokens_BS)
-    x_BSH, moe_stats = Decoder(self.spec, name="decoder")(x_BSH, positions_BS)
-    return OutputHead(self.spec, name="output_layer")(x_BSH), moe_stats
+    x_BSH = Embedding(s, name="embedding")(tokens_BS)
+    x_BSH, moe_stats = Decoder(s, name="decoder")(x_BSH, positions_BS, segments_BS)
+    return OutputHead(s, name="output_layer")(x_BSH), moe_stats

@@ -26,7 +26,12 @@ def moe_loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, 
   mutable = ["moe_state"] + (["routing_record"] if record else [])
   (logits_BSV, moe), updates = model.apply(variables, inputs_BS, rngs={"router": rng} if rng is not None else {},
                                            mutable=mutable)
-  lm = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS).mean()
+  ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS)
+  if model.spec.eod_mask_loss:  # Megatron: no loss where the input token is end-of-document
+    keep_BS = (inputs_BS != model.spec.eod_token).astype(ce_BS.dtype)
+    lm = jnp.sum(ce_BS * keep_BS) / jnp.maximum(jnp.sum(keep_BS), 1.0)
+  else:
+    lm = ce_BS.mean()
   if moe is None:
     zero = jnp.zeros(())
     metrics = dict(lm_loss=lm, aux_loss=zero, z_loss=zero, tokens_per_expert=jnp.zeros((0, 0)))
@@ -78,7 +83,7 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     moe_state = finish_step(moe_state, s.router_bias_update_rate)
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step), **aux)
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step), **aux)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, moe_state=moe_state), metrics
 
   return step

@@ -1,0 +1,69 @@
+"""GPTModel: document resets at end-of-document tokens, loss masking, layer segments."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from moejax.config import ModelSpec
+from moejax.data.gpt_dataset import ltor_position_ids_and_segments
+from moejax.models.decoder import layer_segments
+from moejax.models.gpt import GPTModel, document_positions_and_segments
+from moejax.train.step import loss_fn
+
+EOD = 7
+SPEC = ModelSpec(hidden_size=32, num_layers=2, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                 head_dim=8, vocab_size=32, num_experts=4, router_topk=2, moe_ffn_hidden_size=16,
+                 moe_pattern=(False, True), eod_token=EOD, init_std=0.2)
+
+
+def test_document_ids_match_megatron_semantics():
+  """Against the NumPy version that tests/data checks against megatron-core's datasets."""
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 10, size=(6, 40))
+  pos, seg = document_positions_and_segments(jnp.asarray(tokens), EOD)
+  for row in range(6):
+    want_pos, want_seg = ltor_position_ids_and_segments(tokens[row], EOD, True, True)
+    np.testing.assert_array_equal(pos[row], want_pos)
+    np.testing.assert_array_equal(seg[row], want_seg)
+
+
+def test_reset_masks_isolate_documents():
+  """With both resets, each document of a packed row gets the logits it gets alone."""
+  spec = dataclasses.replace(SPEC, reset_position_ids=True, reset_attention_mask=True)
+  rng = np.random.default_rng(1)
+  doc_a = np.append(rng.integers(8, 32, 9), EOD)
+  doc_b = rng.integers(8, 32, 6)
+  row = jnp.asarray(np.concatenate([doc_a, doc_b]))[None]
+  model = GPTModel(spec)
+  params = model.init(jax.random.key(0), row)
+  packed, _ = model.apply(params, row)
+  alone_a, _ = model.apply(params, jnp.asarray(doc_a)[None])
+  alone_b, _ = model.apply(params, jnp.asarray(doc_b)[None])
+  np.testing.assert_allclose(packed[0, :10], alone_a[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[0, 10:], alone_b[0], rtol=1e-5, atol=1e-5)
+  # Without the resets, the second document sees the first.
+  plain, _ = GPTModel(SPEC).apply(params, row)
+  assert not np.allclose(plain[0, 10:], alone_b[0], atol=1e-3)
+
+
+def test_eod_mask_loss_skips_positions_whose_input_is_eod():
+  spec = dataclasses.replace(SPEC, eod_mask_loss=True)
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 10, size=(3, 17)))
+  params = GPTModel(spec).init(jax.random.key(0), tokens[:, :-1])["params"]
+  loss, metrics = loss_fn(GPTModel(spec), params, tokens)
+  logits, _ = GPTModel(spec).apply({"params": params}, tokens[:, :-1])
+  ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
+  keep = np.asarray(tokens[:, :-1] != EOD)
+  assert 0 < keep.sum() < keep.size
+  np.testing.assert_allclose(metrics["lm_loss"], ce[keep].mean(), rtol=1e-6)
+
+
+def test_layer_segments_cover_the_pattern_with_few_scans():
+  assert layer_segments((True,) * 32) == [((True,), 32)]
+  assert layer_segments((False,) * 3 + (True,) * 58) == [((False,), 3), ((True,), 58)]
+  assert layer_segments((True, False) * 16) == [((True, False), 16)]
+  for pattern in [(True, True, False, True, False, False, True), (False,)]:
+    segs = layer_segments(pattern)
+    assert sum((kinds * r for kinds, r in segs), ()) == pattern
