@@ -29,17 +29,7 @@ def grouped_mlp(x_MH, group_sizes_E, probs_M, w1_EH2F, w2_EFH, *, impl: str = "a
   """Gated expert MLP over rows sorted by expert; the routing prob scales the activation."""
   h_M2F = grouped_gemm(x_MH, w1_EH2F, group_sizes_E, impl=impl)
   act_MF = (swiglu_interleaved(h_M2F) * probs_M[:, None].astype(h_M2F.dtype)).astype(x_MH.dtype)
-  return _same_manual_axes(grouped_gemm(act_MF, w2_EFH, group_sizes_E, impl=impl), act_MF)
-
-
-def _same_manual_axes(y, like):
-  """y typed as varying over (at least) the shard_map axes `like` varies over.
-
-  Pallas kernels' outputs come back typed as invariant inside shard_map, which
-  breaks the custom VJPs downstream; adding a zero taken from `like` fixes the
-  type on every JAX version (XLA folds the add into the consumer).
-  """
-  return y + (like.reshape(-1)[:1] * 0).astype(y.dtype).reshape((1,) * y.ndim)
+  return grouped_gemm(act_MF, w2_EFH, group_sizes_E, impl=impl)
 
 
 class _ExpertWeights(nn.Module):
