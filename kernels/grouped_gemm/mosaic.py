@@ -132,6 +132,20 @@ def _store_rows(out_smem, o_gmem, row0, row_lo, row_cnt, col0, tile_m, tile_n):
     p //= 2
 
 
+def _kernel_kwargs(out_shape, out_dtype, interpret):
+  """plgpu.kernel arguments shared by both kernels: one persistent program per SM."""
+  kw = dict(
+      out_type=jax.ShapeDtypeStruct(out_shape, out_dtype),
+      grid=(_num_sms(interpret),),
+      grid_names=("sm",),
+      compiler_params=plgpu.CompilerParams(
+          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+  )
+  if interpret:
+    kw["interpret"] = _interpret_arg(interpret)
+  return kw
+
+
 def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: MMConfig, transpose_rhs=False,
               out_dtype=None, interpret=False):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
@@ -291,15 +305,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: MMConfig, transpose_rhs=False,
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  kw = dict(
-      out_type=jax.ShapeDtypeStruct((m, n), out_dtype),
-      grid=(_num_sms(interpret),),
-      grid_names=("sm",),
-      compiler_params=plgpu.CompilerParams(
-          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-  )
-  if interpret:
-    kw["interpret"] = _interpret_arg(interpret)
+  kw = _kernel_kwargs((m, n), out_dtype, interpret)
   if cfg.ws:
     kernel = plgpu.kernel(body_ws, num_threads=3, thread_name="wg", **kw)
   else:
@@ -394,13 +400,5 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: ContractConfig,
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  kw = dict(
-      out_type=jax.ShapeDtypeStruct((g, k, n), out_dtype),
-      grid=(_num_sms(interpret),),
-      grid_names=("sm",),
-      compiler_params=plgpu.CompilerParams(
-          lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-  )
-  if interpret:
-    kw["interpret"] = _interpret_arg(interpret)
+  kw = _kernel_kwargs((g, k, n), out_dtype, interpret)
   return plgpu.kernel(body, **kw)(info_4G, x_MK, dy_MN)
