@@ -44,11 +44,6 @@ def logical_axis_rules(layout: MeshLayout, sequence_parallel: bool = False) -> t
   )
 
 
-def logical_sharding(mesh, rules, logical_tree):
-  """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_tree, mesh, rules)
-
-
 def batch_sharding(mesh, rules, ndim: int, leading_microbatch: bool = True) -> NamedSharding:
   """Sharding of a [num_micro, batch, seq...] token array: batch over dp."""
   spec = nn.logical_to_mesh_axes(("batch",), rules)
