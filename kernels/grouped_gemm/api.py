@@ -34,29 +34,26 @@ def _pallas_plan(m, g, k, n, dtype):
   from moejax.kernels.grouped_gemm import configs
   if jnp.dtype(dtype) not in _PALLAS_DTYPES:
     return None, f"dtype {jnp.dtype(dtype)} (pallas kernels take bfloat16/float16)"
-  fwd = configs.lookup("fwd", m, g, k, n)
-  dgrad = configs.lookup("dgrad", m, g, n, k)
-  wgrad = configs.lookup("wgrad", m, g, k, n)
-  if fwd is None or dgrad is None or wgrad is None:
-    return None, (f"K={k} and N={n} must be multiples of 64 (and one of them of "
-                  "128) for the pallas tiles")
-  return (fwd, dgrad, wgrad), None
+  plan = (configs.lookup("fwd", m, g, k, n), configs.lookup("dgrad", m, g, n, k),
+          configs.lookup("wgrad", m, g, k, n))
+  if any(c is None for c in plan):
+    return None, f"K={k} and N={n} must be multiples of 64 for the pallas tiles"
+  return plan, None
 
 
-def _pad_rows(a, mult):
-  m = a.shape[0]
-  pad = (-m) % mult
-  return a if pad == 0 else jnp.pad(a, ((0, pad), (0, 0)))
+def _pad(a, axis, mult):
+  """Zero-pad `axis` of `a` up to a multiple of `mult` (the kernels' tile grid)."""
+  pad = (-a.shape[axis]) % mult
+  if pad == 0:
+    return a
+  widths = [(0, 0)] * a.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(a, widths)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   return _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)[0]
-
-
-def _row_multiple(plan):
-  fwd, dgrad, wgrad = plan
-  return max(fwd.tile_m, dgrad.tile_m, wgrad.tile_k)
 
 
 def _vary_like(y, *likes):
@@ -70,23 +67,22 @@ def _vary_like(y, *likes):
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
-  xp = _pad_rows(x_MK, _row_multiple(plan))
-  y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
-                       interpret=interpret)
+  y = mosaic.ragged_mm(_pad(x_MK, 0, mosaic.BLOCK), w_GKN, group_sizes_G, cfg=plan[0],
+                       out_dtype=out_dtype, interpret=interpret)
   return _vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G)
 
 
 def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   from moejax.kernels.grouped_gemm import mosaic
   x_MK, w_GKN, group_sizes_G = res
-  m = x_MK.shape[0]
-  mult = _row_multiple(plan)
-  dy = _pad_rows(dy_MN.astype(x_MK.dtype), mult)
-  xp = _pad_rows(x_MK, mult)
+  m, k = x_MK.shape
+  dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
                         out_dtype=x_MK.dtype, interpret=interpret)[:m]
-  dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2],
-                              out_dtype=w_GKN.dtype, interpret=interpret)
+  # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.
+  xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
+  dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,
+                              interpret=interpret)[:, :k]
   return _vary_like(dx, x_MK), _vary_like(dw, w_GKN), None
 
 

@@ -15,9 +15,10 @@ import functools
 import json
 import os
 
-from moejax.kernels.grouped_gemm.mosaic import ContractConfig, MMConfig
+from moejax.kernels.grouped_gemm.mosaic import TileConfig, fits
 
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "tiles.json")
+OPS = ("fwd", "dgrad", "wgrad")
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,48 +34,29 @@ def clear_cache() -> None:
   _load_table.cache_clear()
 
 
-def mm_fits(cfg: MMConfig, k: int, n: int) -> bool:
-  return k % cfg.tile_k == 0 and n % cfg.cta_n() == 0
-
-
-def contract_fits(cfg: ContractConfig, k: int, n: int) -> bool:
-  return k % cfg.tile_m == 0 and n % cfg.tile_n == 0
-
-
-def default_mm(k: int, n: int) -> MMConfig | None:
-  """First candidate that divides (k, n): prefers the warp-specialized kernel."""
-  for tile_n, ws in ((128, True), (64, True), (128, False), (64, False)):
-    # ws with a 128x256 CTA tile fits 3 stages in 227 KiB of shared memory.
-    cfg = MMConfig(tile_m=128, tile_n=tile_n, tile_k=64,
-                   stages=3 if (ws and tile_n == 128) else 4, ws=ws)
-    if mm_fits(cfg, k, n):
-      return cfg
+def default(k: int, n: int) -> TileConfig | None:
+  """The widest tile that divides (k, n), with as many stages (<= 4) as fit."""
+  for tile_n in (256, 128, 64):
+    for stages in (4, 3, 2):
+      cfg = TileConfig(tile_n=tile_n, tile_k=64, stages=stages)
+      if fits(cfg, k, n):
+        return cfg
   return None
 
 
-def default_contract(k: int, n: int) -> ContractConfig | None:
-  for tm, tn in ((128, 128), (64, 128), (128, 64), (64, 64)):
-    cfg = ContractConfig(tile_m=tm, tile_n=tn, tile_k=64, stages=4)
-    if contract_fits(cfg, k, n):
-      return cfg
-  return None
-
-
-def lookup(op: str, m: int, g: int, k: int, n: int):
+def lookup(op: str, m: int, g: int, k: int, n: int) -> TileConfig | None:
   """Config for one kernel call, or None when no tile divides the shape."""
-  if op not in ("fwd", "dgrad", "wgrad"):
-    raise ValueError(f"op must be fwd, dgrad or wgrad, got {op!r}")
+  if op not in OPS:
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
   cands = [e for e in _load_table()
            if e["op"] == op and e["g"] == g and e["k"] == k and e["n"] == n]
   if cands:
     best = min(cands, key=lambda e: abs(e["m"] - m))
-    cls = ContractConfig if op == "wgrad" else MMConfig
-    fields = {f.name for f in dataclasses.fields(cls)}
-    cfg = cls(**{a: b for a, b in best["cfg"].items() if a in fields})
-    fits = contract_fits(cfg, k, n) if op == "wgrad" else mm_fits(cfg, k, n)
-    if fits:
+    names = {f.name for f in dataclasses.fields(TileConfig)}
+    cfg = TileConfig(**{a: b for a, b in best["cfg"].items() if a in names})
+    if fits(cfg, k, n):
       return cfg
-  return default_contract(k, n) if op == "wgrad" else default_mm(k, n)
+  return default(k, n)
 
 
 def write_entries(new_entries: list[dict]) -> None:

@@ -74,13 +74,15 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("ws", [True, False])
+@pytest.mark.parametrize("tile_n,stages", [(64, 2), (128, 3)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
-def test_ragged_mm_kernel_variants(ws, transpose_rhs):
-  """Both the warp-specialized and the single-warpgroup kernel, both rhs layouts."""
-  m, k, n, sizes = 256, 128, 256, [3, 120, 0, 61]
+def test_ragged_mm_kernel_variants(tile_n, stages, transpose_rhs):
+  """Both rhs layouts, two tile widths and ring depths. Group edges fall inside a
+  consumer's 64-row half (3, 123) and on it (64 + 64); one block holds four groups;
+  12 tiles over the 2 interpreted SMs wrap the ring several times."""
+  m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
-  cfg = mosaic.MMConfig(tile_m=64, tile_n=64, tile_k=64, stages=2, ws=ws)
+  cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
   y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
                        out_dtype=jnp.float32, interpret=True)
@@ -89,12 +91,24 @@ def test_ragged_mm_kernel_variants(ws, transpose_rhs):
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
+  """Rows past sum(group_sizes) are masked, not multiplied: NaN there stays out."""
+  m, k, n, sizes = 256, 64, 128, [30, 70]
+  x, w, _, gs = _inputs(m, k, n, sizes, seed=4)
+  x = x.at[100:].set(jnp.nan)
+  y = mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=128, stages=2),
+                       out_dtype=jnp.float32, interpret=True)
+  ref = jax.lax.ragged_dot(x[:100], w, gs, preferred_element_type=jnp.float32)
+  np.testing.assert_allclose(np.asarray(y[:100]), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(y[100:]) == 0)
+
+
 def test_ragged_contract_empty_groups_exact_zero():
-  m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0]
+  m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0, 7, 100]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
-  dw = mosaic.ragged_contract(x, dy, gs, cfg=mosaic.ContractConfig(64, 64, 64, 2),
+  dw = mosaic.ragged_contract(x, dy, gs, cfg=mosaic.TileConfig(tile_n=64, stages=2),
                               out_dtype=jnp.float32, interpret=True)
-  _, _, ref = _np_ref(x, jnp.zeros((5, k, n), jnp.bfloat16), dy, gs)
+  _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
   dw = np.asarray(dw)
   assert not np.isnan(dw).any()
   assert _rel(dw, ref) <= 1e-5
@@ -134,23 +148,24 @@ def test_preferred_element_type_float32():
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_m_schedule_covers_every_row_once():
+def test_block_schedule_covers_every_row_once():
   rng = np.random.default_rng(0)
   for _ in range(20):
-    g, m, tile = int(rng.integers(1, 9)), int(rng.integers(1, 700)), 64
+    g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
     cuts = np.sort(rng.integers(0, m + 1, g))
     sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
-    sched, nt = mosaic.m_schedule(jnp.asarray(sizes, jnp.int32), m, tile)
-    sched, nt = np.asarray(sched), int(np.asarray(nt)[0])
+    seg, blk = mosaic.block_schedule(jnp.asarray(sizes, jnp.int32), m)
+    seg, blk = np.asarray(seg), np.asarray(blk)
     owner = np.full(m, -1)
-    for t in range(nt):
-      gid, blk, lo, cnt = sched[:, t]
-      rows = np.arange(blk * tile + lo, blk * tile + lo + cnt)
-      assert cnt > 0 and np.all(owner[rows] == -1)
-      owner[rows] = gid
-    expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), g)])
+    for b in range(m // mosaic.BLOCK):
+      first, count = blk[:, b]
+      for s_ in range(first, first + count):
+        gid, lo, hi = seg[:, s_]
+        rows = b * mosaic.BLOCK + np.arange(lo, hi)
+        assert hi > lo and np.all(owner[rows] == -1)
+        owner[rows] = gid
+    expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), -1)])
     np.testing.assert_array_equal(owner, expect)
-    assert np.all(sched[3, nt:] == 0)
 
 
 def test_auto_picks_xla_off_hopper_and_table_lookup():
@@ -160,7 +175,8 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
   np.testing.assert_array_equal(np.asarray(grouped_gemm(x, w, gs), np.float32),
                                 np.asarray(jax.lax.ragged_dot(x, w, gs), np.float32))
   cfg = configs.lookup("fwd", 32768, 8, 4096, 28672)
-  assert isinstance(cfg, mosaic.MMConfig) and configs.mm_fits(cfg, 4096, 28672)
+  assert isinstance(cfg, mosaic.TileConfig) and mosaic.fits(cfg, 4096, 28672)
+  assert mosaic.smem_bytes(cfg, 2, 2) + 1024 <= mosaic.SMEM_BYTES
   assert configs.lookup("wgrad", 100, 3, 96, 96) is None  # no tile divides 96
 
 
