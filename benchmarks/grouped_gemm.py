@@ -113,8 +113,8 @@ def rel_errors(x, w, dy, y, dx, dw, sizes):
 
 
 def rel(a, b):
-  a = jnp.asarray(a, jnp.float32); b = jnp.asarray(b, jnp.float32)
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  a = np.asarray(a, np.float64); b = np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def poison_device_memory(nbytes):
@@ -122,6 +122,35 @@ def poison_device_memory(nbytes):
   p = jnp.full((nbytes // 2,), jnp.nan, jnp.bfloat16)
   p.block_until_ready()
   del p
+
+
+def smoke_check():
+  """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64:
+  a wrong kernel stops the run before any timing. Returns True when all pass."""
+  ok = True
+  for m, e, k, n, seed in ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)):
+    rng = np.random.default_rng(seed)
+    sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
+    sizes[0] = 0
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((e, k, n)) / np.sqrt(k)).astype(np.float32)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+    y, dx, dw = fwd_bwd_fn(lambda a, b, g: grouped_gemm(a, b, g, impl="pallas"))(
+        bf(x), bf(w), jnp.asarray(sizes), bf(dy))
+    x, w, dy = (np.asarray(bf(a), np.float64) for a in (x, w, dy))
+    ry, rdx, rdw = np.zeros((m, n)), np.zeros((m, k)), np.zeros((e, k, n))
+    off = 0
+    for g, s in enumerate(sizes.tolist()):
+      r = slice(off, off + s)
+      ry[r], rdx[r], rdw[g] = x[r] @ w[g], dy[r] @ w[g].T, x[r].T @ dy[r]
+      off += s
+    errs = [rel(o, r) for o, r in ((y, ry), (dx, rdx), (dw, rdw))]
+    good = all(np.isfinite(errs)) and max(errs) <= 5e-3
+    ok &= good
+    print(f"check m={m} e={e} k={k} n={n}: rel err y/dx/dw " +
+          " ".join(f"{v:.1e}" for v in errs) + ("" if good else "  WRONG"), flush=True)
+  return ok
 
 
 def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
@@ -197,8 +226,13 @@ def main():
   ap.add_argument("--shapes", default="mixtral,qwen3,dsv3")
   ap.add_argument("--skip-xla", action="store_true")
   ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--check-only", action="store_true", help="only the small-shape check")
   args = ap.parse_args()
   print("jax", jax.__version__, "device", jax.devices()[0].device_kind)
+  if not smoke_check():
+    raise SystemExit("pallas grouped GEMM is wrong on small shapes: no timing")
+  if args.check_only:
+    return
   torch_mod = None
   if not args.no_torch:
     try:

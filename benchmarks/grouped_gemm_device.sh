@@ -1,18 +1,27 @@
 #!/bin/bash
-# Device run: make moejax.kernels importable (kernels/ maps to moejax.kernels),
-# optionally autotune shapes, then run the grouped GEMM benchmark.
-#   bash benchmarks/grouped_gemm_device.sh [tune]
+# Device run: make moejax.kernels importable (kernels/ maps to moejax.kernels), check the
+# kernels on small shapes, then benchmark and/or autotune.
+#   bash benchmarks/grouped_gemm_device.sh [bench|tune|bench+tune] [extra benchmark args]
+# Logs and the tuned tiles.json go to $OUT (or /tmp/out).
+set -o pipefail
 export PYTHONUNBUFFERED=1
 R=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf /tmp/pp && mkdir -p /tmp/pp && cp -r "$R/moejax" /tmp/pp/ && cp -r "$R/kernels" /tmp/pp/moejax/kernels
 export PYTHONPATH=/tmp/pp
 cd /tmp
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
-if [ "$1" = "tune" ]; then
-  for s in "32768 8 4096 28672" "32768 8 14336 4096" "65536 128 768 2048" "32768 8 7168 4096" "32768 8 2048 7168"; do
+MODE=${1:-bench}; shift
+timeout 120 python3 "$R/benchmarks/grouped_gemm.py" --check-only 2>&1 | grep -vE "^WARNING|bfc_allocator" || exit 1
+if [[ "$MODE" == *bench* ]]; then
+  timeout ${BENCH_TIMEOUT:-330} python3 "$R/benchmarks/grouped_gemm.py" "$@" 2>&1 | tee "$OUTDIR/bench.log" | grep -vE "^WARNING|bfc_allocator"
+fi
+if [[ "$MODE" == *tune* ]]; then
+  # (m, experts, k, n) of fc1 (H -> 2F) and fc2 (F -> H): Mixtral, Qwen3-30B-A3B, DeepSeek-V3 EP32.
+  for s in "65536 128 768 2048" "65536 128 2048 1536" "32768 8 2048 7168" "32768 8 7168 4096" \
+           "32768 8 14336 4096" "32768 8 4096 28672"; do
     set -- $s
-    timeout 100 python3 -m moejax.kernels.grouped_gemm.autotune --m $1 --e $2 --k $3 --n $4 --quick 2>&1 | grep -E "BEST|failed|wrong|wrote" | grep -v "shared memory"
+    timeout ${TUNE_TIMEOUT:-100} python3 -m moejax.kernels.grouped_gemm.autotune --m $1 --e $2 --k $3 --n $4 --quick 2>&1 \
+      | tee -a "$OUTDIR/tune.log" | grep -E "TFLOP/s|BEST|failed|wrong|wrote" | grep -v "shared memory"
   done
   cp /tmp/pp/moejax/kernels/grouped_gemm/tiles.json "$OUTDIR/tiles.json"
 fi
-timeout ${BENCH_TIMEOUT:-330} python3 "$R/benchmarks/grouped_gemm.py" 2>&1 | tee "$OUTDIR/bench.log" | grep -vE "^WARNING|bfc_allocator"
