@@ -1,0 +1,81 @@
+"""One grouped GEMM kernel call on the device, for ncu / SASS dumps, or a tile sweep.
+
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc2 --op fwd
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc2 --op fwd \
+      --sweep "256,4 256,3 128,4 128,6"          # tile_n,stages: TFLOP/s of each
+
+Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
+kernel (named after its body function) is the one profiled. Group sizes are the
+benchmark's Dirichlet sizes (seed 0).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from moejax.kernels.grouped_gemm import configs, mosaic
+
+sys.path.insert(0, os.path.dirname(__file__))
+from grouped_gemm import SHAPES, dirichlet_sizes  # noqa: E402
+
+
+def call(op, m, e, k, n, cfg):
+  """(jitted kernel call, its args, its FLOPs) for one op of x[m,k] @ w[e,k,n]."""
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  gs = jnp.asarray(dirichlet_sizes(m, e))
+  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+  dy = jax.random.normal(kd, (m, n), jnp.bfloat16)
+  w = (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16)
+  if op == "fwd":
+    fn = jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg))
+    args = (x, w)
+  elif op == "dgrad":
+    fn = jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg, transpose_rhs=True))
+    args = (dy, w)
+  else:
+    fn = jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg))
+    args = (x, dy)
+  return fn, args, 2.0 * m * k * n
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen3")
+  ap.add_argument("--orient", choices=("fc1", "fc2"), default="fc2")
+  ap.add_argument("--op", choices=configs.OPS, default="fwd")
+  ap.add_argument("--sweep", default="", help="space-separated tile_n,stages pairs to time")
+  a = ap.parse_args()
+  m, e, h, f = SHAPES[a.shape]
+  k, n = (h, 2 * f) if a.orient == "fc1" else (f, h)
+  ck, cn = (n, k) if a.op == "dgrad" else (k, n)
+  if not a.sweep:
+    cfg = configs.lookup(a.op, m, e, ck, cn)
+    fn, args, _ = call(a.op, m, e, k, n, cfg)
+    jax.block_until_ready(fn(*args))
+    print(a.shape, a.orient, a.op, cfg)
+    return
+  for item in a.sweep.split():
+    tn, st = (int(v) for v in item.split(","))
+    cfg = dataclasses.replace(configs.lookup(a.op, m, e, ck, cn), tile_n=tn, stages=st)
+    fn, args, flops = call(a.op, m, e, k, n, cfg)
+    jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(20):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      ts.append(time.perf_counter() - t0)
+    print(f"{a.shape} {a.orient} {a.op} {cfg}: {flops / np.median(ts) / 1e12:.0f} TFLOP/s",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
