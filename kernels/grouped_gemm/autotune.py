@@ -40,11 +40,10 @@ def candidates(k, n, quick=False):
                             grid_minor_dim=gm)
     if mosaic.fits(cfg, k, n):
       out.append(cfg)
-  if quick:  # the widest tile with its deepest ring, two snake orders
+  if quick:  # the widest tile with its deepest ring, four tile orders
     best = max((c.tile_n, c.stages) for c in out) if out else None
-    out = [c for c in out if (c.tile_n, c.stages) == best and c.grid_tile_width in (4, 16)
-           and c.grid_minor_dim == 1] + [c for c in out if (c.tile_n, c.stages) == best
-                                         and c.grid_tile_width == 4 and c.grid_minor_dim == 0]
+    out = [c for c in out if (c.tile_n, c.stages) == best and
+           (c.grid_tile_width, c.grid_minor_dim) in ((4, 1), (16, 1), (8, 0), (16, 0))]
   return out
 
 

@@ -14,13 +14,15 @@ Both are one persistent CTA per SM with three warpgroups:
     tile_n, one wgmma group kept in flight), then write their rows through a
     swizzled shared-memory buffer with 64-row TMA stores.
 
-Ragged rows never make a partial store. `ragged_mm` walks 128-row blocks of x;
-a block that holds rows of several groups ("segments") runs the k-loop once per
-segment into the same accumulator, with the rows of other groups zeroed in the
-consumer's copy of the A tile, so each block is one full-tile store and rows past
-sum(group_sizes) come out as exact zeros. A consumer skips the wgmma of a
-segment with no rows in its half. `ragged_contract` zeroes the rows outside the
-group in the first and last 64-row step of each group; empty groups store zeros.
+`ragged_mm` cuts each group into 128-row tiles from the group's first row (as
+CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs the same k-loop: equal tiles keep
+the SMs in step, which keeps their joint working set inside L2. Full tiles store
+through swizzled SMEM; the last tile of a group stores its rows with a ladder of
+power-of-two TMA row stores from an unswizzled buffer that aliases the same SMEM
+(`plgpu.RefUnion`); rows past sum(group_sizes) are written as zeros without any
+wgmma. A consumer skips the wgmma of a tile with no rows in its half.
+`ragged_contract` zeroes the rows outside the group in the first and last 64-row
+step of each group; empty groups store zeros.
 
 Written by hand because no maintained library offers a dropless grouped GEMM with
 its backward for JAX on Hopper (jax.lax.ragged_dot pads to a dense product; the
@@ -85,37 +87,33 @@ def _transforms(minor: int, dtype):
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
 
-def block_schedule(group_sizes_G: jax.Array, m: int):
-  """Segments of each 128-row block of x, computed by XLA.
+def tile_schedule(group_sizes_G: jax.Array, m: int):
+  """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0).
 
-  Returns (seg_3S, blk_2B). Segment s holds the rows [lo, hi) (block-relative)
-  of group gid: seg[:, s] = (gid, lo, hi); segments are sorted by block. Block b
-  owns segments blk[0, b] .. blk[0, b] + blk[1, b] - 1; rows of no segment (past
-  sum(group_sizes)) are the tail, which the kernel writes as zeros. S = m/128 + G
-  bounds the segment count (each group edge inside a block adds one).
+  Group g is cut into 128-row tiles from its first row rounded down to a multiple
+  of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
+  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/128 + G + 1
+  (a bound), with sched[:, t] = (gid, row0, lo, cnt): tile t reads x rows
+  [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
+  an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
   """
   g = group_sizes_G.shape[0]
-  nb = m // BLOCK
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
-  first_blk = starts // BLOCK
-  nblk = jnp.where(ends > starts, (ends - 1) // BLOCK - first_blk + 1, 0)
-  offs_incl = jnp.cumsum(nblk)
-  offs = offs_incl - nblk
-  s_max = nb + g
-  t = jnp.arange(s_max, dtype=jnp.int32)
-  gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right"), g - 1).astype(jnp.int32)
-  blk = first_blk[gid] + t - offs[gid]
-  valid = t < offs_incl[-1]
-  lo = jnp.maximum(starts[gid] - blk * BLOCK, 0)
-  hi = jnp.minimum(ends[gid] - blk * BLOCK, BLOCK)
-  seg = jnp.stack([gid, jnp.where(valid, lo, 0), jnp.where(valid, hi, 0)]).astype(jnp.int32)
-  seg_blk = jnp.where(valid, blk, nb)
-  b = jnp.arange(nb, dtype=jnp.int32)
-  first = jnp.searchsorted(seg_blk, b, side="left").astype(jnp.int32)
-  count = jnp.searchsorted(seg_blk, b, side="right").astype(jnp.int32) - first
-  return seg, jnp.stack([first, count]).astype(jnp.int32)
+  starts = jnp.concatenate([starts, ends[-1:]])  # the tail as pseudo-group G
+  ends = jnp.concatenate([ends, jnp.full((1,), m, jnp.int32)])
+  base = starts // 8 * 8
+  ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
+  offs_incl = jnp.cumsum(ntiles)
+  t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
+  gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right"), g).astype(jnp.int32)
+  first = base[gid] + (t - (offs_incl - ntiles)[gid]) * BLOCK
+  lo_row = jnp.maximum(starts[gid], first)
+  cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
+  cnt = jnp.where(t < offs_incl[-1], cnt, 0)
+  row0 = jnp.minimum(first, m - BLOCK)
+  return jnp.stack([gid, row0, lo_row - row0, cnt]).astype(jnp.int32)
 
 
 class _Ring:
@@ -138,10 +136,11 @@ class _Ring:
     return step + 1
 
   def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
-    """Consumer: one k-step, keeping rows [lo, hi) of the `nrows` rows of `mask_ref`.
+    """Consumer: one k-step whose rows [lo, hi) of `nrows` count.
 
-    Rows outside [lo, hi) are zeroed in shared memory before the wgmma; with no
-    row kept the wgmma is skipped. The previous step's slot is released once its
+    With a `mask_ref`, rows outside [lo, hi) are zeroed in shared memory before the
+    wgmma (their products must not reach the accumulator); with no row in [lo, hi)
+    the wgmma is skipped. The previous step's slot is released once its
     wgmma is done (one wgmma group stays in flight); `first` marks a tile's first
     step, whose predecessor was released at the end of the previous tile.
     """
@@ -149,14 +148,15 @@ class _Ring:
     plgpu.barrier_wait(self.produced.at[slot])
     active = hi > lo
 
-    @pl.when(active & ((lo > 0) | (hi < nrows)))
-    def _():
-      ref = mask_ref(slot)
-      rows = plgpu.layout_cast(lax.broadcasted_iota(jnp.int32, ref.shape, 0),
-                               plgpu.Layout.WGMMA)
-      vals = ref[...]
-      ref[...] = jnp.where((rows >= lo) & (rows < hi), vals, jnp.zeros_like(vals))
-      plgpu.commit_smem()
+    if mask_ref is not None:
+      @pl.when(active & ((lo > 0) | (hi < nrows)))
+      def _():
+        ref = mask_ref(slot)
+        rows = plgpu.layout_cast(lax.broadcasted_iota(jnp.int32, ref.shape, 0),
+                                 plgpu.Layout.WGMMA)
+        vals = ref[...]
+        ref[...] = jnp.where((rows >= lo) & (rows < hi), vals, jnp.zeros_like(vals))
+        plgpu.commit_smem()
 
     @pl.when(active)
     def _():
@@ -182,18 +182,49 @@ class _Ring:
       plgpu.barrier_arrive(self.consumed.at[lax.rem(step + self.stages - 1, self.stages)])
 
 
-def _store_rows(acc_ref, out_smem, wg, dst, out_dtype):
-  """Write a consumer's 64 x tile_n accumulator: 64 x (128 bytes) sub-tiles through two
-  swizzled SMEM slots, so one TMA store is in flight while the next slot fills."""
+def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
+  """Write a consumer's 64 x tile_n accumulator to dst(row, n_rows, col, width).
+
+  rows=None: all 64 rows, as 64 x (128 bytes) sub-tiles through two swizzled SMEM
+  slots (one TMA store in flight while the next slot fills). rows=(lo, hi, full):
+  the same when `full`, else only rows [lo, hi), staged unswizzled (TMA boxes of
+  static size need arbitrary row offsets) and stored as a ladder of power-of-two
+  row slices. `out` is the (swizzled, unswizzled) pair of aliased SMEM buffers.
+  """
+  swizzled, plain = out
   acc = acc_ref[...].astype(out_dtype)
-  epi_n = out_smem.shape[-1]
+  epi_n = swizzled.shape[-1]
   n_sub = acc.shape[1] // epi_n
-  for j in range(n_sub):
-    # An odd sub-tile count restarts at slot 0 on the next tile: drain first.
-    plgpu.wait_smem_to_gmem(1 if n_sub % 2 == 0 else 0, wait_read_only=True)
-    out_smem[wg, j % 2] = acc[:, j * epi_n:(j + 1) * epi_n]
-    plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(out_smem.at[wg, j % 2], dst(j * epi_n, epi_n))
+
+  def all_rows():
+    for j in range(n_sub):
+      # An odd sub-tile count restarts at slot 0 on the next tile: drain first.
+      plgpu.wait_smem_to_gmem(1 if n_sub % 2 == 0 else 0, wait_read_only=True)
+      swizzled[wg, j % 2] = acc[:, j * epi_n:(j + 1) * epi_n]
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(swizzled.at[wg, j % 2], dst(0, ROWS, j * epi_n, epi_n))
+
+  if rows is None:
+    return all_rows()
+  lo, hi, full = rows
+  pl.when(full)(all_rows)
+
+  @pl.when(jnp.logical_not(full) & (hi > lo))
+  def _():
+    cnt = hi - lo
+    for j in range(n_sub):
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+      plain[wg] = acc[:, j * epi_n:(j + 1) * epi_n]
+      plgpu.commit_smem()
+      start, size = lo, ROWS
+      while size >= 1:
+        @pl.when(cnt & size != 0)
+        def _():
+          plgpu.copy_smem_to_gmem(plain.at[wg, pl.ds(start, size)],
+                                  dst(start, size, j * epi_n, epi_n))
+        start = start + (cnt & size)
+        size //= 2
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block, dtype,
@@ -202,7 +233,7 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
 
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, wg, acc_ref, store, lin, step) -> step runs its wgmmas and
-  calls store(acc_ref, dst) with dst(col, width) -> the GMEM window of its rows.
+  calls store(acc_ref, dst, rows) (see `_store_tile`).
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -212,8 +243,9 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
         pl.run_scoped,
         a_smem=plgpu.SMEM((stages, *a_block), dtype, transforms=_transforms(a_block[1], dtype)),
         b_smem=plgpu.SMEM((stages, *b_block), dtype, transforms=_transforms(b_block[1], dtype)),
-        out_smem=plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype,
-                            transforms=_transforms(epi_n, out_dtype)),
+        out_smem=plgpu.RefUnion(
+            plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype, transforms=_transforms(epi_n, out_dtype)),
+            plgpu.SMEM((2, ROWS, epi_n), out_dtype)),
         produced=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         consumed=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         collective_axes="wg",
@@ -235,7 +267,8 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
       @pl.when(wg < 2)
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
-        store = lambda acc_ref, dst: _store_rows(acc_ref, out_smem, wg, dst, out_dtype)
+        store = lambda acc_ref, dst, rows=None: _store_tile(acc_ref, tuple(out_smem), wg, dst,
+                                                            rows, out_dtype)
 
         def tile(i, step):
           return pl.run_scoped(
@@ -275,6 +308,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   Needs M % 128 == 0, K % tile_k == 0, N % tile_n == 0 (the wrapper pads M).
   """
   m, k = x_MK.shape
+  g = w_GKN.shape[0]
   n = w_GKN.shape[1] if transpose_rhs else w_GKN.shape[2]
   kk = w_GKN.shape[2] if transpose_rhs else w_GKN.shape[1]
   assert kk == k, (x_MK.shape, w_GKN.shape, transpose_rhs)
@@ -282,59 +316,60 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   tn, tk = cfg.tile_n, cfg.tile_k
   assert m % BLOCK == 0 and k % tk == 0 and n % tn == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize, out_dtype.itemsize)
-  k_iters, grid_n, num_blocks = k // tk, n // tn, m // BLOCK
-  seg, blk = block_schedule(group_sizes_G, m)
+  k_iters, grid_n = k // tk, n // tn
+  sched = tile_schedule(group_sizes_G, m)
+  num_tiles = sched.shape[1]
 
-  def coords(blk_gmem, lin):
-    b, ni = plgpu.planar_snake(lin, (num_blocks, grid_n), cfg.grid_minor_dim,
+  def coords(sched_gmem, lin):
+    t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n), cfg.grid_minor_dim,
                                cfg.grid_tile_width)
-    return b, ni, blk_gmem[0, b], blk_gmem[1, b]
+    gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
+    row0 = pl.multiple_of(row0, 8)
+    n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
+    return ni, gid, row0, lo, cnt, n_steps
 
   def produce_unit(refs, ring, lin, step):
-    seg_gmem, blk_gmem, x_gmem, w_gmem, _ = refs
-    b, ni, first, count = coords(blk_gmem, lin)
+    sched_gmem, x_gmem, w_gmem, _ = refs
+    ni, gid, row0, _, _, n_steps = coords(sched_gmem, lin)
+    w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
-    def segment(s, step):
-      wg_ = w_gmem.at[seg_gmem[0, s]]
+    def k_step(ki, step):
+      x_src = x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)]
+      w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
+               else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
+      return ring.produce(step, x_src, w_src)
 
-      def k_step(ki, step):
-        x_src = x_gmem.at[pl.ds(b * BLOCK, BLOCK), pl.ds(ki * tk, tk)]
-        w_src = (wg_.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
-                 else wg_.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-        return ring.produce(step, x_src, w_src)
-
-      return lax.fori_loop(0, k_iters, k_step, step)
-
-    return lax.fori_loop(first, first + count, segment, step)
+    return lax.fori_loop(0, n_steps, k_step, step)
 
   def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
-    seg_gmem, blk_gmem, _, _, o_gmem = refs
-    b, ni, first, count = coords(blk_gmem, lin)
-    row0 = wg * ROWS
-    a_rows = lambda slot: ring.a.at[slot, pl.ds(row0, ROWS)]
+    sched_gmem, _, _, o_gmem = refs
+    ni, _, row0, lo, cnt, n_steps = coords(sched_gmem, lin)
+    half = wg * ROWS
+    a = jnp.clip(lo - half, 0, ROWS)
+    b = jnp.clip(lo + cnt - half, 0, ROWS)
+    a_op = lambda slot: ring.a.at[slot, pl.ds(half, ROWS)]
     b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
             else (lambda slot: ring.b.at[slot]))
+    step = lax.fori_loop(
+        0, n_steps,
+        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, ROWS),
+        step)
+    ring.finish(step, n_steps > 0)
 
-    def segment(s, step):
-      lo = jnp.clip(seg_gmem[1, s] - row0, 0, ROWS)
-      hi = jnp.clip(seg_gmem[2, s] - row0, 0, ROWS)
-      return lax.fori_loop(
-          0, k_iters,
-          lambda ki, step: ring.consume(step, (s == first) & (ki == 0), acc_ref, a_rows,
-                                        b_op, a_rows, lo, hi, ROWS),
-          step)
+    @pl.when(cnt > 0)
+    def _():
+      store(acc_ref,
+            lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + half + r, nr),
+                                                pl.ds(ni * tn + col, width)],
+            (a, b, (a == 0) & (b == ROWS)))
 
-    step = lax.fori_loop(first, first + count, segment, step)
-    ring.finish(step, count > 0)
-    store(acc_ref, lambda col, width: o_gmem.at[pl.ds(b * BLOCK + row0, ROWS),
-                                                pl.ds(ni * tn + col, width)])
     return step
 
   return _persistent_call(
-      produce_unit, consume_unit, num_units=num_blocks * grid_n,
+      produce_unit, consume_unit, num_units=num_tiles * grid_n,
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
-      interpret=interpret, args=(seg, blk, x_MK, w_GKN))
+      interpret=interpret, args=(sched, x_MK, w_GKN))
 
 
 def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=None,
@@ -394,8 +429,8 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
-    store(acc_ref, lambda col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + col0, ROWS),
-                                                pl.ds(ni * tn + col, width)])
+    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + col0 + r, nr),
+                                                       pl.ds(ni * tn + col, width)])
     return step
 
   return _persistent_call(

@@ -77,9 +77,10 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
 @pytest.mark.parametrize("tile_n,stages", [(64, 2), (128, 3)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
 def test_ragged_mm_kernel_variants(tile_n, stages, transpose_rhs):
-  """Both rhs layouts, two tile widths and ring depths. Group edges fall inside a
-  consumer's 64-row half (3, 123) and on it (64 + 64); one block holds four groups;
-  12 tiles over the 2 interpreted SMs wrap the ring several times."""
+  """Both rhs layouts, two tile widths and ring depths. Groups of 3, 5, 19 rows (one
+  consumer half idle), 120 and 61 rows (partial halves), 128 (one full tile), a
+  group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
+  more tiles than the 2 interpreted SMs hold, so the ring wraps several times."""
   m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages)
@@ -148,24 +149,29 @@ def test_preferred_element_type_float32():
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_block_schedule_covers_every_row_once():
+def test_tile_schedule_covers_every_row_once():
+  """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
+  (gid == G), every row stored exactly once, every load inside x."""
   rng = np.random.default_rng(0)
-  for _ in range(20):
+  for _ in range(30):
     g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
     cuts = np.sort(rng.integers(0, m + 1, g))
     sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
-    seg, blk = mosaic.block_schedule(jnp.asarray(sizes, jnp.int32), m)
-    seg, blk = np.asarray(seg), np.asarray(blk)
+    sched = np.asarray(mosaic.tile_schedule(jnp.asarray(sizes, jnp.int32), m))
     owner = np.full(m, -1)
-    for b in range(m // mosaic.BLOCK):
-      first, count = blk[:, b]
-      for s_ in range(first, first + count):
-        gid, lo, hi = seg[:, s_]
-        rows = b * mosaic.BLOCK + np.arange(lo, hi)
-        assert hi > lo and np.all(owner[rows] == -1)
-        owner[rows] = gid
-    expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), -1)])
+    for gid, row0, lo, cnt in sched.T:
+      if cnt == 0:
+        continue
+      assert 0 <= row0 <= m - mosaic.BLOCK and row0 % 8 == 0 and lo + cnt <= mosaic.BLOCK
+      rows = np.arange(row0 + lo, row0 + lo + cnt)
+      assert np.all(owner[rows] == -1)
+      owner[rows] = gid
+    expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), g)])
     np.testing.assert_array_equal(owner, expect)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    span = np.where(sizes > 0, starts + sizes - starts // 8 * 8, 0)
+    per_group = np.bincount(sched[0][sched[3] > 0], minlength=g + 1)[:g]
+    np.testing.assert_array_equal(per_group, -(-span // mosaic.BLOCK))
 
 
 def test_auto_picks_xla_off_hopper_and_table_lookup():
