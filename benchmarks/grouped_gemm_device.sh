@@ -11,7 +11,7 @@ rm -rf /tmp/pp && mkdir -p /tmp/pp && cp -r "$R/moejax" /tmp/pp/ && cp -r "$R/ke
 export PYTHONPATH=/tmp/pp
 cd /tmp
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
-MODE=${1:-bench}; shift
+MODE=${1:-bench}; shift; BENCH_ARGS=("$@")
 timeout 120 python3 "$R/benchmarks/grouped_gemm.py" --check-only 2>&1 | grep -vE "^WARNING|bfc_allocator" || exit 1
 for step in ${MODE//+/ }; do
   if [ "$step" = tune ]; then
@@ -24,6 +24,6 @@ for step in ${MODE//+/ }; do
     done
     cp /tmp/pp/moejax/kernels/grouped_gemm/tiles.json "$OUTDIR/tiles.json"
   elif [ "$step" = bench ]; then
-    timeout ${BENCH_TIMEOUT:-330} python3 "$R/benchmarks/grouped_gemm.py" "$@" 2>&1 | tee "$OUTDIR/bench.log" | grep -vE "^WARNING|bfc_allocator|^\{"
+    timeout ${BENCH_TIMEOUT:-330} python3 "$R/benchmarks/grouped_gemm.py" "${BENCH_ARGS[@]}" 2>&1 | tee "$OUTDIR/bench.log" | grep -vE "^WARNING|bfc_allocator|^\{"
   fi
 done
