@@ -214,13 +214,13 @@ def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
     cnt = hi - lo
     for j in range(n_sub):
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-      plain[wg] = acc[:, j * epi_n:(j + 1) * epi_n]
+      plain[wg, 0] = acc[:, j * epi_n:(j + 1) * epi_n]
       plgpu.commit_smem()
       start, size = lo, ROWS
       while size >= 1:
         @pl.when(cnt & size != 0)
         def _():
-          plgpu.copy_smem_to_gmem(plain.at[wg, pl.ds(start, size)],
+          plgpu.copy_smem_to_gmem(plain.at[wg, 0, pl.ds(start, size)],
                                   dst(start, size, j * epi_n, epi_n))
         start = start + (cnt & size)
         size //= 2
@@ -245,7 +245,10 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
         b_smem=plgpu.SMEM((stages, *b_block), dtype, transforms=_transforms(b_block[1], dtype)),
         out_smem=plgpu.RefUnion(
             plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype, transforms=_transforms(epi_n, out_dtype)),
-            plgpu.SMEM((2, ROWS, epi_n), out_dtype)),
+            # Same leading (warpgroup, slot) dims: each ref of a union starts at
+            # offset 0, so plain[wg, 0] lies inside swizzled[wg] and never in the
+            # other warpgroup's half.
+            plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype)),
         produced=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         consumed=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         collective_axes="wg",
