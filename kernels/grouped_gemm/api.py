@@ -56,12 +56,19 @@ def _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   return _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)[0]
 
 
+def _varying_axes(x) -> frozenset:
+  """The shard_map axes x varies over (`aval.mat.varying`; `aval.vma` before JAX 0.11)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
 def _vary_like(y, *likes):
-  """Types y as varying over the shard_map axes of `likes` (inside shard_map, pallas_call
-  outputs come back typed invariant, which custom_vjp rejects). Adds zeros; no-op outside."""
-  for like in likes:
-    y = y + (like.reshape(-1)[:1] * 0).astype(y.dtype).reshape((1,) * y.ndim)
-  return y
+  """Types y as varying over the shard_map axes its inputs vary over (inside shard_map,
+  pallas_call outputs come back typed invariant, which custom_vjp rejects). A type
+  cast only (jax.lax.pcast), so no pass over y; a no-op outside shard_map."""
+  axes = frozenset().union(*map(_varying_axes, likes)) - _varying_axes(y)
+  return jax.lax.pcast(y, tuple(sorted(axes)), to="varying") if axes else y
 
 
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
