@@ -15,8 +15,10 @@ Both are one persistent CTA per SM with three warpgroups:
     swizzled shared-memory buffer with 64-row TMA stores.
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
-CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs the same k-loop: equal tiles keep
-the SMs in step, which keeps their joint working set inside L2. Full tiles store
+CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
+the same k-loop. Equal tiles keep the statically assigned SMs in step, which keeps
+their joint working set inside L2 (tiles of unequal cost let the SMs drift apart:
+ncu showed 2-8x the DRAM traffic; benchmarks/RESULTS.md). Full tiles store
 through swizzled SMEM; the last tile of a group stores its rows with a ladder of
 power-of-two TMA row stores from an unswizzled buffer that aliases the same SMEM
 (`plgpu.RefUnion`); rows past sum(group_sizes) are written as zeros without any
@@ -61,9 +63,9 @@ class TileConfig:
   grid_minor_dim: int = 1
 
 
-def smem_bytes(cfg: TileConfig, itemsize: int, out_itemsize: int) -> int:
-  """Shared memory the kernels allocate for `cfg` (ring + epilogue buffers)."""
-  del out_itemsize  # the epilogue buffers are 128 bytes wide for every dtype
+def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
+  """Shared memory the kernels allocate for `cfg` (ring + epilogue buffers, which are
+  128 bytes wide for every output dtype)."""
   ring = cfg.stages * (BLOCK * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
   return ring + 2 * 2 * ROWS * _EPI_BYTES
 
@@ -71,7 +73,7 @@ def smem_bytes(cfg: TileConfig, itemsize: int, out_itemsize: int) -> int:
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
   return (k % cfg.tile_k == 0 and n % cfg.tile_n == 0 and cfg.tile_n <= 256
-          and smem_bytes(cfg, itemsize, 4) + 1024 <= SMEM_BYTES)
+          and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
 
 
 def _num_sms(interpret) -> int:
@@ -297,8 +299,8 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
   return plgpu.kernel(body, **kw)(*args)
 
 
-def _check(cfg: TileConfig, itemsize: int, out_itemsize: int):
-  need = smem_bytes(cfg, itemsize, out_itemsize) + 1024
+def _check(cfg: TileConfig, itemsize: int):
+  need = smem_bytes(cfg, itemsize) + 1024
   if need > SMEM_BYTES:
     raise ValueError(f"{cfg} needs {need} bytes of shared memory (> {SMEM_BYTES}); "
                      "use fewer stages or a smaller tile_n")
@@ -318,7 +320,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
   assert m % BLOCK == 0 and k % tk == 0 and n % tn == 0, (m, k, n, cfg)
-  _check(cfg, x_MK.dtype.itemsize, out_dtype.itemsize)
+  _check(cfg, x_MK.dtype.itemsize)
   k_iters, grid_n = k // tk, n // tn
   sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
@@ -389,7 +391,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
   assert m % tk == 0 and k % BLOCK == 0 and n % tn == 0, (m, k, n, cfg)
-  _check(cfg, x_MK.dtype.itemsize, out_dtype.itemsize)
+  _check(cfg, x_MK.dtype.itemsize)
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])

@@ -182,7 +182,7 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
                                 np.asarray(jax.lax.ragged_dot(x, w, gs), np.float32))
   cfg = configs.lookup("fwd", 32768, 8, 4096, 28672)
   assert isinstance(cfg, mosaic.TileConfig) and mosaic.fits(cfg, 4096, 28672)
-  assert mosaic.smem_bytes(cfg, 2, 2) + 1024 <= mosaic.SMEM_BYTES
+  assert mosaic.smem_bytes(cfg, 2) + 1024 <= mosaic.SMEM_BYTES
   assert configs.lookup("wgrad", 100, 3, 96, 96) is None  # no tile divides 96
 
 
