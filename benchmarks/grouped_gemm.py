@@ -227,9 +227,10 @@ def main():
   ap.add_argument("--skip-xla", action="store_true")
   ap.add_argument("--no-torch", action="store_true")
   ap.add_argument("--check-only", action="store_true", help="only the small-shape check")
+  ap.add_argument("--skip-check", action="store_true", help="the caller already ran --check-only")
   args = ap.parse_args()
   print("jax", jax.__version__, "device", jax.devices()[0].device_kind)
-  if not smoke_check():
+  if not args.skip_check and not smoke_check():
     raise SystemExit("pallas grouped GEMM is wrong on small shapes: no timing")
   if args.check_only:
     return

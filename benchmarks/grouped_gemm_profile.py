@@ -28,23 +28,21 @@ sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES, dirichlet_sizes  # noqa: E402
 
 
-def call(op, m, e, k, n, cfg):
-  """(jitted kernel call, its args, its FLOPs) for one op of x[m,k] @ w[e,k,n]."""
+def inputs(m, e, k, n):
+  """Group sizes, x [m,k], dy [m,n], w [e,k,n] (bf16) for one shape."""
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  gs = jnp.asarray(dirichlet_sizes(m, e))
-  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
-  dy = jax.random.normal(kd, (m, n), jnp.bfloat16)
-  w = (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16)
+  return (jnp.asarray(dirichlet_sizes(m, e)), jax.random.normal(kx, (m, k), jnp.bfloat16),
+          jax.random.normal(kd, (m, n), jnp.bfloat16),
+          (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16))
+
+
+def call(op, cfg, gs, x, dy, w):
+  """(jitted kernel call, its args) for one op of x @ w[g]."""
   if op == "fwd":
-    fn = jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg))
-    args = (x, w)
-  elif op == "dgrad":
-    fn = jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg, transpose_rhs=True))
-    args = (dy, w)
-  else:
-    fn = jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg))
-    args = (x, dy)
-  return fn, args, 2.0 * m * k * n
+    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg)), (x, w)
+  if op == "dgrad":
+    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg, transpose_rhs=True)), (dy, w)
+  return jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg)), (x, dy)
 
 
 def main():
@@ -57,16 +55,18 @@ def main():
   m, e, h, f = SHAPES[a.shape]
   k, n = (h, 2 * f) if a.orient == "fc1" else (f, h)
   ck, cn = (n, k) if a.op == "dgrad" else (k, n)
+  data = inputs(m, e, k, n)
+  flops = 2.0 * m * k * n
   if not a.sweep:
     cfg = configs.lookup(a.op, m, e, ck, cn)
-    fn, args, _ = call(a.op, m, e, k, n, cfg)
+    fn, args = call(a.op, cfg, *data)
     jax.block_until_ready(fn(*args))
     print(a.shape, a.orient, a.op, cfg)
     return
   for item in a.sweep.split():
     tn, st = (int(v) for v in item.split(","))
     cfg = dataclasses.replace(configs.lookup(a.op, m, e, ck, cn), tile_n=tn, stages=st)
-    fn, args, flops = call(a.op, m, e, k, n, cfg)
+    fn, args = call(a.op, cfg, *data)
     jax.block_until_ready(fn(*args))
     ts = []
     for _ in range(20):

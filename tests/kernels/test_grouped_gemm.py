@@ -93,7 +93,7 @@ def test_ragged_mm_kernel_variants(tile_n, stages, transpose_rhs):
 
 
 def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
-  """Rows past sum(group_sizes) are masked, not multiplied: NaN there stays out."""
+  """Rows past sum(group_sizes) are zero tiles written without any wgmma: NaN there stays out."""
   m, k, n, sizes = 256, 64, 128, [30, 70]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=4)
   x = x.at[100:].set(jnp.nan)
@@ -184,6 +184,19 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
   assert isinstance(cfg, mosaic.TileConfig) and mosaic.fits(cfg, 4096, 28672)
   assert mosaic.smem_bytes(cfg, 2) + 1024 <= mosaic.SMEM_BYTES
   assert configs.lookup("wgrad", 100, 3, 96, 96) is None  # no tile divides 96
+
+
+def test_auto_picks_pallas_on_hopper(monkeypatch):
+  """On a Hopper GPU `auto` (the MoE layer's default) takes the Pallas kernels for
+  16-bit operands whose dims fit the tiles, and ragged_dot otherwise."""
+  monkeypatch.setattr(api, "_is_hopper", lambda: True)
+  x, w, _, _ = _inputs(128, 64, 128, [64, 64], seed=1)
+  assert api.resolve_impl(x, w, "auto") == "pallas"
+  assert api.resolve_impl(x.astype(jnp.float32), w.astype(jnp.float32), "auto") == "xla"
+  assert api.resolve_impl(x[:, :48], w[:, :48], "auto") == "xla"
+  from moejax.config import ModelSpec
+  assert ModelSpec(hidden_size=64, num_experts=2, router_topk=1,
+                   moe_ffn_hidden_size=64).grouped_gemm_impl == "auto"
 
 
 def test_bad_inputs_raise_clear_errors():
