@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import grouped_gemm
+from moejax.kernels.grouped_gemm.autotune import seconds_per_call
 
 SHAPES = {
     "mixtral": (32768, 8, 4096, 14336),
@@ -44,32 +44,20 @@ def dirichlet_sizes(m, e, seed=0, alpha=1.0):
   return sizes.astype(np.int32)
 
 
-def bench(fn, *args, min_time=0.3, max_iters=50):
-  """Median seconds per call (host clock around block_until_ready)."""
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  one = time.perf_counter() - t0
-  iters = int(max(1, min(max_iters, min_time / max(one, 1e-6))))
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
-
-
-def torch_bench(fn, min_time=0.3, max_iters=50):
+def torch_seconds_per_call(fn, min_time=0.2, max_calls=50, reps=5):
+  """Like `seconds_per_call`: back-to-back calls between two CUDA events, median of reps."""
   import torch
   fn(); torch.cuda.synchronize()
   start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
   start.record(); fn(); end.record(); torch.cuda.synchronize()
-  one = start.elapsed_time(end) / 1e3
-  iters = int(max(3, min(max_iters, min_time / max(one, 1e-6))))
+  calls = int(max(1, min(max_calls, min_time / max(start.elapsed_time(end) / 1e3, 1e-6))))
   ts = []
-  for _ in range(iters):
-    start.record(); fn(); end.record(); torch.cuda.synchronize()
-    ts.append(start.elapsed_time(end) / 1e3)
+  for _ in range(reps):
+    start.record()
+    for _ in range(calls):
+      fn()
+    end.record(); torch.cuda.synchronize()
+    ts.append(start.elapsed_time(end) / 1e3 / calls)
   return float(np.median(ts))
 
 
@@ -173,23 +161,24 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
   row["nan"] = bool(jnp.isnan(y).any() | jnp.isnan(dx).any() | jnp.isnan(dw).any())
   row["err"] = rel_errors(x, w, dy, y, dx, dw, sizes)
   del y, dx, dw
-  row["pallas"] = (flops / bench(f_ours, x, w, gs), 3 * flops / bench(fb_ours, x, w, gs, dy))
+  row["pallas"] = (flops / seconds_per_call(f_ours, x, w, gs),
+                   3 * flops / seconds_per_call(fb_ours, x, w, gs, dy))
 
   if not args.skip_xla:
     xla = lambda x_, w_, g_: jax.lax.ragged_dot(x_, w_, g_)
+    once = dict(min_time=0.1, max_calls=3, reps=1)  # slow: a few calls suffice
     try:
-      row["xla"] = (flops / bench(jax.jit(xla), x, w, gs, min_time=0.1, max_iters=3),
-                    float("nan"))
+      row["xla"] = (flops / seconds_per_call(jax.jit(xla), x, w, gs, **once), float("nan"))
       row["xla"] = (row["xla"][0],
-                    3 * flops / bench(fwd_bwd_fn(xla), x, w, gs, dy, min_time=0.1, max_iters=3))
+                    3 * flops / seconds_per_call(fwd_bwd_fn(xla), x, w, gs, dy, **once))
     except Exception as ex:  # noqa: BLE001 - report OOM and go on
       row.setdefault("xla", (float("nan"), float("nan")))
       print(name, "xla failed:", str(ex)[:120])
   if tokamax_mod is not None:
     tk = lambda x_, w_, g_: tokamax_mod.ragged_dot(x_, w_, g_)
     try:
-      row["tokamax"] = (flops / bench(jax.jit(tk), x, w, gs),
-                        3 * flops / bench(fwd_bwd_fn(tk), x, w, gs, dy))
+      row["tokamax"] = (flops / seconds_per_call(jax.jit(tk), x, w, gs),
+                        3 * flops / seconds_per_call(fwd_bwd_fn(tk), x, w, gs, dy))
     except Exception as ex:  # noqa: BLE001
       row["tokamax"] = (float("nan"), float("nan")); print(name, "tokamax failed:", str(ex)[:200])
 
@@ -199,8 +188,8 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
   def ein_fb(x_, w_, dy_):
     y_, vjp = jax.vjp(ein, x_, w_)
     return (y_,) + vjp(dy_)
-  row["einsum"] = (flops / bench(jax.jit(ein), xe, w),
-                   3 * flops / bench(jax.jit(ein_fb), xe, w, dye))
+  row["einsum"] = (flops / seconds_per_call(jax.jit(ein), xe, w),
+                   3 * flops / seconds_per_call(jax.jit(ein_fb), xe, w, dye))
 
   if torch_mod is not None:
     torch = torch_mod
@@ -215,7 +204,7 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
       yy = torch._grouped_mm(txr, twr, offs=offs)
       gx, gw = torch.autograd.grad(yy, (txr, twr), tdy)
       return gx, gw
-    row["torch"] = (flops / torch_bench(tf), 3 * flops / torch_bench(tfb))
+    row["torch"] = (flops / torch_seconds_per_call(tf), 3 * flops / torch_seconds_per_call(tfb))
     del tx, tw, tdy, txr, twr
     torch.cuda.empty_cache()
   return row

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import configs, mosaic
+from moejax.kernels.grouped_gemm.autotune import seconds_per_call
 
 sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES, dirichlet_sizes  # noqa: E402
@@ -68,13 +68,8 @@ def main():
     cfg = dataclasses.replace(configs.lookup(a.op, m, e, ck, cn), tile_n=tn, stages=st)
     fn, args = call(a.op, cfg, *data)
     jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(20):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      ts.append(time.perf_counter() - t0)
-    print(f"{a.shape} {a.orient} {a.op} {cfg}: {flops / np.median(ts) / 1e12:.0f} TFLOP/s",
-          flush=True)
+    t = seconds_per_call(fn, *args)
+    print(f"{a.shape} {a.orient} {a.op} {cfg}: {flops / t / 1e12:.0f} TFLOP/s", flush=True)
 
 
 if __name__ == "__main__":

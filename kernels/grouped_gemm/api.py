@@ -74,18 +74,20 @@ def _vary_like(y, *likes):
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
-  y = mosaic.ragged_mm(_pad(x_MK, 0, mosaic.BLOCK), w_GKN, group_sizes_G, cfg=plan[0],
-                       out_dtype=out_dtype, interpret=interpret)
-  return _vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G)
+  xp = _pad(x_MK, 0, mosaic.BLOCK)
+  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0])  # dgrad reuses it
+  y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
+                       interpret=interpret, sched=sched)
+  return _vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
 
 
 def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   from moejax.kernels.grouped_gemm import mosaic
-  x_MK, w_GKN, group_sizes_G = res
+  x_MK, w_GKN, group_sizes_G, sched = res
   m, k = x_MK.shape
   dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
-                        out_dtype=x_MK.dtype, interpret=interpret)[:m]
+                        out_dtype=x_MK.dtype, interpret=interpret, sched=sched)[:m]
   # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.
   xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,

@@ -109,7 +109,11 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
   offs_incl = jnp.cumsum(ntiles)
   t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
-  gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right"), g).astype(jnp.int32)
+  # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
+  # host round trip per iteration (~10 x 30 us here, more than the kernel on small
+  # shapes); T x (G + 1) comparisons are one fused kernel.
+  gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right", method="compare_all"),
+                    g).astype(jnp.int32)
   first = base[gid] + (t - (offs_incl - ntiles)[gid]) * BLOCK
   lo_row = jnp.maximum(starts[gid], first)
   cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
@@ -307,10 +311,12 @@ def _check(cfg: TileConfig, itemsize: int):
 
 
 def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=False,
-              out_dtype=None, interpret=False):
+              out_dtype=None, interpret=False, sched=None):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
   Needs M % 128 == 0, K % tile_k == 0, N % tile_n == 0 (the wrapper pads M).
+  `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
+  and dgrad share one).
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -322,7 +328,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   assert m % BLOCK == 0 and k % tk == 0 and n % tn == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize)
   k_iters, grid_n = k // tk, n // tn
-  sched = tile_schedule(group_sizes_G, m)
+  if sched is None:
+    sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
 
   def coords(sched_gmem, lin):

@@ -321,7 +321,10 @@ def _alltoall_body(axes: MoEAxes, topk: int, num_experts: int, expert_fn: Callab
         recv_GL, recv_G, probs_GC = counts_GL, send_G, probs_R.reshape(G, C)
       # 2. local expert of each received row (E_l on empty rows), then expert-TP gather.
       bounds_GL = jnp.cumsum(recv_GL, axis=1)
-      lexp_GC = jax.vmap(lambda b: jnp.searchsorted(b, jnp.arange(C), side="right"))(bounds_GL)
+      # compare_all: the default searchsorted is a loop, a host round trip per
+      # iteration on GPU.
+      lexp_GC = jax.vmap(lambda b: jnp.searchsorted(b, jnp.arange(C), side="right",
+                                                    method="compare_all"))(bounds_GL)
       x_NH, probs_N, lexp_N = x_GCH.reshape(G * C, -1), probs_GC.reshape(-1), lexp_GC.reshape(-1)
       if axes.etp_gather:
         x_NH, probs_N, lexp_N = (gather_tokens(v, axes.etp_gather) for v in (x_NH, probs_N, lexp_N))
