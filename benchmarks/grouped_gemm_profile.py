@@ -67,7 +67,6 @@ def main():
     tn, st = (int(v) for v in item.split(","))
     cfg = dataclasses.replace(configs.lookup(a.op, m, e, ck, cn), tile_n=tn, stages=st)
     fn, args = call(a.op, cfg, *data)
-    jax.block_until_ready(fn(*args))
     t = seconds_per_call(fn, *args)
     print(f"{a.shape} {a.orient} {a.op} {cfg}: {flops / t / 1e12:.0f} TFLOP/s", flush=True)
 
