@@ -27,21 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import grouped_gemm
-from moejax.kernels.grouped_gemm.autotune import seconds_per_call
+from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes, seconds_per_call
 
 SHAPES = {
     "mixtral": (32768, 8, 4096, 14336),
     "qwen3": (65536, 128, 2048, 768),
     "dsv3": (32768, 8, 7168, 2048),
 }
-
-
-def dirichlet_sizes(m, e, seed=0, alpha=1.0):
-  """Imbalanced group sizes summing to m (Dirichlet(alpha), seed fixed)."""
-  p = np.random.default_rng(seed).dirichlet([alpha] * e)
-  sizes = np.floor(p * m).astype(np.int64)
-  sizes[np.argmax(sizes)] += m - sizes.sum()
-  return sizes.astype(np.int32)
 
 
 def torch_seconds_per_call(fn, min_time=0.2, max_calls=50, reps=5):

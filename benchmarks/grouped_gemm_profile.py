@@ -6,7 +6,7 @@
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
-benchmark's Dirichlet sizes (seed 0).
+autotuner's Dirichlet sizes and inputs (seed 0).
 """
 from __future__ import annotations
 
@@ -17,32 +17,13 @@ import sys
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import numpy as np
 import jax
-import jax.numpy as jnp
 
-from moejax.kernels.grouped_gemm import configs, mosaic
-from moejax.kernels.grouped_gemm.autotune import seconds_per_call
+from moejax.kernels.grouped_gemm import configs
+from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
 
 sys.path.insert(0, os.path.dirname(__file__))
-from grouped_gemm import SHAPES, dirichlet_sizes  # noqa: E402
-
-
-def inputs(m, e, k, n):
-  """Group sizes, x [m,k], dy [m,n], w [e,k,n] (bf16) for one shape."""
-  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  return (jnp.asarray(dirichlet_sizes(m, e)), jax.random.normal(kx, (m, k), jnp.bfloat16),
-          jax.random.normal(kd, (m, n), jnp.bfloat16),
-          (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16))
-
-
-def call(op, cfg, gs, x, dy, w):
-  """(jitted kernel call, its args) for one op of x @ w[g]."""
-  if op == "fwd":
-    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg)), (x, w)
-  if op == "dgrad":
-    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg, transpose_rhs=True)), (dy, w)
-  return jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg)), (x, dy)
+from grouped_gemm import SHAPES  # noqa: E402
 
 
 def main():
@@ -59,14 +40,14 @@ def main():
   flops = 2.0 * m * k * n
   if not a.sweep:
     cfg = configs.lookup(a.op, m, e, ck, cn)
-    fn, args = call(a.op, cfg, *data)
+    fn, args = kernel_call(a.op, cfg, *data)
     jax.block_until_ready(fn(*args))
     print(a.shape, a.orient, a.op, cfg)
     return
   for item in a.sweep.split():
     tn, st = (int(v) for v in item.split(","))
     cfg = dataclasses.replace(configs.lookup(a.op, m, e, ck, cn), tile_n=tn, stages=st)
-    fn, args = call(a.op, cfg, *data)
+    fn, args = kernel_call(a.op, cfg, *data)
     t = seconds_per_call(fn, *args)
     print(f"{a.shape} {a.orient} {a.op} {cfg}: {flops / t / 1e12:.0f} TFLOP/s", flush=True)
 

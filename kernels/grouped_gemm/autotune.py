@@ -58,35 +58,43 @@ def candidates(k, n, quick=False):
   return out
 
 
-def _sizes(m, e, seed=0):
-  p = np.random.default_rng(seed).dirichlet([1.0] * e)
+def dirichlet_sizes(m, e, seed=0, alpha=1.0) -> np.ndarray:
+  """Imbalanced group sizes summing to m (Dirichlet(alpha), seed fixed)."""
+  p = np.random.default_rng(seed).dirichlet([alpha] * e)
   s = np.floor(p * m).astype(np.int64)
   s[np.argmax(s)] += m - s.sum()
-  return jnp.asarray(s.astype(np.int32))
+  return s.astype(np.int32)
+
+
+def inputs(m, e, k, n):
+  """(group sizes, x [m,k], dy [m,n], w [e,k,n]) in bf16, seed 0: the tuning data."""
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  return (jnp.asarray(dirichlet_sizes(m, e)), jax.random.normal(kx, (m, k), jnp.bfloat16),
+          jax.random.normal(kd, (m, n), jnp.bfloat16),
+          (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16))
+
+
+def kernel_call(op, cfg, gs, x, dy, w):
+  """(jitted kernel call, its args) for one op of a grouped GEMM x @ w[g]."""
+  if op == "fwd":
+    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg)), (x, w)
+  if op == "dgrad":
+    return jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=cfg, transpose_rhs=True)), (dy, w)
+  return jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg)), (x, dy)
 
 
 def tune_shape(m, e, k, n, quick=False, log=print):
-  gs = _sizes(m, e)
-  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
-  w = (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16)
-  dy = jax.random.normal(kd, (m, n), jnp.bfloat16)
+  data = inputs(m, e, k, n)
   flops = 2.0 * m * k * n
   entries = []
-  calls = [
-      ("fwd", k, n, lambda c: jax.jit(lambda a, b: mosaic.ragged_mm(a, b, gs, cfg=c)),
-       (x, w), candidates(k, n, quick)),
-      ("dgrad", n, k, lambda c: jax.jit(lambda a, b: mosaic.ragged_mm(
-          a, b, gs, cfg=c, transpose_rhs=True)), (dy, w), candidates(n, k, quick)),
-      ("wgrad", k, n, lambda c: jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=c)),
-       (x, dy), candidates(k, n, quick)),
-  ]
-  for op, ck, cn, make, args, cands in calls:
+  # (op, its contracting dim, its output dim): dgrad contracts n into k.
+  calls = [("fwd", k, n), ("dgrad", n, k), ("wgrad", k, n)]
+  for op, ck, cn in calls:
     best = None
     ref_out = None  # candidates must agree with the first; the benchmark checks vs fp32
-    for cfg in cands:
+    for cfg in candidates(ck, cn, quick):
       try:
-        fn = make(cfg)
+        fn, args = kernel_call(op, cfg, *data)
         out = fn(*args)
         if ref_out is None:
           ref_out = out

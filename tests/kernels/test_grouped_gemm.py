@@ -4,6 +4,8 @@ References: jax.lax.ragged_dot and its VJP, and a NumPy float64 per-group loop.
 The interpreter fills fresh buffers with NaN, so "no NaN in the output" means
 every output element was written by the kernel.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -192,6 +194,28 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
   assert isinstance(cfg, mosaic.TileConfig) and mosaic.fits(cfg, 4096, 28672)
   assert mosaic.smem_bytes(cfg, 2) + 1024 <= mosaic.SMEM_BYTES
   assert configs.lookup("wgrad", 100, 3, 96, 96) is None  # no tile divides 96
+
+
+def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
+  """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
+  widest tile with its deepest ring; tuning sizes are imbalanced and sum to m."""
+  from moejax.kernels.grouped_gemm import autotune
+  quick = autotune.candidates(768, 2048, quick=True)
+  assert {(c.tile_n, c.stages) for c in quick} == {(256, 4)}
+  assert len({(c.grid_tile_width, c.grid_minor_dim) for c in quick}) == len(quick) == 6
+  assert all(mosaic.fits(c, 768, 2048) for c in autotune.candidates(768, 2048))
+  sizes = autotune.dirichlet_sizes(1000, 16)
+  assert sizes.sum() == 1000 and sizes.min() >= 0 and sizes.max() > 2 * 1000 // 16
+  monkeypatch.setattr(configs, "TABLE_PATH", str(tmp_path / "tiles.json"))
+  configs.clear_cache()
+  try:
+    cfg = quick[3]
+    configs.write_entries([{"op": "dgrad", "m": 4096, "g": 8, "k": 768, "n": 2048,
+                            "cfg": dataclasses.asdict(cfg), "tflops": 1.0, "device": "test"}])
+    assert configs.lookup("dgrad", 5000, 8, 768, 2048) == cfg       # nearest m
+    assert configs.lookup("fwd", 4096, 8, 768, 2048) == configs.default(768, 2048)
+  finally:
+    configs.clear_cache()
 
 
 def test_auto_picks_pallas_on_hopper(monkeypatch):
