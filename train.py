@@ -5,7 +5,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from moejax.config import ConfigError, validate
+from moejax.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics, TensorBoard, checkpoints.")
@@ -15,15 +15,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it renames at INFO
-  import jax
   from moejax.train.loop import train
-
-  cfg = _CONFIG.value
   try:
-    validate(cfg, jax.device_count())
+    train(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     raise SystemExit(str(e)) from None
-  train(cfg, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def main() -> None:
     cfg.data.update(source="indexed", path=("0.5", prefix, "0.5", prefix), split="98,1,1",
                     cache_dir=os.path.join(work, "cache"))
     cfg.train.update(train_iters=3 * a.steps, global_batch_size=gbs, seq_length=seq)
-    from moejax.config import validate
+    from moejax.train.validate import validate
     from moejax.data.loader import make_dataset
     validate(cfg, a.gpus)
     t0 = time.perf_counter()

@@ -7,10 +7,10 @@ Usage (one process per XLA flag set; XLA_FLAGS must be set before JAX starts):
 For each (model width, EP) it times, on all local devices (EP × EDP = devices):
   full           the MoE layer (router, dispatch, grouped experts, combine) fwd+bwd, bf16
   compute-only   the same program with the token collectives swapped for local
-                 stand-ins of the same shapes (dispatch.exchange / gather_tokens /
-                 scatter_tokens); full − compute-only = exposed exchange time
+                 stand-ins of the same shapes (a `Collectives` subclass passed to
+                 the layer); full − compute-only = exposed exchange time
 and, separately, the exchange alone: a plain tiled all_to_all of the routed bytes
-(T·K rows) against dispatch.exchange with each primitive and buffer bound.
+(T·K rows) against Collectives.exchange with each primitive and buffer bound.
 The router runs with forced load balancing (random logits), as Megatron's
 benchmarks do. Results: DIR/moe_layer_<tag>.json; a table is printed last.
 """
@@ -32,6 +32,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moejax.config import base_config, model_spec
+from moejax.moe.dispatch import Collectives
 from moejax.moe import dispatch
 from moejax.moe.layer import MoELayer
 from moejax.parallel.mesh import make_mesh
@@ -63,22 +64,19 @@ def _time(fn, *args, iters=5, warmup=2):
   return statistics.median(ts) * 1e3
 
 
-class _ComputeOnly:
-  """Swaps the token collectives for local stand-ins of the same shapes."""
+@dataclasses.dataclass(frozen=True)
+class ComputeOnly(Collectives):
+  """Local stand-ins of the same shapes for the token collectives of a group of `group` devices."""
+  group: int = 1
 
-  def __init__(self, group: int):
-    self.group = group
+  def exchange(self, x, send_counts, recv_counts, axes):
+    return x
 
-  def __enter__(self):
-    self.saved = (dispatch.exchange, dispatch.gather_tokens, dispatch.scatter_tokens)
-    g = self.group
-    dispatch.exchange = lambda x, s, r, axes, prim: x
-    dispatch.gather_tokens = lambda v, axes: jnp.tile(v, (g,) + (1,) * (v.ndim - 1))
-    dispatch.scatter_tokens = lambda v, axes: v[: v.shape[0] // g]
-    return self
+  def gather(self, v, axes):
+    return jnp.tile(v, (self.group,) + (1,) * (v.ndim - 1))
 
-  def __exit__(self, *exc):
-    dispatch.exchange, dispatch.gather_tokens, dispatch.scatter_tokens = self.saved
+  def scatter(self, v, axes):
+    return v[: v.shape[0] // self.group]
 
 
 def _setup(model: str, ep: int, tokens_per_device: int, dtype: str, devices):
@@ -99,10 +97,10 @@ def _setup(model: str, ep: int, tokens_per_device: int, dtype: str, devices):
   return layout, rules, spec, (B, seq, m["hidden_size"])
 
 
-def _layer_fns(spec, layout, rules, shape, variant):
+def _layer_fns(spec, layout, rules, shape, variant, collectives=None):
   kind, prim, cf = VARIANTS[variant]
-  spec = dataclasses.replace(spec, token_dispatcher_type=kind, token_exchange=prim, exchange_capacity_factor=cf)
-  layer = MoELayer(spec)
+  spec = spec.replace(token_dispatcher_type=kind, token_exchange=prim, exchange_capacity_factor=cf)
+  layer = MoELayer(spec, collectives)
   mesh = layout.mesh
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     x_sh = NamedSharding(mesh, P(*nn.logical_to_mesh_axes(("batch", "seq", "embed"))))
@@ -134,18 +132,14 @@ def bench_layer(model, ep, args, devices, results):
         continue  # same compute as a2a_pad_worst
       row = dict(model=model, ep=ep, variant=variant, mode=mode, tokens_per_device=args.tokens)
       try:
-        init, step, x_sh = _layer_fns(spec, layout, rules, shape, variant)
+        stand_ins = ComputeOnly(VARIANTS[variant][1], ep) if mode == "compute_only" else None
+        init, step, x_sh = _layer_fns(spec, layout, rules, shape, variant, stand_ins)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           x = jax.device_put(jax.random.normal(jax.random.key(1), shape, jnp.float32).astype(spec.dtype), x_sh)
           if params is None:
             params = init(jax.random.key(0), x)
-          ctx = _ComputeOnly(ep) if mode == "compute_only" else None
           t0 = time.perf_counter()
-          if ctx:
-            with ctx:
-              compiled = step.lower(params, x).compile()
-          else:
-            compiled = step.lower(params, x).compile()
+          compiled = step.lower(params, x).compile()
           row["compile_s"] = round(time.perf_counter() - t0, 1)
           row["ms"] = _time(compiled, params, x, iters=args.iters)
       except Exception as e:  # report and go on: one failing case must not hide the others
@@ -177,7 +171,7 @@ def bench_exchange(model, ep, args, devices, results):
         if name == "plain_all_to_all":
           return jax.lax.all_to_all(x.reshape(G * C, H), "ep", 0, 0, tiled=True)
         prim = "ragged_all_to_all" if name.startswith("ragged") else "all_to_all"
-        return dispatch.exchange(x, c[0], c[0], ("ep",), prim).reshape(G * C, H)
+        return Collectives(prim).exchange(x, c[0], c[0], ("ep",)).reshape(G * C, H)
 
       f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(("edp", "ep")), P(("edp", "ep"))),
                                 out_specs=P(("edp", "ep"))))
@@ -202,12 +196,12 @@ def check_agreement(devices):
   cfg.parallel.update(ep=n)
   layout = make_mesh(cfg, devices)
   rules = logical_axis_rules(layout, False)
-  base = dataclasses.replace(model_spec(cfg), grouped_gemm_impl="xla")
+  base = model_spec(cfg).replace(grouped_gemm_impl="xla")
   x = jax.random.normal(jax.random.key(1), (n, 64, 64))
   params = nn.unbox(MoELayer(base).init(jax.random.key(0), x)["params"])
   outs = {}
   for variant, (kind, prim, cf) in VARIANTS.items():
-    spec = dataclasses.replace(base, token_dispatcher_type=kind, token_exchange=prim, exchange_capacity_factor=cf)
+    spec = base.replace(token_dispatcher_type=kind, token_exchange=prim, exchange_capacity_factor=cf)
     f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(MoELayer(spec).apply({"params": p}, x)[0] ** 2),
                                    argnums=(0, 1)))
     try:

@@ -5,7 +5,9 @@ import sys
 import jax
 import pytest
 
-from moejax.config import ConfigError, apply_overrides, base_config, num_params_estimate, validate
+from moejax.config import ConfigError, apply_overrides, base_config
+from moejax.metrics.flops import num_params
+from moejax.train.validate import validate
 
 
 def _cfg(**sections):
@@ -92,4 +94,4 @@ def test_mixtral_recipe_has_real_hyperparameters_and_46_7b_params(repo_root):
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16), "int32"))
   n = sum(x.size for x in jax.tree.leaves(shapes["params"]))
   assert abs(n - 46.7e9) <= 0.1e9, n
-  assert n == num_params_estimate(cfg)
+  assert n == num_params(model_spec(cfg))

@@ -10,11 +10,14 @@ Rows past `sum(group_sizes)` produce zeros. Backends are swapped here only:
 from __future__ import annotations
 
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "pallas", "xla", "tokamax")
+from moejax.config import GroupedGemmImpl
+
+IMPLS = typing.get_args(GroupedGemmImpl)
 _PALLAS_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 

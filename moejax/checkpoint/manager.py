@@ -6,11 +6,11 @@ so a crash or SIGTERM mid-save leaves the previous checkpoint loadable.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from moejax.train.state import TrainState
 
 
 class CheckpointManager:
@@ -23,11 +23,11 @@ class CheckpointManager:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def save(self, step: int, state: TrainState, meta: dict, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
     return self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
-  def restore(self, abstract: TrainState, shardings: TrainState, step: int | None = None):
+  def restore(self, abstract: Any, shardings: Any, step: int | None = None):
     """Restores into `shardings` (which may be another mesh than the one saved from)."""
     step = self._mngr.latest_step() if step is None else step
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

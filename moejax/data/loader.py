@@ -9,10 +9,10 @@ import grain
 import jax
 import numpy as np
 
-from moejax.config import num_microbatches
 from moejax.data.blend import WindowSource, build_gpt_datasets
 from moejax.data.corpus import SyntheticWindows, TokenWindows, pydoc_tokens
 from moejax.data.gpt_dataset import GPTDatasetConfig
+from moejax.parallel.mesh import num_microbatches
 
 
 def make_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset:

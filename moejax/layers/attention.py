@@ -12,8 +12,8 @@ def _impl(spec: ModelSpec) -> str:
 
   (jax.nn.dot_product_attention's own default is always XLA.)
   """
-  if spec.attention_impl != "auto":
-    return spec.attention_impl
+  if spec.attention.attention_impl != "auto":
+    return spec.attention.attention_impl
   cudnn_ok = spec.dtype in ("bfloat16", "float16") and spec.head_dim <= 128 and spec.head_dim % 8 == 0
   return "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
 
@@ -23,20 +23,21 @@ class Attention(nn.Module):
 
   def _proj(self, name, shape, axes):
     s = self.spec
-    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s.init_std), axes),
-                      shape, s.param_dtype).astype(s.dtype)
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s.init_method_std), axes),
+                      shape, s.params_dtype).astype(s.dtype)
 
   @nn.compact
   def __call__(self, x_BSH: jax.Array, positions_BS: jax.Array, segments_BS: jax.Array | None = None):
     """Causal attention; with `segments_BS` (document ids) a token sees only its own document."""
     s = self.spec
-    H, N, K, D = s.hidden_size, s.num_attention_heads, s.num_query_groups, s.head_dim
+    H, D = s.hidden_size, s.head_dim
+    N, K = s.attention.num_attention_heads, s.attention.num_query_groups
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
     q_BSND = jnp.einsum("bsh,hnd->bsnd", x_BSH, self._proj("q", (H, N, D), ("embed", "heads", "head_dim")))
     k_BSKD = jnp.einsum("bsh,hkd->bskd", x_BSH, self._proj("k", (H, K, D), ("embed", "kv_heads", "head_dim")))
     v_BSKD = jnp.einsum("bsh,hkd->bskd", x_BSH, self._proj("v", (H, K, D), ("embed", "kv_heads", "head_dim")))
-    q_BSND = apply_rotary(q_BSND, positions_BS, s.rotary_base)
-    k_BSKD = apply_rotary(k_BSKD, positions_BS, s.rotary_base)
+    q_BSND = apply_rotary(q_BSND, positions_BS, s.attention.rotary_base)
+    k_BSKD = apply_rotary(k_BSKD, positions_BS, s.attention.rotary_base)
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))

@@ -13,7 +13,7 @@ class Embedding(nn.Module):
   def __call__(self, tokens_BS: jax.Array) -> jax.Array:
     s = self.spec
     table_VH = self.param("embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(s.init_std), ("vocab", "embed")), (s.vocab_size, s.hidden_size), s.param_dtype)
+        nn.initializers.normal(s.init_method_std), ("vocab", "embed")), (s.vocab_size, s.hidden_size), s.params_dtype)
     x_BSH = jnp.take(table_VH.astype(s.dtype), tokens_BS, axis=0)
     return nn.with_logical_constraint(x_BSH, ("batch", "seq", "embed"))
 
@@ -25,6 +25,6 @@ class OutputHead(nn.Module):
   def __call__(self, x_BSH: jax.Array) -> jax.Array:
     s = self.spec
     w_HV = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.normal(s.init_std), ("embed", "vocab")), (s.hidden_size, s.vocab_size), s.param_dtype)
+        nn.initializers.normal(s.init_method_std), ("embed", "vocab")), (s.hidden_size, s.vocab_size), s.params_dtype)
     logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV.astype(s.dtype), preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits_BSV, ("batch", "attn_seq", "vocab"))

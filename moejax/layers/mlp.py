@@ -14,10 +14,10 @@ class MLP(nn.Module):
   def __call__(self, x_BSH: jax.Array) -> jax.Array:
     s = self.spec
     H, F = s.hidden_size, self.ffn_hidden_size
-    init = nn.initializers.normal(s.init_std)
+    init = nn.initializers.normal(s.init_method_std)
 
     def w(name, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(init, axes), shape, s.param_dtype).astype(s.dtype)
+      return self.param(name, nn.with_logical_partitioning(init, axes), shape, s.params_dtype).astype(s.dtype)
 
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
     gate_BSF = jnp.einsum("bsh,hf->bsf", x_BSH, w("gate", (H, F), ("embed", "mlp")))

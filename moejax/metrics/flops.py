@@ -1,10 +1,12 @@
-"""Model FLOPs per token and MFU (REFERENCE.md §3).
+"""Parameter counts, model FLOPs per token and MFU (REFERENCE.md §3).
 
-Counts matmuls only: attention projections and scores (causal, so half the
+FLOPs count matmuls only: attention projections and scores (causal, so half the
 S×S products), dense MLPs, the router, the routed top-k experts (not all
 experts), shared experts and the LM head; fwd+bwd = 3× forward.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import jax
 
@@ -14,21 +16,37 @@ from moejax.config import ModelSpec
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "B200": 2250.0, "A100": 312.0}
 
 
-def forward_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
+def _layer_params(spec: ModelSpec) -> Iterator[tuple[int, int, int]]:
+  """Per layer: (attention matmul params, MLP or MoE params, those of them one token uses)."""
   H, D = spec.hidden_size, spec.head_dim
-  N, K = spec.num_attention_heads, spec.num_query_groups
-  attn = 2 * H * D * (2 * N + 2 * K) + 2 * 2 * N * D * seq_len * 0.5
-  total = 2 * H * spec.vocab_size
-  pattern = spec.moe_pattern or (False,) * spec.num_layers
-  for is_moe in pattern:
-    total += attn
+  a, moe = spec.attention, spec.moe
+  attn = H * D * (2 * a.num_attention_heads + 2 * a.num_query_groups)
+  for is_moe in spec.moe_pattern:
     if is_moe:
-      total += 2 * H * spec.num_experts + spec.router_topk * 2 * 3 * H * spec.moe_ffn_hidden_size
-      if spec.shared_expert_intermediate_size:
-        total += 2 * 3 * H * spec.shared_expert_intermediate_size
+      E, K, F = moe.num_experts, moe.router.router_topk, spec.moe_ffn_hidden_size
+      always = H * E                                   # router
+      if moe.shared_expert_intermediate_size:
+        always += 3 * H * moe.shared_expert_intermediate_size + (H if moe.shared_expert_gate else 0)
+      yield attn, always + E * 3 * H * F, always + K * 3 * H * F
     else:
-      total += 2 * 3 * H * spec.ffn_hidden_size
-  return float(total)
+      yield attn, 3 * H * spec.ffn_hidden_size, 3 * H * spec.ffn_hidden_size
+
+
+def num_params(spec: ModelSpec, active: bool = False) -> int:
+  """Parameters of the model (checked against the built model in tests); with `active`, those
+  one token uses (routed top-k experts instead of all)."""
+  H, V = spec.hidden_size, spec.vocab_size
+  total = 2 * V * H + H                                # embedding, output head, final norm
+  for attn, mlp, mlp_active in _layer_params(spec):
+    total += attn + 2 * H + (mlp_active if active else mlp)
+  return total
+
+
+def forward_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
+  H, D, N = spec.hidden_size, spec.head_dim, spec.attention.num_attention_heads
+  scores = 2 * 2 * N * D * seq_len * 0.5               # QK^T and PV, causal
+  matmul = H * spec.vocab_size + sum(attn + mlp_active for attn, _, mlp_active in _layer_params(spec))
+  return float(2 * matmul + scores * spec.num_layers)
 
 
 def train_flops_per_token(spec: ModelSpec, seq_len: int) -> float:

@@ -15,6 +15,7 @@ from moejax.layers.attention import Attention
 from moejax.layers.mlp import MLP
 from moejax.layers.norms import RMSNorm
 from moejax.moe.layer import MoELayer
+from moejax.moe.state import COLLECTIONS as MOE_COLLECTIONS
 
 
 def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple[tuple[bool, ...], int]]:
@@ -34,7 +35,7 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
   return out
 
 
-SCANNED_COLLECTIONS = ("params", "moe_state", "routing_replay", "routing_record")
+SCANNED_COLLECTIONS = ("params",) + MOE_COLLECTIONS
 
 
 class DecoderBlock(nn.Module):
@@ -45,7 +46,7 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
-    norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.param_dtype, name=name)
+    norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, name=name)
     x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS, segments_BS)
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
@@ -78,10 +79,10 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
-    pattern = s.moe_pattern or (False,) * s.num_layers
-    block_cls = nn.remat(Superblock, prevent_cse=False) if s.recompute == "full" else Superblock
+    full = s.recompute.recompute_granularity == "full"
+    block_cls = nn.remat(Superblock, prevent_cse=False) if full else Superblock
     moe_stats = []
-    for i, (kinds, repeats) in enumerate(layer_segments(tuple(pattern))):
+    for i, (kinds, repeats) in enumerate(layer_segments(s.moe_pattern)):
       # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
       scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                         split_rngs={"params": True, "router": True},
@@ -91,7 +92,7 @@ class Decoder(nn.Module):
       if st is not None:  # [repeats, moe layers per superblock, ...] -> [layers, ...]
         moe_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), st))
     stats = jax.tree.map(lambda *a: jnp.concatenate(a), *moe_stats) if moe_stats else None
-    x_BSH = RMSNorm(s.norm_epsilon, s.dtype, s.param_dtype, name="final_norm")(x_BSH)
+    x_BSH = RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, name="final_norm")(x_BSH)
     return x_BSH, stats
 
 

@@ -29,11 +29,12 @@ class GPTModel(nn.Module):
     """Returns fp32 logits [B, S, V] and the MoE statistics per MoE layer (or None)."""
     s = self.spec
     segments_BS = None
-    if s.reset_position_ids or s.reset_attention_mask:
-      doc_positions_BS, doc_segments_BS = document_positions_and_segments(tokens_BS, s.eod_token)
-      if s.reset_position_ids and positions_BS is None:
+    docs = s.documents
+    if docs.reset_position_ids or docs.reset_attention_mask:
+      doc_positions_BS, doc_segments_BS = document_positions_and_segments(tokens_BS, docs.eod)
+      if docs.reset_position_ids and positions_BS is None:
         positions_BS = doc_positions_BS
-      if s.reset_attention_mask:
+      if docs.reset_attention_mask:
         segments_BS = doc_segments_BS
     if positions_BS is None:
       positions_BS = jnp.broadcast_to(jnp.arange(tokens_BS.shape[1]), tokens_BS.shape)

@@ -2,11 +2,10 @@
 
 Expert weights: w1 [E, H, 2F] with gate and up interleaved along the last axis
 ((f, 0) gate, (f, 1) up), so sharding 2F over expert-TP keeps each pair on one
-device whatever etp is; w2 [E, F, H].
+device whatever etp is; w2 [E, F, H]. The computation is the pure function
+`grouped_mlp` of (rows sorted by expert, group sizes, routing probs, weights).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,34 +24,33 @@ def swiglu_interleaved(h_M2F):
   return jax.nn.silu(h[..., 0]) * h[..., 1]
 
 
-def grouped_mlp(x_MH, group_sizes_E, probs_M, w1_EH2F, w2_EFH, *, impl: str = "auto"):
+def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto"):
   """Gated expert MLP over rows sorted by expert; the routing prob scales the activation."""
-  h_M2F = grouped_gemm(x_MH, w1_EH2F, group_sizes_E, impl=impl)
-  act_MF = (swiglu_interleaved(h_M2F) * probs_M[:, None].astype(h_M2F.dtype)).astype(x_MH.dtype)
-  return grouped_gemm(act_MF, w2_EFH, group_sizes_E, impl=impl)
+  h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)
+  act_RF = (swiglu_interleaved(h_R2F) * probs_R[:, None].astype(h_R2F.dtype)).astype(x_RH.dtype)
+  return grouped_gemm(act_RF, w2_EFH, group_sizes_E, impl=impl)
 
 
 class _ExpertWeights(nn.Module):
   spec: ModelSpec
 
   def weights(self):
+    """w1 [E, H, 2F] and w2 [E, F, H] in the compute dtype."""
     s = self.spec
-    E, H, F = s.num_experts, s.hidden_size, s.moe_ffn_hidden_size
-    init = nn.initializers.normal(s.init_std)
-    w1 = self.param("w1", nn.with_logical_partitioning(init, W1_AXES), (E, H, 2 * F), s.param_dtype)
-    w2 = self.param("w2", nn.with_logical_partitioning(init, W2_AXES), (E, F, H), s.param_dtype)
+    E, H, F = s.moe.num_experts, s.hidden_size, s.moe_ffn_hidden_size
+    init = nn.initializers.normal(s.init_method_std)
+    w1 = self.param("w1", nn.with_logical_partitioning(init, W1_AXES), (E, H, 2 * F), s.params_dtype)
+    w2 = self.param("w2", nn.with_logical_partitioning(init, W2_AXES), (E, F, H), s.params_dtype)
     return w1.astype(s.dtype), w2.astype(s.dtype)
 
 
 class GroupedMLP(_ExpertWeights):
-  """All local experts in two grouped GEMMs (moejax.kernels.grouped_gemm)."""
+  """All experts' weights for `grouped_mlp` (two grouped GEMMs, moejax.kernels.grouped_gemm);
+  the MoE layer runs it on each device's local experts inside its shard_map."""
 
   @nn.compact
-  def __call__(self, x_BSH, probs_BSK, idx_BSK, dispatcher, keep_BSK=None, rows_per_expert=None):
-    w1, w2 = self.weights()
-    specs = tuple(nn.logical_to_mesh_axes(a) for a in (W1_AXES, W2_AXES))
-    fn = functools.partial(grouped_mlp, impl=self.spec.grouped_gemm_impl)
-    return dispatcher(x_BSH, probs_BSK, idx_BSK, fn, (w1, w2), specs, keep_BSK, rows_per_expert)
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return self.weights()
 
 
 class SequentialMLP(_ExpertWeights):
@@ -62,7 +60,7 @@ class SequentialMLP(_ExpertWeights):
   def __call__(self, x_TH, probs_TK, idx_TK):
     w1, w2 = self.weights()
     out_TH = jnp.zeros(x_TH.shape, jnp.float32)
-    for e in range(self.spec.num_experts):
+    for e in range(self.spec.moe.num_experts):
       weight_T = jnp.sum(jnp.where(idx_TK == e, probs_TK, 0.0), axis=-1)
       y_TH = (swiglu_interleaved(x_TH @ w1[e]) * weight_T[:, None]) @ w2[e]
       out_TH = out_TH + y_TH
@@ -83,8 +81,8 @@ class SharedExpertMLP(MLP):
     if not self.gate:
       return out_BSH
     s = self.spec
-    w_H1 = self.param("gate_weight", nn.with_logical_partitioning(nn.initializers.normal(s.init_std),
+    w_H1 = self.param("gate_weight", nn.with_logical_partitioning(nn.initializers.normal(s.init_method_std),
                                                                   ("embed", None)),
-                      (s.hidden_size, 1), s.param_dtype)
+                      (s.hidden_size, 1), s.params_dtype)
     gate_BS1 = jax.nn.sigmoid(jnp.einsum("bsh,ho->bso", x_BSH.astype(jnp.float32), w_H1.astype(jnp.float32)))
     return (out_BSH * gate_BS1).astype(out_BSH.dtype)

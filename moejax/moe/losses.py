@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 
-def _dtype(x):
+def float_dtype(x):
+  """fp64 for fp64 inputs (router_dtype='fp64'), else fp32: the dtype of router math."""
   return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
 
 
@@ -19,7 +20,7 @@ def _keep(padding_mask, n):
 
 def compute_routing_scores_for_aux_loss(logits_TE, topk: int, score_function: str, padding_mask=None):
   """Top-k on the unbiased scores → (routing_map [T,E] bool, scores [T,E]) for the aux loss."""
-  logits_TE = logits_TE.astype(_dtype(logits_TE))
+  logits_TE = logits_TE.astype(float_dtype(logits_TE))
   if score_function == "softmax":
     scores_TE = jax.nn.softmax(logits_TE, axis=-1)
   elif score_function == "sigmoid":
@@ -37,7 +38,7 @@ def compute_routing_scores_for_aux_loss(logits_TE, topk: int, score_function: st
 def switch_load_balancing_loss(probs_TE, tokens_per_expert_E, total_num_tokens, topk: int,
                                num_experts: int, coeff: float, padding_mask=None):
   """coeff · E/(K·T²) · Σ_i (Σ_t p[t,i]) · c_i  (uniform routing gives exactly coeff)."""
-  dt = _dtype(probs_TE)
+  dt = float_dtype(probs_TE)
   keep_T = _keep(padding_mask, probs_TE.shape[0]).astype(dt)
   agg_E = jnp.sum(probs_TE.astype(dt) * keep_T[:, None], axis=0)
   scale = num_experts * coeff / (topk * jnp.asarray(total_num_tokens, dt) ** 2)
@@ -46,7 +47,7 @@ def switch_load_balancing_loss(probs_TE, tokens_per_expert_E, total_num_tokens, 
 
 def z_loss(logits_TE, coeff: float, padding_mask=None):
   """coeff · mean_t logsumexp(logits[t])² over non-padding tokens."""
-  dt = _dtype(logits_TE)
+  dt = float_dtype(logits_TE)
   keep_T = _keep(padding_mask, logits_TE.shape[0]).astype(dt)
   lse_T = jax.nn.logsumexp(logits_TE.astype(dt), axis=-1)
   return coeff * jnp.sum(lse_T ** 2 * keep_T) / jnp.maximum(jnp.sum(keep_T), 1.0)
@@ -87,6 +88,6 @@ def seq_aux_loss(scores_TE, routing_map_TE, num_sequences: int, topk: int, num_e
     total = routing_map_TE.sum().astype(jnp.float32) / (topk * B)
   else:
     total = T // B
-  dt = _dtype(scores_TE)
+  dt = float_dtype(scores_TE)
   scale = num_experts * coeff / (topk * jnp.asarray(total, dt) ** 2)
   return jnp.sum(scores_BE.astype(dt) * counts_BE.astype(dt)) * scale / B

@@ -1,39 +1,37 @@
-"""TopKRouter and the routing functions of Megatron-Core's moe_utils/router.
+"""TopKRouter and the routing functions of Megatron-Core's moe_utils/router, as stages:
+
+  score    gate logits (input jitter, forced balancing)
+  select   top-k: softmax/sigmoid, pre-softmax, group-limited, expert bias, scaling, replay; or sinkhorn
+  drop     capacity: which (token, k) pairs experts receive
+  balance  aux losses and z-loss (moejax/moe/losses.py)
 
 Legend: T tokens, E experts, K top-k, B sequences, H hidden, C capacity.
 Router math runs in fp32 (fp64 with `router_dtype='fp64'` and jax x64 on).
 The module works in the global (GSPMD) view: token counts, capacities and
 losses cover the whole micro-batch whatever the layout. Megatron computes
 `aux_loss` and capacities per data-parallel rank, so the two agree at DP=1.
-
-Non-trainable state lives in the `moe_state` collection (Megatron's buffers):
-`expert_bias` (persistent) and the step counters `local_tokens_per_expert`,
-`global_tokens_per_expert`, `ga_steps`; `finish_step` updates the bias and
-resets the counters after the optimizer step. Router replay reads expert ids
-from the `routing_replay` collection and records them into `routing_record`
-(see moejax/moe/replay.py).
+Non-trainable state (expert bias, global-aux counts) lives in moejax/moe/state.py.
 """
 from __future__ import annotations
 
 import math
+import typing
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from moejax.config import ModelSpec
+from moejax.config import LoadBalancingType, ModelSpec, RouterSpec
 from moejax.moe import losses
+from moejax.moe.state import MOE_STATE, ROUTING_RECORD, ROUTING_REPLAY, ExpertBias, GlobalAuxCounts
 
-LOSS_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss")
+LOSS_TYPES = tuple(t for t in typing.get_args(LoadBalancingType) if t.endswith("aux_loss"))
 LOG_NAMES = {"aux_loss": "load_balancing_loss", "seq_aux_loss": "seq_load_balancing_loss",
              "global_aux_loss": "global_load_balancing_loss"}
 
 
-def _float_dtype(x):
-  return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
-
-
+# ------------------------------------------------------------------------------ select
 def _group_limited_topk(scores_TE, topk, num_groups, group_topk):
   T, E = scores_TE.shape
   grouped = scores_TE.reshape(T, num_groups, E // num_groups)
@@ -60,7 +58,7 @@ def topk_routing_sparse(logits_TE, topk, *, use_pre_softmax=False, num_groups=No
 
   `replay_idx_TK` replaces the top-k selection by the given expert ids.
   """
-  logits_TE = logits_TE.astype(_float_dtype(logits_TE))
+  logits_TE = logits_TE.astype(losses.float_dtype(logits_TE))
   sel = (num_groups, group_topk, replay_idx_TK)
   if score_function == "softmax":
     if use_pre_softmax:
@@ -124,9 +122,28 @@ def sinkhorn_routing(logits_TE, topk):
   return act_TE * routing_map_TE, routing_map_TE, idx_TK
 
 
+def select_experts(logits_TE, r: RouterSpec, expert_bias=None, replay_idx_TK=None):
+  """(dense probs [T,E], top-k map [T,E], expert ids [T,K]) by the spec's routing method."""
+  if "sinkhorn" in load_balancing_types(r):
+    return sinkhorn_routing(logits_TE, r.router_topk)
+  probs_TK, idx_TK = topk_routing_sparse(
+      logits_TE, r.router_topk, use_pre_softmax=r.router_pre_softmax, num_groups=r.router_num_groups,
+      group_topk=r.router_group_topk, scaling_factor=r.router_topk_scaling_factor,
+      score_function=r.router_score_function, expert_bias=expert_bias, replay_idx_TK=replay_idx_TK)
+  return (*_densify(probs_TK, idx_TK, logits_TE.shape[-1]), idx_TK)
+
+
+# ------------------------------------------------------------------------------ drop
 def expert_capacity(num_tokens: int, num_experts: int, topk: int, capacity_factor: float) -> int:
   """Megatron's `get_capacity(T·K, E, capacity_factor)` = ceil(T·K/E · capacity_factor)."""
   return math.ceil((num_tokens * topk / num_experts) * capacity_factor)
+
+
+def capacity_rows(r: RouterSpec, num_tokens: int, num_experts: int) -> int | None:
+  """Rows per expert under token dropping (None: dropless)."""
+  if r.expert_capacity_factor is None:
+    return None
+  return expert_capacity(num_tokens, num_experts, r.router_topk, r.expert_capacity_factor)
 
 
 def apply_token_dropping(probs, routing_map, topk, capacity_factor, drop_policy="probs",
@@ -154,36 +171,10 @@ def apply_token_dropping(probs, routing_map, topk, capacity_factor, drop_policy=
   return probs * final_map_TE, final_map_TE
 
 
-def updated_expert_bias(tokens_per_expert, expert_bias, rate):
-  """Megatron's `get_updated_expert_bias`: b + rate·sign(mean(c) - c), over the last axis.
-
-  Counts must already be summed over the step (all replicas and micro-batches).
-  """
-  c = tokens_per_expert.astype(jnp.float32)
-  avg = c.sum(-1, keepdims=True) / c.shape[-1]
-  return expert_bias + jnp.sign(avg - c) * rate
-
-
-def finish_step(moe_state, bias_update_rate: float):
-  """After the optimizer step: update every expert bias from its step counts, zero the counters."""
-  def visit(node):
-    if not isinstance(node, dict):
-      return node
-    node = {k: visit(v) for k, v in node.items()}
-    if "expert_bias" in node:
-      node["expert_bias"] = updated_expert_bias(node["local_tokens_per_expert"], node["expert_bias"],
-                                                bias_update_rate)
-    for k in ("local_tokens_per_expert", "global_tokens_per_expert", "ga_steps"):
-      if k in node:
-        node[k] = jnp.zeros_like(node[k])
-    return node
-  return visit(dict(moe_state)) if moe_state else moe_state
-
-
-def aux_loss_coeffs(spec: ModelSpec) -> dict[str, float]:
+# ------------------------------------------------------------------------------ balance
+def aux_loss_coeffs(r: RouterSpec) -> dict[str, float]:
   """{loss type: coeff} of the enabled aux losses (Megatron's `get_aux_loss_coeff`)."""
-  types = spec.router_load_balancing_type
-  coeffs = spec.aux_loss_coeff
+  types, coeffs = r.router_load_balancing_type, r.aux_loss_coeff
   if isinstance(types, str):
     types, coeffs = (types,), (coeffs,)
   elif not isinstance(coeffs, (tuple, list)):
@@ -191,11 +182,39 @@ def aux_loss_coeffs(spec: ModelSpec) -> dict[str, float]:
   return {t: float(c) for t, c in zip(types, coeffs) if t in LOSS_TYPES and c > 0}
 
 
-def _load_balancing_types(spec: ModelSpec) -> tuple[str, ...]:
-  t = spec.router_load_balancing_type
+def load_balancing_types(r: RouterSpec) -> tuple[str, ...]:
+  t = r.router_load_balancing_type
   return (t,) if isinstance(t, str) else tuple(t)
 
 
+def balancing_losses(logits_TE, r: RouterSpec, num_sequences: int, padding_mask_T=None,
+                     global_counts: GlobalAuxCounts | None = None):
+  """(sum of coeff-scaled aux losses, {log name: loss / coeff}, updated global-aux counts)."""
+  coeffs = aux_loss_coeffs(r)
+  aux, logs = jnp.zeros((), jnp.float32), {}
+  if not coeffs:
+    return aux, logs, global_counts
+  K, E = r.router_topk, logits_TE.shape[-1]
+  padded = padding_mask_T is not None
+  aux_map_TE, scores_TE = losses.compute_routing_scores_for_aux_loss(
+      logits_TE, K, r.router_score_function, padding_mask_T)
+  for kind, coeff in coeffs.items():
+    if kind == "aux_loss":
+      loss = losses.aux_loss(scores_TE, aux_map_TE, K, E, coeff, padded)
+    elif kind == "seq_aux_loss":
+      loss = losses.seq_aux_loss(scores_TE, aux_map_TE, num_sequences, K, E, coeff, padded)
+    else:  # global: counts summed over the step's micro-batches so far
+      global_counts = GlobalAuxCounts(global_counts.global_tokens_per_expert + aux_map_TE.sum(0).astype(jnp.float32),
+                                      global_counts.ga_steps + 1.0)
+      loss = losses.aux_loss(scores_TE, aux_map_TE, K, E, coeff, padded,
+                             tokens_per_expert_E=global_counts.global_tokens_per_expert / global_counts.ga_steps)
+    loss = loss.astype(jnp.float32)
+    aux = aux + loss
+    logs[LOG_NAMES[kind]] = loss / coeff
+  return aux, logs, global_counts
+
+
+# ------------------------------------------------------------------------------ the module
 class Routing(NamedTuple):
   probs_TK: jax.Array             # combine weights of the chosen experts (0 where dropped)
   idx_TK: jax.Array               # chosen expert ids
@@ -206,6 +225,7 @@ class Routing(NamedTuple):
   routing_map_TE: jax.Array       # dense map after dropping/padding to capacity: what experts receive
   dropped_fraction: jax.Array     # fraction of the top-k (token, expert) pairs dropped by capacity
   logs: dict                      # {name: loss / coeff} as Megatron logs them
+  keep_TK: jax.Array | None = None  # pairs kept after capacity dropping (None: dropless)
 
 
 class TopKRouter(nn.Module):
@@ -219,90 +239,60 @@ class TopKRouter(nn.Module):
 
     padding_mask_T: True at padding tokens, left out of every statistic.
     """
-    s = self.spec
-    E, K, T = s.num_experts, s.router_topk, x_TH.shape[0]
-    rdt = jnp.float64 if s.router_dtype == "fp64" else jnp.float32
-    w_HE = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(s.init_std),
+    r, E, T = self.spec.moe.router, self.spec.moe.num_experts, x_TH.shape[0]
+    logits_TE = self._score(x_TH)
+    updating = self.is_mutable_collection(MOE_STATE) and not self.is_initializing()
+    bias = self.variable(MOE_STATE, "expert_bias", ExpertBias.zeros, E) if r.router_enable_expert_bias else None
+    replay = (self.get_variable(ROUTING_REPLAY, "idx_TK") if self.has_variable(ROUTING_REPLAY, "idx_TK")
+              else None)
+
+    probs_TE, topk_map_TE, idx_TK = select_experts(
+        logits_TE, r, None if bias is None else bias.value.expert_bias, replay)
+    routing_map_TE, keep_TK = topk_map_TE, None
+    if r.expert_capacity_factor is not None:
+      probs_TE, routing_map_TE = apply_token_dropping(probs_TE, topk_map_TE, r.router_topk,
+                                                      r.expert_capacity_factor, r.token_drop_policy,
+                                                      r.pad_expert_input_to_capacity)
+      keep_TK = jnp.take_along_axis(routing_map_TE, idx_TK, axis=1)
+    valid_T = jnp.ones((T,), jnp.bool_) if padding_mask_T is None else ~padding_mask_T.reshape(T)
+    kept_TE = topk_map_TE & routing_map_TE & valid_T[:, None]
+    dropped = 1.0 - kept_TE.sum().astype(jnp.float32) / (jnp.maximum(valid_T.sum(), 1) * r.router_topk)
+    counts_E = (routing_map_TE & valid_T[:, None]).sum(0).astype(jnp.float32)
+
+    z = jnp.zeros((), jnp.float32)
+    if r.z_loss_coeff:
+      z = losses.z_loss(logits_TE, r.z_loss_coeff, padding_mask_T).astype(jnp.float32)
+    global_counts = None
+    if "global_aux_loss" in aux_loss_coeffs(r):
+      global_counts = self.variable(MOE_STATE, "global_aux", GlobalAuxCounts.zeros, E)
+    aux, logs, new_global = balancing_losses(logits_TE, r, num_sequences, padding_mask_T,
+                                             global_counts and global_counts.value)
+    logs = {"z_loss": z / r.z_loss_coeff if r.z_loss_coeff else z, **logs}
+
+    if updating:
+      if bias is not None:
+        bias.value = bias.value.count(counts_E)
+      if global_counts is not None:
+        global_counts.value = new_global
+    if self.is_mutable_collection(ROUTING_RECORD) and not self.is_initializing():
+      self.put_variable(ROUTING_RECORD, "idx_TK", idx_TK.astype(jnp.int32))
+    probs_TK = jnp.take_along_axis(probs_TE, idx_TK, axis=1)
+    return Routing(probs_TK, idx_TK, aux, z, counts_E, probs_TE, routing_map_TE, dropped, logs, keep_TK)
+
+  def _score(self, x_TH):
+    """Gate logits in the router dtype; jitter perturbs the input, forced balancing the logits."""
+    s, r = self.spec, self.spec.moe.router
+    rdt = jnp.float64 if r.router_dtype == "fp64" else jnp.float32
+    w_HE = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(s.init_method_std),
                                                              ("embed", None)),
-                      (s.hidden_size, E), s.param_dtype)
-    if s.input_jitter_eps:
+                      (x_TH.shape[-1], s.moe.num_experts), s.params_dtype)
+    if r.input_jitter_eps:
       if not self.has_rng("router"):
         raise ValueError("moe.input_jitter_eps needs a 'router' rng: apply(..., rngs={'router': key})")
-      eps = s.input_jitter_eps
+      eps = r.input_jitter_eps
       x_TH = x_TH * jax.random.uniform(self.make_rng("router"), x_TH.shape, x_TH.dtype, 1 - eps, 1 + eps)
     logits_TE = jnp.dot(x_TH.astype(rdt), w_HE.astype(rdt))
-    if s.router_force_load_balancing:  # benchmark mode: random logits, straight-through gradient
+    if r.router_force_load_balancing:  # benchmark mode: random logits, straight-through gradient
       key = self.make_rng("router") if self.has_rng("router") else jax.random.key(0)
       logits_TE = logits_TE + jax.lax.stop_gradient(jax.random.normal(key, logits_TE.shape, rdt) - logits_TE)
-    keep_T = jnp.ones((T,), jnp.bool_) if padding_mask_T is None else ~padding_mask_T.reshape(T)
-
-    zero = jnp.zeros((), jnp.float32)
-    z = (losses.z_loss(logits_TE, s.z_loss_coeff, padding_mask_T).astype(jnp.float32)
-         if s.z_loss_coeff else zero)
-    logs = {"z_loss": z / s.z_loss_coeff if s.z_loss_coeff else zero}
-
-    replay_idx_TK = None
-    if self.has_variable("routing_replay", "idx_TK"):
-      replay_idx_TK = self.get_variable("routing_replay", "idx_TK")
-    state = {}
-    if s.router_enable_expert_bias:
-      state["expert_bias"] = self.variable("moe_state", "expert_bias", jnp.zeros, (E,), jnp.float32)
-      state["local_tokens_per_expert"] = self.variable("moe_state", "local_tokens_per_expert",
-                                                       jnp.zeros, (E,), jnp.float32)
-    coeffs = aux_loss_coeffs(s)
-    if "global_aux_loss" in coeffs:
-      state["global_tokens_per_expert"] = self.variable("moe_state", "global_tokens_per_expert",
-                                                        jnp.zeros, (E,), jnp.float32)
-      state["ga_steps"] = self.variable("moe_state", "ga_steps", jnp.zeros, (), jnp.float32)
-
-    if "sinkhorn" in _load_balancing_types(s):
-      probs_TE, topk_map_TE, idx_TK = sinkhorn_routing(logits_TE, K)
-    else:
-      bias = state["expert_bias"].value if "expert_bias" in state else None
-      probs_TK, idx_TK = topk_routing_sparse(
-          logits_TE, K, use_pre_softmax=s.router_pre_softmax, num_groups=s.router_num_groups,
-          group_topk=s.router_group_topk, scaling_factor=s.router_topk_scaling_factor,
-          score_function=s.router_score_function, expert_bias=bias, replay_idx_TK=replay_idx_TK)
-      probs_TE, topk_map_TE = _densify(probs_TK, idx_TK, E)
-
-    if s.expert_capacity_factor is not None:
-      probs_TE, routing_map_TE = apply_token_dropping(
-          probs_TE, topk_map_TE, K, s.expert_capacity_factor, s.token_drop_policy,
-          s.pad_expert_input_to_capacity)
-    else:
-      routing_map_TE = topk_map_TE
-    kept_TE = topk_map_TE & routing_map_TE & keep_T[:, None]
-    n_valid = jnp.maximum(keep_T.sum(), 1).astype(jnp.float32)
-    dropped = 1.0 - kept_TE.sum().astype(jnp.float32) / (n_valid * K)
-    probs_TK = jnp.take_along_axis(probs_TE, idx_TK, axis=1)
-    counts_E = (routing_map_TE & keep_T[:, None]).sum(0).astype(jnp.float32)
-
-    aux = zero
-    if coeffs:
-      aux_map_TE, scores_TE = losses.compute_routing_scores_for_aux_loss(
-          logits_TE, K, s.router_score_function, padding_mask_T)
-      for kind, coeff in coeffs.items():
-        if kind == "aux_loss":
-          loss = losses.aux_loss(scores_TE, aux_map_TE, K, E, coeff, padding_mask_T is not None)
-        elif kind == "seq_aux_loss":
-          loss = losses.seq_aux_loss(scores_TE, aux_map_TE, num_sequences, K, E, coeff,
-                                     padding_mask_T is not None)
-        else:
-          gl = state["global_tokens_per_expert"]
-          steps = state["ga_steps"]
-          total_E = gl.value + aux_map_TE.sum(0).astype(jnp.float32)
-          n = steps.value + 1.0
-          loss = losses.aux_loss(scores_TE, aux_map_TE, K, E, coeff, padding_mask_T is not None,
-                                 tokens_per_expert_E=total_E / n)
-          if self.is_mutable_collection("moe_state") and not self.is_initializing():
-            gl.value, steps.value = total_E, n
-        loss = loss.astype(jnp.float32)
-        aux = aux + loss
-        logs[LOG_NAMES[kind]] = loss / coeff
-
-    if ("local_tokens_per_expert" in state and self.is_mutable_collection("moe_state")
-        and not self.is_initializing()):
-      state["local_tokens_per_expert"].value = state["local_tokens_per_expert"].value + counts_E
-    if self.is_mutable_collection("routing_record") and not self.is_initializing():
-      self.put_variable("routing_record", "idx_TK", idx_TK.astype(jnp.int32))
-    return Routing(probs_TK, idx_TK, aux, z, counts_E, probs_TE, routing_map_TE, dropped, logs)
+    return logits_TE

@@ -15,10 +15,114 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from moejax.config import ParallelSizes, parallel_sizes, validate
+from moejax.config import ConfigError
 
 ATTN_ROLES = ("tp", "cp", "dp")    # fastest first
 MOE_ROLES = ("etp", "ep", "edp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSizes:
+  """Megatron's parallel sizes; dp and edp are derived (MoE parallel folding)."""
+  tp: int
+  cp: int
+  pp: int
+  ep: int
+  etp: int
+  dp: int
+  edp: int
+
+  @property
+  def num_devices(self) -> int:
+    return self.tp * self.cp * self.pp * self.dp
+
+
+def problems(cfg, num_devices: int | None = None) -> list[str]:
+  """The layout checks: model dims against tp/ep/etp, sizes against the devices, folding."""
+  m, moe, p, t = cfg.model, cfg.moe, cfg.parallel, cfg.train
+  etp = p.etp if p.etp is not None else p.tp
+  if not all(isinstance(v, int) and v >= 1 for v in (p.tp, p.cp, p.pp, p.ep, etp, t.micro_batch_size)):
+    return []  # the config's own checks report these
+  problems = []
+  if m.num_attention_heads % p.tp:
+    problems.append(f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}")
+  if m.num_query_groups % p.tp:
+    problems.append(f"model.num_query_groups={m.num_query_groups} (KV heads) is not divisible by "
+                    f"parallel.tp={p.tp}: use tp <= {m.num_query_groups} that divides it")
+  if m.ffn_hidden_size % p.tp:
+    problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+  if m.vocab_size % p.tp:
+    problems.append(f"model.vocab_size={m.vocab_size} is not divisible by parallel.tp={p.tp}: pad the vocabulary")
+  if p.sequence_parallel and t.seq_length % (p.tp * p.cp):
+    problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.tp*cp={p.tp * p.cp} "
+                    "(needed by parallel.sequence_parallel)")
+  elif t.seq_length % p.cp:
+    problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.cp={p.cp}")
+  if p.pp != 1:
+    problems.append(f"parallel.pp={p.pp}: pipeline parallelism is not implemented yet; set parallel.pp=1")
+  if p.cp != 1:
+    problems.append(f"parallel.cp={p.cp}: context parallelism is not implemented yet; set parallel.cp=1")
+  if p.vpp is not None:
+    problems.append("parallel.vpp is set but pipeline parallelism is not implemented yet; leave it None")
+  if moe.num_experts is not None:
+    if moe.num_experts % p.ep:
+      problems.append(f"moe.num_experts={moe.num_experts} is not divisible by parallel.ep={p.ep}")
+    ffn = moe.ffn_hidden_size if moe.ffn_hidden_size is not None else m.ffn_hidden_size
+    if ffn % etp:
+      problems.append(f"moe.ffn_hidden_size={ffn} is not divisible by parallel.etp={etp}")
+    if p.ep > 1 and p.tp > 1 and not p.sequence_parallel:
+      problems.append(f"parallel.ep={p.ep} with parallel.tp={p.tp} needs parallel.sequence_parallel=True "
+                      "(as in Megatron)")
+  elif p.ep > 1:
+    problems.append(f"parallel.ep={p.ep} needs moe.num_experts to be set")
+  if num_devices is not None:
+    problems += _device_problems(cfg, etp, num_devices)
+  return problems
+
+
+def _device_problems(cfg, etp: int, num_devices: int) -> list[str]:
+  p, t = cfg.parallel, cfg.train
+  problems = []
+  denom = p.tp * p.cp * p.pp
+  if num_devices % denom:
+    problems.append(f"parallel.tp*cp*pp={denom} does not divide the {num_devices} devices")
+  elif p.dp != -1 and p.dp * denom != num_devices:
+    problems.append(f"mesh size parallel.dp*tp*cp*pp={p.dp * denom} != {num_devices} devices: "
+                    f"set parallel.dp=-1 to derive it or parallel.dp={num_devices // denom}")
+  if num_devices % (etp * p.ep * p.pp):
+    problems.append(f"parallel.etp*ep*pp={etp * p.ep * p.pp} does not divide the {num_devices} devices")
+  if problems:
+    return problems
+  dp = num_devices // denom
+  per_step = t.micro_batch_size * dp
+  if t.global_batch_size % per_step:
+    return [f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size*dp={t.micro_batch_size}*{dp}={per_step}"]
+  try:
+    fold_axes(_sizes(p, etp, num_devices))
+  except ValueError as e:
+    return [str(e)]
+  return []
+
+
+def _sizes(p, etp: int, num_devices: int) -> ParallelSizes:
+  return ParallelSizes(tp=p.tp, cp=p.cp, pp=p.pp, ep=p.ep, etp=etp, dp=num_devices // (p.tp * p.cp * p.pp),
+                       edp=num_devices // (etp * p.ep * p.pp))
+
+
+def parallel_sizes(cfg, num_devices: int) -> ParallelSizes:
+  """Derives dp = N/(tp·cp·pp) and edp = N/(etp·ep·pp); ConfigError when the layout is impossible."""
+  bad = problems(cfg, num_devices)
+  if bad:
+    raise ConfigError(bad)
+  p = cfg.parallel
+  return _sizes(p, p.etp if p.etp is not None else p.tp, num_devices)
+
+
+def num_microbatches(cfg, num_devices: int) -> int:
+  """Gradient-accumulation steps: global batch / (micro batch · dp)."""
+  sizes = parallel_sizes(cfg, num_devices)
+  return cfg.train.global_batch_size // (cfg.train.micro_batch_size * sizes.dp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +177,8 @@ class MeshLayout:
 
 
 def make_mesh(cfg, devices=None) -> MeshLayout:
-  """Validates the config against the devices and builds the folded mesh."""
+  """The folded mesh of the config's layout over `devices` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
-  validate(cfg, len(devices))
   ps = parallel_sizes(cfg, len(devices))
   axes = fold_axes(ps)
   names = ("pp",) + tuple(a.name for a in reversed(axes))

@@ -1,4 +1,6 @@
-"""Logical axis names → mesh axes: the one table that places every tensor.
+"""Where every tensor lives: logical axis names → mesh axes, and optimizer state → its params.
+
+Parameters and activations carry logical axis names; one rules table maps them to mesh axes:
 
 | logical axis   | mesh role (see mesh.py)          | used by                              |
 |----------------|----------------------------------|--------------------------------------|
@@ -10,10 +12,18 @@
 | expert         | ep                               | expert weights                       |
 | expert_mlp     | etp                              | expert FFN dimension                 |
 | embed, head_dim, expert_embed, layers | replicated | —                                   |
+
+Optimizer state follows a second table, by what a leaf of the state is:
+
+| optimizer state                                 | placement               |
+|-------------------------------------------------|-------------------------|
+| per-parameter leaves (Adam moments mu, nu)      | the parameter's sharding |
+| everything else (step counts, schedule state)   | replicated              |
 """
 from __future__ import annotations
 
 import jax
+import optax
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -42,6 +52,15 @@ def logical_axis_rules(layout: MeshLayout, sequence_parallel: bool = False) -> t
       ("expert_embed", None),
       ("layers", None),
   )
+
+
+def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state, param_shardings,
+                              mesh) -> object:
+  """Shardings of the optimizer state by the table above (optax finds the per-parameter leaves)."""
+  replicated_sh = replicated(mesh)
+  return optax.tree_map_params(optimizer, lambda _, sh: sh, abstract_opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated_sh,
+                               is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def batch_sharding(mesh, rules, ndim: int, leading_microbatch: bool = True) -> NamedSharding:

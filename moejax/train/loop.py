@@ -20,7 +20,9 @@ from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
 from moejax.train.state import init_state, state_shardings
-from moejax.train.step import loss_fn, make_train_step
+from moejax.train.loss import loss_fn
+from moejax.train.step import make_train_step
+from moejax.train.validate import validate
 
 
 class _StopFlag:
@@ -40,7 +42,7 @@ def make_eval_step(model: GPTModel):
 
   def step(params, batch_NBS1, moe_state=None):
     def micro(total, tokens_BS1):
-      return total + loss_fn(model, params, tokens_BS1, moe_state)[1]["lm_loss"], None
+      return total + loss_fn(model, params, tokens_BS1, moe_state)[1][0]["lm_loss"], None
 
     total, _ = jax.lax.scan(micro, jnp.zeros((), jnp.float32), batch_NBS1)
     return total / batch_NBS1.shape[0]
@@ -58,6 +60,8 @@ def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict
 
 def train(cfg, workdir: str, devices=None) -> list[dict]:
   """Trains `cfg` in `workdir`, resuming from its newest checkpoint; returns the step metrics."""
+  devices = list(jax.devices() if devices is None else devices)
+  validate(cfg, len(devices))
   layout = make_mesh(cfg, devices)
   mesh, n_dev = layout.mesh, layout.mesh.size
   rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)

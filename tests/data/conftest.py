@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "megatron_indexed"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # written by megatron-core: fixtures/make_megatron_indexed.py
 PEER_PY = REPO / ".peer-venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
 def megatron_fixtures():
     """(prefix, expected-json) for each fixture written by megatron-core itself."""
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures missing at {FIXTURES}: the repo must be cloned with shared/ beside it")
     out = []
     for name in ("sample_int32", "sample_uint16"):
         with open(FIXTURES / f"{name}.json") as f:

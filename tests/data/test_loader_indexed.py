@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from moejax.config import base_config, validate
+from moejax.config import base_config
+from moejax.train.validate import validate
 from moejax.data.blend import WindowSource
 from moejax.data.loader import (gpt_datasets, local_batches, make_dataset, make_eval_dataset,
                                 process_rows, split_sizes)

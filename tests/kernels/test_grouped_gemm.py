@@ -226,9 +226,8 @@ def test_auto_picks_pallas_on_hopper(monkeypatch):
   assert api.resolve_impl(x, w, "auto") == "pallas"
   assert api.resolve_impl(x.astype(jnp.float32), w.astype(jnp.float32), "auto") == "xla"
   assert api.resolve_impl(x[:, :48], w[:, :48], "auto") == "xla"
-  from moejax.config import ModelSpec
-  assert ModelSpec(hidden_size=64, num_experts=2, router_topk=1,
-                   moe_ffn_hidden_size=64).grouped_gemm_impl == "auto"
+  from moejax.config import MoESpec
+  assert MoESpec(num_experts=2, ffn_hidden_size=64).grouped_gemm_impl == "auto"
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -1,21 +1,20 @@
 """GPTModel: document resets at end-of-document tokens, loss masking, layer segments."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moejax.config import ModelSpec
+from moejax.config import AttentionSpec, DocumentSpec, ModelSpec, MoESpec, RouterSpec
 from moejax.data.gpt_dataset import ltor_position_ids_and_segments
 from moejax.models.decoder import layer_segments
 from moejax.models.gpt import GPTModel, document_positions_and_segments
-from moejax.train.step import loss_fn
+from moejax.train.loss import loss_fn
 
 EOD = 7
-SPEC = ModelSpec(hidden_size=32, num_layers=2, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                 head_dim=8, vocab_size=32, num_experts=4, router_topk=2, moe_ffn_hidden_size=16,
-                 moe_pattern=(False, True), eod_token=EOD, init_std=0.2)
+SPEC = ModelSpec(hidden_size=32, num_layers=2, ffn_hidden_size=64, vocab_size=32, dtype="float32", init_method_std=0.2,
+                 attention=AttentionSpec(num_attention_heads=4, num_query_groups=2, kv_channels=8),
+                 moe=MoESpec(num_experts=4, ffn_hidden_size=16, layer_freq=(0, 1), router=RouterSpec(router_topk=2)),
+                 documents=DocumentSpec(eod=EOD))
 
 
 def test_document_ids_match_megatron_semantics():
@@ -31,7 +30,7 @@ def test_document_ids_match_megatron_semantics():
 
 def test_reset_masks_isolate_documents():
   """With both resets, each document of a packed row gets the logits it gets alone."""
-  spec = dataclasses.replace(SPEC, reset_position_ids=True, reset_attention_mask=True)
+  spec = SPEC.replace(reset_position_ids=True, reset_attention_mask=True)
   rng = np.random.default_rng(1)
   doc_a = np.append(rng.integers(8, 32, 9), EOD)
   doc_b = rng.integers(8, 32, 6)
@@ -49,10 +48,10 @@ def test_reset_masks_isolate_documents():
 
 
 def test_eod_mask_loss_skips_positions_whose_input_is_eod():
-  spec = dataclasses.replace(SPEC, eod_mask_loss=True)
+  spec = SPEC.replace(eod_mask_loss=True)
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 10, size=(3, 17)))
   params = GPTModel(spec).init(jax.random.key(0), tokens[:, :-1])["params"]
-  loss, metrics = loss_fn(GPTModel(spec), params, tokens)
+  loss, (metrics, _) = loss_fn(GPTModel(spec), params, tokens)
   logits, _ = GPTModel(spec).apply({"params": params}, tokens[:, :-1])
   ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
   keep = np.asarray(tokens[:, :-1] != EOD)

@@ -1,20 +1,20 @@
 """Permute/unpermute and the dispatchers on one device: exact inverses, gather-only gradients,
 zero-token experts, capacity drops, shared-expert gate and overlap."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
-from moejax.config import ModelSpec
+from moejax.config import DispatchSpec, ModelSpec, MoESpec, RouterSpec
 from moejax.moe import dispatch
+from moejax.moe.permute import permute, unpermute
 from moejax.moe.experts import SequentialMLP, grouped_mlp
 from moejax.moe.layer import MoELayer
 from moejax.moe.router import TopKRouter
 
-SPEC = ModelSpec(hidden_size=16, num_experts=8, router_topk=2, moe_ffn_hidden_size=8, init_std=0.3)
+SPEC = ModelSpec(hidden_size=16, dtype="float32", init_method_std=0.3,
+                 moe=MoESpec(num_experts=8, ffn_hidden_size=8, router=RouterSpec(router_topk=2)))
 
 
 def _float_scatters(jaxpr_text: str) -> list[str]:
@@ -41,9 +41,9 @@ def test_permute_then_unpermute_restores_input_and_gradient(num_local, offset):
   local_TK = (idx_TK >= offset) & (idx_TK < offset + num_local)
 
   def roundtrip(x):
-    x_RH, probs_R, group_sizes, place = dispatch.permute(x, probs_TK, idx_TK, num_local, offset)
+    x_RH, probs_R, group_sizes, place = permute(x, probs_TK, idx_TK, num_local, offset)
     assert int(group_sizes.sum()) == int(local_TK.sum())
-    return dispatch.unpermute(x_RH * probs_R[:, None], place)
+    return unpermute(x_RH * probs_R[:, None], place)
 
   expected = x_TH * (local_TK.sum(1, keepdims=True) / K)
   np.testing.assert_allclose(roundtrip(x_TH), expected, rtol=1e-6, atol=1e-6)
@@ -59,12 +59,12 @@ def test_permute_with_a_row_bound_keeps_every_kept_pair():
   x_TH = jax.random.normal(jax.random.key(8), (T, H))
   probs_TK, idx_TK = _random_routing(jax.random.key(9), T, K, E)
   keep_TK = jnp.arange(T * K).reshape(T, K) % 3 == 0       # 8 kept pairs
-  full = dispatch.permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK)
-  small = dispatch.permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK, num_rows=8)
+  full = permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK)
+  small = permute(x_TH, probs_TK, idx_TK, E, 0, keep_TK, num_rows=8)
   assert full[0].shape == (T * K, H) and small[0].shape == (8, H)
   np.testing.assert_array_equal(small[0], full[0][:8])
   np.testing.assert_array_equal(small[2], full[2])
-  back = lambda r: dispatch.unpermute(r[0] * r[1][:, None], r[3])
+  back = lambda r: unpermute(r[0] * r[1][:, None], r[3])
   np.testing.assert_allclose(back(small), back(full), rtol=1e-6, atol=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_rows_are_sorted_by_expert_and_empty_rows_are_zero():
   T, K, H, E = 9, 2, 4, 6
   x_TH = jax.random.normal(jax.random.key(3), (T, H))
   probs_TK, idx_TK = _random_routing(jax.random.key(4), T, K, E)
-  x_RH, probs_R, group_sizes, place = dispatch.permute(x_TH, probs_TK, idx_TK, 3, 3)
+  x_RH, probs_R, group_sizes, place = permute(x_TH, probs_TK, idx_TK, 3, 3)
   n = int(group_sizes.sum())
   experts = np.repeat(np.arange(3) + 3, np.asarray(group_sizes))
   rows = np.asarray(place.src_R[:n])
@@ -90,8 +90,8 @@ def test_gradients_of_permute_and_unpermute_are_gathers_not_scatter_adds():
   w2 = jax.random.normal(jax.random.key(7), (E, H, H)) * 0.3
 
   def layer(x, w1, w2):
-    x_RH, probs_R, gs, place = dispatch.permute(x, probs_TK, idx_TK, E, 0)
-    return jnp.sum(dispatch.unpermute(grouped_mlp(x_RH, gs, probs_R, w1, w2, impl="xla"), place))
+    x_RH, probs_R, gs, place = permute(x, probs_TK, idx_TK, E, 0)
+    return jnp.sum(unpermute(grouped_mlp(x_RH, gs, probs_R, w1, w2, impl="xla"), place))
 
   text = str(jax.make_jaxpr(jax.grad(layer, argnums=(0, 1, 2)))(jnp.ones((T, H)), w1, w2))
   assert "gather[" in text
@@ -113,7 +113,7 @@ def _reference(spec, params, x):
 
 @pytest.mark.parametrize("kind", ["allgather", "alltoall"])
 def test_expert_with_zero_tokens_gets_zero_gradient(kind):
-  spec = dataclasses.replace(SPEC, token_dispatcher_type=kind)
+  spec = SPEC.replace(token_dispatcher_type=kind)
   x = jax.random.normal(jax.random.key(1), (2, 8, spec.hidden_size))
   params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
   x = x.at[..., 0].set(jnp.abs(x[..., 0]) + 1.0)
@@ -130,7 +130,7 @@ def test_expert_with_zero_tokens_gets_zero_gradient(kind):
 @pytest.mark.parametrize("policy", ["probs", "position"])
 def test_capacity_drops_are_the_routers_and_both_dispatchers_agree(policy):
   """With expert_capacity_factor, dispatch skips exactly the pairs the router dropped."""
-  base = dataclasses.replace(SPEC, expert_capacity_factor=0.5, token_drop_policy=policy)
+  base = SPEC.replace(expert_capacity_factor=0.5, token_drop_policy=policy)
   x = jax.random.normal(jax.random.key(11), (2, 16, base.hidden_size))
   params = nn.unbox(MoELayer(base).init(jax.random.key(0), x)["params"])
   cot = jax.random.normal(jax.random.key(12), x.shape)
@@ -139,7 +139,7 @@ def test_capacity_drops_are_the_routers_and_both_dispatchers_agree(policy):
   assert 0 < kept.sum() < kept.size  # some pairs dropped, some kept
   results = {}
   for kind in ("allgather", "alltoall"):
-    spec = dataclasses.replace(base, token_dispatcher_type=kind)
+    spec = base.replace(token_dispatcher_type=kind)
     out = MoELayer(spec).apply({"params": params}, x)[0]
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     results[kind] = (out, jax.grad(_layer_loss, argnums=(1, 2))(spec, params, x, cot))
@@ -150,7 +150,7 @@ def test_capacity_drops_are_the_routers_and_both_dispatchers_agree(policy):
 
 @pytest.mark.parametrize("gate", [False, True])
 def test_shared_experts_gate_and_overlap(gate):
-  spec = dataclasses.replace(SPEC, shared_expert_intermediate_size=12, shared_expert_gate=gate)
+  spec = SPEC.replace(shared_expert_intermediate_size=12, shared_expert_gate=gate)
   x = jax.random.normal(jax.random.key(21), (2, 4, spec.hidden_size))
   params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
   assert ("gate_weight" in params["shared_experts"]) == gate
@@ -163,7 +163,7 @@ def test_shared_experts_gate_and_overlap(gate):
   cot = jax.random.normal(jax.random.key(22), x.shape)
   outs = []
   for overlap in (True, False):
-    s = dataclasses.replace(spec, shared_expert_overlap=overlap)
+    s = spec.replace(shared_expert_overlap=overlap)
     out = MoELayer(s).apply({"params": params}, x)[0]
     np.testing.assert_allclose(out, routed + shared, rtol=1e-5, atol=1e-5)
     outs.append(jax.grad(_layer_loss, argnums=1)(s, params, x, cot))
@@ -175,7 +175,7 @@ def test_shared_experts_gate_and_overlap(gate):
 def test_layer_fwd_bwd_has_no_loops(kind):
   """No while loop in the MoE layer's forward+backward: XLA on GPU runs every loop
   iteration with a host round trip (jnp.searchsorted's default method is such a loop)."""
-  spec = dataclasses.replace(SPEC, token_dispatcher_type=kind)
+  spec = SPEC.replace(token_dispatcher_type=kind)
   x = jax.random.normal(jax.random.key(31), (2, 8, spec.hidden_size))
   params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
   grad = jax.jit(lambda p, x_, c: jax.grad(_layer_loss, argnums=(1, 2))(spec, p, x_, c))
@@ -192,8 +192,8 @@ def test_exchange_rows_per_rank():
 
 def test_bad_dispatcher_settings_name_the_key():
   with pytest.raises(ValueError, match="moe.token_dispatcher_type"):
-    dispatch.TokenDispatcher(8, 2, "deepep")
+    DispatchSpec(token_dispatcher_type="deepep")
   with pytest.raises(ValueError, match="moe.token_exchange"):
-    dispatch.TokenDispatcher(8, 2, "alltoall", "nvshmem")
+    DispatchSpec(token_dispatcher_type="alltoall", token_exchange="nvshmem")
   with pytest.raises(ValueError, match="moe.exchange_capacity_factor"):
-    dispatch.TokenDispatcher(8, 2, "alltoall", "all_to_all", 0.5)
+    DispatchSpec(token_dispatcher_type="alltoall", token_exchange="all_to_all", exchange_capacity_factor=0.5)

@@ -6,16 +6,18 @@ import pytest
 from flax import linen as nn
 
 from moejax.checkpoint.manager import CheckpointManager
-from moejax.config import base_config, model_spec, validate
+from moejax.config import base_config, model_spec
 from moejax.models.gpt import GPTModel
-from moejax.moe import replay
-from moejax.moe.router import finish_step, updated_expert_bias
+from moejax.moe.state import ExpertBias, finish_step, updated_expert_bias
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import logical_axis_rules
 from moejax.train.loop import train
 from moejax.train.optim import lr_schedule, make_optimizer
 from moejax.train.state import init_state, state_shardings
-from moejax.train.step import make_train_step, moe_loss_fn
+from moejax.train import replay
+from moejax.train.loss import loss_fn
+from moejax.train.step import make_train_step
+from moejax.train.validate import validate
 
 
 def _cfg(bias=True, recompute=None, **moe):
@@ -51,12 +53,12 @@ def _bias_leaves(moe_state):
 def test_finish_step_sign_rule_and_counter_reset():
   c = jnp.asarray([[5., 3., 4., 4.], [0., 9., 1., 6.]])
   b = jnp.asarray([[0.1, -0.2, 0.0, 0.3], [0.0, 0.0, 0.0, 0.0]])
-  st = {"a": {"router": {"expert_bias": b, "local_tokens_per_expert": c}}}
-  out = finish_step(st, 1e-3)["a"]["router"]
+  st = {"a": {"router": {"expert_bias": ExpertBias(b, c)}}}
+  out = finish_step(st, 1e-3)["a"]["router"]["expert_bias"]
   mean = c.mean(-1, keepdims=True)
-  np.testing.assert_array_equal(out["expert_bias"], b + 1e-3 * np.sign(mean - c))
-  np.testing.assert_array_equal(out["expert_bias"], updated_expert_bias(c, b, 1e-3))
-  assert not np.asarray(out["local_tokens_per_expert"]).any()
+  np.testing.assert_array_equal(out.expert_bias, b + 1e-3 * np.sign(mean - c))
+  np.testing.assert_array_equal(out.expert_bias, updated_expert_bias(c, b, 1e-3))
+  assert not np.asarray(out.local_tokens_per_expert).any()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_step_sums_counts_over_micro_batches_then_updates_bias(tokens, recompute
   cfg = _cfg(recompute=recompute)
   layout, rules, model, opt, sched, state, _, _ = _setup(cfg)
   with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
-    counts = [moe_loss_fn(model, state.params, tokens[i], state.moe_state)[1][0]["tokens_per_expert"]
+    counts = [loss_fn(model, state.params, tokens[i], state.moe_state)[1][0]["tokens_per_expert"]
               for i in range(2)]
     bias0 = _bias_leaves(state.moe_state)[0]
     new_state, metrics = jax.jit(make_train_step(model, opt, sched))(state, tokens)
@@ -133,7 +135,7 @@ def test_replay_reproduces_the_recorded_step_loss(tokens, tmp_path):
     # with the trained (different) router, replay still routes as recorded
     _, ids_later = jax.jit(lambda p, t: replay.record_step(model, p, t))(later.params, tokens)
     rec = jax.jit(lambda p, t, i: jax.lax.map(
-        lambda a: moe_loss_fn(model, p, a[0], replay_ids=a[1], record=True)[1][0]["routing_ids"], (t, i)))(
+        lambda a: loss_fn(model, p, a[0], replay_ids=a[1], record=True)[1][0]["routing_ids"], (t, i)))(
             later.params, tokens, replay.load(path))
   assert float(replayed) == float(loss)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ids), jax.tree.leaves(ids_later)))

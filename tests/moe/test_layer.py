@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from moejax.config import ModelSpec
+from moejax.config import ModelSpec, MoESpec, RouterSpec
 from moejax.moe.experts import SequentialMLP
 from moejax.moe.layer import MoELayer
 from moejax.moe.router import TopKRouter
 
-SPEC = ModelSpec(hidden_size=32, num_experts=6, router_topk=2, moe_ffn_hidden_size=24, init_std=0.2)
+SPEC = ModelSpec(hidden_size=32, dtype="float32", init_method_std=0.2,
+                 moe=MoESpec(num_experts=6, ffn_hidden_size=24, router=RouterSpec(router_topk=2)))
 
 
 def _reference(params, x_BSH, spec):
@@ -52,4 +53,4 @@ def test_tokens_per_expert_counts_every_routed_pair():
   x = jax.random.normal(jax.random.key(3), (3, 5, SPEC.hidden_size))
   variables = MoELayer(SPEC).init(jax.random.key(0), x)
   _, stats = MoELayer(SPEC).apply(variables, x)
-  assert float(stats.tokens_per_expert_E.sum()) == 3 * 5 * SPEC.router_topk
+  assert float(stats.tokens_per_expert_E.sum()) == 3 * 5 * SPEC.moe.router.router_topk

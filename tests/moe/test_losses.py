@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from moejax.config import ModelSpec
+from moejax.config import ModelSpec, MoESpec
 from moejax.moe import losses
 from moejax.moe.router import TopKRouter
 
@@ -48,8 +48,8 @@ def test_seq_aux_equals_aux_for_one_sequence_and_the_mean_over_several():
 @pytest.mark.parametrize("lb", ["aux_loss", "seq_aux_loss", "global_aux_loss"])
 def test_padding_mask_equals_truncation(lb):
   """One sequence of 24 real tokens + 8 padding = the 24 tokens alone, for every statistic."""
-  spec = ModelSpec(hidden_size=16, num_experts=E, router_topk=K, router_load_balancing_type=lb,
-                   aux_loss_coeff=0.1, z_loss_coeff=0.01)
+  spec = ModelSpec(hidden_size=16, dtype="float32", moe=MoESpec(num_experts=E)).replace(
+      router_topk=K, router_load_balancing_type=lb, aux_loss_coeff=0.1, z_loss_coeff=0.01)
   x = jax.random.normal(jax.random.key(0), (32, 16))
   r = TopKRouter(spec)
   variables = r.init(jax.random.key(1), x)
@@ -75,8 +75,8 @@ def test_router_gets_gradient_only_from_nonzero_coefficients(kind):
   x = jax.random.normal(jax.random.key(0), (24, 16))
 
   def grad_norm(coeff):
-    spec = ModelSpec(hidden_size=16, num_experts=E, router_topk=K,
-                     router_load_balancing_type=kind if kind != "z_loss" else "aux_loss",
+    spec = ModelSpec(hidden_size=16, dtype="float32", moe=MoESpec(num_experts=E)).replace(
+                     router_topk=K, router_load_balancing_type=kind if kind != "z_loss" else "aux_loss",
                      aux_loss_coeff=coeff if kind != "z_loss" else 0.0, z_loss_coeff=coeff if kind == "z_loss" else 0.0)
     r = TopKRouter(spec)
     variables = nn.unbox(r.init(jax.random.key(1), x, 3))

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moejax.config import ModelSpec
+from moejax.config import ModelSpec, MoESpec
+from moejax.moe.state import ExpertBias, updated_expert_bias
 from moejax.moe import losses, router
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -230,14 +231,14 @@ def test_apply_token_dropping(peer):
 
 def test_updated_expert_bias(peer):
   for c, a, want in _of(peer, "bias"):
-    got = router.updated_expert_bias(jnp.asarray(a["tokens"]), jnp.asarray(a["bias"]), c["rate"])
+    got = updated_expert_bias(jnp.asarray(a["tokens"]), jnp.asarray(a["bias"]), c["rate"])
     np.testing.assert_array_equal(got, want["bias"])
 
 
 def _router_spec(c):
   lb = c["lb_type"]
-  return ModelSpec(
-      hidden_size=c["num_experts"], num_experts=c["num_experts"], router_topk=c["topk"],
+  return ModelSpec(hidden_size=c["num_experts"], dtype="float32", moe=MoESpec(num_experts=c["num_experts"])).replace(
+      router_topk=c["topk"],
       router_load_balancing_type=tuple(lb) if isinstance(lb, list) else lb,
       aux_loss_coeff=tuple(c["aux_coeff"]) if isinstance(c["aux_coeff"], list) else c["aux_coeff"],
       z_loss_coeff=c["z_coeff"] or 0.0, router_score_function=c["score_function"],
@@ -263,7 +264,8 @@ def test_topk_router_whole_routing_losses_and_gradients(peer):
     init = mod.init(jax.random.key(0), jnp.zeros((B * S, E)), B)
     moe_state = init.get("moe_state", {})
     if c["expert_bias"]:
-      moe_state = {**moe_state, "expert_bias": jnp.asarray(a["expert_bias"])}
+      moe_state = {**moe_state, "expert_bias": ExpertBias(jnp.asarray(a["expert_bias"]),
+                                                          moe_state["expert_bias"].local_tokens_per_expert)}
     for m in range(c["num_micro"]):
       x = jnp.asarray(a[f"logits{m}"]).reshape(B * S, E)
       w = jnp.asarray(a[f"w{m}"]).reshape(B * S, E)
@@ -289,4 +291,4 @@ def test_topk_router_whole_routing_losses_and_gradients(peer):
         np.testing.assert_allclose(r.logs[name], v, rtol=1e-6, err_msg=f"{msg} {name}")
       moe_state = new_state
     if c["expert_bias"]:
-      np.testing.assert_array_equal(moe_state["local_tokens_per_expert"], want["local_tokens_per_expert"])
+      np.testing.assert_array_equal(moe_state["expert_bias"].local_tokens_per_expert, want["local_tokens_per_expert"])

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moejax.config import ConfigError, ModelSpec, base_config, validate
+from moejax.config import ConfigError, ModelSpec, MoESpec, base_config
 from moejax.moe import router
 from moejax.moe.router import TopKRouter
+from moejax.train.validate import validate
 
 T, E, K = 96, 16, 4
 
@@ -29,7 +30,7 @@ def test_group_limited_routing_uses_at_most_group_topk_groups(score_function):
 
 
 def _route(x, **spec_kw):
-  spec = ModelSpec(hidden_size=x.shape[1], num_experts=E, router_topk=K, **spec_kw)
+  spec = ModelSpec(hidden_size=x.shape[1], dtype="float32", moe=MoESpec(num_experts=E)).replace(router_topk=K, **spec_kw)
   r = TopKRouter(spec)
   variables = r.init(jax.random.key(1), x)
   return r.apply(variables, x, mutable=["moe_state"])[0]
@@ -53,14 +54,15 @@ def test_token_counts_dropless_dropping_and_padded():
 
 def test_input_jitter_needs_an_rng_and_perturbs_within_eps():
   x = jax.random.normal(jax.random.key(0), (T, 32))
-  spec = ModelSpec(hidden_size=32, num_experts=E, router_topk=K, input_jitter_eps=0.01)
+  spec = ModelSpec(hidden_size=32, dtype="float32", moe=MoESpec(num_experts=E)).replace(router_topk=K, input_jitter_eps=0.01)
   r = TopKRouter(spec)
   variables = r.init({"params": jax.random.key(1), "router": jax.random.key(2)}, x)
   with pytest.raises(ValueError, match="input_jitter_eps needs a 'router' rng"):
     r.apply(variables, x)
   a = r.apply(variables, x, rngs={"router": jax.random.key(3)})
   b = r.apply(variables, x, rngs={"router": jax.random.key(4)})
-  plain = TopKRouter(ModelSpec(hidden_size=32, num_experts=E, router_topk=K)).apply(variables, x)
+  plain = TopKRouter(ModelSpec(hidden_size=32, dtype="float32", moe=MoESpec(num_experts=E)).replace(router_topk=K)).apply(
+      variables, x)
   assert not np.array_equal(a.probs_TK, b.probs_TK)
   assert not np.array_equal(a.probs_TK, plain.probs_TK)
   # a 1% multiplicative jitter of the input moves the weights only a little
@@ -71,7 +73,8 @@ def test_input_jitter_needs_an_rng_and_perturbs_within_eps():
 def test_force_load_balancing_ignores_the_input_and_keeps_a_gradient():
   x1 = jax.random.normal(jax.random.key(0), (4096, 32))
   x2 = 5 * jax.random.normal(jax.random.key(9), (4096, 32))
-  spec = ModelSpec(hidden_size=32, num_experts=E, router_topk=K, router_force_load_balancing=True)
+  spec = ModelSpec(hidden_size=32, dtype="float32", moe=MoESpec(num_experts=E)).replace(
+      router_topk=K, router_force_load_balancing=True)
   r = TopKRouter(spec)
   variables = r.init(jax.random.key(1), x1)
   a = r.apply(variables, x1, rngs={"router": jax.random.key(5)})
@@ -95,10 +98,11 @@ def test_sinkhorn_routing_balances_and_weights_by_softmax():
 def test_router_dtype_fp64_in_a_64_bit_process():
   code = (
       "import jax, jax.numpy as jnp, numpy as np\n"
-      "from moejax.config import ModelSpec\n"
+      "from moejax.config import ModelSpec, MoESpec\n"
       "from moejax.moe.router import TopKRouter\n"
       "x = jax.random.normal(jax.random.key(0), (64, 16), jnp.float32)\n"
-      "r = TopKRouter(ModelSpec(hidden_size=16, num_experts=8, router_topk=2, router_dtype='fp64', aux_loss_coeff=0.1))\n"
+      "r = TopKRouter(ModelSpec(hidden_size=16, dtype='float32', moe=MoESpec(num_experts=8)).replace(\n"
+      "    router_topk=2, router_dtype='fp64', aux_loss_coeff=0.1))\n"
       "v = r.init(jax.random.key(1), x)\n"
       "out = r.apply(v, x)\n"
       "assert out.probs_TK.dtype == jnp.float64, out.probs_TK.dtype\n"

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from moejax.config import ModelSpec
+from moejax.config import ModelSpec, MoESpec
 from moejax.moe import losses
 from moejax.moe.router import TopKRouter, topk_routing
 
@@ -49,7 +49,8 @@ def test_z_loss_formula():
 
 
 def test_router_module_losses_use_the_formulas():
-  spec = ModelSpec(hidden_size=16, num_experts=4, router_topk=2, aux_loss_coeff=0.5, z_loss_coeff=0.1)
+  spec = ModelSpec(hidden_size=16, dtype="float32", moe=MoESpec(num_experts=4)).replace(
+      router_topk=2, aux_loss_coeff=0.5, z_loss_coeff=0.1)
   x = jax.random.normal(jax.random.key(0), (20, 16))
   variables = TopKRouter(spec).init(jax.random.key(1), x)
   out = TopKRouter(spec).apply(variables, x)

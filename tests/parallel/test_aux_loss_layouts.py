@@ -9,8 +9,6 @@ from flax import linen as nn
 from moejax.config import base_config, model_spec
 from moejax.moe import losses
 from moejax.moe.layer import MoELayer
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import logical_axis_rules
 
 B, S, H = 8, 16, 32
 
@@ -27,9 +25,8 @@ def _cfg(**parallel):
   return c
 
 
-def _run(cfg, devices, variables, x_BSH):
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+def _run(mesh_and_rules, cfg, devices, variables, x_BSH):
+  layout, rules = mesh_and_rules(cfg, devices)
   layer = MoELayer(model_spec(cfg))
 
   def f(x, params):
@@ -43,18 +40,18 @@ def _run(cfg, devices, variables, x_BSH):
 
 
 @pytest.fixture(scope="module")
-def single():
+def single(mesh_and_rules):
   cfg = _cfg()
   x = jax.random.normal(jax.random.key(3), (B, S, H))
   variables = nn.unbox(MoELayer(model_spec(cfg)).init(jax.random.key(0), x))
-  return variables, x, _run(cfg, jax.devices()[:1], variables, x)
+  return variables, x, _run(mesh_and_rules, cfg, jax.devices()[:1], variables, x)
 
 
 @pytest.mark.parametrize("parallel", [dict(), dict(ep=4), dict(tp=2, ep=2, sequence_parallel=True)],
                          ids=["dp8", "ep4", "tp2_ep2"])
-def test_aux_loss_gradient_is_layout_invariant(single, parallel):
+def test_aux_loss_gradient_is_layout_invariant(single, mesh_and_rules, parallel):
   variables, x, (gx1, gk1, st1) = single
-  gx8, gk8, st8 = _run(_cfg(**parallel), jax.devices(), variables, x)
+  gx8, gk8, st8 = _run(mesh_and_rules, _cfg(**parallel), jax.devices(), variables, x)
   assert np.abs(gx1).max() > 0
   np.testing.assert_allclose(gx8, gx1, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(gk8, gk1, rtol=1e-5, atol=1e-7)
@@ -63,11 +60,11 @@ def test_aux_loss_gradient_is_layout_invariant(single, parallel):
   np.testing.assert_array_equal(st8.tokens_per_expert_E, st1.tokens_per_expert_E)
 
 
-def test_global_aux_loss_counts_every_data_parallel_replica(single):
+def test_global_aux_loss_counts_every_data_parallel_replica(single, mesh_and_rules):
   """On dp=8 each replica holds one sequence; the loss uses the counts of all 8 (NumPy)."""
   variables, x, _ = single
   cfg = _cfg()
-  _, _, st = _run(cfg, jax.devices(), variables, x)
+  _, _, st = _run(mesh_and_rules, cfg, jax.devices(), variables, x)
   logits = np.asarray(x).reshape(B * S, H) @ np.asarray(variables["params"]["router"]["kernel"])
   rmap, scores = losses.compute_routing_scores_for_aux_loss(jnp.asarray(logits), 2, "softmax")
   counts = np.asarray(rmap).sum(0)

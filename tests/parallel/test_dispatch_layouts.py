@@ -1,7 +1,5 @@
 """Both token dispatchers on 8 emulated devices equal one device, in the EP × TP(SP) × ETP layouts
 and the folded ones (attention tp/dp vs MoE etp/ep/edp over the same devices)."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,15 +7,15 @@ import optax
 import pytest
 from flax import linen as nn
 
-from moejax.config import ConfigError, ModelSpec, base_config, model_spec, validate
+from moejax.config import ConfigError, ModelSpec, MoESpec, RouterSpec, base_config, model_spec
 from moejax.models.gpt import GPTModel
 from moejax.moe import dispatch
 from moejax.moe.layer import MoELayer
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules
+from moejax.parallel.sharding import batch_sharding
 from moejax.train.optim import make_optimizer
 from moejax.train.state import TrainState, state_shardings
 from moejax.train.step import make_train_step
+from moejax.train.validate import validate
 
 LAYOUTS = {  # cp stays 1 until context parallelism lands
     "ep8": dict(ep=8),
@@ -32,8 +30,9 @@ DISPATCHERS = {
     "alltoall": dict(token_dispatcher_type="alltoall"),                                  # worst-case buffer
     "alltoall_cf1": dict(token_dispatcher_type="alltoall", exchange_capacity_factor=1.0),  # bounded buffer
 }
-SPEC = ModelSpec(hidden_size=16, num_experts=8, router_topk=2, moe_ffn_hidden_size=8, init_std=0.3,
-                 shared_expert_intermediate_size=8)
+SPEC = ModelSpec(hidden_size=16, dtype="float32", init_method_std=0.3,
+                 moe=MoESpec(num_experts=8, ffn_hidden_size=8, shared_expert_intermediate_size=8,
+                             router=RouterSpec(router_topk=2)))
 
 
 def _layout_cfg(**parallel):
@@ -45,10 +44,6 @@ def _layout_cfg(**parallel):
   return c
 
 
-def _mesh(parallel):
-  cfg = _layout_cfg(**parallel)
-  layout = make_mesh(cfg)
-  return layout, logical_axis_rules(layout, cfg.parallel.sequence_parallel)
 
 
 def _layer_value_and_grads(spec, params, x, cot, layout=None):
@@ -78,12 +73,12 @@ def layer_case():
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case, name):
+def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case, mesh_and_rules, name):
   params, x, cot, ref = layer_case
-  layout = _mesh(LAYOUTS[name])
+  layout = mesh_and_rules(_layout_cfg(**LAYOUTS[name]))
   outs = {}
   for kind, kw in DISPATCHERS.items():
-    spec = dataclasses.replace(SPEC, **kw)
+    spec = SPEC.replace(**kw)
     outs[kind] = _layer_value_and_grads(spec, params, x, cot, layout)
     _close(outs[kind], ref, 1e-5)
   for kind in ("alltoall", "alltoall_cf1"):  # dispatchers agree with each other (outputs, fp32)
@@ -91,14 +86,15 @@ def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case
 
 
 @pytest.mark.parametrize("policy", ["probs", "position"])
-def test_capacity_drops_match_one_device_and_both_dispatchers_drop_the_same_pairs(layer_case, policy):
+def test_capacity_drops_match_one_device_and_both_dispatchers_drop_the_same_pairs(layer_case, mesh_and_rules,
+                                                                                 policy):
   """expert_capacity_factor=0.5: the router drops pairs globally; every device sizes its expert
   buffers to E_l × capacity and skips exactly those pairs, in the folded tp2/ep4/etp2 layout."""
   params, x, cot, _ = layer_case
-  spec = dataclasses.replace(SPEC, expert_capacity_factor=0.5, token_drop_policy=policy)
+  spec = SPEC.replace(expert_capacity_factor=0.5, token_drop_policy=policy)
   ref = _layer_value_and_grads(spec, params, x, cot)
-  layout = _mesh(LAYOUTS["fold_tp2_ep4_etp2"])
-  outs = {kind: _layer_value_and_grads(dataclasses.replace(spec, **kw), params, x, cot, layout)
+  layout = mesh_and_rules(_layout_cfg(**LAYOUTS["fold_tp2_ep4_etp2"]))
+  outs = {kind: _layer_value_and_grads(spec.replace(**kw), params, x, cot, layout)
           for kind, kw in DISPATCHERS.items()}
   for kind, out in outs.items():
     _close(out, ref, 1e-5)
@@ -112,7 +108,7 @@ def _pairs_per_rank_pair(idx_TK, devices, ranks, experts):
 
 
 @pytest.mark.parametrize("imbalanced", [False, True])
-def test_bounded_alltoall_buffer_and_its_overflow_path_are_exact(layer_case, imbalanced):
+def test_bounded_alltoall_buffer_and_its_overflow_path_are_exact(layer_case, mesh_and_rules, imbalanced):
   """ep=4: C = 8 rows per rank pair (T·K = 16). Balanced routing fits C (the exchange path);
   routing every token to experts 0 and 1 (rank 0) overflows it and takes the allgather path."""
   params, x, cot, ref = layer_case
@@ -126,8 +122,8 @@ def test_bounded_alltoall_buffer_and_its_overflow_path_are_exact(layer_case, imb
   C = dispatch.exchange_rows_per_rank(8, 2, 4, 1.0)
   assert C == 8
   assert (_pairs_per_rank_pair(route.idx_TK, 8, 4, 8) > C) == imbalanced
-  spec = dataclasses.replace(SPEC, **DISPATCHERS["alltoall_cf1"])
-  _close(_layer_value_and_grads(spec, params, x, cot, _mesh(dict(ep=4))), ref, 1e-5)
+  spec = SPEC.replace(**DISPATCHERS["alltoall_cf1"])
+  _close(_layer_value_and_grads(spec, params, x, cot, mesh_and_rules(_layout_cfg(ep=4))), ref, 1e-5)
 
 
 def _model_cfg(dispatcher, **parallel):
@@ -142,9 +138,8 @@ def _model_cfg(dispatcher, **parallel):
   return c
 
 
-def _three_steps(cfg, devices, params0, batches):
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+def _three_steps(mesh_and_rules, cfg, devices, params0, batches):
+  layout, rules = mesh_and_rules(cfg, devices)
   model = GPTModel(model_spec(cfg))
   optimizer = make_optimizer(cfg)
   with nn.logical_axis_rules(rules):
@@ -164,11 +159,11 @@ def _three_steps(cfg, devices, params0, batches):
 
 
 @pytest.fixture(scope="module")
-def model_case():
+def model_case(mesh_and_rules):
   cfg = _model_cfg("allgather")
   batches = [jax.random.randint(jax.random.key(s), (1, 8, 17), 0, 64) for s in range(3)]
   params = nn.unbox(GPTModel(model_spec(cfg)).init(jax.random.key(0), batches[0][0, :, :-1])["params"])
-  return params, batches, _three_steps(cfg, jax.devices()[:1], params, batches)
+  return params, batches, _three_steps(mesh_and_rules, cfg, jax.devices()[:1], params, batches)
 
 
 # ~30 s of compilation each on 2 CPU cores: the richest layout runs by default, the rest with -m slow.
@@ -177,9 +172,9 @@ MODEL_CASES = [pytest.param(name, d, marks=() if name == "fold_tp2_ep4_etp2" els
 
 
 @pytest.mark.parametrize("name,dispatcher", MODEL_CASES)
-def test_three_training_steps_match_one_device(model_case, name, dispatcher):
+def test_three_training_steps_match_one_device(model_case, mesh_and_rules, name, dispatcher):
   params, batches, ref = model_case
-  losses = _three_steps(_model_cfg(dispatcher, **LAYOUTS[name]), jax.devices(), params, batches)
+  losses = _three_steps(mesh_and_rules, _model_cfg(dispatcher, **LAYOUTS[name]), jax.devices(), params, batches)
   assert losses[0] != losses[2]  # the steps train
   np.testing.assert_allclose(losses, ref, rtol=1e-4, atol=1e-4)
 
@@ -202,16 +197,16 @@ def test_impossible_layouts_and_dispatch_settings_are_rejected(parallel, moe, ma
 
 
 @pytest.mark.parametrize("kind", ["allgather", "alltoall"])
-def test_pallas_grouped_gemm_traces_under_shard_map(kind):
+def test_pallas_grouped_gemm_traces_under_shard_map(mesh_and_rules, kind):
   """Regression: Pallas outputs came back typed invariant inside shard_map, and the custom VJPs
   (ours and the kernel's) rejected the gradient types at trace time (seen on GPU). Tracing the
   bf16 gradient with impl='pallas' on an ep=2 mesh checks the types without running the kernels."""
   cfg = _layout_cfg(ep=2)
   cfg.train.update(seq_length=64, global_batch_size=8)
-  layout = make_mesh(cfg)
-  rules = logical_axis_rules(layout, False)
-  spec = ModelSpec(hidden_size=128, num_experts=4, router_topk=2, moe_ffn_hidden_size=128, init_std=0.05,
-                   dtype="bfloat16", grouped_gemm_impl="pallas", token_dispatcher_type=kind)
+  layout, rules = mesh_and_rules(cfg)
+  spec = ModelSpec(hidden_size=128, init_method_std=0.05, dtype="bfloat16",
+                   moe=MoESpec(num_experts=4, ffn_hidden_size=128, grouped_gemm_impl="pallas")).replace(
+                       router_topk=2, token_dispatcher_type=kind)
   x = jax.ShapeDtypeStruct((8, 64, 128), jnp.bfloat16)
   params = jax.eval_shape(lambda: nn.unbox(MoELayer(spec).init(jax.random.key(0), jnp.zeros(x.shape, x.dtype))))
   grad = jax.grad(lambda p, x: jnp.sum(MoELayer(spec).apply(p, x)[0].astype(jnp.float32) ** 2))

@@ -7,9 +7,8 @@ from flax import linen as nn
 
 from moejax.config import base_config, model_spec
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules
-from moejax.train.step import loss_fn
+from moejax.parallel.sharding import batch_sharding
+from moejax.train.loss import loss_fn
 
 
 def _cfg(**parallel):
@@ -23,9 +22,8 @@ def _cfg(**parallel):
   return c
 
 
-def _loss_and_grads(cfg, devices, params, tokens):
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+def _loss_and_grads(mesh_and_rules, cfg, devices, params, tokens):
+  layout, rules = mesh_and_rules(cfg, devices)
   model = GPTModel(model_spec(cfg))
   with nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(model.init, jax.random.key(0), tokens[:, :-1])["params"]
@@ -39,11 +37,11 @@ def _loss_and_grads(cfg, devices, params, tokens):
 
 
 @pytest.fixture(scope="module")
-def single_device():
+def single_device(mesh_and_rules):
   cfg = _cfg()
   tokens = jax.random.randint(jax.random.key(7), (8, cfg.train.seq_length + 1), 0, cfg.model.vocab_size)
   params = nn.unbox(GPTModel(model_spec(cfg)).init(jax.random.key(0), tokens[:, :-1])["params"])
-  loss, grads = _loss_and_grads(cfg, jax.devices()[:1], params, tokens)
+  loss, grads = _loss_and_grads(mesh_and_rules, cfg, jax.devices()[:1], params, tokens)
   return params, tokens, loss, grads
 
 
@@ -52,10 +50,10 @@ def single_device():
     dict(ep=4),                                    # dp=8 outside the MoE, ep=4 x edp=2 inside
     dict(tp=2, ep=2, sequence_parallel=True),      # dp=4; etp=tp=2, ep=2, edp=2
 ], ids=["dp8", "ep4", "tp2_ep2"])
-def test_loss_and_grads_match_single_device(single_device, parallel):
+def test_loss_and_grads_match_single_device(single_device, mesh_and_rules, parallel):
   params, tokens, loss1, grads1 = single_device
   assert len(jax.devices()) == 8
-  loss8, grads8 = _loss_and_grads(_cfg(**parallel), jax.devices(), params, tokens)
+  loss8, grads8 = _loss_and_grads(mesh_and_rules, _cfg(**parallel), jax.devices(), params, tokens)
   np.testing.assert_allclose(loss8, loss1, rtol=1e-4, atol=1e-4)
   flat1 = jax.tree_util.tree_leaves_with_path(grads1)
   flat8 = jax.tree.leaves(grads8)

@@ -3,8 +3,8 @@ import jax
 import pytest
 from flax import linen as nn
 
-from moejax.config import ParallelSizes, base_config
-from moejax.parallel.mesh import fold_axes, make_mesh
+from moejax.config import base_config
+from moejax.parallel.mesh import ParallelSizes, fold_axes, make_mesh
 from moejax.parallel.sharding import logical_axis_rules
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from moejax.train.step import moe_loss_fn
+from moejax.train.loss import loss_fn
 
 
 def save(path: str, ids) -> None:
@@ -33,7 +33,7 @@ def load(path: str):
 def record_step(model, params, batch_NBS1, moe_state=None, path: str | None = None):
   """Forward pass over a step's micro-batches recording the routing; returns (mean loss, ids)."""
   def micro(_, tokens_BS1):
-    loss, (metrics, _) = moe_loss_fn(model, params, tokens_BS1, moe_state, record=True)
+    loss, (metrics, _) = loss_fn(model, params, tokens_BS1, moe_state, record=True)
     return None, (loss, metrics["routing_ids"])
 
   _, (loss_N, ids) = jax.lax.scan(micro, None, batch_NBS1)
@@ -49,7 +49,7 @@ def replay_step(model, params, batch_NBS1, ids, moe_state=None):
 
   def micro(_, inp):
     tokens_BS1, ids_n = inp
-    return None, moe_loss_fn(model, params, tokens_BS1, moe_state, replay_ids=ids_n)[0]
+    return None, loss_fn(model, params, tokens_BS1, moe_state, replay_ids=ids_n)[0]
 
   _, loss_N = jax.lax.scan(micro, None, (batch_NBS1, ids))
   return loss_N.mean()

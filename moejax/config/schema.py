@@ -1,0 +1,329 @@
+"""The config schema: one frozen spec per concern, its fields the keys with their defaults.
+
+Keys follow Megatron-LM flags without the section prefix (`--moe-router-topk` is
+`moe.router_topk`, `--train-iters` is `train.train_iters`); README has the full table.
+`ModelSpec` nests the specs the Flax modules read; the other sections are read from the
+config by the training code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Literal
+
+from moejax.config.spec import Spec
+
+frozen = dataclasses.dataclass(frozen=True)
+
+LoadBalancingType = Literal["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"]
+GroupedGemmImpl = Literal["auto", "pallas", "xla", "tokamax"]
+
+
+def _not_positive(section: str, spec, keys) -> list[str]:
+  return [f"{section}.{k}={getattr(spec, k)!r} must be a positive integer" for k in keys
+          if not isinstance(getattr(spec, k), int) or getattr(spec, k) < 1]
+
+
+# ------------------------------------------------------------------------------ the model
+@frozen
+class AttentionSpec(Spec, section="model"):
+  """Grouped-query self-attention with rotary embeddings."""
+  num_attention_heads: int = 4
+  num_query_groups: int = 4                  # KV heads (GQA); == heads is plain MHA
+  kv_channels: int | None = None             # head dim; None = hidden_size / heads
+  rotary_base: float = 10000.0
+  attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+
+  def problems(self):
+    bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
+    if not bad and self.num_attention_heads % self.num_query_groups:
+      bad.append(f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
+                 f"model.num_query_groups={self.num_query_groups}: choose a divisor of the head count")
+    return bad
+
+
+@frozen
+class RouterSpec(Spec, section="moe"):
+  """TopKRouter: scoring, expert selection, capacity dropping and the balancing losses."""
+  router_topk: int = 2
+  # aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none, or a list with a list of coeffs
+  router_load_balancing_type: LoadBalancingType | tuple[LoadBalancingType, ...] = "aux_loss"
+  aux_loss_coeff: float | tuple[float, ...] = 0.0
+  z_loss_coeff: float = 0.0
+  router_score_function: Literal["softmax", "sigmoid"] = "softmax"
+  router_pre_softmax: bool = False
+  router_topk_scaling_factor: float | None = None
+  router_num_groups: int | None = None
+  router_group_topk: int | None = None
+  router_dtype: Literal["fp32", "fp64"] = "fp32"
+  router_enable_expert_bias: bool = False    # aux-loss-free balancing (DeepSeek-V3); needs sigmoid
+  router_bias_update_rate: float = 1e-3
+  input_jitter_eps: float | None = None
+  router_force_load_balancing: bool = False  # benchmark: random logits spread tokens evenly
+  expert_capacity_factor: float | None = None  # None: dropless
+  token_drop_policy: Literal["probs", "position"] = "probs"
+  pad_expert_input_to_capacity: bool = False
+
+  def problems(self):
+    """Megatron's TransformerConfig checks of the router and load-balancing keys."""
+    problems = super().problems()
+    types, coeffs = self.router_load_balancing_type, self.aux_loss_coeff
+    lb_types = typing.get_args(LoadBalancingType)
+    if isinstance(types, tuple):
+      if not types or any(t not in lb_types for t in types):
+        problems.append(f"moe.router_load_balancing_type={list(types)!r}: every entry must be one of {lb_types}")
+      if not isinstance(coeffs, tuple) or len(coeffs) != len(types):
+        problems.append(f"moe.aux_loss_coeff={coeffs!r} must be a list of {len(types)} numbers, one per entry "
+                        f"of moe.router_load_balancing_type={list(types)!r}")
+    elif types not in lb_types:
+      problems.append(f"moe.router_load_balancing_type={types!r} is not one of {lb_types} (or a list of them)")
+    elif isinstance(coeffs, tuple):
+      problems.append(f"moe.aux_loss_coeff={list(coeffs)!r} is a list but moe.router_load_balancing_type="
+                      f"{types!r} is one type: give one number, or a list of types")
+    flat_types = types if isinstance(types, tuple) else (types,)
+    flat_coeffs = coeffs if isinstance(coeffs, tuple) else (coeffs,)
+    if any(not isinstance(c, (int, float)) or c < 0 for c in flat_coeffs):
+      problems.append(f"moe.aux_loss_coeff={coeffs!r} must be non-negative number(s)")
+    elif "sinkhorn" in flat_types and any(flat_coeffs):
+      problems.append("moe.router_load_balancing_type='sinkhorn' does not use an aux loss: set moe.aux_loss_coeff=0")
+    if self.router_enable_expert_bias and self.router_score_function != "sigmoid":
+      problems.append("moe.router_enable_expert_bias=True needs moe.router_score_function='sigmoid' (as in Megatron)")
+    if (self.router_topk == 1 and self.router_score_function == "softmax" and not self.router_pre_softmax
+        and "sinkhorn" not in flat_types):
+      problems.append("moe.router_topk=1 with softmax after top-k gives the router no gradient: "
+                      "set moe.router_pre_softmax=True")
+    if self.expert_capacity_factor is not None:
+      if self.expert_capacity_factor <= 0:
+        problems.append(f"moe.expert_capacity_factor={self.expert_capacity_factor} must be > 0 (or None: dropless)")
+      if "sinkhorn" in flat_types:
+        problems.append("moe.expert_capacity_factor works only with aux_loss, seq_aux_loss, global_aux_loss "
+                        "or none load balancing, not sinkhorn")
+    elif self.pad_expert_input_to_capacity:
+      problems.append("moe.pad_expert_input_to_capacity=True needs moe.expert_capacity_factor to be set")
+    if self.input_jitter_eps is not None and not 0 < self.input_jitter_eps < 1:
+      problems.append(f"moe.input_jitter_eps={self.input_jitter_eps} must be in (0, 1) or None")
+    if self.router_dtype == "fp64":
+      import jax  # local: the schema stays light
+      if not jax.config.jax_enable_x64:
+        problems.append("moe.router_dtype='fp64' needs 64-bit JAX: set JAX_ENABLE_X64=1 "
+                        "(or jax.config.update('jax_enable_x64', True)) or use 'fp32'")
+    return problems
+
+
+@frozen
+class DispatchSpec(Spec, section="moe"):
+  """Token dispatcher (benchmarks/RESULTS.md: "MoE layer / dispatch")."""
+  token_dispatcher_type: Literal["allgather", "alltoall"] = "allgather"
+  token_exchange: Literal["all_to_all", "ragged_all_to_all"] = "all_to_all"  # the alltoall exchange primitive
+  # alltoall buffer rows per rank pair = factor * T*K/ep; None = worst case; overflow -> allgather path
+  exchange_capacity_factor: float | None = None
+
+  def problems(self):
+    bad = super().problems()
+    ecf = self.exchange_capacity_factor
+    if ecf is not None and not ecf >= 1.0:
+      bad.append(f"moe.exchange_capacity_factor={ecf} must be >= 1.0 (or None for the worst-case buffer)")
+    return bad
+
+
+@frozen
+class MoESpec(Spec, section="moe"):
+  """Mixture-of-experts layers: experts, shared experts, which layers are MoE."""
+  num_experts: int | None = None             # None: a dense model
+  ffn_hidden_size: int | None = None         # expert FFN; None = model.ffn_hidden_size
+  shared_expert_intermediate_size: int | None = None
+  layer_freq: int | tuple[int, ...] = 1      # every Nth layer is MoE, or a 0/1 per layer
+  shared_expert_gate: bool = False           # Qwen2-MoE: shared expert output scaled by sigmoid(x @ w_gate)
+  shared_expert_overlap: bool = True         # shared experts independent of the exchange so XLA can overlap them
+  grouped_gemm_impl: GroupedGemmImpl = "auto"
+  router: RouterSpec = RouterSpec()
+  dispatch: DispatchSpec = DispatchSpec()
+
+  def problems(self):
+    problems = super().problems()
+    E, K = self.num_experts, self.router.router_topk
+    if E is None:
+      return problems
+    if E < 1:
+      return problems + [f"moe.num_experts={E} must be positive (or None for a dense model)"]
+    if not 1 <= K <= E:
+      problems.append(f"moe.router_topk={K} must be between 1 and moe.num_experts={E}")
+    if self.shared_expert_gate and not self.shared_expert_intermediate_size:
+      problems.append("moe.shared_expert_gate=True needs moe.shared_expert_intermediate_size to be set")
+    freq = self.layer_freq
+    if isinstance(freq, int):
+      if freq < 1:
+        problems.append(f"moe.layer_freq={freq} must be >= 1")
+    elif not isinstance(freq, tuple):
+      problems.append(f"moe.layer_freq={freq!r} must be an int or a list of 0/1")
+    if self.router.router_num_groups is not None:
+      G, g = self.router.router_num_groups, self.router.router_group_topk
+      if E % G:
+        problems.append(f"moe.num_experts={E} is not divisible by moe.router_num_groups={G}")
+      if g is None or not 1 <= g <= G:
+        problems.append(f"moe.router_group_topk={g} must be set between 1 and moe.router_num_groups={G}")
+      elif K % g:
+        problems.append(f"moe.router_topk={K} is not divisible by moe.router_group_topk={g}")
+    return problems
+
+
+@frozen
+class RecomputeSpec(Spec, section="train"):
+  """Activation recomputation in the backward pass."""
+  recompute_granularity: Literal["full"] | None = None
+
+
+@frozen
+class DocumentSpec(Spec, section="data"):
+  """Packed documents: end-of-document token and Megatron's per-document resets."""
+  eod: int = 256                             # end-of-document token id (the byte tokenizer's by default)
+  reset_position_ids: bool = False           # position ids restart after each eod token
+  reset_attention_mask: bool = False         # tokens attend only within their own document
+  eod_mask_loss: bool = False                # no loss at positions whose input token is eod
+
+
+@frozen
+class ModelSpec(Spec, section="model"):
+  """Everything the Flax modules read, frozen and hashable.
+
+  Built from a config by `model_spec(cfg)`, or directly when reusing one module in other code:
+  `MoELayer(ModelSpec(hidden_size=512, moe=MoESpec(num_experts=8, ffn_hidden_size=1024)))`.
+  """
+  num_layers: int = 2
+  hidden_size: int = 64
+  ffn_hidden_size: int = 128                 # dense (non-MoE) layers
+  vocab_size: int = 257
+  norm_epsilon: float = 1e-5
+  init_method_std: float = 0.02
+  params_dtype: Literal["float32", "bfloat16"] = "float32"        # master weights
+  dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
+  attention: AttentionSpec = AttentionSpec()
+  moe: MoESpec = MoESpec()
+  recompute: RecomputeSpec = RecomputeSpec()
+  documents: DocumentSpec = DocumentSpec()
+
+  def problems(self):
+    bad = super().problems() + _not_positive("model", self, ("num_layers", "hidden_size", "ffn_hidden_size",
+                                                             "vocab_size"))
+    if bad:
+      return bad
+    a, d, freq = self.attention, self.documents, self.moe.layer_freq
+    if ((d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss)
+        and not 0 <= d.eod < self.vocab_size):
+      bad.append(f"data.eod={d.eod} is outside model.vocab_size={self.vocab_size}: set data.eod to the "
+                 "tokenizer's end-of-document id (needed by data.reset_* / data.eod_mask_loss)")
+    if a.kv_channels is None and a.num_attention_heads > 0 and self.hidden_size % a.num_attention_heads:
+      bad.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
+                 f"{a.num_attention_heads}: set model.kv_channels explicitly or change the head count")
+    if (self.moe.num_experts is not None and isinstance(freq, tuple)
+        and (len(freq) != self.num_layers or any(v not in (0, 1) for v in freq))):
+      bad.append(f"moe.layer_freq={list(freq)} must be a list of {self.num_layers} zeros and ones "
+                 "(one per layer, 1 = MoE)")
+    return bad
+
+  @property
+  def head_dim(self) -> int:
+    a = self.attention
+    return a.kv_channels if a.kv_channels is not None else self.hidden_size // a.num_attention_heads
+
+  @property
+  def moe_ffn_hidden_size(self) -> int:
+    return self.moe.ffn_hidden_size if self.moe.ffn_hidden_size is not None else self.ffn_hidden_size
+
+  @property
+  def moe_pattern(self) -> tuple[bool, ...]:
+    """Which layers are MoE, from `moe.layer_freq` (Megatron's --moe-layer-freq)."""
+    if self.moe.num_experts is None:
+      return (False,) * self.num_layers
+    freq = self.moe.layer_freq
+    if isinstance(freq, int):
+      return tuple(i % freq == 0 for i in range(self.num_layers))
+    return tuple(bool(v) for v in freq)
+
+
+# ------------------------------------------------------------------------------ training
+@frozen
+class ParallelSpec(Spec, section="parallel"):
+  """Megatron's parallel sizes; dp and edp are derived (moejax.parallel.mesh)."""
+  tp: int = 1
+  cp: int = 1
+  pp: int = 1
+  ep: int = 1
+  etp: int | None = None                     # None = tp
+  vpp: int | None = None
+  dp: int = -1                               # -1: derived as devices / (tp*cp*pp)
+  sequence_parallel: bool = False
+
+  def problems(self):
+    bad = super().problems() + _not_positive("parallel", self, ("tp", "cp", "pp", "ep"))
+    if self.etp is not None and (not isinstance(self.etp, int) or self.etp < 1):
+      bad.append(f"parallel.etp={self.etp} must be a positive integer")
+    return bad
+
+
+@frozen
+class DataSpec(Spec, section="data"):
+  """Where the tokens come from."""
+  source: Literal["pydoc", "synthetic", "indexed"] = "pydoc"  # bundled text | random | Megatron .bin/.idx
+  seed: int = 1234
+  # indexed: .bin/.idx prefixes, optionally weighted like Megatron's --data-path: ("0.3", "a", "0.7", "b")
+  path: tuple[str, ...] = ()
+  split: str = "969,30,1"                    # indexed: train,valid,test weights (Megatron's --split)
+  cache_dir: str = ""                        # indexed: sample-index cache; "" = next to the data
+
+
+@frozen
+class OptimSpec(Spec, section="optim"):
+  """AdamW with warmup and decay."""
+  optimizer: Literal["adam"] = "adam"
+  lr: float = 3e-4
+  min_lr: float = 3e-5
+  weight_decay: float = 0.1
+  adam_beta1: float = 0.9
+  adam_beta2: float = 0.95
+  adam_eps: float = 1e-8
+  clip_grad: float = 1.0
+  lr_warmup_iters: int = 0
+  lr_decay_style: Literal["cosine", "constant"] = "cosine"
+  lr_decay_iters: int | None = None          # None = train_iters
+
+
+@frozen
+class TrainSpec(Spec, section="train"):
+  """Steps, batch sizes and the evaluation schedule."""
+  train_iters: int = 100
+  micro_batch_size: int = 1                  # per data-parallel rank, as in Megatron
+  global_batch_size: int = 8
+  seq_length: int = 128
+  seed: int = 0
+  log_interval: int = 10
+  eval_interval: int = 0                     # evaluate on the validation split every N steps (0 = never)
+  eval_iters: int = 10                       # global batches per evaluation
+
+  def problems(self):
+    bad = super().problems() + _not_positive("train", self, ("train_iters", "micro_batch_size",
+                                                             "global_batch_size", "seq_length"))
+    if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
+      bad.append(f"train.eval_interval={self.eval_interval!r} must be an integer >= 0 (0 = no evaluation)")
+    elif self.eval_interval and (not isinstance(self.eval_iters, int) or self.eval_iters < 1):
+      bad.append(f"train.eval_iters={self.eval_iters!r} must be a positive integer when train.eval_interval is set")
+    return bad
+
+
+@frozen
+class CheckpointSpec(Spec, section="checkpoint"):
+  save_interval: int = 100
+  max_to_keep: int = 2
+  async_save: bool = True
+
+
+@frozen
+class LoggingSpec(Spec, section="logging"):
+  tensorboard: bool = True
+  peak_tflops_per_device: float = 0.0        # 0: detect (H100/H200: 989); unknown devices log mfu as null
+  moe_per_layer: bool = False                # per-MoE-layer series (losses, load, drops) besides the summary
+
+
+def model_spec(cfg) -> ModelSpec:
+  """The frozen model spec of a config."""
+  return ModelSpec.from_config(cfg)

@@ -1,0 +1,50 @@
+"""The training objective on one micro-batch, used by the train step, evaluation and replay:
+LM cross-entropy (with Megatron's eod loss mask) + the MoE losses."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from moejax.models.gpt import GPTModel
+from moejax.moe.state import MOE_STATE, ROUTING_RECORD, ROUTING_REPLAY
+
+
+def lm_loss(logits_BSV, labels_BS, inputs_BS, model: GPTModel):
+  """Mean token cross-entropy; with `data.eod_mask_loss`, none where the input token is eod."""
+  ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS)
+  docs = model.spec.documents
+  if not docs.eod_mask_loss:
+    return ce_BS.mean()
+  keep_BS = (inputs_BS != docs.eod).astype(ce_BS.dtype)
+  return jnp.sum(ce_BS * keep_BS) / jnp.maximum(jnp.sum(keep_BS), 1.0)
+
+
+def loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=None, replay_ids=None,
+            record: bool = False):
+  """LM cross-entropy + the MoE losses on one micro-batch [b, seq+1].
+
+  Returns (loss, (metrics, moe_state after this micro-batch)); `rng` feeds the
+  router's 'router' stream (input jitter, forced balancing). Router replay
+  (moejax/train/replay.py): `replay_ids` forces the experts of every layer and
+  `record=True` returns the chosen ones as metrics['routing_ids'].
+  """
+  inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
+  variables = {"params": params, **({MOE_STATE: moe_state} if moe_state else {})}
+  if replay_ids is not None:
+    variables[ROUTING_REPLAY] = replay_ids
+  mutable = [MOE_STATE] + ([ROUTING_RECORD] if record else [])
+  (logits_BSV, moe), updates = model.apply(variables, inputs_BS, rngs={"router": rng} if rng is not None else {},
+                                           mutable=mutable)
+  lm = lm_loss(logits_BSV, labels_BS, inputs_BS, model)
+  moe_state = dict(updates.get(MOE_STATE, moe_state or {}))
+  if moe is None:
+    zero = jnp.zeros(())
+    metrics = dict(lm_loss=lm, aux_loss=zero, z_loss=zero, tokens_per_expert=jnp.zeros((0, 0)))
+    return lm, (metrics, moe_state)
+  aux, z = jnp.sum(moe.aux_loss), jnp.sum(moe.z_loss)
+  metrics = dict(lm_loss=lm, aux_loss=aux, z_loss=z, tokens_per_expert=moe.tokens_per_expert_E,
+                 moe_dropped_fraction=moe.dropped_fraction, moe_losses=moe.logs)
+  if record:
+    metrics["routing_ids"] = updates[ROUTING_RECORD]
+  return lm + aux + z, (metrics, moe_state)

@@ -1,0 +1,48 @@
+"""Forward-backward schedules: how one step's micro-batches run through the model.
+
+A schedule is `fwd_bwd(model, params, moe_state, batch [num_micro, b, seq+1], rng) -> StepResult`
+with the loss and metrics averaged over the micro-batches, except `tokens_per_expert`, summed
+over the step. The train step takes the schedule as an argument, so pipeline parallelism is
+another schedule, not another step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from moejax.train.loss import loss_fn
+
+
+class StepResult(NamedTuple):
+  loss: jax.Array
+  metrics: dict
+  grads: Any
+  moe_state: Any
+
+
+ForwardBackward = Callable[..., StepResult]
+
+
+def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> StepResult:
+  """Micro-batches one after another in a scan, gradients summed then averaged (Megatron's
+  no-pipelining schedule). The MoE state (expert-bias counts) threads through in order."""
+  n = batch_NBS1.shape[0]
+  grad_fn = jax.value_and_grad(lambda p, m, t, r: loss_fn(model, p, t, m, r), has_aux=True)
+
+  def micro(carry, inp):
+    acc, moe_state = carry
+    i, tokens_BS1 = inp
+    r = None if rng is None else jax.random.fold_in(rng, i)
+    (loss, (metrics, moe_state)), grads = grad_fn(params, moe_state, tokens_BS1, r)
+    return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), moe_state), None
+
+  moe_state = moe_state or {}
+  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, params, moe_state, batch_NBS1[0], rng)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+  (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), (jnp.arange(n), batch_NBS1))
+  loss, metrics, grads = jax.tree.map(lambda v: v / n, acc)
+  metrics["tokens_per_expert"] = acc[1]["tokens_per_expert"]  # summed over the step
+  return StepResult(loss, metrics, grads, moe_state)
