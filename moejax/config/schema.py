@@ -55,6 +55,8 @@ class RouterSpec(Spec, section="moe"):
   router_topk_scaling_factor: float | None = None
   router_num_groups: int | None = None
   router_group_topk: int | None = None
+  # group score: sum of its top K/group_topk scores (Megatron, DeepSeek-V3) or its best score (DeepSeek-V2)
+  router_group_scoring: Literal["sum_topk", "max"] = "sum_topk"
   router_dtype: Literal["fp32", "fp64"] = "fp32"
   router_enable_expert_bias: bool = False    # aux-loss-free balancing (DeepSeek-V3); needs sigmoid
   router_bias_update_rate: float = 1e-3

@@ -32,34 +32,38 @@ LOG_NAMES = {"aux_loss": "load_balancing_loss", "seq_aux_loss": "seq_load_balanc
 
 
 # ------------------------------------------------------------------------------ select
-def _group_limited_topk(scores_TE, topk, num_groups, group_topk):
+def _group_limited_topk(scores_TE, topk, num_groups, group_topk, group_scoring="sum_topk"):
   T, E = scores_TE.shape
   grouped = scores_TE.reshape(T, num_groups, E // num_groups)
-  group_scores_TG = jax.lax.top_k(grouped, topk // group_topk)[0].sum(-1)
+  if group_scoring == "max":
+    group_scores_TG = grouped.max(-1)
+  else:
+    group_scores_TG = jax.lax.top_k(grouped, topk // group_topk)[0].sum(-1)
   _, gidx = jax.lax.top_k(group_scores_TG, group_topk)
   group_mask_TG = jax.nn.one_hot(gidx, num_groups, dtype=jnp.bool_).any(axis=1)
   mask_TE = jnp.repeat(group_mask_TG, E // num_groups, axis=1)
   return jax.lax.top_k(jnp.where(mask_TE, scores_TE, -jnp.inf), topk)
 
 
-def _topk(scores_TE, topk, num_groups, group_topk, replay_idx_TK):
+def _topk(scores_TE, topk, num_groups, group_topk, group_scoring, replay_idx_TK):
   if replay_idx_TK is not None:  # Megatron's RouterReplay: gather the scores of the given ids
     idx_TK = replay_idx_TK.astype(jnp.int32)
     return jnp.take_along_axis(scores_TE, idx_TK, axis=1), idx_TK
   if group_topk:
-    return _group_limited_topk(scores_TE, topk, num_groups, group_topk)
+    return _group_limited_topk(scores_TE, topk, num_groups, group_topk, group_scoring)
   return jax.lax.top_k(scores_TE, topk)
 
 
 def topk_routing_sparse(logits_TE, topk, *, use_pre_softmax=False, num_groups=None, group_topk=None,
                         scaling_factor=None, score_function="softmax", expert_bias=None,
-                        replay_idx_TK=None):
+                        replay_idx_TK=None, group_scoring="sum_topk"):
   """Like `topk_routing` but returns (probs [T,K], expert indices [T,K]).
 
-  `replay_idx_TK` replaces the top-k selection by the given expert ids.
+  `replay_idx_TK` replaces the top-k selection by the given expert ids; `group_scoring` is how
+  group-limited routing scores a group (moe.router_group_scoring).
   """
   logits_TE = logits_TE.astype(losses.float_dtype(logits_TE))
-  sel = (num_groups, group_topk, replay_idx_TK)
+  sel = (num_groups, group_topk, group_scoring, replay_idx_TK)
   if score_function == "softmax":
     if use_pre_softmax:
       probs_TK, idx_TK = _topk(jax.nn.softmax(logits_TE, -1), topk, *sel)
@@ -129,7 +133,8 @@ def select_experts(logits_TE, r: RouterSpec, expert_bias=None, replay_idx_TK=Non
   probs_TK, idx_TK = topk_routing_sparse(
       logits_TE, r.router_topk, use_pre_softmax=r.router_pre_softmax, num_groups=r.router_num_groups,
       group_topk=r.router_group_topk, scaling_factor=r.router_topk_scaling_factor,
-      score_function=r.router_score_function, expert_bias=expert_bias, replay_idx_TK=replay_idx_TK)
+      score_function=r.router_score_function, expert_bias=expert_bias, replay_idx_TK=replay_idx_TK,
+      group_scoring=r.router_group_scoring)
   return (*_densify(probs_TK, idx_TK, logits_TE.shape[-1]), idx_TK)
 
 

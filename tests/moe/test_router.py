@@ -149,3 +149,24 @@ def test_config_accepts_every_mode():
     c.moe.num_experts = 8
     c.moe.update(**kw)
     validate(c)
+
+
+def test_group_scoring_max_picks_groups_by_their_best_expert():
+  """DeepSeek-V2's group_limited_greedy: groups ranked by their highest score (NumPy reference)."""
+  logits = np.random.default_rng(3).normal(size=(T, E)).astype(np.float32)
+  probs, idx = router.topk_routing_sparse(jnp.asarray(logits), K, use_pre_softmax=True, num_groups=4,
+                                          group_topk=2, group_scoring="max")
+  scores = np.exp(logits - logits.max(1, keepdims=True))
+  scores /= scores.sum(1, keepdims=True)
+  best_groups = np.argsort(-scores.reshape(T, 4, E // 4).max(-1), axis=1)[:, :2]
+  allowed = np.zeros((T, E), bool)
+  for t in range(T):
+    for g in best_groups[t]:
+      allowed[t, g * (E // 4):(g + 1) * (E // 4)] = True
+  want_idx = np.argsort(-np.where(allowed, scores, -1), axis=1)[:, :K]
+  np.testing.assert_array_equal(np.sort(np.asarray(idx), 1), np.sort(want_idx, 1))
+  np.testing.assert_allclose(probs, np.take_along_axis(scores, np.asarray(idx), 1), rtol=1e-6)
+  cfg = base_config()
+  cfg.moe.update(num_experts=E, router_num_groups=4, router_group_topk=2, router_group_scoring="max")
+  from moejax.config import model_spec
+  assert model_spec(cfg).moe.router.router_group_scoring == "max"

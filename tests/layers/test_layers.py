@@ -1,0 +1,90 @@
+"""Dense layers against plain NumPy: RMSNorm, rotary embeddings, causal GQA attention, SwiGLU MLP,
+embedding and output head."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from moejax.config import AttentionSpec, ModelSpec
+from moejax.layers.attention import Attention
+from moejax.layers.embedding import Embedding, OutputHead
+from moejax.layers.mlp import MLP
+from moejax.layers.norms import RMSNorm
+from moejax.layers.rotary import apply_rotary
+
+SPEC = ModelSpec(hidden_size=16, vocab_size=11, dtype="float32", init_method_std=0.3,
+                 attention=AttentionSpec(num_attention_heads=4, num_query_groups=2, rotary_base=100.0))
+B, S, H = 2, 7, 16
+
+
+def _x(seed=0, shape=(B, S, H)):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _rotate(x_BSND, pos_BS, base):
+  """Rotate-half RoPE written out per frequency pair (Megatron / HF Llama layout)."""
+  D = x_BSND.shape[-1]
+  out = np.empty_like(x_BSND, dtype=np.float64)
+  for i in range(D // 2):
+    theta = pos_BS[..., None] * base ** (-2.0 * i / D)
+    a, b = x_BSND[..., i], x_BSND[..., i + D // 2]
+    out[..., i] = a * np.cos(theta) - b * np.sin(theta)
+    out[..., i + D // 2] = b * np.cos(theta) + a * np.sin(theta)
+  return out
+
+
+def test_rmsnorm():
+  x = _x()
+  params = {"params": {"scale": np.linspace(0.5, 1.5, H, dtype=np.float32)}}
+  got = RMSNorm(1e-5).apply(params, jnp.asarray(x))
+  want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * params["params"]["scale"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_is_the_pairwise_rotation_and_keeps_norms():
+  x = _x(1, (B, S, 3, 8))
+  pos = np.tile(np.arange(S), (B, 1)) + np.array([[0], [5]])
+  got = np.asarray(apply_rotary(jnp.asarray(x), jnp.asarray(pos), 100.0))
+  np.testing.assert_allclose(got, _rotate(x, pos, 100.0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_attention_is_causal_gqa_with_rotary():
+  x = _x(2)
+  pos = np.tile(np.arange(S), (B, 1))
+  mod = Attention(SPEC)
+  params = nn.unbox(mod.init(jax.random.key(0), jnp.asarray(x), jnp.asarray(pos)))
+  got = np.asarray(mod.apply(params, jnp.asarray(x), jnp.asarray(pos)))
+  p = {k: np.asarray(v, np.float64) for k, v in params["params"].items()}
+  q = _rotate(np.einsum("bsh,hnd->bsnd", x, p["q"]), pos, 100.0)
+  k = _rotate(np.einsum("bsh,hkd->bskd", x, p["k"]), pos, 100.0)
+  v = np.einsum("bsh,hkd->bskd", x, p["v"])
+  k, v = np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2)        # 4 query heads share 2 KV heads
+  scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(np.tril(np.ones((S, S), bool)), scores, -np.inf)
+  w = np.exp(scores - scores.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  want = np.einsum("bsnd,ndh->bsh", np.einsum("bnqk,bknd->bqnd", w, v), p["o"])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_swiglu_mlp():
+  x = _x(3)
+  mod = MLP(SPEC, 24)
+  params = nn.unbox(mod.init(jax.random.key(1), jnp.asarray(x)))["params"]
+  got = mod.apply({"params": params}, jnp.asarray(x))
+  g, u, d = (np.asarray(params[k], np.float64) for k in ("gate", "up", "down"))
+  gate = x @ g
+  want = (gate / (1 + np.exp(-gate)) * (x @ u)) @ d
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_embedding_and_output_head():
+  tokens = np.array([[0, 3, 10], [7, 7, 1]])
+  emb = nn.unbox(Embedding(SPEC).init(jax.random.key(2), jnp.asarray(tokens)))
+  x = Embedding(SPEC).apply(emb, jnp.asarray(tokens))
+  np.testing.assert_array_equal(x, np.asarray(emb["params"]["embedding"])[tokens])
+  head = nn.unbox(OutputHead(SPEC).init(jax.random.key(3), x))
+  logits = OutputHead(SPEC).apply(head, x)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, np.asarray(x) @ np.asarray(head["params"]["kernel"]), rtol=1e-5, atol=1e-5)
