@@ -2,19 +2,52 @@
 
   python train.py --config configs/tiny_moe.py --workdir /tmp/run [--config.moe.num_experts=8 ...]
 """
+import ast
+import os
+import sys
+import tempfile
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from moejax.config import ConfigError
+from moejax.config import ConfigError, check_override_keys
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics, TensorBoard, checkpoints.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def check_recipe(argv: list[str]) -> None:
+  """One-line errors for a --config file that is missing or defines no get_config()."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None and "--config" in argv[:-1]:
+    path = argv[argv.index("--config") + 1]
+  if path is None:
+    return  # absl reports the missing required flag
+  path = path.split(":", 1)[0]  # config_flags takes FILE:ARGS
+  if not os.path.isfile(path):
+    raise SystemExit(f"--config {path}: no such file; the recipes are in configs/ (e.g. configs/tiny_moe.py)")
+  tree = ast.parse(open(path).read(), path)
+  names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+  names |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+  if "get_config" not in names:
+    raise SystemExit(f"--config {path} defines no get_config(): add one that returns the config "
+                     "(see configs/tiny_moe.py)")
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise SystemExit(f"--workdir {workdir} is not writable ({e.strerror}): pass a directory you can write to")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it renames at INFO
+  check_workdir(_WORKDIR.value)
   from moejax.train.loop import train
   try:
     train(_CONFIG.value, _WORKDIR.value)
@@ -23,10 +56,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  import sys
-  from moejax.config import check_override_keys
   try:
     check_override_keys(sys.argv[1:])
   except ConfigError as e:
     raise SystemExit(str(e)) from None
+  check_recipe(sys.argv[1:])
   app.run(main)

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO
 

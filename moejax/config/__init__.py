@@ -5,7 +5,8 @@ gives the frozen `ModelSpec` the Flax modules read.
 """
 from moejax.config.schema import (AttentionSpec, CheckpointSpec, DataSpec, DispatchSpec, DocumentSpec,
                                   GroupedGemmImpl, LoadBalancingType, LoggingSpec, ModelSpec, MoESpec,
-                                  OptimSpec, ParallelSpec, RecomputeSpec, RouterSpec, TrainSpec, model_spec)
+                                  OptimSpec, ParallelSpec, RecomputeSpec, RouterSpec, TrainSpec, model_spec,
+                                  padded_vocab_size)
 from moejax.config.spec import ConfigError, Spec, apply_overrides, base_config, check_override_keys, choices
 from moejax.config.spec import config_problems as problems
 from moejax.config.spec import unknown_keys
@@ -14,5 +15,5 @@ __all__ = [
     "AttentionSpec", "CheckpointSpec", "ConfigError", "DataSpec", "DispatchSpec", "DocumentSpec",
     "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "ModelSpec", "MoESpec", "OptimSpec",
     "ParallelSpec", "RecomputeSpec", "RouterSpec", "Spec", "TrainSpec", "apply_overrides", "base_config",
-    "check_override_keys", "choices", "model_spec", "problems", "unknown_keys",
+    "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "unknown_keys",
 ]

@@ -8,6 +8,7 @@ config by the training code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Literal
 
@@ -17,6 +18,11 @@ frozen = dataclasses.dataclass(frozen=True)
 
 LoadBalancingType = Literal["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"]
 GroupedGemmImpl = Literal["auto", "pallas", "xla", "tokamax"]
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
+  """The vocabulary rounded up to a multiple of `model.make_vocab_size_divisible_by`."""
+  return math.ceil(vocab_size / divisible_by) * divisible_by
 
 
 def _not_positive(section: str, spec, keys) -> list[str]:
@@ -195,6 +201,10 @@ class ModelSpec(Spec, section="model"):
   hidden_size: int = 64
   ffn_hidden_size: int = 128                 # dense (non-MoE) layers
   vocab_size: int = 257
+  # Megatron's --make-vocab-size-divisible-by: embedding and head rows are padded to a multiple
+  # of it (not times tp as in Megatron, so checkpoints keep one shape across layouts); the
+  # padded rows are never predicted (their logits are masked) and exports cut them off.
+  make_vocab_size_divisible_by: int = 128
   norm_epsilon: float = 1e-5
   init_method_std: float = 0.02
   params_dtype: Literal["float32", "bfloat16"] = "float32"        # master weights
@@ -206,7 +216,7 @@ class ModelSpec(Spec, section="model"):
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_layers", "hidden_size", "ffn_hidden_size",
-                                                             "vocab_size"))
+                                                             "vocab_size", "make_vocab_size_divisible_by"))
     if bad:
       return bad
     a, d, freq = self.attention, self.documents, self.moe.layer_freq
@@ -222,6 +232,10 @@ class ModelSpec(Spec, section="model"):
       bad.append(f"moe.layer_freq={list(freq)} must be a list of {self.num_layers} zeros and ones "
                  "(one per layer, 1 = MoE)")
     return bad
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return padded_vocab_size(self.vocab_size, self.make_vocab_size_divisible_by)
 
   @property
   def head_dim(self) -> int:
@@ -289,6 +303,24 @@ class OptimSpec(Spec, section="optim"):
   lr_decay_style: Literal["cosine", "constant"] = "cosine"
   lr_decay_iters: int | None = None          # None = train_iters
 
+  def problems(self):
+    bad = super().problems()
+    if not self.lr > 0:
+      bad.append(f"optim.lr={self.lr} must be > 0 (a learning rate of e.g. 3e-4)")
+    elif not 0 <= self.min_lr <= self.lr:
+      bad.append(f"optim.min_lr={self.min_lr} must be between 0 and optim.lr={self.lr}")
+    for k in ("weight_decay", "clip_grad", "lr_warmup_iters"):
+      if getattr(self, k) < 0:
+        bad.append(f"optim.{k}={getattr(self, k)} must be >= 0 (0 turns it off)")
+    for k in ("adam_beta1", "adam_beta2"):
+      if not 0 <= getattr(self, k) < 1:
+        bad.append(f"optim.{k}={getattr(self, k)} must be in [0, 1)")
+    if not self.adam_eps > 0:
+      bad.append(f"optim.adam_eps={self.adam_eps} must be > 0")
+    if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+      bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
+    return bad
+
 
 @frozen
 class TrainSpec(Spec, section="train"):
@@ -304,7 +336,7 @@ class TrainSpec(Spec, section="train"):
 
   def problems(self):
     bad = super().problems() + _not_positive("train", self, ("train_iters", "micro_batch_size",
-                                                             "global_batch_size", "seq_length"))
+                                                             "global_batch_size", "seq_length", "log_interval"))
     if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
       bad.append(f"train.eval_interval={self.eval_interval!r} must be an integer >= 0 (0 = no evaluation)")
     elif self.eval_interval and (not isinstance(self.eval_iters, int) or self.eval_iters < 1):
@@ -317,6 +349,11 @@ class CheckpointSpec(Spec, section="checkpoint"):
   save_interval: int = 100
   max_to_keep: int = 2
   async_save: bool = True
+
+  def problems(self):
+    return super().problems() + [
+        f"checkpoint.{k}={getattr(self, k)!r} must be a positive integer (steps between saves / checkpoints kept)"
+        for k in ("save_interval", "max_to_keep") if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
 
 
 @frozen

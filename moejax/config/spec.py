@@ -26,7 +26,10 @@ class ConfigError(ValueError):
 
   def __init__(self, problems: list[str]):
     self.problems = list(problems)
-    super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
+    if len(self.problems) == 1:
+      super().__init__(f"invalid config: {self.problems[0]}")
+    else:
+      super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
 
 
 class Spec:

@@ -152,8 +152,9 @@ def _sizes_per_dataset(weights, target_sizes, surplus: float = 0.0):
 
 
 def build_gpt_datasets(paths, split: str, num_samples: tuple, config: GPTDatasetConfig,
-                       vocab_size: int | None = None):
-    """Train/valid/test datasets (None where the split weight is 0) from ``data.path``.
+                       vocab_size: int | None = None, used=(True, True, True)):
+    """Train/valid/test datasets (None where the split weight is 0 or the split is not ``used``)
+    from ``data.path``.
 
     ``num_samples``: samples wanted per split (None = one epoch). One prefix without weight gives
     a plain :class:`GPTDataset`; several give a :class:`BlendedDataset` (weights default to the
@@ -166,7 +167,8 @@ def build_gpt_datasets(paths, split: str, num_samples: tuple, config: GPTDataset
         if vocab_size is not None:
             check_vocab(ds, vocab_size)
         indexed.append(ds)
-    ranges = [split_ranges(len(ds), split, ds.path_prefix) for ds in indexed]
+    ranges = [[r if needed else None for r, needed in zip(split_ranges(len(ds), split, ds.path_prefix, used), used)]
+              for ds in indexed]
     if len(prefixes) == 1 and weights is None:
         return [None if r is None else
                 GPTDataset(indexed[0], np.arange(*r, dtype=np.int32), n, name, config)

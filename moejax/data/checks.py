@@ -4,6 +4,7 @@ from __future__ import annotations
 from moejax.data.blend import parse_blend
 from moejax.data.gpt_dataset import parse_split, split_ranges
 from moejax.data.indexed import IndexedDataset, IndexedDatasetError
+from moejax.data.loader import used_splits
 
 
 def problems(cfg) -> list[str]:
@@ -24,7 +25,7 @@ def problems(cfg) -> list[str]:
                     "validation set weight 0: give it a weight (e.g. '969,30,1') or set train.eval_interval=0")
   for prefix in prefixes:
     try:
-      split_ranges(len(IndexedDataset(prefix)), d.split, prefix)
+      split_ranges(len(IndexedDataset(prefix)), d.split, prefix, used_splits(cfg))
     except (IndexedDatasetError, ValueError) as e:
       problems.append(f"data.path entry {prefix!r}: {e}")
   return problems

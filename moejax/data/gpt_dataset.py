@@ -57,17 +57,21 @@ def split_matrix(weights: list[float]) -> list[tuple[float, float] | None]:
     return [(lo, hi) if hi > lo else None for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def split_ranges(num_elements: int, split, path: str = "") -> list[tuple[int, int] | None]:
-    """Element ranges ``[beg, end)`` of train/valid/test; a requested split that gets no element
-    is an error (it would silently train or evaluate on nothing)."""
+def split_ranges(num_elements: int, split, path: str = "", used=(True, True, True)) -> list[tuple[int, int] | None]:
+    """Element ranges ``[beg, end)`` of train/valid/test (None for a split of weight 0). A split
+    that is ``used`` but gets no element is an error (it would silently train or evaluate on
+    nothing); an unused one is None."""
     matrix = split_matrix(parse_split(split))
     out = []
-    for name, bookend in zip(SPLIT_NAMES, matrix):
+    for name, bookend, needed in zip(SPLIT_NAMES, matrix, used):
         if bookend is None:
             out.append(None)
             continue
         beg = int(round(bookend[0] * float(num_elements)))
         end = int(round(bookend[1] * float(num_elements)))
+        if end <= beg and not needed:
+            out.append(None)
+            continue
         if end <= beg:
             raise ValueError(
                 f"data.split={split!r} leaves the {name} set empty for {path or 'the dataset'} "

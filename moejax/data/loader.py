@@ -81,6 +81,11 @@ def local_batches(records: grain.MapDataset, gbs: int, n_micro: int, rows: np.nd
   return grain.MapDataset.range(len(records) // gbs).map(load)
 
 
+def used_splits(cfg) -> tuple[bool, bool, bool]:
+  """Which of train/valid/test a run reads: train always, valid when it evaluates, test never."""
+  return True, bool(cfg.train.eval_interval), False
+
+
 def split_sizes(cfg) -> tuple[int, int, int]:
   """Samples each split must hold (Megatron's formula): train for every step, valid for every
   evaluation including one at the end, test for one evaluation."""
@@ -96,7 +101,7 @@ def gpt_datasets(cfg):
   config = GPTDatasetConfig(sequence_length=t.seq_length, random_seed=d.seed,
                             cache_dir=d.cache_dir or None)
   return build_gpt_datasets(list(d.path), d.split, split_sizes(cfg), config,
-                            vocab_size=cfg.model.vocab_size)
+                            vocab_size=cfg.model.vocab_size, used=used_splits(cfg))
 
 
 def device_batch(batch: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:

@@ -35,8 +35,8 @@ def _layer_params(spec: ModelSpec) -> Iterator[tuple[int, int, int]]:
 def num_params(spec: ModelSpec, active: bool = False) -> int:
   """Parameters of the model (checked against the built model in tests); with `active`, those
   one token uses (routed top-k experts instead of all)."""
-  H, V = spec.hidden_size, spec.vocab_size
-  total = 2 * V * H + H                                # embedding, output head, final norm
+  H, V = spec.hidden_size, spec.padded_vocab_size
+  total = 2 * V * H + H                                # embedding, output head (padded rows), final norm
   for attn, mlp, mlp_active in _layer_params(spec):
     total += attn + 2 * H + (mlp_active if active else mlp)
   return total
@@ -45,7 +45,7 @@ def num_params(spec: ModelSpec, active: bool = False) -> int:
 def forward_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
   H, D, N = spec.hidden_size, spec.head_dim, spec.attention.num_attention_heads
   scores = 2 * 2 * N * D * seq_len * 0.5               # QK^T and PV, causal
-  matmul = H * spec.vocab_size + sum(attn + mlp_active for attn, _, mlp_active in _layer_params(spec))
+  matmul = H * spec.padded_vocab_size + sum(attn + mlp_active for attn, _, mlp_active in _layer_params(spec))
   return float(2 * matmul + scores * spec.num_layers)
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from moejax.config import ConfigError
+from moejax.config import ConfigError, padded_vocab_size
 
 ATTN_ROLES = ("tp", "cp", "dp")    # fastest first
 MOE_ROLES = ("etp", "ep", "edp")
@@ -41,7 +41,8 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
   """The layout checks: model dims against tp/ep/etp, sizes against the devices, folding."""
   m, moe, p, t = cfg.model, cfg.moe, cfg.parallel, cfg.train
   etp = p.etp if p.etp is not None else p.tp
-  if not all(isinstance(v, int) and v >= 1 for v in (p.tp, p.cp, p.pp, p.ep, etp, t.micro_batch_size)):
+  if not all(isinstance(v, int) and v >= 1
+             for v in (p.tp, p.cp, p.pp, p.ep, etp, t.micro_batch_size, m.make_vocab_size_divisible_by)):
     return []  # the config's own checks report these
   problems = []
   if m.num_attention_heads % p.tp:
@@ -51,8 +52,10 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
                     f"parallel.tp={p.tp}: use tp <= {m.num_query_groups} that divides it")
   if m.ffn_hidden_size % p.tp:
     problems.append(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
-  if m.vocab_size % p.tp:
-    problems.append(f"model.vocab_size={m.vocab_size} is not divisible by parallel.tp={p.tp}: pad the vocabulary")
+  padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by)
+  if padded % p.tp:
+    problems.append(f"model.vocab_size={m.vocab_size} padded to {padded} rows is not divisible by parallel.tp="
+                    f"{p.tp}: set model.make_vocab_size_divisible_by to a multiple of {p.tp}")
   if p.sequence_parallel and t.seq_length % (p.tp * p.cp):
     problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.tp*cp={p.tp * p.cp} "
                     "(needed by parallel.sequence_parallel)")

@@ -13,7 +13,7 @@ from flax import linen as nn
 from moejax.checkpoint.manager import CheckpointManager
 from moejax.config import model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
-from moejax.metrics.flops import peak_tflops_per_device, train_flops_per_token
+from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
@@ -58,6 +58,13 @@ def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict
   return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
 
 
+def describe_layout(layout) -> str:
+  """The parallel sizes as set and derived, e.g. `8 devices: tp=2 cp=1 pp=1 ep=4 etp=1 -> dp=4 edp=2`."""
+  z = layout.sizes
+  return (f"{layout.mesh.size} device(s): tp={z.tp} cp={z.cp} pp={z.pp} ep={z.ep} etp={z.etp} "
+          f"-> dp={z.dp} edp={z.edp}")
+
+
 def train(cfg, workdir: str, devices=None) -> list[dict]:
   """Trains `cfg` in `workdir`, resuming from its newest checkpoint; returns the step metrics."""
   devices = list(jax.devices() if devices is None else devices)
@@ -80,7 +87,15 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     ckpt = CheckpointManager(workdir, cfg.checkpoint.save_interval, cfg.checkpoint.max_to_keep,
                              cfg.checkpoint.async_save)
-    if ckpt.latest_step() is not None:
+    latest = ckpt.latest_step()
+    if latest is not None and latest >= t.train_iters:
+      print(f"already at step {latest} (train.train_iters={t.train_iters}); nothing to do: raise "
+            "train.train_iters to train further", file=sys.stderr)
+      ckpt.close()
+      return history
+    print(f"{describe_layout(layout)}; model {num_params(spec) / 1e6:,.1f}M parameters, "
+          f"{num_params(spec, active=True) / 1e6:,.1f}M active per token", file=sys.stderr)
+    if latest is not None:
       state, _ = ckpt.restore(abstract, shardings)
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
     else:
@@ -98,8 +113,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
       eval_jit = jax.jit(make_eval_step(model), in_shardings=(shardings.params, bsh, shardings.moe_state),
                          out_shardings=replicated(mesh))
       eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
-    print(f"compiled the train step in {time.perf_counter() - t0:.1f}s on {n_dev} device(s), "
-          f"mesh {dict(mesh.shape)}", file=sys.stderr)
+    print(f"compiled the train step in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters)
     step = start
     try:
@@ -121,7 +135,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
           print(f"step {step + 1} | eval_loss {record['eval_loss']:.4g} | eval_ppl "
                 f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
         history.append({"step": step + 1, **record})
-        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start)
+        last = step + 1 == t.train_iters
+        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start or last)
         stopping = stop.set  # read once: a signal between save and check must not skip the save
         ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
         if stopping:

@@ -110,8 +110,11 @@ def test_config_errors_for_bad_data(tmp_path, make_indexed):
         validate(c, 1)
     small = make_indexed(str(tmp_path / "small"), [40] * 20)
     c.data.update(path=(small,), split="99990,8,2")
+    validate(c, 1)  # the valid and test sets are empty, but this run reads neither
+    c.train.eval_interval = 5
     with pytest.raises(ConfigError, match="leaves the valid set empty"):
         validate(c, 1)
+    c.train.eval_interval = 0
     c.data.update(split="100,0,0")
     c.train.eval_interval = 5
     with pytest.raises(ConfigError, match="validation set weight 0"):

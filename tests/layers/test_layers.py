@@ -79,7 +79,7 @@ def test_swiglu_mlp():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_embedding_and_output_head():
+def test_embedding_and_output_head_pad_the_vocabulary():
   tokens = np.array([[0, 3, 10], [7, 7, 1]])
   emb = nn.unbox(Embedding(SPEC).init(jax.random.key(2), jnp.asarray(tokens)))
   x = Embedding(SPEC).apply(emb, jnp.asarray(tokens))
@@ -87,4 +87,7 @@ def test_embedding_and_output_head():
   head = nn.unbox(OutputHead(SPEC).init(jax.random.key(3), x))
   logits = OutputHead(SPEC).apply(head, x)
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, np.asarray(x) @ np.asarray(head["params"]["kernel"]), rtol=1e-5, atol=1e-5)
+  assert emb["params"]["embedding"].shape == (128, H) and logits.shape[-1] == 128   # 11 rows padded to 128
+  want = np.asarray(x) @ np.asarray(head["params"]["kernel"])
+  np.testing.assert_allclose(logits[..., :11], want[..., :11], rtol=1e-5, atol=1e-5)
+  assert (np.asarray(logits[..., 11:]) == np.finfo(np.float32).min).all()   # padded rows: never predicted

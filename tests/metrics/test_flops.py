@@ -25,7 +25,7 @@ def test_num_params_equals_the_built_model():
 
 def test_flops_per_token_formula():
   spec, S = model_spec(_cfg()), 64
-  H, D, N, K, V = 32, 8, 4, 2, 50
+  H, D, N, K, V = 32, 8, 4, 2, 128  # vocab 50 padded to a multiple of 128
   attn = 2 * H * D * (2 * N + 2 * K) + 2 * 2 * N * D * S / 2            # projections + causal scores
   dense = 2 * 3 * H * 48
   moe = 2 * H * 6 + 2 * 2 * 3 * H * 16 + 2 * (3 * H * 8 + H)            # router, top-2 experts, gated shared

@@ -1,0 +1,52 @@
+"""What a newcomer meets on the way, each a one-line message naming the fix, never a traceback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _train(repo, tmp_path, *args, workdir=None):
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+  cmd = [sys.executable, "train.py", "--workdir", str(workdir or tmp_path / "w"), *args]
+  return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(out, needle):
+  assert out.returncode != 0
+  lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert len(lines) == 1 and needle in lines[0], out.stderr[-2000:]
+
+
+def test_no_python_312_is_one_line(tmp_path, repo_root):
+  shims = tmp_path / "bin"
+  shims.mkdir()
+  for name in ("python3.12", "python3"):  # a pyenv shim with no version selected, and an old python
+    (shims / name).write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    (shims / name).chmod(0o755)
+  env = {"PATH": str(shims), "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "pyenv")}
+  out = subprocess.run(["/bin/bash", str(repo_root / "scripts/find-python")], env=env, capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 1 and out.stdout == ""
+  assert out.stderr.count("\n") == 1 and "install Python 3.12" in out.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "configs/nope.py"], "--config configs/nope.py: no such file"),
+    (["--config", "NOGET"], "defines no get_config(): add one"),
+    (["--config", "configs/tiny_moe.py", "--config.checkpoint.save_interval=0"],
+     "invalid config: checkpoint.save_interval=0 must be a positive integer"),
+    (["--config", "configs/tiny_moe.py", "--config.optim.lr=-0.1"], "invalid config: optim.lr=-0.1 must be > 0"),
+])
+def test_bad_recipe_or_setting(repo_root, tmp_path, args, needle):
+  if "NOGET" in args:
+    (tmp_path / "noget.py").write_text("from moejax.config import base_config\nCONFIG = base_config()\n")
+    args = ["--config", str(tmp_path / "noget.py")]
+  _one_line_error(_train(repo_root, tmp_path, *args), needle)
+
+
+def test_workdir_not_writable(repo_root, tmp_path):
+  (tmp_path / "file").write_text("")
+  out = _train(repo_root, tmp_path, "--config", "configs/tiny_moe.py", workdir=tmp_path / "file" / "run")
+  _one_line_error(out, f"--workdir {tmp_path / 'file' / 'run'} is not writable (")
