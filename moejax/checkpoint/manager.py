@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state: atomic, async, restorable into any mesh.
+"""Orbax checkpoints: the train state of a run (atomic, async, restorable into any mesh), and
+weights alone (`save_params`/`load_params`: converted or exported checkpoints, new runs from them).
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so a crash or SIGTERM mid-save leaves the previous checkpoint loadable.
@@ -11,6 +12,23 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+PARAMS_ITEM = "params"
+
+
+def _target(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def save_params(directory: str, params) -> None:
+  """Writes a weights-only checkpoint: DIR/params (an Orbax pytree, atomic)."""
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(os.path.abspath(directory), PARAMS_ITEM), params, force=True)
+
+
+def load_params(directory: str, abstract_params, shardings):
+  """Reads DIR/params into `shardings` (any mesh layout)."""
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(os.path.join(os.path.abspath(directory), PARAMS_ITEM), _target(abstract_params, shardings))
 
 
 class CheckpointManager:
@@ -30,9 +48,8 @@ class CheckpointManager:
   def restore(self, abstract: Any, shardings: Any, step: int | None = None):
     """Restores into `shardings` (which may be another mesh than the one saved from)."""
     step = self._mngr.latest_step() if step is None else step
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(_target(abstract, shardings)), meta=ocp.args.JsonRestore()))
     return out.state, out.meta
 
   def wait(self) -> None:

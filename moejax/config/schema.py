@@ -349,6 +349,7 @@ class CheckpointSpec(Spec, section="checkpoint"):
   save_interval: int = 100
   max_to_keep: int = 2
   async_save: bool = True
+  load_params: str = ""                      # a new run (step 0, fresh optimizer) from DIR/params; "" = none
 
   def problems(self):
     return super().problems() + [

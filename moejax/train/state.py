@@ -22,20 +22,19 @@ class TrainState:
   moe_state: Any = None  # the `moe_state` collection (expert bias, step counters); {} when unused
 
 
-def _init_boxed(model: GPTModel, optimizer, seq_len: int, rng):
-  """(boxed params, optimizer state, moe_state) of a fresh model."""
+def _init_boxed(model: GPTModel, seq_len: int, rng):
+  """(boxed params, moe_state) of a fresh model."""
   # One row per device so the example batch divides over any data-parallel layout.
   mesh = current_mesh()
   tokens = jnp.zeros((mesh.size if mesh is not None else 1, seq_len), jnp.int32)
   variables = model.init({"params": rng, "router": rng}, tokens)
-  params = variables["params"]
-  return params, optimizer.init(nn.unbox(params)), dict(variables.get(MOE_STATE, {}))
+  return variables["params"], dict(variables.get(MOE_STATE, {}))
 
 
 def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
   """Abstract TrainState and its NamedShardings: params by their logical axes, the optimizer
   state by the rules of moejax.parallel.sharding, the rest replicated."""
-  boxed, _, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, optimizer, seq_len, r), jax.random.key(0))
+  boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
   param_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
@@ -49,10 +48,12 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
 
 
 def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len: int, seed: int,
-               shardings: TrainState) -> TrainState:
-  """Initializes params and optimizer state directly into their shardings."""
-  def init(rng):
-    params, opt_state, moe_state = _init_boxed(model, optimizer, seq_len, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=nn.unbox(params), opt_state=opt_state,
+               shardings: TrainState, params=None) -> TrainState:
+  """A step-0 state directly in its shardings: fresh params, or the given ones (weights of another
+  run or a converted checkpoint), with a fresh optimizer state."""
+  def init(rng, given):
+    boxed, moe_state = _init_boxed(model, seq_len, rng)
+    params = nn.unbox(boxed) if given is None else given  # XLA drops the unused random init
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       moe_state=moe_state)
-  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed), params)
