@@ -39,6 +39,10 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> Ste
     return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), moe_state), None
 
   moe_state = moe_state or {}
+  if n == 1:  # no accumulators: a pass over every gradient saved
+    r = None if rng is None else jax.random.fold_in(rng, 0)
+    (loss, (metrics, moe_state)), grads = grad_fn(params, moe_state, batch_NBS1[0], r)
+    return StepResult(loss, metrics, grads, moe_state)
   (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, params, moe_state, batch_NBS1[0], rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                        (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))

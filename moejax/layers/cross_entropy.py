@@ -1,0 +1,92 @@
+"""Fused linear cross-entropy: the LM head and its loss without the [tokens, vocab] logits.
+
+Legend: B sequences, S positions, H hidden, V (padded) vocabulary, C positions per chunk.
+
+`linear_cross_entropy(x_BSH, w_HV, labels_BS, weights_BS, num_valid)` is Σ weights·CE of
+softmax(x @ w) at the labels (Megatron's `--cross-entropy-loss-fusion`, Liger's fused linear CE).
+It walks the sequence in chunks of C positions: each chunk's logits exist only inside one scan
+step, in fp32 from bf16 operands (fp32 accumulation), and under differentiation the same pass
+also forms the gradients (d_logits = weights·(softmax − onehot), cast to the compute dtype for
+the two matmuls, fp32 accumulation), so the backward pass only scales them by the cotangent: no
+fp32 GEMMs, no recomputed head. Columns ≥ `num_valid` (vocabulary padding) are never predicted.
+Written by hand because XLA neither chunks nor fuses the head with its loss.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_CHUNK_ELEMENTS = 1 << 28  # fp32 logits per scan step: 1 GiB
+
+
+def chunk_positions(batch: int, seq: int, vocab: int) -> int:
+  """C: the largest divisor of S with B·C·V ≤ 2^28 (at least 1)."""
+  cap = max(1, _CHUNK_ELEMENTS // max(1, batch * vocab))
+  return max(c for c in range(1, min(seq, cap) + 1) if seq % c == 0)
+
+
+def _chunks(a_BS, c):
+  """[B, S, ...] -> [S/C, B, C, ...] (scan over the leading axis)."""
+  B, S = a_BS.shape[:2]
+  return jnp.moveaxis(a_BS.reshape(B, S // c, c, *a_BS.shape[2:]), 1, 0)
+
+
+def _unchunk(a_NBC):
+  N, B, C = a_NBC.shape[:3]
+  return jnp.moveaxis(a_NBC, 0, 1).reshape(B, N * C, *a_NBC.shape[3:])
+
+
+def _chunk_logits(x_BCH, w_HV, num_valid):
+  logits_BCV = jnp.einsum("bch,hv->bcv", x_BCH, w_HV, preferred_element_type=jnp.float32)
+  if num_valid < w_HV.shape[1]:
+    logits_BCV = jnp.where(jnp.arange(w_HV.shape[1]) < num_valid, logits_BCV, -jnp.inf)
+  return logits_BCV
+
+
+def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads):
+  B, S, H = x_BSH.shape
+  c = chunk_positions(B, S, w_HV.shape[1])
+
+  def step(dw_HV, chunk):
+    x_BCH, labels_BC, weights_BC = chunk
+    logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
+    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+    target_BC = jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
+    loss = jnp.sum(weights_BC * (lse_BC - target_BC))
+    if not with_grads:
+      return dw_HV, (loss, None)
+    d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+    d_BCV = d_BCV - jax.nn.one_hot(labels_BC, w_HV.shape[1], dtype=d_BCV.dtype)
+    d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
+    dx_BCH = jnp.einsum("bcv,hv->bch", d_BCV, w_HV, preferred_element_type=jnp.float32).astype(x_BCH.dtype)
+    dw_HV = dw_HV + jnp.einsum("bch,bcv->hv", x_BCH, d_BCV, preferred_element_type=jnp.float32)
+    return dw_HV, (loss, dx_BCH)
+
+  dw0 = jnp.zeros(w_HV.shape, jnp.float32) if with_grads else None
+  chunks = (_chunks(x_BSH, c), _chunks(labels_BS, c), _chunks(weights_BS.astype(jnp.float32), c))
+  dw_HV, (loss_N, dx_NBCH) = jax.lax.scan(step, dw0, chunks)
+  loss = loss_N.sum()
+  if not with_grads:
+    return loss
+  return loss, _unchunk(dx_NBCH), dw_HV.astype(w_HV.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def linear_cross_entropy(x_BSH, w_HV, labels_BS, weights_BS, num_valid: int):
+  """Σ_{b,s} weights[b,s] · CE(softmax(x[b,s] @ w)[:num_valid], labels[b,s]), in fp32."""
+  return _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads=False)
+
+
+def _fwd(x_BSH, w_HV, labels_BS, weights_BS, num_valid):
+  loss, dx_BSH, dw_HV = _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads=True)
+  return loss, (dx_BSH, dw_HV)
+
+
+def _bwd(num_valid, res, g):
+  dx_BSH, dw_HV = res
+  return (dx_BSH * g.astype(dx_BSH.dtype), dw_HV * g.astype(dw_HV.dtype), None, None)
+
+
+linear_cross_entropy.defvjp(_fwd, _bwd)
