@@ -8,5 +8,5 @@ if ls "$R"/.whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$R"/.whl/*.whl
 fi
 rm -rf /tmp/pp && mkdir -p /tmp/pp
-cp -r "$R/moejax" "$R/configs" "$R/train.py" /tmp/pp/ && cp -r "$R/kernels" /tmp/pp/moejax/kernels
+cp -rL "$R/moejax" "$R/configs" "$R/train.py" "$R/benchmarks" /tmp/pp/   # -L: moejax/kernels -> kernels/
 export PYTHONPATH=/tmp/pp:/tmp/site

@@ -209,6 +209,8 @@ class ModelSpec(Spec, section="model"):
   init_method_std: float = 0.02
   params_dtype: Literal["float32", "bfloat16"] = "float32"        # master weights
   dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
+  # the LM head and its cross-entropy in one chunked pass, no [tokens, vocab] logits (layers/cross_entropy.py)
+  cross_entropy_loss_fusion: bool = True
   attention: AttentionSpec = AttentionSpec()
   moe: MoESpec = MoESpec()
   recompute: RecomputeSpec = RecomputeSpec()

@@ -53,12 +53,14 @@ def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads):
     x_BCH, labels_BC, weights_BC = chunk
     logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
     lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
-    target_BC = jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
+    # a masked sum, not a gather, so a vocabulary sharded over tp reduces instead of gathering
+    is_label_BCV = jnp.arange(w_HV.shape[1]) == labels_BC[..., None]
+    target_BC = jnp.sum(jnp.where(is_label_BCV, logits_BCV, 0.0), axis=-1)
     loss = jnp.sum(weights_BC * (lse_BC - target_BC))
     if not with_grads:
       return dw_HV, (loss, None)
     d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
-    d_BCV = d_BCV - jax.nn.one_hot(labels_BC, w_HV.shape[1], dtype=d_BCV.dtype)
+    d_BCV = d_BCV - is_label_BCV.astype(d_BCV.dtype)
     d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
     dx_BCH = jnp.einsum("bcv,hv->bch", d_BCV, w_HV, preferred_element_type=jnp.float32).astype(x_BCH.dtype)
     dw_HV = dw_HV + jnp.einsum("bch,bcv->hv", x_BCH, d_BCV, preferred_element_type=jnp.float32)

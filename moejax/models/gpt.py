@@ -25,8 +25,10 @@ class GPTModel(nn.Module):
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, tokens_BS: jax.Array, positions_BS: jax.Array | None = None):
-    """Returns fp32 logits [B, S, V] and the MoE statistics per MoE layer (or None)."""
+  def __call__(self, tokens_BS: jax.Array, positions_BS: jax.Array | None = None,
+               labels_BS: jax.Array | None = None, loss_weights_BS: jax.Array | None = None):
+    """Returns fp32 logits [B, S, V_padded] and the MoE statistics per MoE layer (or None); given
+    `labels_BS` (and per-token `loss_weights_BS`), Σ weights·cross-entropy instead of the logits."""
     s = self.spec
     segments_BS = None
     docs = s.documents
@@ -40,4 +42,7 @@ class GPTModel(nn.Module):
       positions_BS = jnp.broadcast_to(jnp.arange(tokens_BS.shape[1]), tokens_BS.shape)
     x_BSH = Embedding(s, name="embedding")(tokens_BS)
     x_BSH, moe_stats = Decoder(s, name="decoder")(x_BSH, positions_BS, segments_BS)
-    return OutputHead(s, name="output_layer")(x_BSH), moe_stats
+    head = OutputHead(s, name="output_layer")
+    if labels_BS is None:
+      return head(x_BSH), moe_stats
+    return head.loss(x_BSH, labels_BS, loss_weights_BS), moe_stats

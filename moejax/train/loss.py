@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE, ROUTING_RECORD, ROUTING_REPLAY
 
 
-def lm_loss(logits_BSV, labels_BS, inputs_BS, model: GPTModel):
-  """Mean token cross-entropy; with `data.eod_mask_loss`, none where the input token is eod."""
-  ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS)
+def token_weights(inputs_BS, model: GPTModel):
+  """Per-token weights of the mean LM loss; with `data.eod_mask_loss`, none where the input token is eod."""
   docs = model.spec.documents
   if not docs.eod_mask_loss:
-    return ce_BS.mean()
-  keep_BS = (inputs_BS != docs.eod).astype(ce_BS.dtype)
-  return jnp.sum(ce_BS * keep_BS) / jnp.maximum(jnp.sum(keep_BS), 1.0)
+    return jnp.full(inputs_BS.shape, 1.0 / inputs_BS.size, jnp.float32)
+  keep_BS = (inputs_BS != docs.eod).astype(jnp.float32)
+  return keep_BS / jnp.maximum(jnp.sum(keep_BS), 1.0)
 
 
 def loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=None, replay_ids=None,
@@ -34,9 +32,9 @@ def loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=
   if replay_ids is not None:
     variables[ROUTING_REPLAY] = replay_ids
   mutable = [MOE_STATE] + ([ROUTING_RECORD] if record else [])
-  (logits_BSV, moe), updates = model.apply(variables, inputs_BS, rngs={"router": rng} if rng is not None else {},
-                                           mutable=mutable)
-  lm = lm_loss(logits_BSV, labels_BS, inputs_BS, model)
+  (lm, moe), updates = model.apply(variables, inputs_BS, labels_BS=labels_BS,
+                                   loss_weights_BS=token_weights(inputs_BS, model),
+                                   rngs={"router": rng} if rng is not None else {}, mutable=mutable)
   moe_state = dict(updates.get(MOE_STATE, moe_state or {}))
   if moe is None:
     zero = jnp.zeros(())
