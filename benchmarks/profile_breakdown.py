@@ -7,7 +7,7 @@ PROFILE_DIR is what `benchmarks/train_step.py --profile DIR` wrote: the trace
 event names its HLO instruction (`hlo_op`); the HLO's `op_name` metadata carries the JAX/Flax
 scope (`.../block_0/moe/router/...`, `transpose(...)` for the backward pass), which decides the
 category. Prints ms/step per category (forward and backward) and the idle time between kernels,
-then the largest uncategorised instructions, so the rules can be refined.
+then the longest instructions with their category, kernel and scope (to refine the rules).
 """
 from __future__ import annotations
 
@@ -65,15 +65,14 @@ def breakdown(profile_dir: str, steps: int, host: bool = False):
   gpu = {pid for pid, n in procs.items() if ("/host:CPU" in n if host else "GPU:0" in n)}
   kernels = [e for e in events if e.get("ph") == "X" and e["pid"] in gpu and "hlo_op" in e.get("args", {})]
   per_cat = collections.Counter()
-  unknown = collections.Counter()
+  per_op = collections.Counter()
   intervals = []
   for e in kernels:
     op = names.get(e["args"]["hlo_op"], "")
     cat = categorize(op, e["name"])
     direction = "bwd" if "transpose(" in op else "fwd"
     per_cat[(cat, direction if cat != "optimizer + step glue" else "")] += e["dur"]
-    if cat == "other":
-      unknown[e["args"]["hlo_op"] + " | " + op[-80:]] += e["dur"]
+    per_op[(cat, e["args"]["hlo_op"], e["name"][:40], op[-90:])] += e["dur"]
     intervals.append((e["ts"], e["ts"] + e["dur"]))
   intervals.sort()
   busy, end = 0.0, None
@@ -86,7 +85,7 @@ def breakdown(profile_dir: str, steps: int, host: bool = False):
       busy += b - end
       end = b
   wall = (end - start) if intervals else 0.0
-  return per_cat, unknown, busy / steps / 1e3, (wall - busy) / steps / 1e3
+  return per_cat, per_op, busy / steps / 1e3, (wall - busy) / steps / 1e3
 
 
 def main():
@@ -94,8 +93,9 @@ def main():
   ap.add_argument("profile_dir")
   ap.add_argument("--steps", type=int, default=2)
   ap.add_argument("--host", action="store_true", help="CPU runs: XLA's host thunks stand for kernels")
+  ap.add_argument("--top", type=int, default=25, help="list this many of the longest instructions")
   a = ap.parse_args()
-  per_cat, unknown, busy_ms, idle_ms = breakdown(a.profile_dir, a.steps, a.host)
+  per_cat, per_op, busy_ms, idle_ms = breakdown(a.profile_dir, a.steps, a.host)
   print(f"{'category':40} {'fwd ms':>8} {'bwd ms':>8} {'total':>8}")
   cats = sorted({c for c, _ in per_cat}, key=lambda c: -sum(v for (k, _), v in per_cat.items() if k == c))
   for c in cats:
@@ -105,8 +105,8 @@ def main():
     print(f"{c:40} {f:8.1f} {b:8.1f} {tot:8.1f}")
   print(f"{'kernels busy':40} {'':8} {'':8} {busy_ms:8.1f}")
   print(f"{'idle between kernels (host, gaps)':40} {'':8} {'':8} {idle_ms:8.1f}")
-  for k, v in unknown.most_common(8):
-    print(f"  other: {v / a.steps / 1e3:6.2f} ms  {k}")
+  for (cat, hlo, kernel, op), v in per_op.most_common(a.top):
+    print(f"  {v / a.steps / 1e3:6.2f} ms  {cat[:22]:22} {hlo[:34]:34} {kernel:40} {op}")
 
 
 if __name__ == "__main__":

@@ -25,27 +25,36 @@ class StepResult(NamedTuple):
 ForwardBackward = Callable[..., StepResult]
 
 
+def compute_params(params, dtype):
+  """The model's floating params in the compute dtype, cast once per step (Megatron's mixed
+  precision: bf16 model params, fp32 main params and grads in the optimizer). The cast stays
+  outside the layer scan and the micro-batch loop, so neither stores nor repeats it."""
+  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
 def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> StepResult:
-  """Micro-batches one after another in a scan, gradients summed then averaged (Megatron's
-  no-pipelining schedule). The MoE state (expert-bias counts) threads through in order."""
+  """Micro-batches one after another in a scan, gradients summed in the master dtype then averaged
+  (Megatron's no-pipelining schedule). The MoE state (expert-bias counts) threads through in order."""
   n = batch_NBS1.shape[0]
   grad_fn = jax.value_and_grad(lambda p, m, t, r: loss_fn(model, p, t, m, r), has_aux=True)
+  compute = compute_params(params, model.spec.dtype)
+  to_master = lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
   def micro(carry, inp):
     acc, moe_state = carry
     i, tokens_BS1 = inp
     r = None if rng is None else jax.random.fold_in(rng, i)
-    (loss, (metrics, moe_state)), grads = grad_fn(params, moe_state, tokens_BS1, r)
-    return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), moe_state), None
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, tokens_BS1, r)
+    return (jax.tree.map(jnp.add, acc, (loss, metrics, to_master(grads))), moe_state), None
 
   moe_state = moe_state or {}
   if n == 1:  # no accumulators: a pass over every gradient saved
     r = None if rng is None else jax.random.fold_in(rng, 0)
-    (loss, (metrics, moe_state)), grads = grad_fn(params, moe_state, batch_NBS1[0], r)
-    return StepResult(loss, metrics, grads, moe_state)
-  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, params, moe_state, batch_NBS1[0], rng)
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], r)
+    return StepResult(loss, metrics, to_master(grads), moe_state)
+  (_, (metrics0, _)), _ = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+                       (jax.ShapeDtypeStruct((), jnp.float32), metrics0, params))
   (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), (jnp.arange(n), batch_NBS1))
   loss, metrics, grads = jax.tree.map(lambda v: v / n, acc)
   metrics["tokens_per_expert"] = acc[1]["tokens_per_expert"]  # summed over the step
