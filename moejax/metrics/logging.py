@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from moejax.metrics.moe_load import log_to_tensorboard
+
 CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
@@ -27,6 +29,8 @@ class MetricsWriter:
       for k, v in metrics.items():
         if isinstance(v, (int, float)) and v is not None:
           self._tb.add_scalar(k, v, step)
+      if "moe_tokens_per_expert" in metrics:  # logging.moe_per_layer: load histograms, heatmap at log steps
+        log_to_tensorboard(self._tb, step, metrics["moe_tokens_per_expert"], image=console)
     if console:
       parts = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
       for k in CONSOLE_KEYS:

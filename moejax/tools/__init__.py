@@ -1,0 +1,1 @@
+"""Command-line tools around runs and checkpoints (python -m moejax.tools.NAME)."""
