@@ -39,6 +39,8 @@ class AttentionSpec(Spec, section="model"):
   kv_channels: int | None = None             # head dim; None = hidden_size / heads
   rotary_base: float = 10000.0
   attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+  # context parallelism (parallel.cp > 1): keys/values around a ring of permutes, or one all-gather
+  cp_comm_type: Literal["p2p", "allgather"] = "p2p"
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))

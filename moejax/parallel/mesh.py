@@ -61,12 +61,6 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
                     "(needed by parallel.sequence_parallel)")
   elif t.seq_length % p.cp:
     problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.cp={p.cp}")
-  if p.pp != 1:
-    problems.append(f"parallel.pp={p.pp}: pipeline parallelism is not implemented yet; set parallel.pp=1")
-  if p.cp != 1:
-    problems.append(f"parallel.cp={p.cp}: context parallelism is not implemented yet; set parallel.cp=1")
-  if p.vpp is not None:
-    problems.append("parallel.vpp is set but pipeline parallelism is not implemented yet; leave it None")
   if moe.num_experts is not None:
     if moe.num_experts % p.ep:
       problems.append(f"moe.num_experts={moe.num_experts} is not divisible by parallel.ep={p.ep}")
