@@ -270,9 +270,16 @@ class ParallelSpec(Spec, section="parallel"):
   pp: int = 1
   ep: int = 1
   etp: int | None = None                     # None = tp
-  vpp: int | None = None
+  vpp: int | None = None                     # virtual pipeline stages per pp rank (interleaved schedule)
   dp: int = -1                               # -1: derived as devices / (tp*cp*pp)
   sequence_parallel: bool = False
+  # pipeline stages (moejax/parallel/pipeline.py, docs/PIPELINE.md): Megatron's
+  # --pipeline-model-parallel-layout string (e.g. "Et*3|(tt|)*29,m|L"), or the layers of the
+  # first/last pp rank with the rest split evenly; none: an even split
+  pipeline_layout: str | None = None
+  decoder_first_pipeline_num_layers: int | None = None
+  decoder_last_pipeline_num_layers: int | None = None
+  pipeline_schedule: Literal["1f1b", "gpipe"] = "1f1b"
 
   def problems(self):
     bad = super().problems() + _not_positive("parallel", self, ("tp", "cp", "pp", "ep"))
