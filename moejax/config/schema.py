@@ -39,6 +39,8 @@ class AttentionSpec(Spec, section="model"):
   kv_channels: int | None = None             # head dim; None = hidden_size / heads
   rotary_base: float = 10000.0
   attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+  # context parallelism (parallel.cp > 1): keys/values around a ring of permutes, or one all-gather
+  cp_comm_type: Literal["p2p", "allgather"] = "p2p"
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
@@ -268,9 +270,16 @@ class ParallelSpec(Spec, section="parallel"):
   pp: int = 1
   ep: int = 1
   etp: int | None = None                     # None = tp
-  vpp: int | None = None
+  vpp: int | None = None                     # virtual pipeline stages per pp rank (interleaved schedule)
   dp: int = -1                               # -1: derived as devices / (tp*cp*pp)
   sequence_parallel: bool = False
+  # pipeline stages (moejax/parallel/pipeline.py, docs/PIPELINE.md): Megatron's
+  # --pipeline-model-parallel-layout string (e.g. "Et*3|(tt|)*29,m|L"), or the layers of the
+  # first/last pp rank with the rest split evenly; none: an even split
+  pipeline_layout: str | None = None
+  decoder_first_pipeline_num_layers: int | None = None
+  decoder_last_pipeline_num_layers: int | None = None
+  pipeline_schedule: Literal["1f1b", "gpipe"] = "1f1b"
 
   def problems(self):
     bad = super().problems() + _not_positive("parallel", self, ("tp", "cp", "pp", "ep"))

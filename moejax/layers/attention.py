@@ -5,6 +5,7 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.layers.rotary import apply_rotary
+from moejax.parallel.context import context_parallel_attention, cp_size
 
 
 def _impl(spec: ModelSpec) -> str:
@@ -41,12 +42,15 @@ class Attention(nn.Module):
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
-    if segments_BS is None:
-      mask, impl = None, _impl(s)
-    else:  # document masks go through XLA (the cuDNN path here takes no arbitrary mask)
-      mask, impl = segments_BS[:, None, :, None] == segments_BS[:, None, None, :], "xla"
-    o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, mask=mask, is_causal=True,
-                                          implementation=impl)
+    if cp_size() > 1:  # the sequence is in cp's load-balanced order (moejax/parallel/context.py)
+      o_BSND = context_parallel_attention(q_BSND, k_BSKD, v_BSKD, segments_BS, s.attention.cp_comm_type)
+    else:
+      if segments_BS is None:
+        mask, impl = None, _impl(s)
+      else:  # document masks go through XLA (the cuDNN path here takes no arbitrary mask)
+        mask, impl = segments_BS[:, None, :, None] == segments_BS[:, None, None, :], "xla"
+      o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, mask=mask, is_causal=True,
+                                            implementation=impl)
     o_BSND = nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self._proj("o", (N, D, H), ("heads", "head_dim", "embed")))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

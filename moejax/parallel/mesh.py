@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from moejax.config import ConfigError, padded_vocab_size
+from moejax.parallel.pipeline import layout_problems
 
 ATTN_ROLES = ("tp", "cp", "dp")    # fastest first
 MOE_ROLES = ("etp", "ep", "edp")
@@ -59,14 +60,14 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
   if p.sequence_parallel and t.seq_length % (p.tp * p.cp):
     problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.tp*cp={p.tp * p.cp} "
                     "(needed by parallel.sequence_parallel)")
-  elif t.seq_length % p.cp:
-    problems.append(f"train.seq_length={t.seq_length} is not divisible by parallel.cp={p.cp}")
-  if p.pp != 1:
-    problems.append(f"parallel.pp={p.pp}: pipeline parallelism is not implemented yet; set parallel.pp=1")
-  if p.cp != 1:
-    problems.append(f"parallel.cp={p.cp}: context parallelism is not implemented yet; set parallel.cp=1")
-  if p.vpp is not None:
-    problems.append("parallel.vpp is set but pipeline parallelism is not implemented yet; leave it None")
+  if p.cp > 1 and t.seq_length % (2 * p.cp):
+    problems.append(f"train.seq_length={t.seq_length} is not divisible by 2*parallel.cp={2 * p.cp} "
+                    "(context parallelism splits it into 2*cp load-balanced chunks)")
+  if p.cp > 1 and moe.num_experts is not None and moe.expert_capacity_factor is not None \
+      and moe.token_drop_policy == "position":
+    problems.append(f"moe.token_drop_policy='position' with parallel.cp={p.cp}: capacity dropping by position "
+                    "would see cp's load-balanced token order; use moe.token_drop_policy='probs'")
+  problems += layout_problems(cfg)
   if moe.num_experts is not None:
     if moe.num_experts % p.ep:
       problems.append(f"moe.num_experts={moe.num_experts} is not divisible by parallel.ep={p.ep}")

@@ -11,7 +11,8 @@ Parameters and activations carry logical axis names; one rules table maps them t
 | mlp, vocab     | tp                               | dense MLP, embedding and output head |
 | expert         | ep                               | expert weights                       |
 | expert_mlp     | etp                              | expert FFN dimension                 |
-| embed, head_dim, expert_embed, layers | replicated | —                                   |
+| layers         | pp (where it divides the stack)  | scanned layer stacks (pipeline ranks hold their layers) |
+| embed, head_dim, expert_embed | replicated        | —                                    |
 
 Optimizer state follows a second table, by what a leaf of the state is:
 
@@ -21,6 +22,8 @@ Optimizer state follows a second table, by what a leaf of the state is:
 | everything else (step counts, schedule state)   | replicated              |
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import optax
@@ -50,8 +53,22 @@ def logical_axis_rules(layout: MeshLayout, sequence_parallel: bool = False) -> t
       ("embed", None),
       ("head_dim", None),
       ("expert_embed", None),
-      ("layers", None),
+      ("layers", _axes(layout.role_axes("pp") if layout.sizes.pp > 1 else ())),
   )
+
+
+def fit_to_shapes(shardings, abstract):
+  """The shardings with mesh axes dropped from the dimensions they do not divide (e.g. the
+  `layers` axis of a one-layer scan segment under pp=2): such dimensions replicate."""
+  def fit(sh, x):
+    if not isinstance(sh, NamedSharding):
+      return sh
+    spec = []
+    for dim, axes in zip(x.shape, tuple(sh.spec) + (None,) * (len(x.shape) - len(sh.spec))):
+      names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      spec.append(axes if dim % math.prod(sh.mesh.shape[a] for a in names) == 0 else None)
+    return NamedSharding(sh.mesh, P(*spec))
+  return jax.tree.map(fit, shardings, abstract, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state, param_shardings,

@@ -16,9 +16,10 @@ from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
+from moejax.parallel.mesh import make_mesh, num_microbatches
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.pipeline import describe_pipeline, forward_backward_of
 from moejax.train.state import init_state, state_shardings
 from moejax.train.loss import loss_fn
 from moejax.train.step import make_train_step
@@ -107,7 +108,10 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, n_dev, bsh)
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule), in_shardings=(shardings, bsh),
+    if cfg.parallel.pp > 1:
+      print(describe_pipeline(cfg, num_microbatches(cfg, n_dev)), file=sys.stderr)
+    fwd_bwd = forward_backward_of(cfg, model, t.seq_length)
+    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd), in_shardings=(shardings, bsh),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = int(state.step)
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE
-from moejax.parallel.sharding import current_mesh, optimizer_state_shardings, replicated
+from moejax.parallel.sharding import current_mesh, fit_to_shapes, optimizer_state_shardings, replicated
 
 
 @flax.struct.dataclass
@@ -35,8 +35,8 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
   """Abstract TrainState and its NamedShardings: params by their logical axes, the optimizer
   state by the rules of moejax.parallel.sharding, the rest replicated."""
   boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
-  param_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract_params = nn.unbox(boxed)
+  param_sh = fit_to_shapes(nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract_params)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   rep = replicated(mesh)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
