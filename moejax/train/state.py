@@ -34,7 +34,9 @@ def _init_boxed(model: GPTModel, seq_len: int, rng):
 def param_shardings(model: GPTModel, seq_len: int, mesh, rules):
   """(abstract params, their NamedShardings by logical axes, abstract moe_state)."""
   boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
-  return nn.unbox(boxed), nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract_moe
+  is_box = lambda b: isinstance(b, nn.Partitioned)  # noqa: E731  (nn.unbox would constrain under a mesh)
+  abstract = jax.tree.map(lambda b: b.value if is_box(b) else b, boxed, is_leaf=is_box)
+  return abstract, nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract_moe
 
 
 def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
