@@ -16,9 +16,10 @@ SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
 
 Checksums and the async save: at a save step the checksums (two uint32 per array) and finiteness
 flags are computed by one jitted function on the devices holding the state and fetched (a few
-bytes) right before Orbax's save, which itself blocks the training thread until the whole state
-is copied to host memory; the fetch therefore waits for nothing the save would not wait for, and
-the files are still written and committed in Orbax's background thread.
+bytes; the loop has already waited for the step when it fetched its metrics), and the state is
+copied on device; Orbax's save, which blocks until its arrays are in host memory, runs on that
+copy in a background thread, so the training thread pays two passes over the state in device
+memory, not the device-to-host copy (benchmarks/checkpoint_stall.py measures it).
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ import os
 import re
 import sys
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -189,7 +192,26 @@ class _Pinned:
     return [c.step in self.steps for c in checkpoints]
 
 
+@jax.jit
+def _device_copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
 class CheckpointManager:
+  """Saves every `save_interval` steps (and when forced), keeps `max_to_keep` (+ every
+  `keep_interval`-th, + the last verified), restores the newest checkpoint that verifies.
+
+  With `async_save` the training thread only pays, at a save step, the checksums and an on-device
+  copy of the state (two passes over it in device memory); the copy is handed to one background
+  thread that runs Orbax's save (the device-to-host copy, which Orbax does before returning) while
+  training goes on with the original, and Orbax writes and commits the files in its own
+  background thread. A save waits for the previous one to be committed (it only stalls training
+  when the storage cannot keep up with save_interval steps), so a crash loses at most the steps
+  since the previous save plus those run while the newest one was being written. Needs device
+  memory for one more copy of the train state during a save; set checkpoint.async_save=False
+  where that does not fit.
+  """
+
   def __init__(self, workdir: str, save_interval: int, max_to_keep: int, async_save: bool = True,
                keep_interval: int | None = None):
     self._pinned = _Pinned()
@@ -197,38 +219,55 @@ class CheckpointManager:
     if keep_interval:
       keep.append(policies.EveryNSteps(keep_interval))
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_interval, preservation_policy=policies.AnyPreservationPolicy(keep),
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
+        create=True, cleanup_tmp_directories=True)
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self._workdir = workdir
+    self._workdir, self._interval = workdir, save_interval
     handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
                     checksums=ocp.JsonCheckpointHandler())
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._saver = ThreadPoolExecutor(1, thread_name_prefix="moejax-save") if async_save else None
+    self._pending: Future | None = None
+
+  def _wait_pending(self) -> None:
+    """Waits for the background save call in flight (re-raising its error)."""
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      pending.result()
 
   def latest_step(self) -> int | None:
+    self._wait_pending()
     return self._mngr.latest_step()
 
   def all_steps(self) -> list[int]:
+    self._wait_pending()
     return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
-    """Saves `state` at `step` when the interval (or `force`) says so, with its checksums; a state
-    holding NaN or inf is not saved (one line says so). Returns whether a save started."""
-    if not (force or self._mngr.should_save(step)):
+    """Saves `state` at `step` when it is a multiple of save_interval (or `force`), with its
+    checksums; a state holding NaN or inf is not saved (one line says so). Returns whether a
+    save started."""
+    if not force and step % self._interval:
       return False
+    self.wait()  # the previous save committed: at most one in flight, as with Orbax alone
     sums, nonfinite = checksum.to_host(state, checksum.fingerprint(state))
     if nonfinite:
       more = f" and {len(nonfinite) - 1} more" if len(nonfinite) > 1 else ""
       print(f"step {step}: not saved: the state holds NaN or inf in {nonfinite[0]}{more}", file=sys.stderr)
       return False
-    return self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {"step": step}),
-        checksums=ocp.args.JsonSave(sums)), force=force)
+    items = lambda tree: ocp.args.Composite(  # noqa: E731
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta or {"step": step}),
+        checksums=ocp.args.JsonSave(sums))
+    if self._saver is None:
+      return self._mngr.save(step, args=items(state), force=True)
+    self._pending = self._saver.submit(self._mngr.save, step, args=items(_device_copy(state)), force=True)
+    return True
 
   def restore(self, abstract: Any, shardings: Any, step: int | None = None):
     """(state, meta) of the newest checkpoint that passes verification, restored into `shardings`
     (which may be another mesh than the one saved from); None when there is none. Damaged ones
     are moved aside on the way. With `step`, exactly that one (Damaged if it fails)."""
+    self._wait_pending()
     if step is not None:
       return self._restore_verified(step, abstract, shardings)
     while (latest := self.latest_step()) is not None:
@@ -284,12 +323,18 @@ class CheckpointManager:
     return dst
 
   def wait(self) -> None:
+    """Waits until the saves started so far are committed."""
+    self._wait_pending()
     self._mngr.wait_until_finished()
 
   def close(self) -> None:
     """Waits for the save in flight, then closes."""
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    try:
+      self.wait()
+    finally:
+      if self._saver is not None:
+        self._saver.shutdown()
+      self._mngr.close()
 
   def __enter__(self) -> CheckpointManager:
     return self
