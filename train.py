@@ -10,7 +10,7 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from moejax.config import ConfigError, check_override_keys
+from moejax.config import ConfigError, RunError, check_override_keys
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics, TensorBoard, checkpoints.")
@@ -51,7 +51,7 @@ def main(argv):
   from moejax.train.loop import train
   try:
     train(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
+  except (ConfigError, RunError) as e:
     raise SystemExit(str(e)) from None
 
 

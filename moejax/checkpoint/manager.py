@@ -1,22 +1,128 @@
-"""Orbax checkpoints: the train state of a run (atomic, async, restorable into any mesh), and
-weights alone (`save_params`/`load_params`: converted or exported checkpoints, new runs from them).
+"""Orbax checkpoints: the train state of a run (atomic, async, verified, restorable into any mesh),
+and weights alone (`save_params`/`load_params`: converted or exported checkpoints, new runs from
+them or from another run's checkpoints).
 
-Orbax writes each step to a temporary directory and renames it when complete,
-so a crash or SIGTERM mid-save leaves the previous checkpoint loadable.
+Orbax writes each step to a temporary directory and renames it when complete, so a crash or
+SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
+
+- verification: each save records per-array checksums (moejax/checkpoint/checksum.py) in the same
+  step directory (item `checksums`); restore recomputes them on the restored arrays and checks
+  they are finite. A checkpoint failing any check (or unreadable) is reported in one line, moved
+  aside to `checkpoints/<step>.corrupt` (never deleted) and the next older one is tried;
+- a non-finite state is never saved;
+- retention keeps the last `max_to_keep`, every `keep_interval`-th, and the checkpoint this run
+  was restored from (the last one known to pass verification);
+- a checkpoint whose arrays do not fit the config is refused in one line naming the keys.
+
+Checksums and the async save: at a save step the checksums (two uint32 per array) and finiteness
+flags are computed by one jitted function on the devices holding the state and fetched (a few
+bytes; the loop has already waited for the step when it fetched its metrics), and the state is
+copied on device; Orbax's save, which blocks until its arrays are in host memory, runs on that
+copy in a background thread, so the training thread pays two passes over the state in device
+memory, not the device-to-host copy (benchmarks/checkpoint_stall.py measures it).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import re
+import sys
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from moejax.checkpoint import checksum
+from moejax.config import RunError
 
 PARAMS_ITEM = "params"
+CORRUPT = ".corrupt"
+
+
+class Damaged(Exception):
+  """A checkpoint that cannot be read or fails verification; the message says what is wrong."""
 
 
 def _target(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _short(e: Exception) -> str:
+  """The first sentence of an exception, without TensorStore's specs and slice tuples."""
+  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
+  text = re.sub(r": \(slice\(.*", "", text)
+  return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
+
+
+def misfit(saved_tree, abstract, prefix: str = "") -> str | None:
+  """None when the saved arrays (a metadata tree) have the names and shapes of `abstract`, else
+  the differing keys, weights first, at most three named."""
+  saved = {n: tuple(m.shape) for n, m in zip(checksum.leaf_names(saved_tree), jax.tree.leaves(saved_tree))}
+  if prefix:
+    saved = {n[len(prefix) + 1:]: s for n, s in saved.items() if n.startswith(prefix + ".")}
+  want = {n: tuple(a.shape) for n, a in zip(checksum.leaf_names(abstract), jax.tree.leaves(abstract))}
+  diffs = []
+  for name in sorted(saved.keys() | want.keys(), key=lambda n: (not n.startswith("params"), n)):
+    full = f"{prefix}.{name}" if prefix else name
+    if name not in want:
+      diffs.append(f"{full} is only in the checkpoint")
+    elif name not in saved:
+      diffs.append(f"{full} is not in the checkpoint")
+    elif saved[name] != want[name]:
+      diffs.append(f"{full} is {list(saved[name])} there, {list(want[name])} in the config")
+  if not diffs:
+    return None
+  return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """Holds back what Orbax and TensorStore print while reading a checkpoint (a damaged one makes
+  every pending array read print its own traceback from background threads) and replays it only
+  if the read succeeded: a damaged checkpoint is reported in one line by the caller."""
+  sys.stderr.flush()
+  saved_fd, saved_hook = os.dup(2), sys.unraisablehook
+  failed = True
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    sys.unraisablehook = lambda _: None
+    try:
+      yield
+      failed = False
+    finally:
+      gc.collect()  # coroutines left behind by a failed read report themselves now, into `held`
+      sys.stderr.flush()
+      os.dup2(saved_fd, 2)
+      os.close(saved_fd)
+      sys.unraisablehook = saved_hook
+      if not failed:
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def _check_fits(where: str, saved_tree, abstract, source: str, prefix: str = "") -> None:
+  bad = misfit(saved_tree, abstract, prefix)
+  if bad:
+    raise RunError(f"{where} does not fit the config: {bad}. Either change the config back to the one it was "
+                   f"trained with, or start a new run (another --workdir) from its weights with "
+                   f"--config.checkpoint.load_params={source} (where the weight shapes allow)")
+
+
+def _verified(tree, recorded, prefix: str = ""):
+  """`tree` if it matches its recorded checksums and is finite, else Damaged."""
+  if recorded is None:  # saved before checksums existed: finiteness is all we can check
+    _, nonfinite = checksum.to_host(tree, checksum.fingerprint(tree))
+    problem = f"non-finite values in {nonfinite[0]}" if nonfinite else None
+  else:
+    problem = checksum.verify(tree, recorded, prefix)
+  if problem:
+    raise Damaged(problem)
+  return tree
 
 
 def save_params(directory: str, params) -> None:
@@ -26,35 +132,212 @@ def save_params(directory: str, params) -> None:
 
 
 def load_params(directory: str, abstract_params, shardings):
-  """Reads DIR/params into `shardings` (any mesh layout)."""
-  with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(os.path.join(os.path.abspath(directory), PARAMS_ITEM), _target(abstract_params, shardings))
+  """The weights in DIR, restored into `shardings` (any mesh layout): DIR/params (weights-only),
+  DIR a training workdir (its newest checkpoint that verifies) or one of its checkpoints/<step>."""
+  d = os.path.abspath(directory)
+  target = _target(abstract_params, shardings)
+  where = f"checkpoint.load_params={directory}"
+  if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
+    with ocp.StandardCheckpointer() as ckpt:
+      path = os.path.join(d, PARAMS_ITEM)
+      _check_fits(where, ckpt.metadata(path).item_metadata.tree, abstract_params, directory)
+      return ckpt.restore(path, target)
+  if os.path.isdir(os.path.join(d, "state")):
+    candidates = [d]
+  elif os.path.isdir(os.path.join(d, "checkpoints")):
+    root = os.path.join(d, "checkpoints")
+    candidates = [os.path.join(root, n) for n in sorted((n for n in os.listdir(root) if n.isdigit()),
+                                                        key=int, reverse=True)]
+  else:
+    raise RunError(f"{where}: no weights there; give a weights-only checkpoint (DIR/params), a training "
+                   "workdir (DIR/checkpoints/<step>) or one of its checkpoints/<step>")
+  for step_dir in candidates:
+    try:
+      return _restore_params(step_dir, abstract_params, target, where, directory)
+    except Damaged as e:
+      print(f"{step_dir} is damaged ({e}); trying the previous checkpoint", file=sys.stderr)
+  raise RunError(f"{where}: no checkpoint there passes verification")
+
+
+def _restore_params(step_dir: str, abstract_params, target, where: str, source: str):
+  """The `params` of the train state saved in `step_dir`, verified against its checksums."""
+  state_dir = os.path.join(step_dir, "state")
+  with ocp.PyTreeCheckpointer() as ckpt:
+    try:
+      saved = ckpt.metadata(state_dir).item_metadata.tree
+    except Exception as e:  # noqa: BLE001  any unreadable metadata means a damaged checkpoint
+      raise Damaged(_short(e)) from None
+    _check_fits(f"{where} ({step_dir})", saved, abstract_params, source, prefix=PARAMS_ITEM)
+    try:
+      with _quiet_stderr():
+        restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item={PARAMS_ITEM: target}, partial_restore=True,
+            restore_args={PARAMS_ITEM: ocp.checkpoint_utils.construct_restore_args(target)}))[PARAMS_ITEM]
+    except Exception as e:  # noqa: BLE001
+      raise Damaged(_short(e)) from None
+  recorded = None
+  if os.path.isdir(os.path.join(step_dir, "checksums")):
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_ckpt:
+      recorded = json_ckpt.restore(os.path.join(step_dir, "checksums"))
+  return _verified(restored, recorded, PARAMS_ITEM)
+
+
+class _Pinned:
+  """Orbax preservation policy: keeps the given steps (the last verified checkpoint)."""
+
+  def __init__(self):
+    self.steps: set[int] = set()
+
+  def should_preserve(self, checkpoints, *, context):
+    return [c.step in self.steps for c in checkpoints]
+
+
+@jax.jit
+def _device_copy(tree):
+  return jax.tree.map(jnp.copy, tree)
 
 
 class CheckpointManager:
-  def __init__(self, workdir: str, save_interval: int, max_to_keep: int, async_save: bool = True):
+  """Saves every `save_interval` steps (and when forced), keeps `max_to_keep` (+ every
+  `keep_interval`-th, + the last verified), restores the newest checkpoint that verifies.
+
+  With `async_save` the training thread only pays, at a save step, the checksums and an on-device
+  copy of the state (two passes over it in device memory); the copy is handed to one background
+  thread that runs Orbax's save (the device-to-host copy, which Orbax does before returning) while
+  training goes on with the original, and Orbax writes and commits the files in its own
+  background thread. A save waits for the previous one to be committed (it only stalls training
+  when the storage cannot keep up with save_interval steps), so a crash loses at most the steps
+  since the previous save plus those run while the newest one was being written. Needs device
+  memory for one more copy of the train state during a save; set checkpoint.async_save=False
+  where that does not fit.
+  """
+
+  def __init__(self, workdir: str, save_interval: int, max_to_keep: int, async_save: bool = True,
+               keep_interval: int | None = None):
+    self._pinned = _Pinned()
+    keep = [policies.LatestN(max_to_keep), self._pinned]
+    if keep_interval:
+      keep.append(policies.EveryNSteps(keep_interval))
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_interval, max_to_keep=max_to_keep,
-        enable_async_checkpointing=async_save, create=True)
-    self._mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+        preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
+        create=True, cleanup_tmp_directories=True)
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._workdir, self._interval = workdir, save_interval
+    handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
+                    checksums=ocp.JsonCheckpointHandler())
+    self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._saver = ThreadPoolExecutor(1, thread_name_prefix="moejax-save") if async_save else None
+    self._pending: Future | None = None
+
+  def _wait_pending(self) -> None:
+    """Waits for the background save call in flight (re-raising its error)."""
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      pending.result()
 
   def latest_step(self) -> int | None:
+    self._wait_pending()
     return self._mngr.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-    return self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+  def all_steps(self) -> list[int]:
+    self._wait_pending()
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
+    """Saves `state` at `step` when it is a multiple of save_interval (or `force`), with its
+    checksums; a state holding NaN or inf is not saved (one line says so). Returns whether a
+    save started."""
+    if not force and step % self._interval:
+      return False
+    self.wait()  # the previous save committed: at most one in flight, as with Orbax alone
+    sums, nonfinite = checksum.to_host(state, checksum.fingerprint(state))
+    if nonfinite:
+      more = f" and {len(nonfinite) - 1} more" if len(nonfinite) > 1 else ""
+      print(f"step {step}: not saved: the state holds NaN or inf in {nonfinite[0]}{more}", file=sys.stderr)
+      return False
+    items = lambda tree: ocp.args.Composite(  # noqa: E731
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta or {"step": step}),
+        checksums=ocp.args.JsonSave(sums))
+    if self._saver is None:
+      return self._mngr.save(step, args=items(state), force=True)
+    self._pending = self._saver.submit(self._mngr.save, step, args=items(_device_copy(state)), force=True)
+    return True
 
   def restore(self, abstract: Any, shardings: Any, step: int | None = None):
-    """Restores into `shardings` (which may be another mesh than the one saved from)."""
-    step = self._mngr.latest_step() if step is None else step
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_target(abstract, shardings)), meta=ocp.args.JsonRestore()))
-    return out.state, out.meta
+    """(state, meta) of the newest checkpoint that passes verification, restored into `shardings`
+    (which may be another mesh than the one saved from); None when there is none. Damaged ones
+    are moved aside on the way. With `step`, exactly that one (Damaged if it fails)."""
+    self._wait_pending()
+    if step is not None:
+      return self._restore_verified(step, abstract, shardings)
+    while (latest := self.latest_step()) is not None:
+      try:
+        out = self._restore_verified(latest, abstract, shardings)
+      except Damaged as e:
+        moved = self._move_aside(latest)
+        print(f"checkpoint step {latest} is damaged ({e}); moved aside to {moved}; trying the previous one",
+              file=sys.stderr)
+        continue
+      self._pinned.steps = {latest}  # the last checkpoint known to be good is never deleted
+      return out
+    corrupt = sorted(n for n in os.listdir(self.directory) if CORRUPT in n)
+    if corrupt:
+      raise RunError(f"no usable checkpoint in {self.directory}: {', '.join(corrupt)} failed verification; "
+                     "move them out of that directory to start this run afresh")
+    return None
+
+  def _restore_verified(self, step: int, abstract, shardings):
+    step_dir = os.path.join(self.directory, str(step))
+    if not os.path.isdir(os.path.join(step_dir, "state")):
+      raise Damaged("its state/ directory is missing")
+    try:
+      saved = self._mngr.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001  unreadable metadata: a damaged checkpoint
+      raise Damaged(_short(e)) from None
+    if saved is None:
+      raise Damaged("the metadata of its state/ cannot be read")
+    saved = saved.tree
+    _check_fits(f"checkpoint step {step} in {self.directory}", saved, abstract, self._workdir)
+    items = dict(state=ocp.args.StandardRestore(_target(abstract, shardings)), meta=ocp.args.JsonRestore())
+    has_sums = os.path.isdir(os.path.join(step_dir, "checksums"))
+    if has_sums:
+      items["checksums"] = ocp.args.JsonRestore()
+    try:
+      with _quiet_stderr():
+        out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001
+      raise Damaged(_short(e)) from None
+    return _verified(out.state, out.checksums if has_sums else None), out.meta
+
+  def _move_aside(self, step: int) -> str:
+    src = os.path.join(self.directory, str(step))
+    dst, i = src + CORRUPT, 1
+    while os.path.exists(dst):
+      dst, i = f"{src}{CORRUPT}.{i}", i + 1
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"moejax: moved checkpoint {step} aside")
+    self._mngr.reload()
+    return dst
 
   def wait(self) -> None:
+    """Waits until the saves started so far are committed."""
+    self._wait_pending()
     self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    """Waits for the save in flight, then closes."""
+    try:
+      self.wait()
+    finally:
+      if self._saver is not None:
+        self._saver.shutdown()
+      self._mngr.close()
+
+  def __enter__(self) -> CheckpointManager:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

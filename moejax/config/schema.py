@@ -146,6 +146,10 @@ class MoESpec(Spec, section="moe"):
   shared_expert_gate: bool = False           # Qwen2-MoE: shared expert output scaled by sigmoid(x @ w_gate)
   shared_expert_overlap: bool = True         # shared experts independent of the exchange so XLA can overlap them
   grouped_gemm_impl: GroupedGemmImpl = "auto"
+  # start from a dense checkpoint (checkpoint.load_params): each expert a copy of the dense MLP, or a
+  # 1/granularity slice of it (moejax/moe/upcycling.py; Megatron's --moe-use-upcycling)
+  use_upcycling: bool = False
+  upcycling_granularity: int = 1
   router: RouterSpec = RouterSpec()
   dispatch: DispatchSpec = DispatchSpec()
 
@@ -166,6 +170,10 @@ class MoESpec(Spec, section="moe"):
         problems.append(f"moe.layer_freq={freq} must be >= 1")
     elif not isinstance(freq, tuple):
       problems.append(f"moe.layer_freq={freq!r} must be an int or a list of 0/1")
+    if self.use_upcycling and (not isinstance(self.upcycling_granularity, int) or self.upcycling_granularity < 1
+                               or E % self.upcycling_granularity):
+      problems.append(f"moe.upcycling_granularity={self.upcycling_granularity!r} must be a positive divisor of "
+                      f"moe.num_experts={E} (num_experts = copies of the dense MLP x granularity)")
     if self.router.router_num_groups is not None:
       G, g = self.router.router_num_groups, self.router.router_group_topk
       if E % G:
@@ -231,6 +239,17 @@ class ModelSpec(Spec, section="model"):
     if a.kv_channels is None and a.num_attention_heads > 0 and self.hidden_size % a.num_attention_heads:
       bad.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
                  f"{a.num_attention_heads}: set model.kv_channels explicitly or change the head count")
+    m = self.moe
+    if m.use_upcycling and m.num_experts is None:
+      bad.append("moe.use_upcycling=True needs a MoE model: set moe.num_experts (and checkpoint.load_params "
+                 "to the dense run or weights)")
+    elif m.use_upcycling and self.moe_ffn_hidden_size * m.upcycling_granularity != self.ffn_hidden_size:
+      bad.append(f"moe.use_upcycling=True with moe.upcycling_granularity={m.upcycling_granularity} needs "
+                 f"moe.ffn_hidden_size = model.ffn_hidden_size / granularity = "
+                 f"{self.ffn_hidden_size / m.upcycling_granularity:g}, not {self.moe_ffn_hidden_size}")
+    elif m.use_upcycling and m.shared_expert_intermediate_size:
+      bad.append("moe.use_upcycling=True does not build shared experts from the dense MLP: "
+                 "unset moe.shared_expert_intermediate_size")
     if (self.moe.num_experts is not None and isinstance(freq, tuple)
         and (len(freq) != self.num_layers or any(v not in (0, 1) for v in freq))):
       bad.append(f"moe.layer_freq={list(freq)} must be a list of {self.num_layers} zeros and ones "
@@ -344,10 +363,18 @@ class TrainSpec(Spec, section="train"):
   log_interval: int = 10
   eval_interval: int = 0                     # evaluate on the validation split every N steps (0 = never)
   eval_iters: int = 10                       # global batches per evaluation
+  # NaN/inf guard (Megatron's --check-for-nan-in-loss-and-grad): a step whose loss or gradient norm is
+  # not finite leaves params, optimizer and MoE state unchanged; more than skip_nonfinite_steps
+  # such steps in a row stop the run (non-zero exit), never saving a non-finite state
+  check_for_nan_in_loss_and_grad: bool = True
+  skip_nonfinite_steps: int = 3
 
   def problems(self):
     bad = super().problems() + _not_positive("train", self, ("train_iters", "micro_batch_size",
                                                              "global_batch_size", "seq_length", "log_interval"))
+    if not isinstance(self.skip_nonfinite_steps, int) or self.skip_nonfinite_steps < 0:
+      bad.append(f"train.skip_nonfinite_steps={self.skip_nonfinite_steps!r} must be an integer >= 0 "
+                 "(0: stop at the first non-finite step)")
     if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
       bad.append(f"train.eval_interval={self.eval_interval!r} must be an integer >= 0 (0 = no evaluation)")
     elif self.eval_interval and (not isinstance(self.eval_iters, int) or self.eval_iters < 1):
@@ -360,12 +387,19 @@ class CheckpointSpec(Spec, section="checkpoint"):
   save_interval: int = 100
   max_to_keep: int = 2
   async_save: bool = True
-  load_params: str = ""                      # a new run (step 0, fresh optimizer) from DIR/params; "" = none
+  # a new run (step 0, fresh optimizer) from the weights of DIR: a weights-only checkpoint (DIR/params),
+  # a training workdir (its newest verified checkpoint) or one of its checkpoints/<step>; "" = none
+  load_params: str = ""
+  keep_interval: int | None = None           # also keep every checkpoint whose step is a multiple of this
 
   def problems(self):
-    return super().problems() + [
+    bad = super().problems() + [
         f"checkpoint.{k}={getattr(self, k)!r} must be a positive integer (steps between saves / checkpoints kept)"
         for k in ("save_interval", "max_to_keep") if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
+    if self.keep_interval is not None and (not isinstance(self.keep_interval, int) or self.keep_interval < 1):
+      bad.append(f"checkpoint.keep_interval={self.keep_interval!r} must be a positive integer (or None: keep "
+                 "only the last checkpoint.max_to_keep)")
+    return bad
 
 
 @frozen

@@ -32,6 +32,11 @@ class ConfigError(ValueError):
       super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
 
 
+class RunError(RuntimeError):
+  """A run that cannot start or go on (workdir in use, damaged or incompatible checkpoints,
+  non-finite steps); the message is one line naming the cause and the way out."""
+
+
 class Spec:
   """Base of the frozen spec dataclasses; subclasses say which config section they read."""
   section: ClassVar[str]

@@ -98,7 +98,9 @@ class BlendedDataset:
     def _load_or_build(self, cache_dir):
         import hashlib
         import json
-        key = json.dumps({"weights": self.weights, "size": self.size}, sort_keys=True)
+        # the parts' descriptions carry their content fingerprints: new data, new blend index
+        key = json.dumps({"weights": self.weights, "size": self.size,
+                          "parts": [getattr(d, "description", None) for d in self.datasets]}, sort_keys=True)
         name = hashlib.md5(key.encode()).hexdigest()
         path = os.path.join(cache_dir, f"{name}-BlendedDataset.npz") if cache_dir else None
         if path and os.path.isfile(path):

@@ -221,6 +221,7 @@ class GPTDataset:
         self.description = {
             "class": "GPTDataset", "path_prefix": os.path.abspath(indexed.path_prefix),
             "num_sequences": len(indexed), "num_tokens": indexed.num_tokens,
+            "content": indexed.fingerprint,
             "split": split, "indices": [int(self.indices[0]), int(self.indices[-1]) + 1, len(self.indices)],
             "num_samples": num_samples, "sequence_length": config.sequence_length,
             "random_seed": config.random_seed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -13,13 +14,21 @@ CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_se
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None):
+  """Appends one row per step; a run starting at `start_step` (a resume) first cuts the rows after
+  it that an earlier attempt left (it crashed after its last checkpoint), and writes a new
+  TensorBoard event file telling TensorBoard to purge the events from step start_step + 1 on, so
+  every step appears once in both."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None, start_step: int = 0):
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _cut_after(path, start_step)
+    self._jsonl = open(path, "a", buffering=1)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1,
+                               filename_suffix=f".{os.getpid()}.{time.time_ns()}")
     self.total_steps = total_steps
 
   def write(self, step: int, metrics: dict, console: bool = False) -> None:
@@ -44,6 +53,28 @@ class MetricsWriter:
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _cut_after(path: str, step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to `step` (atomically: a crash leaves the old file or the new)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [ln for ln in lines if ln.strip() and _row_step(ln) is not None and _row_step(ln) <= step]
+  if len(kept) == len(lines):
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _row_step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None  # a line cut short by a crash
 
 
 MOE_ARRAY_KEYS = ("tokens_per_expert", "moe_dropped_fraction", "moe_losses")

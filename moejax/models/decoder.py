@@ -35,6 +35,29 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
   return out
 
 
+def unstack_layers(decoder_params: dict, pattern: tuple[bool, ...]) -> list[dict]:
+  """The params of each layer, in order, from the scanned segments of `Decoder` (segment_i/block_j,
+  leading axis = repeats)."""
+  layers = []
+  for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
+    segment = decoder_params[f"segment_{i}"]
+    for r in range(repeats):
+      layers += [jax.tree.map(lambda a: a[r], segment[f"block_{j}"]) for j in range(len(kinds))]
+  return layers
+
+
+def stack_layers(layers: list[dict], pattern: tuple[bool, ...]) -> dict:
+  """The inverse of `unstack_layers`: {segment_i: {block_j: params with a leading repeats axis}}."""
+  out, it = {}, iter(layers)
+  for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
+    blocks = [[] for _ in kinds]
+    for _ in range(repeats):
+      for j in range(len(kinds)):
+        blocks[j].append(next(it))
+    out[f"segment_{i}"] = {f"block_{j}": jax.tree.map(lambda *a: jnp.stack(a), *b) for j, b in enumerate(blocks)}
+  return out
+
+
 SCANNED_COLLECTIONS = ("params",) + MOE_COLLECTIONS
 
 

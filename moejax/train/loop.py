@@ -1,6 +1,7 @@
 """The training loop: mesh, state (fresh or resumed), data, jitted step, logs, checkpoints."""
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -10,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from moejax.checkpoint.manager import CheckpointManager, load_params
-from moejax.config import model_spec
+from moejax.checkpoint.manager import CheckpointManager
+from moejax.config import RunError, model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
@@ -19,9 +20,11 @@ from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh, num_microbatches
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.lock import WorkdirLock
 from moejax.train.pipeline import describe_pipeline, forward_backward_of
-from moejax.train.state import init_state, state_shardings
 from moejax.train.loss import loss_fn
+from moejax.train.start import initial_state
+from moejax.train.state import state_shardings
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -59,6 +62,23 @@ def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict
   return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
 
 
+def _check_nonfinite(step: int, record: dict, run: int, t, last_checkpoint: int | None) -> None:
+  """After a step whose loss or gradient norm is NaN/inf: a line when it was skipped, RunError when
+  train.skip_nonfinite_steps is exhausted (or the guard is off, so the state itself is lost)."""
+  what = f"loss {record['loss']}, grad_norm {record['grad_norm']}"
+  if not t.check_for_nan_in_loss_and_grad:
+    print(f"step {step}: {what}, not finite (train.check_for_nan_in_loss_and_grad=False: the update was "
+          "applied; nothing is saved from now on)", file=sys.stderr)
+    return
+  if run <= t.skip_nonfinite_steps:
+    print(f"step {step}: {what}, not finite: update skipped ({run} of at most "
+          f"train.skip_nonfinite_steps={t.skip_nonfinite_steps} in a row)", file=sys.stderr)
+    return
+  raise RunError(f"step {step}: {what}, not finite for {run} steps in a row (train.skip_nonfinite_steps="
+                 f"{t.skip_nonfinite_steps}); stopped without saving, the last checkpoint is step {last_checkpoint}: "
+                 "lower optim.lr or check the data around this step, then resume in the same --workdir")
+
+
 def describe_layout(layout) -> str:
   """The parallel sizes as set and derived, e.g. `8 devices: tp=2 cp=1 pp=1 ep=4 etp=1 -> dp=4 edp=2`."""
   z = layout.sizes
@@ -85,33 +105,29 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
 
   with nn.logical_axis_rules(rules):
     abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    ckpt = CheckpointManager(workdir, cfg.checkpoint.save_interval, cfg.checkpoint.max_to_keep,
-                             cfg.checkpoint.async_save)
-    latest = ckpt.latest_step()
-    if latest is not None and latest >= t.train_iters:
-      print(f"already at step {latest} (train.train_iters={t.train_iters}); nothing to do: raise "
-            "train.train_iters to train further", file=sys.stderr)
-      ckpt.close()
-      return history
+  c = cfg.checkpoint
+  with (WorkdirLock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(rules),
+        CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
     print(f"{describe_layout(layout)}; model {num_params(spec) / 1e6:,.1f}M parameters, "
           f"{num_params(spec, active=True) / 1e6:,.1f}M active per token", file=sys.stderr)
-    if latest is not None:
-      state, _ = ckpt.restore(abstract, shardings)
+    restored = ckpt.restore(abstract, shardings)  # the newest checkpoint that verifies
+    if restored is not None and int(restored[0].step) >= t.train_iters:
+      print(f"already at step {int(restored[0].step)} (train.train_iters={t.train_iters}); nothing to do: raise "
+            "train.train_iters to train further", file=sys.stderr)
+      return history
+    if restored is not None:
+      state = restored[0]
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
     else:
-      params = None
-      if cfg.checkpoint.load_params:
-        params = load_params(cfg.checkpoint.load_params, abstract.params, shardings.params)
-        print(f"loaded the weights of {cfg.checkpoint.load_params}; step 0, fresh optimizer", file=sys.stderr)
-      state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
+      state = initial_state(cfg, model, optimizer, abstract, shardings, ckpt, mesh, rules)
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, n_dev, bsh)
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
     if cfg.parallel.pp > 1:
       print(describe_pipeline(cfg, num_microbatches(cfg, n_dev)), file=sys.stderr)
     fwd_bwd = forward_backward_of(cfg, model, t.seq_length)
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd), in_shardings=(shardings, bsh),
+    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd, check_finite=t.check_for_nan_in_loss_and_grad),
+                      in_shardings=(shardings, bsh),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = int(state.step)
     t0 = time.perf_counter()
@@ -122,8 +138,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                          out_shardings=replicated(mesh))
       eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters)
-    step = start
+    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start)
+    step, nonfinite_run = start, 0
     try:
       for step in range(start, t.train_iters):
         batch = device_batch(dataset[step], bsh)
@@ -144,16 +160,23 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                 f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
         history.append({"step": step + 1, **record})
         last = step + 1 == t.train_iters
-        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start or last)
+        finite = math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+        nonfinite_run = 0 if finite else nonfinite_run + 1
+        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start or last
+                     or not finite)
+        if nonfinite_run:
+          _check_nonfinite(step + 1, record, nonfinite_run, t, ckpt.latest_step())
         stopping = stop.set  # read once: a signal between save and check must not skip the save
-        ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
+        if finite:  # a state whose last step was not finite is never saved
+          ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
         if stopping:
-          print(f"stopping at step {step + 1} on signal; checkpoint saved", file=sys.stderr)
+          print(f"stopping at step {step + 1} on signal; " + ("checkpoint saved" if finite else
+                f"not saved (the step was not finite; the last checkpoint is step {ckpt.latest_step()})"),
+                file=sys.stderr)
           break
       else:
-        if ckpt.latest_step() != int(state.step):
+        if nonfinite_run == 0 and ckpt.latest_step() != int(state.step):
           ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
     finally:
-      ckpt.close()
       writer.close()
   return history

@@ -31,12 +31,19 @@ def _init_boxed(model: GPTModel, seq_len: int, rng):
   return variables["params"], dict(variables.get(MOE_STATE, {}))
 
 
+def param_shardings(model: GPTModel, seq_len: int, mesh, rules):
+  """(abstract params, their NamedShardings by logical axes, abstract moe_state)."""
+  boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
+  is_box = lambda b: isinstance(b, nn.Partitioned)  # noqa: E731  (nn.unbox would constrain under a mesh)
+  abstract = jax.tree.map(lambda b: b.value if is_box(b) else b, boxed, is_leaf=is_box)
+  sh = fit_to_shapes(nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract)
+  return abstract, sh, abstract_moe
+
+
 def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
   """Abstract TrainState and its NamedShardings: params by their logical axes, the optimizer
   state by the rules of moejax.parallel.sharding, the rest replicated."""
-  boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
-  abstract_params = nn.unbox(boxed)
-  param_sh = fit_to_shapes(nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract_params)
+  abstract_params, param_sh, abstract_moe = param_shardings(model, seq_len, mesh, rules)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   rep = replicated(mesh)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
@@ -45,6 +52,12 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
                          opt_state=optimizer_state_shardings(optimizer, abstract_opt, param_sh, mesh),
                          moe_state=jax.tree.map(lambda _: rep, abstract_moe))
   return abstract, shardings
+
+
+def init_params(model: GPTModel, seq_len: int, seed: int, shardings):
+  """Fresh params directly in their shardings."""
+  init = lambda rng: nn.unbox(_init_boxed(model, seq_len, rng)[0])  # noqa: E731
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
 def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len: int, seed: int,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from moejax.models.gpt import GPTModel
@@ -11,12 +12,19 @@ from moejax.train.state import TrainState
 
 
 def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    forward_backward: ForwardBackward = gradient_accumulation):
+                    forward_backward: ForwardBackward = gradient_accumulation, check_finite: bool = True):
   """step(state, batch [num_micro, b, seq+1]) -> (state, metrics).
 
   Metrics are means over the micro-batches, except `tokens_per_expert` [L, E]:
   the sum over the step, which also drives the expert-bias update after the
   optimizer step (counts come from forward values, so recompute cannot count twice).
+
+  `check_finite` (train.check_for_nan_in_loss_and_grad): when the loss or the gradient norm is
+  NaN or inf the step is skipped inside the jit (params, optimizer state and MoE state stay as
+  they were; metric `skipped` = 1), with no host sync: the loop reads `skipped` from the metrics
+  it fetches anyway. The step counter still advances, so the next step reads the next batch,
+  while the optimizer's own count (Adam's bias correction, the learning-rate schedule) does not:
+  Megatron's behaviour for a skipped iteration.
   """
   router = model.spec.moe.router
   needs_rng = bool(router.input_jitter_eps) or router.router_force_load_balancing
@@ -24,10 +32,25 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   def step(state: TrainState, batch_NBS1: jax.Array):
     rng = jax.random.fold_in(jax.random.key(0), state.step) if needs_rng else None
     out = forward_backward(model, state.params, state.moe_state, batch_NBS1, rng)
+    grad_norm = optax.tree.norm(out.grads)
     updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     moe_state = finish_step(out.moe_state, router.router_bias_update_rate)
-    metrics = dict(loss=out.loss, grad_norm=optax.tree.norm(out.grads), lr=schedule(state.step), **out.metrics)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, moe_state=moe_state), metrics
+    lr = schedule(_update_count(state))
+    new = (params, opt_state, moe_state)
+    skipped = jnp.zeros((), jnp.float32)
+    if check_finite:
+      finite = jnp.isfinite(out.loss) & jnp.isfinite(grad_norm)
+      old = (state.params, state.opt_state, state.moe_state)
+      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      skipped = 1.0 - finite.astype(jnp.float32)
+    metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
+    return TrainState(state.step + 1, *new), metrics
 
   return step
+
+
+def _update_count(state: TrainState):
+  """Updates applied so far: the optimizer's step count (behind `state.step` by the skipped steps)."""
+  counts = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")
+  return counts[0][1] if counts else state.step

@@ -1,10 +1,16 @@
-"""Orbax round trip of the train state, restored into a different mesh layout."""
+"""Orbax round trip of the train state, restored into a different mesh layout; verification,
+fallback past damaged checkpoints, retention, refusal of checkpoints that do not fit."""
+import os
+import shutil
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from moejax.checkpoint.manager import CheckpointManager
-from moejax.config import base_config, model_spec
+from moejax.config import RunError, base_config, model_spec
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import logical_axis_rules
@@ -45,3 +51,88 @@ def test_restore_into_another_layout(tmp_path):
   assert len(w1.addressable_shards[0].data) * 4 == len(w1) or w1.addressable_shards[0].data.shape[1] * 4 == w1.shape[1]
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---------------------------------------------------------------- verification and fallback (issue 17)
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory, small_moe_config, single_device_setup):
+  """A workdir with checkpoints 1 and 2 (different states) of the small MoE model on one device."""
+  _, _, _, _, _, state, abstract, shardings = single_device_setup(small_moe_config())
+  workdir = tmp_path_factory.mktemp("two") / "run"
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=5) as ckpt:
+    ckpt.save(1, state.replace(step=state.step + 1))
+    ckpt.save(2, state.replace(step=state.step + 2, params=jax.tree.map(lambda p: p + 1, state.params)))
+  return workdir, abstract, shardings
+
+
+def _array_files(step_dir):
+  return [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state", "ocdbt.process_0"))
+          for f in fs]
+
+
+DAMAGE = {
+    "truncated array file": lambda d: [os.truncate(f, os.path.getsize(f) // 2) for f in _array_files(d)],
+    "deleted array file": lambda d: os.remove(max(_array_files(d), key=os.path.getsize)),
+    "deleted state/_METADATA": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "deleted state/": lambda d: shutil.rmtree(os.path.join(d, "state")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_an_unreadable_checkpoint_is_one_line_moved_aside_and_the_previous_one_restored(two_steps, tmp_path,
+                                                                                         capfd, damage):
+  """Finding 3: each of these ended in a 100-160-line traceback instead of a line and a fallback."""
+  base, abstract, shardings = two_steps
+  workdir = tmp_path / "run"
+  shutil.copytree(base, workdir)
+  DAMAGE[damage](str(workdir / "checkpoints" / "2"))
+  capfd.readouterr()
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=5) as ckpt:
+    state, meta = ckpt.restore(abstract, shardings)
+  err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+  assert int(state.step) == 1 and meta == {"step": 1}
+  assert len(err) == 1, err
+  assert err[0].startswith("checkpoint step 2 is damaged (") and "Traceback" not in err[0]
+  assert err[0].endswith(f"moved aside to {workdir}/checkpoints/2.corrupt; trying the previous one")
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2.corrupt"]
+
+
+def test_a_changed_expert_count_is_refused_naming_the_keys(two_steps, small_moe_config):
+  """Finding 7 on the MoE model: moe.num_experts=16 on an 8-expert checkpoint."""
+  base, _, _ = two_steps
+  cfg = small_moe_config()
+  cfg.moe.num_experts = 16
+  layout = make_mesh(cfg, jax.devices()[:1])
+  rules = logical_axis_rules(layout)
+  with nn.logical_axis_rules(rules):
+    abstract16, shardings16 = state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 32, layout.mesh, rules)
+  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+    with pytest.raises(RunError) as e:
+      ckpt.restore(abstract16, shardings16)
+  msg = str(e.value)
+  assert "\n" not in msg and "params.decoder.segment_0.block_0.moe.experts.w1 is [2, 8, 32, 64] there, " \
+      "[2, 16, 32, 64] in the config" in msg and "(and 6 more)" in msg
+  assert f"--config.checkpoint.load_params={base}" in msg
+  assert sorted(os.listdir(base / "checkpoints")) == ["1", "2"]
+
+
+def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tmp_path):
+  base, abstract, shardings = two_steps
+  workdir = tmp_path / "run"
+  shutil.copytree(base, workdir)
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=2, async_save=False, keep_interval=4) as ckpt:
+    state, _ = ckpt.restore(abstract, shardings)  # step 2 passes verification: kept from now on
+    for step in range(3, 10):
+      ckpt.save(step, state.replace(step=state.step * 0 + step))
+  assert sorted(map(int, os.listdir(workdir / "checkpoints"))) == [2, 4, 8, 9]
+
+
+def test_a_state_holding_nan_is_not_saved(two_steps, tmp_path, capfd):
+  base, abstract, shardings = two_steps
+  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+    state, _ = ckpt.restore(abstract, shardings)
+  bad = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params))
+  with CheckpointManager(str(tmp_path / "run"), save_interval=1, max_to_keep=5) as ckpt:
+    assert not ckpt.save(3, bad, force=True)
+    assert ckpt.latest_step() is None
+  assert "step 3: not saved: the state holds NaN or inf in params." in capfd.readouterr().err

@@ -1,14 +1,23 @@
-"""Weights-only checkpoints: saved on one layout, a new run starts from them on another."""
+"""Weights-only starts (`checkpoint.load_params`): from a weights-only checkpoint, a training
+workdir or one of its checkpoints, on any layout; a new run at step 0 with a fresh optimizer (the
+full resume, optimizer included, is a workdir's own checkpoints: tests/parallel/test_resume_layouts.py)."""
+import os
+import shutil
+
 import jax
 import numpy as np
+import pytest
 from flax import linen as nn
 
-from moejax.checkpoint.manager import load_params, save_params
-from moejax.config import base_config, model_spec
+from moejax.checkpoint.manager import CheckpointManager, load_params, save_params
+from moejax.config import RunError, base_config, model_spec
+from moejax.data.loader import make_dataset
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import logical_axis_rules
-from moejax.train.loop import train
+from moejax.train.loop import make_eval_step, train
+from moejax.train.optim import make_optimizer
+from moejax.train.state import state_shardings
 
 
 def _cfg(**parallel):
@@ -23,24 +32,61 @@ def _cfg(**parallel):
   return c
 
 
-def test_a_new_run_starts_from_saved_weights_on_another_layout(tmp_path):
-  cfg = _cfg()
-  params = nn.unbox(GPTModel(model_spec(cfg)).init(jax.random.key(3), jax.numpy.zeros((1, 16), "int32"))["params"])
-  save_params(str(tmp_path / "weights"), params)
-
-  cfg = _cfg(ep=4)
-  layout = make_mesh(cfg)
+def _abstract(cfg, devices):
+  layout = make_mesh(cfg, devices)
   rules = logical_axis_rules(layout)
   with nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(GPTModel(model_spec(cfg)).init, jax.random.key(0), jax.numpy.zeros((8, 16), "int32"))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed["params"]), layout.mesh, rules)
-  restored = load_params(str(tmp_path / "weights"), nn.unbox(boxed["params"]), shardings)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
-    np.testing.assert_array_equal(a, b)
-  w1 = restored["decoder"]["segment_0"]["block_0"]["moe"]["experts"]["w1"]
-  assert w1.sharding.spec[1] == "dp_ep"  # [layers, experts, ...]: experts sharded over ep on the new layout
+    return state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 16, layout.mesh, rules)
 
-  cfg.checkpoint.load_params = str(tmp_path / "weights")
-  rows = train(cfg, str(tmp_path / "run"))
-  fresh = train(_cfg(ep=4), str(tmp_path / "fresh"))
-  assert rows[0]["step"] == 1 and rows[0]["loss"] != fresh[0]["loss"]  # the loaded weights, not a fresh init
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+  """A training workdir on one device with checkpoints 1 and 2 (other weights than a fresh init)."""
+  cfg = _cfg()
+  abstract, shardings = _abstract(cfg, jax.devices()[:1])
+  params = [jax.jit(lambda k: nn.unbox(GPTModel(model_spec(cfg)).init(k, np.zeros((1, 16), np.int32))["params"]),
+                    out_shardings=shardings.params)(jax.random.key(seed)) for seed in (3, 4)]
+  workdir = tmp_path_factory.mktemp("source") / "run"
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=5) as ckpt:
+    for step, p in ((1, params[0]), (2, params[1])):
+      state = jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s), abstract, shardings)
+      ckpt.save(step, state.replace(params=p, step=state.step + step))
+  save_params(str(workdir.parent / "weights"), params[0])
+  return workdir, params
+
+
+def _equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_load_params_takes_weights_a_workdir_or_one_of_its_checkpoints(source_run, tmp_path, capfd):
+  workdir, params = source_run
+  abstract, shardings = _abstract(_cfg(ep=4), jax.devices())
+  _equal(load_params(str(workdir.parent / "weights"), abstract.params, shardings.params), params[0])
+  _equal(load_params(str(workdir), abstract.params, shardings.params), params[1])  # its newest checkpoint
+  got = load_params(str(workdir / "checkpoints" / "1"), abstract.params, shardings.params)
+  _equal(got, params[0])
+  w1 = got["decoder"]["segment_0"]["block_0"]["moe"]["experts"]["w1"]
+  assert w1.sharding.spec[1] == "dp_ep"  # [layers, experts, ...]: experts sharded over ep on the new layout
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged)
+  shutil.rmtree(damaged / "checkpoints" / "2" / "state")
+  _equal(load_params(str(damaged), abstract.params, shardings.params), params[0])  # falls back, moves nothing
+  assert f"{damaged}/checkpoints/2 is damaged" in capfd.readouterr().err
+  assert sorted(os.listdir(damaged / "checkpoints")) == ["1", "2"]
+  with pytest.raises(RunError, match=f"checkpoint.load_params={tmp_path}: no weights there"):
+    load_params(str(tmp_path), abstract.params, shardings.params)
+
+
+def test_a_new_run_starts_from_another_runs_weights_on_another_layout(source_run, tmp_path):
+  """Weights of the 1-device run's newest checkpoint, a new run under ep=4 on 8 devices: step 1's
+  loss is the loss of exactly those weights on batch 0."""
+  workdir, params = source_run
+  cfg = _cfg(ep=4)
+  cfg.checkpoint.load_params = str(workdir)
+  rows = train(cfg, str(tmp_path / "run"), devices=jax.devices())
+  assert [r["step"] for r in rows] == [1]
+  batch = make_dataset(cfg, 8)[0]
+  want = float(jax.jit(make_eval_step(GPTModel(model_spec(cfg))))(params[1], batch))
+  assert rows[0]["lm_loss"] == pytest.approx(want, rel=1e-5)

@@ -135,6 +135,23 @@ def test_index_cache_next_to_data(tmp_path, make_indexed):
     assert not c.cache_hit and not np.array_equal(a.shuffle_index, c.shuffle_index)
 
 
+def test_a_reordered_corpus_gets_a_fresh_index(tmp_path, make_indexed):
+    """Finding 6: the same corpus preprocessed again in another order reused the stale index (same
+    document and token counts) and failed with an IndexError, or could give wrong samples."""
+    lengths = _doc_lengths(60, 3)
+    prefix = make_indexed(str(tmp_path / "c"), lengths)
+    first = GPTDataset(IndexedDataset(prefix), np.arange(60), 200, "train", GPTDatasetConfig(32, 5))
+    assert not first.cache_hit
+    make_indexed(prefix, lengths[::-1])  # same counts, other order
+    again = GPTDataset(IndexedDataset(prefix), np.arange(60), 200, "train", GPTDatasetConfig(32, 5))
+    fresh = GPTDataset(IndexedDataset(prefix), np.arange(60), 200, "train",
+                       GPTDatasetConfig(32, 5, cache_dir=str(tmp_path / "elsewhere")))
+    assert not again.cache_hit
+    for i in range(len(fresh)):
+        np.testing.assert_array_equal(again.window(i), fresh.window(i))
+    assert GPTDataset(IndexedDataset(prefix), np.arange(60), 200, "train", GPTDatasetConfig(32, 5)).cache_hit
+
+
 def test_reset_position_ids_and_masks_numpy_reference():
     from moejax.data.gpt_dataset import ltor_position_ids_and_segments
     toks = np.array([5, 1, EOD, 3, 4, EOD, EOD, 9, 2])

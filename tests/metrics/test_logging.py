@@ -28,3 +28,39 @@ def test_writer_appends_one_json_line_per_step(tmp_path):
   w.close()
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert rows == [{"step": 1, "loss": 2.5, "mfu": None}, {"step": 2, "loss": 2.0, "mfu": None}]
+
+
+def _events(path):
+  """(step, kind) of each event in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+  import struct
+
+  from tensorboardX.proto.event_pb2 import Event
+  out, data = [], open(path, "rb").read()
+  while data:
+    n, = struct.unpack("<Q", data[:8])
+    e = Event.FromString(data[12:12 + n])
+    data = data[16 + n:]
+    kind = "start" if e.HasField("session_log") else "scalar" if e.HasField("summary") else "other"
+    out.append((e.step, kind))
+  return out
+
+
+def test_a_resume_cuts_the_rows_after_its_step_and_purges_them_in_tensorboard(tmp_path):
+  """Finding 5: after a crash at step 30 and a resume from 20, steps 21-30 were logged twice."""
+  w = MetricsWriter(str(tmp_path), tensorboard=True)
+  for step in range(1, 6):
+    w.write(step, {"loss": float(step)})
+  w.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "lo')  # a row cut short by the crash
+  w = MetricsWriter(str(tmp_path), tensorboard=True, start_step=3)  # resumed from the checkpoint at step 3
+  for step in range(4, 7):
+    w.write(step, {"loss": 10.0 + step})
+  w.close()
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0)]
+  files = sorted((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+  assert len(files) == 2  # a new event file for the resumed run
+  resumed = _events(files[1])
+  # TensorBoard purges every earlier event at step >= 4 when it reads this session start
+  assert (4, "start") in resumed[:3] and [s for s, k in resumed if k == "scalar"] == [4, 5, 6]

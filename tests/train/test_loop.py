@@ -1,0 +1,126 @@
+"""The loop never loses work (issue 17): non-finite steps are skipped then stop the run with the good
+checkpoints intact; a damaged newest checkpoint is moved aside and the previous one resumes the
+same trajectory, every step logged once; a changed model is refused in one line.
+
+One good run (module fixture) is copied for each case; every run here has the same step program
+(the schedule does not depend on train_iters), so it compiles once for the module. The model is
+dense (nothing here depends on MoE, and it compiles in half the time); the MoE case of a changed
+shape (moe.num_experts) is tests/checkpoint/test_manager.py's.
+"""
+import glob
+import json
+import os
+import shutil
+
+import jax
+import pytest
+
+from moejax.config import RunError
+from moejax.train.loop import train
+
+
+def _cfg(small_moe_config):
+  c = small_moe_config()
+  c.moe.num_experts = None
+  c.train.update(train_iters=6, log_interval=100)
+  c.optim.update(lr=1e-2, min_lr=1e-3, lr_decay_iters=50)  # the schedule is the same whatever train_iters
+  c.checkpoint.update(save_interval=2, max_to_keep=3)
+  c.logging.tensorboard = False
+  return c
+
+
+def _train(cfg, workdir):
+  return train(cfg, str(workdir), devices=jax.devices()[:1])
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _steps(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, small_moe_config):
+  """6 steps, checkpoints at 2, 4 and 6."""
+  workdir = tmp_path_factory.mktemp("good") / "run"
+  _train(_cfg(small_moe_config), workdir)
+  assert _steps(workdir) == ["2", "4", "6"]
+  return workdir
+
+
+@pytest.fixture
+def run_copy(good_run, tmp_path):
+  shutil.copytree(good_run, tmp_path / "run")
+  return tmp_path / "run"
+
+
+def _contents(workdir, step):
+  """{file: bytes} of a checkpoint directory."""
+  root = os.path.join(workdir, "checkpoints", str(step))
+  return {os.path.relpath(os.path.join(r, f), root): open(os.path.join(r, f), "rb").read()
+          for r, _, fs in os.walk(root) for f in fs}
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_good_checkpoints_intact(
+    run_copy, small_moe_config, capfd):
+  """Finding 1: lr=1e30 made NaN from step 3 on, training went on, exit 0, NaN checkpoints replaced good ones."""
+  before = {s: _contents(run_copy, s) for s in (4, 6)}
+  cfg = _cfg(small_moe_config)
+  cfg.optim.update(lr=1e30, min_lr=1e29)
+  cfg.train.train_iters = 20
+  with pytest.raises(RunError) as e:
+    _train(cfg, run_copy)
+  msg = str(e.value)
+  rows = [r for r in _rows(run_copy) if r["step"] > 6]
+  skipped = [r["step"] for r in rows if r["skipped"]]
+  first = skipped[0]
+  # the first non-finite step and the next 2 are skipped (train.skip_nonfinite_steps=3 allows three), the 4th stops
+  assert skipped == list(range(first, first + 4)) and rows[-1]["step"] == first + 3
+  assert msg.startswith(f"step {first + 3}: loss ") and "\n" not in msg
+  assert "not finite for 4 steps in a row (train.skip_nonfinite_steps=3)" in msg
+  assert "the last checkpoint is step 6" in msg
+  assert "update skipped (1 of at most train.skip_nonfinite_steps=3 in a row)" in capfd.readouterr().err
+  # no checkpoint from a non-finite state, the good ones untouched
+  assert [s for s in _steps(run_copy) if int(s) > 6] == [f"{s}" for s in range(8, first, 2)]
+  assert {s: _contents(run_copy, s) for s in (4, 6)} == before
+
+
+def test_overwritten_bytes_are_detected_moved_aside_and_the_previous_step_resumes(run_copy, good_run,
+                                                                                   small_moe_config, capfd):
+  """Finding 2: 16 bytes overwritten in an array file restored silently; the loss went NaN.
+  Also finding 5: after the resume from step 4 every step is in metrics.jsonl once."""
+  files = [f for f in glob.glob(str(run_copy / "checkpoints/6/state/**/*"), recursive=True) if os.path.isfile(f)]
+  biggest = max(files, key=os.path.getsize)
+  size = os.path.getsize(biggest)
+  with open(biggest, "r+b") as f:
+    f.seek(size // 2)
+    f.write(b"\x5a" * 16)
+  assert os.path.getsize(biggest) == size
+  rows = _train(_cfg(small_moe_config), run_copy)
+  err = capfd.readouterr().err
+  assert f"checkpoint step 6 is damaged (checksum mismatch in " in err
+  assert f"moved aside to {run_copy}/checkpoints/6.corrupt; trying the previous one" in err
+  assert "resumed from checkpoint at step 4" in err
+  assert _steps(run_copy) == ["2", "4", "6", "6.corrupt"]
+  want = {r["step"]: r["loss"] for r in _rows(good_run)}
+  assert [r["step"] for r in rows] == [5, 6]
+  for r in rows:
+    assert r["loss"] == pytest.approx(want[r["step"]], rel=1e-6)
+  assert [r["step"] for r in _rows(run_copy)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_changed_model_shape_is_refused_in_one_line(run_copy, small_moe_config):
+  """Finding 7: moe.num_experts=16 on an 8-expert checkpoint printed a 286-line traceback advising strict=False
+  (here the FFN width changes)."""
+  cfg = _cfg(small_moe_config)
+  cfg.model.ffn_hidden_size = 128
+  with pytest.raises(RunError) as e:
+    _train(cfg, run_copy)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(f"checkpoint step 6 in {run_copy}/checkpoints does not fit the config: ")
+  assert "params.decoder.segment_0.block_0.mlp.down is [2, 64, 32] there, [2, 128, 32] in the config" in msg
+  assert "change the config back" in msg and f"--config.checkpoint.load_params={run_copy}" in msg
+  assert _steps(run_copy) == ["2", "4", "6"]  # nothing moved aside: the checkpoint is fine
