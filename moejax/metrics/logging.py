@@ -11,16 +11,24 @@ CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_se
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None):
+  """Writes from the primary process only (process 0 of a multi-process run); others write nothing."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None,
+               primary: bool = True):
+    self.primary = primary
+    self._jsonl = self._tb = None
+    self.total_steps = total_steps
+    if not primary:
+      return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self.total_steps = total_steps
 
   def write(self, step: int, metrics: dict, console: bool = False) -> None:
+    if not self.primary:
+      return
     record = {"step": step, **metrics}
     self._jsonl.write(json.dumps(record) + "\n")
     if self._tb is not None:
@@ -37,7 +45,8 @@ class MetricsWriter:
       print(" | ".join(parts), file=sys.stderr, flush=True)
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 

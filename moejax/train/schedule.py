@@ -1,9 +1,11 @@
 """Forward-backward schedules: how one step's micro-batches run through the model.
 
-A schedule is `fwd_bwd(model, params, moe_state, batch [num_micro, b, seq+1], rng) -> StepResult`
-with the loss and metrics averaged over the micro-batches, except `tokens_per_expert`, summed
-over the step. The train step takes the schedule as an argument, so pipeline parallelism is
-another schedule, not another step.
+A schedule is `fwd_bwd(model, params, moe_state, batch [num_micro, b, seq+1], rng, main_grads=None)
+-> StepResult` with the loss and metrics averaged over the micro-batches, except
+`tokens_per_expert`, summed over the step. `main_grads` maps one micro-batch's gradients onto the
+buffer they are summed in (dtype and placement: moejax.train.state.StatePlacement.main_grads).
+The train step takes the schedule as an argument, so pipeline parallelism is another schedule,
+not another step.
 """
 from __future__ import annotations
 
@@ -25,11 +27,15 @@ class StepResult(NamedTuple):
 ForwardBackward = Callable[..., StepResult]
 
 
-def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> StepResult:
+def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_grads=None) -> StepResult:
   """Micro-batches one after another in a scan, gradients summed then averaged (Megatron's
   no-pipelining schedule). The MoE state (expert-bias counts) threads through in order."""
   n = batch_NBS1.shape[0]
-  grad_fn = jax.value_and_grad(lambda p, m, t, r: loss_fn(model, p, t, m, r), has_aux=True)
+  main_grads = main_grads or (lambda g: g)
+
+  def grad_fn(p, m, t, r):
+    out, grads = jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
+    return out, main_grads(grads)
 
   def micro(carry, inp):
     acc, moe_state = carry
@@ -40,8 +46,9 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> Ste
 
   moe_state = moe_state or {}
   (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, params, moe_state, batch_NBS1[0], rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+  loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                         (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+  zeros = (loss0, metrics0, main_grads(grads0))  # the buffer where main_grads places it
   (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), (jnp.arange(n), batch_NBS1))
   loss, metrics, grads = jax.tree.map(lambda v: v / n, acc)
   metrics["tokens_per_expert"] = acc[1]["tokens_per_expert"]  # summed over the step

@@ -1,0 +1,86 @@
+"""Memory per device: what the compiled step holds (`memory_report`), and the weights/gradient/
+optimizer budget of a model from its spec (`state_budget`, README's Mixtral table)."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import ModelSpec
+from moejax.metrics.flops import num_params
+from moejax.parallel.sharding import shard_bytes
+
+
+def _bytes(abstract_tree, shardings, memory_kind: str | None = None) -> int:
+  """Bytes of one device's shards of a tree, optionally only those in one memory kind."""
+  return sum(shard_bytes(a, sh) for a, sh in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings))
+             if memory_kind is None or (sh.memory_kind or "device") == memory_kind)
+
+
+def fmt_bytes(n: float) -> str:
+  for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    if abs(n) >= size:
+      return f"{n / size:.3g} {unit}"
+  return f"{int(n)} B"
+
+
+def memory_report(compiled, abstract_state, state_shardings) -> str:
+  """One line: the compiled step's per-device memory (XLA's `memory_analysis()`), its arguments
+  split into params / optimizer state (device and pinned host) and the temporaries
+  (activations, gradients and the gathered compute copy)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return "memory per device: not reported by this backend"
+  params = _bytes(abstract_state.params, state_shardings.params)
+  opt_dev = _bytes(abstract_state.opt_state, state_shardings.opt_state, "device")
+  opt_host = _bytes(abstract_state.opt_state, state_shardings.opt_state, "pinned_host")
+  peak = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  host = f" + {fmt_bytes(opt_host)} in pinned host memory" if opt_host else ""
+  host_temp = getattr(m, "host_temp_size_in_bytes", 0)
+  offload = f"; {fmt_bytes(host_temp)} of activations offloaded to host" if host_temp else ""
+  return (f"memory per device: params {fmt_bytes(params)}, optimizer state {fmt_bytes(opt_dev)}{host}, "
+          f"activations/gradients/temporaries {fmt_bytes(m.temp_size_in_bytes)} "
+          f"(arguments {fmt_bytes(m.argument_size_in_bytes)}, outputs {fmt_bytes(m.output_size_in_bytes)}, "
+          f"aliased {fmt_bytes(m.alias_size_in_bytes)}; total {fmt_bytes(peak)}){offload}")
+
+
+def routed_expert_params(spec: ModelSpec) -> int:
+  """Parameters of the routed experts (sharded over ep·etp, their state over edp)."""
+  if spec.moe.num_experts is None:
+    return 0
+  per_layer = spec.moe.num_experts * 3 * spec.hidden_size * spec.moe_ffn_hidden_size
+  return per_layer * sum(spec.moe_pattern)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateBudget:
+  """Bytes per device of the train state and the step's gradients (activations not included)."""
+  master_params: float
+  optimizer: float
+  gradients: float
+  compute_copy: float
+
+  @property
+  def total(self) -> float:
+    return self.master_params + self.optimizer + self.gradients + self.compute_copy
+
+
+def state_budget(spec: ModelSpec, tp: int = 1, ep: int = 1, etp: int = 1, dp: int = 1, edp: int = 1,
+                 distributed_optimizer: bool = False) -> StateBudget:
+  """moejax's per-device bytes for fp32 master params, Adam moments (fp32) and gradients.
+
+  Non-expert weights are counted as sharded over tp (norm scales, a rounding error, too), routed
+  experts over ep·etp. Without the distributed optimizer: masters and both moments and fp32
+  gradients of every local weight. With it: masters and moments over dp (experts over edp), the
+  step's compute copy in `model.dtype`, one micro-batch's gradients in `model.dtype` before the
+  reduce-scatter and the fp32 gradient accumulator over dp.
+  """
+  experts = routed_expert_params(spec)
+  dense = num_params(spec) - experts
+  local = dense / tp + experts / (ep * etp)
+  if not distributed_optimizer:
+    return StateBudget(4 * local, 8 * local, 4 * local, 0.0)
+  shard = dense / (tp * dp) + experts / (ep * etp * edp)
+  low = jnp.dtype(spec.dtype).itemsize
+  return StateBudget(4 * shard, 8 * shard, low * local + 4 * shard, low * local)
