@@ -67,20 +67,25 @@ class StateBudget:
 
 
 def state_budget(spec: ModelSpec, tp: int = 1, ep: int = 1, etp: int = 1, dp: int = 1, edp: int = 1,
-                 distributed_optimizer: bool = False) -> StateBudget:
+                 distributed_optimizer: bool = False, moment_bytes: int = 8) -> StateBudget:
   """moejax's per-device bytes for fp32 master params, Adam moments (fp32) and gradients.
 
-  Non-expert weights are counted as sharded over tp (norm scales, a rounding error, too), routed
-  experts over ep·etp. Without the distributed optimizer: masters and both moments and fp32
-  gradients of every local weight. With it: masters and moments over dp (experts over edp), the
-  step's compute copy in `model.dtype`, one micro-batch's gradients in `model.dtype` before the
-  reduce-scatter and the fp32 gradient accumulator over dp.
+  Non-expert weights count as sharded over tp (norm scales, a rounding error, too), routed experts
+  over ep·etp. A weight kept whole per device (no distributed optimizer, or experts at edp=1):
+  master, both moments and an fp32 gradient. A weight the distributed optimizer shards over its
+  data axes (dp, experts edp): master and moments over them, the step's compute copy and one
+  micro-batch's gradients in `model.dtype`, and the fp32 gradient sum over the shards.
+  `moment_bytes`: both Adam moments of one weight (8 in fp32, 4 with bf16 moments).
   """
   experts = routed_expert_params(spec)
-  dense = num_params(spec) - experts
-  local = dense / tp + experts / (ep * etp)
-  if not distributed_optimizer:
-    return StateBudget(4 * local, 8 * local, 4 * local, 0.0)
-  shard = dense / (tp * dp) + experts / (ep * etp * edp)
   low = jnp.dtype(spec.dtype).itemsize
-  return StateBudget(4 * shard, 8 * shard, low * local + 4 * shard, low * local)
+  out = StateBudget(0.0, 0.0, 0.0, 0.0)
+  for n, local, data in ((num_params(spec) - experts, tp, dp), (experts, ep * etp, edp)):
+    whole = n / local
+    if not distributed_optimizer or data == 1:
+      part = StateBudget(4 * whole, moment_bytes * whole, 4 * whole, 0.0)
+    else:
+      part = StateBudget(4 * whole / data, moment_bytes * whole / data, low * whole + 4 * whole / data,
+                         low * whole)
+    out = StateBudget(*(a + b for a, b in zip(dataclasses.astuple(out), dataclasses.astuple(part))))
+  return out

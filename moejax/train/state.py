@@ -3,13 +3,15 @@ how the step turns master params into the model's compute copy and gradients bac
 
 The master params are `TrainState.params` (`model.params_dtype`). Without the distributed
 optimizer they sit where the model computes with them (their logical axes), and the model casts
-them to `model.dtype` itself. With it (ZeRO-1, `optim.use_distributed_optimizer`, dp or edp > 1)
-masters and Adam moments are sharded over the data-parallel devices (moejax.parallel.sharding
-`shard_over_data`); each step casts the local shard to `model.dtype` and all-gathers it once (the
-compute copy, as Megatron's bf16 params), and gradients are reduce-scattered onto the shards,
-accumulated over micro-batches in `optim.main_grads_dtype`. With FSDP (`parallel.fsdp`) the
-decoder layers' compute copy is gathered layer by layer inside the scan instead
-(moejax.models.decoder `gather_layer_weights`).
+them to `model.dtype` where it uses them. With it (ZeRO-1, `optim.use_distributed_optimizer`, on
+by default) masters and Adam moments are sharded over the data-parallel devices, expert ones over
+edp (moejax.parallel.sharding `shard_over_data`); each step casts the local shards to
+`model.dtype` and all-gathers them once (the compute copy, as Megatron's bf16 params), gradients
+come back onto the shards (reduce-scatter) and are summed over micro-batches in
+`optim.main_grads_dtype`. With FSDP (`parallel.fsdp`) the decoder layers' compute copy is
+gathered layer by layer inside the scan instead (moejax.models.decoder `gather_layer_weights`).
+A leaf with no data axes to shard over (expert weights at edp=1) is kept and used as without the
+distributed optimizer.
 """
 from __future__ import annotations
 
@@ -40,14 +42,14 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class StatePlacement:
-  """Master params (sharded over data when `distributed`), the model's compute copy, and the
-  optimizer state's placement (part of it in host memory with `optim.optimizer_cpu_offload`)."""
+  """Master params (sharded over data with the distributed optimizer or FSDP), the model's compute
+  copy, and the optimizer state's placement (part of it in host memory with
+  `optim.optimizer_cpu_offload`)."""
   master: Any            # NamedShardings of TrainState.params
   compute: Any           # NamedShardings of the compute copy (the params' logical axes)
   logical: Any           # logical PartitionSpecs of the params
   compute_dtype: str     # model.dtype
   main_grads_dtype: str  # fp32 | bf16: gradients accumulated over micro-batches
-  distributed: bool
   fsdp: bool
   opt_state: Any = None  # NamedShardings of TrainState.opt_state
 
@@ -66,30 +68,30 @@ class StatePlacement:
                         opt_state, self.opt_state)
 
   def compute_params(self, params):
-    """Undistributed: the masters as they are (the model casts them). Distributed: each leaf
-    cast to `model.dtype` and gathered to its compute placement (one all-gather per step); with
-    FSDP the scanned layers' leaves stay sharded, boxed with their logical axes for the
-    per-layer gather."""
-    if not self.distributed:
-      return params
+    """The model's view of the masters. A leaf kept whole on each device (no data axes: no
+    distributed optimizer, or expert weights at edp=1) is handed over as it is and cast by the
+    model where it is used. A leaf sharded over data is cast to `model.dtype` on its shard and
+    gathered to its compute placement, once per step (Megatron's bf16 params); with FSDP the
+    scanned layers' leaves stay sharded, boxed with their logical axes for the per-layer gather."""
     dtype = jnp.dtype(self.compute_dtype)
 
-    def copy(p, sh, spec):
+    def copy(p, master, sh, spec):
+      if master == sh:
+        return p
       p = p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
       if self.fsdp and "layers" in tuple(spec):
         return nn.LogicallyPartitioned(p, tuple(spec))
       return jax.lax.with_sharding_constraint(p, sh)
 
-    return jax.tree.map(copy, params, self.compute, self.logical)
+    return jax.tree.map(copy, params, self.master, self.compute, self.logical)
 
   def main_grads(self, grads):
-    """Gradients of the compute copy onto the masters' placement in `main_grads_dtype` (with the
-    distributed optimizer the reduction over data becomes a reduce-scatter)."""
+    """Gradients of the compute copy on the masters' placement in `main_grads_dtype`: for leaves
+    sharded over data the reduction over data becomes a reduce-scatter onto the shards."""
     boxed = lambda g: isinstance(g, nn.LogicallyPartitioned)  # noqa: E731  (FSDP: grads of boxed layers)
     grads = jax.tree.map(lambda g: g.value if boxed(g) else g, grads, is_leaf=boxed)  # no constraint
     dtype = _DTYPES[self.main_grads_dtype]
-    grads = jax.tree.map(lambda g: g.astype(dtype), grads)
-    return jax.lax.with_sharding_constraint(grads, self.master) if self.distributed else grads
+    return jax.lax.with_sharding_constraint(jax.tree.map(lambda g: g.astype(dtype), grads), self.master)
 
 
 def _init_boxed(model: GPTModel, seq_len: int, rng):
@@ -146,7 +148,7 @@ def state_placement(model: GPTModel, seq_len: int, mesh, rules, shardings: Train
   return StatePlacement(master=shardings.params, compute=nn.logical_to_mesh_sharding(logical, mesh, rules),
                         logical=logical, compute_dtype=model.spec.dtype,
                         main_grads_dtype=cfg.optim.main_grads_dtype if cfg is not None else "fp32",
-                        distributed=_distributed(cfg, layout), fsdp=model.spec.sharding.fsdp,
+                        fsdp=model.spec.sharding.fsdp,
                         opt_state=shardings.opt_state)
 
 
