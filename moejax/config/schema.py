@@ -197,7 +197,8 @@ class RecomputeSpec(Spec, section="train"):
       value = getattr(self, key)
       wrong = [m for m in value if m not in typing.get_args(lit)] if isinstance(value, tuple) else [value]
       if wrong:
-        bad.append(f"train.{key}={value!r}: {wrong} not among {typing.get_args(lit)} (give a list of names)")
+        bad.append(f"train.{key}={value!r}: {wrong} not among {typing.get_args(lit)} "
+                   f"(a list of names: --config.train.{key}=\"('core_attn',)\")")
     if self.recompute_granularity == "full" and self.offload_modules:
       bad.append(f"train.offload_modules={list(self.offload_modules)} with train.recompute_granularity='full': "
                  "full recomputation keeps no activations to offload; use 'selective' or None")

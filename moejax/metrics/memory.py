@@ -1,8 +1,13 @@
-"""Memory per device: what the compiled step holds (`memory_report`), and the weights/gradient/
-optimizer budget of a model from its spec (`state_budget`, README's Mixtral table)."""
+"""Memory per device: what the compiled step holds (`memory_report`), the activations a backward
+pass keeps (`saved_activation_bytes`), and the weights/gradient/optimizer budget of a model from
+its spec (`state_budget`, README's Mixtral table)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +48,30 @@ def memory_report(compiled, abstract_state, state_shardings) -> str:
           f"activations/gradients/temporaries {fmt_bytes(m.temp_size_in_bytes)} "
           f"(arguments {fmt_bytes(m.argument_size_in_bytes)}, outputs {fmt_bytes(m.output_size_in_bytes)}, "
           f"aliased {fmt_bytes(m.alias_size_in_bytes)}; total {fmt_bytes(peak)}){offload}")
+
+
+def saved_activation_bytes(f, *args) -> tuple[int, int]:
+  """(device, pinned host) bytes of the values `jax.grad(f)` keeps from the forward for the backward
+  pass, arguments not counted: traced only (no compile), so it works at any width. Read from
+  `jax.ad_checkpoint.print_saved_residuals`, the public form of that list."""
+  from jax.ad_checkpoint import print_saved_residuals
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    print_saved_residuals(f, *args)
+  device = host = 0
+  for line in buf.getvalue().splitlines():
+    m = re.match(r"(\w+?)(<host>)?\[([\d,]*)\]", line)
+    if m is None or "from the argument" in line:
+      continue
+    n = math.prod(int(d) for d in m.group(3).split(",") if d) * _ITEMSIZE[m.group(1)]
+    if m.group(2):
+      host += n
+    else:
+      device += n
+  return device, host
+
+
+_ITEMSIZE = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "i64": 8, "i32": 4, "u32": 4, "i8": 1, "u8": 1, "bool": 1}
 
 
 def routed_expert_params(spec: ModelSpec) -> int:

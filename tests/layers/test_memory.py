@@ -8,19 +8,15 @@ modules / all offload names (`-m slow`: each choice compiled alone). XLA:CPU ign
 placement (its lowering drops the offload annotations), so offloading is checked on the traced
 residuals here and measured on a GPU by benchmarks/memory.py.
 """
-import contextlib
-import io
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from jax.ad_checkpoint import print_saved_residuals
 
 from moejax.config import ModelSpec, MoESpec, RouterSpec
 from moejax.layers.memory import NAMES, OFFLOADABLE, block_policy
+from moejax.metrics.memory import saved_activation_bytes
 from moejax.models.gpt import GPTModel
 from moejax.train.loss import loss_fn
 
@@ -32,7 +28,6 @@ SPEC = ModelSpec(num_layers=8, hidden_size=32, ffn_hidden_size=64, dtype="float3
                              shared_expert_overlap=False, router=RouterSpec(router_topk=2)))
 SELECTIVE = ("core_attn", "moe_act", "layernorm", "mlp", "moe", "shared_experts")
 TOKENS = np.asarray(jax.random.randint(jax.random.key(0), (4, 33), 0, 257))
-_DTYPES = {"f32": 4, "i32": 4, "u32": 4, "bf16": 2, "bool": 1}
 
 
 def _choice(**recompute):
@@ -46,17 +41,7 @@ def _grad_fn(spec):
 
 def residual_bytes(spec, params):
   """(device bytes, pinned host bytes) the backward pass keeps (parameters not counted)."""
-  buf = io.StringIO()
-  with contextlib.redirect_stdout(buf):
-    print_saved_residuals(lambda p, t: loss_fn(GPTModel(spec), p, t)[0], params, TOKENS)
-  dev = host = 0
-  for line in buf.getvalue().splitlines():
-    m = re.match(r"(\w+?)(<host>)?\[([\d,]*)\]", line)
-    if m is None or "from the argument" in line:
-      continue
-    n = int(np.prod([int(d) for d in m.group(3).split(",") if d])) * _DTYPES[m.group(1)]
-    host, dev = (host + n, dev) if m.group(2) else (host, dev + n)
-  return dev, host
+  return saved_activation_bytes(lambda p, t: loss_fn(GPTModel(spec), p, t)[0], params, TOKENS)
 
 
 @pytest.fixture(scope="module")
