@@ -1,6 +1,9 @@
 """moejax training entry point.
 
   python train.py --config configs/tiny_moe.py --workdir /tmp/run [--config.moe.num_experts=8 ...]
+
+Several processes (hosts): under `srun` nothing more is needed; otherwise start one per host with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the JAX_* environment).
 """
 import ast
 import os
@@ -14,6 +17,12 @@ from moejax.config import ConfigError, RunError, check_override_keys
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics, TensorBoard, checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-process: HOST:PORT of process 0 "
+                                   "(default: JAX_COORDINATOR_ADDRESS, or SLURM's first node under srun).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes "
+                                      "(default: JAX_NUM_PROCESSES, or SLURM_NTASKS).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this process's id "
+                                   "(default: JAX_PROCESS_ID, or SLURM_PROCID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,6 +57,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it renames at INFO
   check_workdir(_WORKDIR.value)
+  from moejax.train import distributed
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   from moejax.train.loop import train
   try:
     train(_CONFIG.value, _WORKDIR.value)

@@ -3,7 +3,7 @@
 Recipes (`configs/NAME.py`) start from `base_config()` and change values; `model_spec(cfg)`
 gives the frozen `ModelSpec` the Flax modules read.
 """
-from moejax.config.schema import (AttentionSpec, CheckpointSpec, DataSpec, DispatchSpec, DocumentSpec,
+from moejax.config.schema import (AttentionSpec, CheckpointSpec, DataSpec, DispatchSpec, DocumentSpec, FSDPSpec,
                                   GroupedGemmImpl, LoadBalancingType, LoggingSpec, ModelSpec, MoESpec,
                                   OptimSpec, ParallelSpec, RecomputeSpec, RouterSpec, TrainSpec, model_spec,
                                   padded_vocab_size)
@@ -12,7 +12,7 @@ from moejax.config.spec import config_problems as problems
 from moejax.config.spec import unknown_keys
 
 __all__ = [
-    "AttentionSpec", "CheckpointSpec", "ConfigError", "DataSpec", "DispatchSpec", "DocumentSpec",
+    "AttentionSpec", "CheckpointSpec", "ConfigError", "DataSpec", "DispatchSpec", "DocumentSpec", "FSDPSpec",
     "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "ModelSpec", "MoESpec", "OptimSpec",
     "ParallelSpec", "RecomputeSpec", "RouterSpec", "RunError", "Spec", "TrainSpec", "apply_overrides", "base_config",
     "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "unknown_keys",

@@ -185,10 +185,41 @@ class MoESpec(Spec, section="moe"):
     return problems
 
 
+RecomputeModule = Literal["core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts"]
+OffloadModule = Literal["attn_norm", "qkv_linear", "core_attn", "attn_proj", "mlp_norm", "expert_fc1", "moe_act"]
+
+
 @frozen
 class RecomputeSpec(Spec, section="train"):
-  """Activation recomputation in the backward pass."""
-  recompute_granularity: Literal["full"] | None = None
+  """Activation memory (moejax/layers/memory.py): recomputation in the backward pass, offloading to host.
+
+  `full` recomputes each scanned superblock from its input; `selective` recomputes the listed
+  submodules (Megatron's `--recompute-modules`). `offload_modules` keeps the inputs of those
+  submodules in pinned host memory between the forward and the backward pass (Megatron's
+  fine-grained activation offloading)."""
+  recompute_granularity: Literal["full", "selective"] | None = None
+  recompute_modules: tuple[RecomputeModule, ...] = ("core_attn",)   # Megatron's default; read when selective
+  offload_modules: tuple[OffloadModule, ...] = ()
+
+  def problems(self):
+    bad = super().problems()
+    for key, lit in (("recompute_modules", RecomputeModule), ("offload_modules", OffloadModule)):
+      value = getattr(self, key)
+      wrong = [m for m in value if m not in typing.get_args(lit)] if isinstance(value, tuple) else [value]
+      if wrong:
+        bad.append(f"train.{key}={value!r}: {wrong} not among {typing.get_args(lit)} "
+                   f"(a list of names: --config.train.{key}=\"('core_attn',)\")")
+    if self.recompute_granularity == "full" and self.offload_modules:
+      bad.append(f"train.offload_modules={list(self.offload_modules)} with train.recompute_granularity='full': "
+                 "full recomputation keeps no activations to offload; use 'selective' or None")
+    return bad
+
+
+@frozen
+class FSDPSpec(Spec, section="parallel"):
+  """Megatron-FSDP: parameters stored sharded over the data-parallel devices (edp for experts) and
+  gathered layer by layer inside the scan (moejax/models/decoder.py reads it)."""
+  fsdp: bool = False
 
 
 @frozen
@@ -225,6 +256,7 @@ class ModelSpec(Spec, section="model"):
   moe: MoESpec = MoESpec()
   recompute: RecomputeSpec = RecomputeSpec()
   documents: DocumentSpec = DocumentSpec()
+  sharding: FSDPSpec = FSDPSpec()
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_layers", "hidden_size", "ffn_hidden_size",
@@ -250,6 +282,9 @@ class ModelSpec(Spec, section="model"):
     elif m.use_upcycling and m.shared_expert_intermediate_size:
       bad.append("moe.use_upcycling=True does not build shared experts from the dense MLP: "
                  "unset moe.shared_expert_intermediate_size")
+    r = self.recompute
+    if r.recompute_granularity == "selective" and "mla_up_proj" in r.recompute_modules:
+      bad.append("train.recompute_modules has 'mla_up_proj' but this model has no multi-latent attention: remove it")
     if (self.moe.num_experts is not None and isinstance(freq, tuple)
         and (len(freq) != self.num_layers or any(v not in (0, 1) for v in freq))):
       bad.append(f"moe.layer_freq={list(freq)} must be a list of {self.num_layers} zeros and ones "
@@ -332,9 +367,24 @@ class OptimSpec(Spec, section="optim"):
   lr_warmup_iters: int = 0
   lr_decay_style: Literal["cosine", "constant"] = "cosine"
   lr_decay_iters: int | None = None          # None = train_iters
+  # ZeRO-1: fp32 master params and Adam moments sharded over dp (expert ones over edp); no-op at dp=edp=1
+  use_distributed_optimizer: bool = True
+  # moments / main grads below fp32 (update math stays fp32); Megatron needs this flag for them too
+  use_precision_aware_optimizer: bool = False
+  main_grads_dtype: Literal["fp32", "bf16"] = "fp32"   # gradient accumulation over micro-batches
+  exp_avg_dtype: Literal["fp32", "bf16"] = "fp32"      # Adam's first moment
+  exp_avg_sq_dtype: Literal["fp32", "bf16"] = "fp32"   # Adam's second moment
+  optimizer_cpu_offload: float = 0.0         # share of the optimizer state (by bytes) kept in pinned host memory
 
   def problems(self):
     bad = super().problems()
+    low = [k for k in ("main_grads_dtype", "exp_avg_dtype", "exp_avg_sq_dtype") if getattr(self, k) != "fp32"]
+    if low and not self.use_precision_aware_optimizer:
+      bad.append(f"optim.{low[0]}={getattr(self, low[0])!r} needs optim.use_precision_aware_optimizer=True "
+                 "(as in Megatron)")
+    if not isinstance(self.optimizer_cpu_offload, (int, float)) or not 0 <= self.optimizer_cpu_offload <= 1:
+      bad.append(f"optim.optimizer_cpu_offload={self.optimizer_cpu_offload!r} must be a fraction in [0, 1] "
+                 "(the share of the optimizer state kept in host memory)")
     if not self.lr > 0:
       bad.append(f"optim.lr={self.lr} must be > 0 (a learning rate of e.g. 3e-4)")
     elif not 0 <= self.min_lr <= self.lr:

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from moejax.config import ModelSpec
+from moejax.layers.memory import remat_fn, tag
 from moejax.layers.rotary import apply_rotary
 from moejax.parallel.context import context_parallel_attention, cp_size
 
@@ -42,15 +43,19 @@ class Attention(nn.Module):
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
+    q_BSND, k_BSKD, v_BSKD = (tag(t, "core_attn") for t in (q_BSND, k_BSKD, v_BSKD))
     if cp_size() > 1:  # the sequence is in cp's load-balanced order (moejax/parallel/context.py)
-      o_BSND = context_parallel_attention(q_BSND, k_BSKD, v_BSKD, segments_BS, s.attention.cp_comm_type)
+      core_attn = remat_fn(s, "core_attn", lambda q, k, v, seg: context_parallel_attention(
+          q, k, v, seg, s.attention.cp_comm_type))
+      o_BSND = core_attn(q_BSND, k_BSKD, v_BSKD, segments_BS)
     else:
       if segments_BS is None:
         mask, impl = None, _impl(s)
       else:  # document masks go through XLA (the cuDNN path here takes no arbitrary mask)
         mask, impl = segments_BS[:, None, :, None] == segments_BS[:, None, None, :], "xla"
-      o_BSND = jax.nn.dot_product_attention(q_BSND, k_BSKD, v_BSKD, mask=mask, is_causal=True,
-                                            implementation=impl)
-    o_BSND = nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim"))
+      core_attn = remat_fn(s, "core_attn", lambda q, k, v, m: jax.nn.dot_product_attention(
+          q, k, v, mask=m, is_causal=True, implementation=impl))
+      o_BSND = core_attn(q_BSND, k_BSKD, v_BSKD, mask)
+    o_BSND = tag(nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim")), "attn_proj")
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self._proj("o", (N, D, H), ("heads", "head_dim", "embed")))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from moejax.config import ModelSpec
+from moejax.layers.memory import tag
 
 
 class MLP(nn.Module):
@@ -20,8 +21,8 @@ class MLP(nn.Module):
       return self.param(name, nn.with_logical_partitioning(init, axes), shape, s.params_dtype).astype(s.dtype)
 
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
-    gate_BSF = jnp.einsum("bsh,hf->bsf", x_BSH, w("gate", (H, F), ("embed", "mlp")))
-    up_BSF = jnp.einsum("bsh,hf->bsf", x_BSH, w("up", (H, F), ("embed", "mlp")))
+    gate_BSF = tag(jnp.einsum("bsh,hf->bsf", x_BSH, w("gate", (H, F), ("embed", "mlp"))), "mlp_act")
+    up_BSF = tag(jnp.einsum("bsh,hf->bsf", x_BSH, w("up", (H, F), ("embed", "mlp"))), "mlp_act")
     act_BSF = nn.with_logical_constraint(jax.nn.silu(gate_BSF) * up_BSF, ("batch", "attn_seq", "mlp"))
     out_BSH = jnp.einsum("bsf,fh->bsh", act_BSF, w("down", (F, H), ("mlp", "embed")))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

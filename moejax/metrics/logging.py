@@ -14,24 +14,31 @@ CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_se
 
 
 class MetricsWriter:
-  """Appends one row per step; a run starting at `start_step` (a resume) first cuts the rows after
-  it that an earlier attempt left (it crashed after its last checkpoint), and writes a new
+  """Appends one row per step, from the primary process only (process 0 of a multi-process run;
+  others write nothing). A run starting at `start_step` (a resume) first cuts the rows after it
+  that an earlier attempt left (it crashed after its last checkpoint), and writes a new
   TensorBoard event file telling TensorBoard to purge the events from step start_step + 1 on, so
   every step appears once in both."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None, start_step: int = 0):
+  def __init__(self, workdir: str, tensorboard: bool = True, total_steps: int | None = None, start_step: int = 0,
+               primary: bool = True):
+    self.primary = primary
+    self._jsonl = self._tb = None
+    self.total_steps = total_steps
+    if not primary:
+      return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "metrics.jsonl")
     _cut_after(path, start_step)
     self._jsonl = open(path, "a", buffering=1)
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1,
                                filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-    self.total_steps = total_steps
 
   def write(self, step: int, metrics: dict, console: bool = False) -> None:
+    if not self.primary:
+      return
     record = {"step": step, **metrics}
     self._jsonl.write(json.dumps(record) + "\n")
     if self._tb is not None:
@@ -50,7 +57,8 @@ class MetricsWriter:
       print(" | ".join(parts), file=sys.stderr, flush=True)
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 

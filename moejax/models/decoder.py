@@ -12,6 +12,7 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.layers.attention import Attention
+from moejax.layers.memory import block_policy, remat_module, tag
 from moejax.layers.mlp import MLP
 from moejax.layers.norms import RMSNorm
 from moejax.moe.layer import MoELayer
@@ -62,22 +63,36 @@ SCANNED_COLLECTIONS = ("params",) + MOE_COLLECTIONS
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then + mlp_or_moe(norm(·))."""
+  """Pre-norm block: x + attn(norm(x)), then + mlp_or_moe(norm(·)); activations named and
+  submodules recomputed as `spec.recompute` says (moejax/layers/memory.py)."""
   spec: ModelSpec
   is_moe: bool
 
   @nn.compact
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
-    norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, name=name)
-    x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS, segments_BS)
+    norm_cls = remat_module(s, "layernorm", RMSNorm)
+    norm = lambda name: norm_cls(s.norm_epsilon, s.dtype, s.params_dtype, name=name)  # noqa: E731
+    x_BSH = tag(x_BSH, "attn_norm")
+    h_BSH = tag(norm("input_norm")(x_BSH), "qkv_linear")
+    x_BSH = tag(x_BSH + Attention(s, name="attention")(h_BSH, positions_BS, segments_BS), "mlp_norm")
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
-      m_BSH, stats = MoELayer(s, name="moe")(h_BSH)
+      m_BSH, stats = remat_module(s, "moe", MoELayer)(s, name="moe")(h_BSH)
     else:
-      m_BSH, stats = MLP(s, s.ffn_hidden_size, name="mlp")(h_BSH), None
+      m_BSH, stats = remat_module(s, "mlp", MLP)(s, s.ffn_hidden_size, name="mlp")(h_BSH), None
     x_BSH = nn.with_logical_constraint(x_BSH + m_BSH, ("batch", "seq", "embed"))
     return x_BSH, stats
+
+
+def gather_layer_weights(params):
+  """FSDP: one layer's weights, stored sharded over data (boxed with their logical axes by
+  moejax.train.state.StatePlacement), gathered to their compute placement as the layer runs."""
+  def gather(v):
+    if not isinstance(v, nn.LogicallyPartitioned):
+      return v
+    return nn.with_logical_constraint(v.value, v.names)
+  return jax.tree.map(gather, params, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
 
 
 class Superblock(nn.Module):
@@ -102,8 +117,13 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
-    full = s.recompute.recompute_granularity == "full"
-    block_cls = nn.remat(Superblock, prevent_cse=False) if full else Superblock
+    block_cls = Superblock
+    if s.sharding.fsdp and not self.is_initializing():
+      block_cls = nn.map_variables(block_cls, "params", trans_in_fn=gather_layer_weights)
+    if s.recompute.recompute_granularity == "full":
+      block_cls = nn.remat(block_cls, prevent_cse=False)
+    elif block_policy(s) is not None:
+      block_cls = nn.remat(block_cls, prevent_cse=False, policy=block_policy(s))
     moe_stats = []
     for i, (kinds, repeats) in enumerate(layer_segments(s.moe_pattern)):
       # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
@@ -117,6 +137,3 @@ class Decoder(nn.Module):
     stats = jax.tree.map(lambda *a: jnp.concatenate(a), *moe_stats) if moe_stats else None
     x_BSH = RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, name="final_norm")(x_BSH)
     return x_BSH, stats
-
-
-

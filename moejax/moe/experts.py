@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.kernels.grouped_gemm import grouped_gemm
+from moejax.layers.memory import remat_fn, tag
 from moejax.layers.mlp import MLP
 
 W1_AXES = ("expert", "expert_embed", "expert_mlp")
@@ -24,11 +25,21 @@ def swiglu_interleaved(h_M2F):
   return jax.nn.silu(h[..., 0]) * h[..., 1]
 
 
-def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto"):
-  """Gated expert MLP over rows sorted by expert; the routing prob scales the activation."""
+def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto", spec: ModelSpec | None = None):
+  """Gated expert MLP over rows sorted by expert; the routing prob scales the activation.
+  With `spec`, the fc1 input and output carry their offload names and the activation is
+  recomputed when `moe_act` is selected (moejax/layers/memory.py)."""
+  dtype = x_RH.dtype
+
+  def act(h_R2F, probs_R):
+    return (swiglu_interleaved(h_R2F) * probs_R[:, None].astype(h_R2F.dtype)).astype(dtype)
+
+  if spec is not None:
+    x_RH, act = tag(x_RH, "expert_fc1"), remat_fn(spec, "moe_act", act)
   h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)
-  act_RF = (swiglu_interleaved(h_R2F) * probs_R[:, None].astype(h_R2F.dtype)).astype(x_RH.dtype)
-  return grouped_gemm(act_RF, w2_EFH, group_sizes_E, impl=impl)
+  if spec is not None:
+    h_R2F = tag(h_R2F, "moe_act")
+  return grouped_gemm(act(h_R2F, probs_R), w2_EFH, group_sizes_E, impl=impl)
 
 
 class _ExpertWeights(nn.Module):

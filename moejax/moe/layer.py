@@ -13,6 +13,7 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from moejax.config import ModelSpec
+from moejax.layers.memory import keep_all_but_varying_casts, remat_module
 from moejax.moe.dispatch import AllGatherTokenDispatcher, AllToAllTokenDispatcher, Collectives, MoEAxes
 from moejax.moe.experts import W1_AXES, W2_AXES, GroupedMLP, SharedExpertMLP, grouped_mlp
 from moejax.moe.router import Routing, TopKRouter, capacity_rows
@@ -48,8 +49,8 @@ class MoELayer(nn.Module):
     w1, w2 = GroupedMLP(s, name="experts")()
     shared = None
     if s.moe.shared_expert_intermediate_size:
-      shared = SharedExpertMLP(s, s.moe.shared_expert_intermediate_size, gate=s.moe.shared_expert_gate,
-                               name="shared_experts")
+      shared = remat_module(s, "shared_experts", SharedExpertMLP)(
+          s, s.moe.shared_expert_intermediate_size, gate=s.moe.shared_expert_gate, name="shared_experts")
     # Overlap: the shared experts depend only on x, so XLA may run them while the
     # tokens are exchanged. Without it they wait for the routed output.
     shared_BSH = shared(x_BSH) if shared is not None and s.moe.shared_expert_overlap else None
@@ -87,7 +88,8 @@ class MoELayer(nn.Module):
 
       def run(dispatcher, plan, x_TH, probs_TK, w1, w2):
         rows, handle = dispatcher.dispatch(x_TH, probs_TK, plan)
-        y_RH = grouped_mlp(rows.x_RH, rows.group_sizes_El, rows.probs_R, w1, w2, impl=moe.grouped_gemm_impl)
+        y_RH = grouped_mlp(rows.x_RH, rows.group_sizes_El, rows.probs_R, w1, w2, impl=moe.grouped_gemm_impl,
+                           spec=self.spec)
         return dispatcher.combine(y_RH, handle)
 
       operands = (x_TH, probs_TK, w1, w2)
@@ -111,4 +113,5 @@ class MoELayer(nn.Module):
       return body(*args)
     tok = P(axes.batch or None, axes.seq or None, None)
     w_specs = tuple(nn.logical_to_mesh_axes(a) for a in (W1_AXES, W2_AXES))
-    return jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, tok) + w_specs, out_specs=tok)(*args)
+    routed = jax.shard_map(body, mesh=mesh, in_specs=(tok, tok, tok, tok) + w_specs, out_specs=tok)
+    return jax.checkpoint(routed, prevent_cse=False, policy=keep_all_but_varying_casts)(*args)

@@ -14,16 +14,22 @@ Parameters and activations carry logical axis names; one rules table maps them t
 | layers         | pp (where it divides the stack)  | scanned layer stacks (pipeline ranks hold their layers) |
 | embed, head_dim, expert_embed | replicated        | —                                    |
 
-Optimizer state follows a second table, by what a leaf of the state is:
+Parameters and optimizer state follow a second table, by what a leaf of the train state is:
 
-| optimizer state                                 | placement               |
-|-------------------------------------------------|-------------------------|
-| per-parameter leaves (Adam moments mu, nu)      | the parameter's sharding |
-| everything else (step counts, schedule state)   | replicated              |
+| leaf                                          | placement                                                   |
+|-----------------------------------------------|-------------------------------------------------------------|
+| compute copy of a parameter (inside the step) | its logical axes above                                      |
+| fp32 master parameter (TrainState.params)     | the compute placement; with the distributed optimizer or    |
+|                                               | FSDP plus dp (edp for expert weights) on a free dimension    |
+|                                               | (`shard_over_data`)                                         |
+| per-parameter optimizer leaves (Adam mu, nu)  | its master parameter's placement; the first                 |
+|                                               | `optim.optimizer_cpu_offload` of the bytes in pinned host    |
+| everything else (step counts, schedule state) | replicated                                                  |
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import optax
@@ -71,13 +77,70 @@ def fit_to_shapes(shardings, abstract):
   return jax.tree.map(fit, shardings, abstract, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
+def data_axes(layout: MeshLayout, logical_axes) -> tuple[str, ...]:
+  """The mesh axes over which a parameter is replicated for data parallelism: edp for expert
+  weights (those with an `expert` axis), dp for the rest."""
+  return layout.role_axes("edp" if "expert" in tuple(logical_axes or ()) else "dp")
+
+
+def shard_over_data(sharding: NamedSharding, shape: tuple[int, ...], logical_axes, layout: MeshLayout
+                    ) -> NamedSharding:
+  """`sharding` plus the data-parallel axes on the dimension with most room for them: the largest
+  local size they divide, never the scanned `layers` dimension (each layer's slice stays a shard
+  of its own). A leaf with no such dimension (a tiny norm scale) keeps its sharding."""
+  names = tuple(logical_axes or ()) + (None,) * (len(shape) - len(tuple(logical_axes or ())))
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  used = {a for entry in spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry)}
+  extra = tuple(a for a in data_axes(layout, names) if a not in used)
+  n = math.prod(sharding.mesh.shape[a] for a in extra)
+  if n == 1:
+    return sharding
+
+  def local(d):
+    entry = spec[d]
+    held = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return shape[d] // math.prod(sharding.mesh.shape[a] for a in held), held
+
+  free = [d for d in range(len(shape)) if names[d] != "layers" and local(d)[0] % n == 0]
+  if not free:
+    return sharding
+  d = max(free, key=lambda i: local(i)[0])
+  spec = spec[:d] + (local(d)[1] + extra,) + spec[d + 1:]
+  return NamedSharding(sharding.mesh, P(*spec), memory_kind=sharding.memory_kind)
+
+
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state, param_shardings,
-                              mesh) -> object:
-  """Shardings of the optimizer state by the table above (optax finds the per-parameter leaves)."""
+                              mesh, host_fraction: float = 0.0) -> object:
+  """Shardings of the optimizer state by the table above (optax finds the per-parameter leaves):
+  `param_shardings` are those of the master params; the first `host_fraction` of the
+  per-parameter bytes (in tree order) go to pinned host memory."""
   replicated_sh = replicated(mesh)
-  return optax.tree_map_params(optimizer, lambda _, sh: sh, abstract_opt_state, param_shardings,
-                               transform_non_params=lambda _: replicated_sh,
-                               is_leaf=lambda x: isinstance(x, NamedSharding))
+  placed = optax.tree_map_params(optimizer, lambda leaf, sh: _Placed(sh, shard_bytes(leaf, sh)),
+                                 abstract_opt_state, param_shardings,
+                                 transform_non_params=lambda _: replicated_sh,
+                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+  is_placed = lambda x: isinstance(x, _Placed)  # noqa: E731
+  total = sum(p.nbytes for p in jax.tree.leaves(placed, is_leaf=is_placed) if is_placed(p))
+  budget, seen = host_fraction * total, [0]
+
+  def place(p):
+    if not is_placed(p):
+      return p
+    seen[0] += p.nbytes
+    host = host_fraction > 0 and seen[0] - p.nbytes < budget
+    return p.sharding.with_memory_kind("pinned_host") if host else p.sharding
+
+  return jax.tree.map(place, placed, is_leaf=is_placed)
+
+
+class _Placed(NamedTuple):
+  sharding: NamedSharding
+  nbytes: int
+
+
+def shard_bytes(leaf, sharding: NamedSharding) -> int:
+  """Bytes of one device's shard of an (abstract) array."""
+  return math.prod(sharding.shard_shape(leaf.shape)) * jax.numpy.dtype(leaf.dtype).itemsize
 
 
 def batch_sharding(mesh, rules, ndim: int, leading_microbatch: bool = True) -> NamedSharding:

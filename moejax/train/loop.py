@@ -16,15 +16,16 @@ from moejax.config import RunError, model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
+from moejax.metrics.memory import memory_report
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh, num_microbatches
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
-from moejax.train.optim import lr_schedule, make_optimizer
 from moejax.train.lock import WorkdirLock
-from moejax.train.pipeline import describe_pipeline, forward_backward_of
 from moejax.train.loss import loss_fn
+from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.pipeline import describe_pipeline, forward_backward_of
 from moejax.train.start import initial_state
-from moejax.train.state import state_shardings
+from moejax.train.state import StatePlacement, state_placement, state_shardings
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -41,10 +42,14 @@ class _StopFlag:
     self.set = True
 
 
-def make_eval_step(model: GPTModel):
-  """eval(params, batch [num_micro, b, seq+1], moe_state) -> mean LM loss over the micro-batches."""
+def make_eval_step(model: GPTModel, placement: StatePlacement | None = None):
+  """eval(params, batch [num_micro, b, seq+1], moe_state) -> mean LM loss over the micro-batches
+  (on the compute copy of the master params with a `placement`, as the train step)."""
 
   def step(params, batch_NBS1, moe_state=None):
+    if placement is not None:
+      params = placement.compute_params(params)
+
     def micro(total, tokens_BS1):
       return total + loss_fn(model, params, tokens_BS1, moe_state)[1][0]["lm_loss"], None
 
@@ -104,7 +109,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   history = []
 
   with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules)
+    abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules, layout, cfg)
+    placement = state_placement(model, t.seq_length, mesh, rules, shardings, layout, cfg)
   c = cfg.checkpoint
   with (WorkdirLock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(rules),
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
@@ -126,19 +132,21 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     if cfg.parallel.pp > 1:
       print(describe_pipeline(cfg, num_microbatches(cfg, n_dev)), file=sys.stderr)
     fwd_bwd = forward_backward_of(cfg, model, t.seq_length)
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd, check_finite=t.check_for_nan_in_loss_and_grad),
-                      in_shardings=(shardings, bsh),
-                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd, placement=placement,
+                                      check_finite=t.check_for_nan_in_loss_and_grad),
+                      in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = int(state.step)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
     eval_fn = None
     if eval_dataset is not None:
-      eval_jit = jax.jit(make_eval_step(model), in_shardings=(shardings.params, bsh, shardings.moe_state),
+      eval_jit = jax.jit(make_eval_step(model, placement), in_shardings=(shardings.params, bsh, shardings.moe_state),
                          out_shardings=replicated(mesh))
       eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start)
+    print(memory_report(compiled, abstract, shardings), file=sys.stderr)
+    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start,
+                           primary=jax.process_index() == 0)
     step, nonfinite_run = start, 0
     try:
       for step in range(start, t.train_iters):

@@ -1,7 +1,9 @@
-"""AdamW with decoupled weight decay, warmup + cosine schedule, global-norm clipping."""
+"""AdamW with decoupled weight decay, warmup + cosine schedule, global-norm clipping; optionally
+precision-aware (moments below fp32, update math in fp32)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -27,9 +29,45 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "fp32",
+                    exp_avg_sq_dtype: str = "fp32") -> optax.GradientTransformation:
+  """Megatron's precision-aware optimizer: Adam's moments stored in `exp_avg_dtype` /
+  `exp_avg_sq_dtype`, every update computed in fp32 (state, gradients and params upcast, the new
+  moments rounded once to their storage dtype). optax's own `mu_dtype` covers the first moment
+  only and does its math in the storage dtype."""
+  mu_dtype, nu_dtype = _DTYPES[exp_avg_dtype], _DTYPES[exp_avg_sq_dtype]
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+
+  def store(state):
+    def cast(s):
+      if not is_adam(s):
+        return s
+      return s._replace(mu=jax.tree.map(lambda m: m.astype(mu_dtype), s.mu),
+                        nu=jax.tree.map(lambda v: v.astype(nu_dtype), s.nu))
+    return jax.tree.map(cast, state, is_leaf=is_adam)
+
+  def fp32(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+  def init(params):
+    return store(inner.init(fp32(params)))
+
+  def update(grads, state, params=None):
+    updates, state = inner.update(fp32(grads), fp32(state), None if params is None else fp32(params))
+    return updates, store(state)
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
   o = cfg.optim
-  return optax.chain(
+  opt = optax.chain(
       optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(),
       optax.adamw(lr_schedule(cfg), b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps,
                   weight_decay=o.weight_decay, mask=decay_mask))
+  if o.use_precision_aware_optimizer:
+    opt = precision_aware(opt, o.exp_avg_dtype, o.exp_avg_sq_dtype)
+  return opt

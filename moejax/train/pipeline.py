@@ -53,7 +53,7 @@ def pipeline(plan: StagePlan, kind: str = "1f1b", logical_specs=None):
   layout, spec = plan.layout, plan.spec
   pp = layout.pp
 
-  def forward_backward(model, params, moe_state, batch_NBS1, rng=None) -> StepResult:
+  def forward_backward(model, params, moe_state, batch_NBS1, rng=None, main_grads=None) -> StepResult:
     m = batch_NBS1.shape[0]
     sched = make_schedule(pp, layout.vpp, m, kind)
     mesh = current_mesh()
@@ -154,7 +154,8 @@ def pipeline(plan: StagePlan, kind: str = "1f1b", logical_specs=None):
     g_layers, g_head, ms_staged, loss, metrics = run(staged, shared, ms_staged, batch_NBS1, rng)
     grads = {k: g_head[k] for k in shared if k != "final_norm"}
     grads["decoder"] = {**plan.unstage_tree(g_layers, params["decoder"]), "final_norm": g_head["final_norm"]}
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    # summed in fp32 inside the stages; then onto the main-grads buffer (schedule.py)
+    grads = main_grads(grads) if main_grads else jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     if moe_state:
       moe_state = {**moe_state, "decoder": plan.unstage_tree(ms_staged, moe_state["decoder"])}
     return StepResult(loss / m, _step_metrics(metrics, m, plan.num_moe_layers), grads, moe_state or {})

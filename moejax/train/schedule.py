@@ -1,9 +1,11 @@
 """Forward-backward schedules: how one step's micro-batches run through the model.
 
-A schedule is `fwd_bwd(model, params, moe_state, batch [num_micro, b, seq+1], rng) -> StepResult`
-with the loss and metrics averaged over the micro-batches, except `tokens_per_expert`, summed
-over the step. The train step takes the schedule as an argument, so pipeline parallelism is
-another schedule, not another step.
+A schedule is `fwd_bwd(model, params, moe_state, batch [num_micro, b, seq+1], rng, main_grads=None)
+-> StepResult` with the loss and metrics averaged over the micro-batches, except
+`tokens_per_expert`, summed over the step. `main_grads` maps one micro-batch's gradients onto the
+buffer they are summed in (dtype and placement: moejax.train.state.StatePlacement.main_grads).
+The train step takes the schedule as an argument, so pipeline parallelism is another schedule,
+not another step.
 """
 from __future__ import annotations
 
@@ -32,29 +34,34 @@ def compute_params(params, dtype):
   return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
-def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None) -> StepResult:
-  """Micro-batches one after another in a scan, gradients summed in the master dtype then averaged
-  (Megatron's no-pipelining schedule). The MoE state (expert-bias counts) threads through in order."""
+def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_grads=None) -> StepResult:
+  """Micro-batches one after another in a scan, gradients summed in the main-grads buffer (by
+  default the params' own dtype) then averaged (Megatron's no-pipelining schedule). The MoE state
+  (expert-bias counts) threads through in order."""
   n = batch_NBS1.shape[0]
-  grad_fn = jax.value_and_grad(lambda p, m, t, r: loss_fn(model, p, t, m, r), has_aux=True)
   compute = compute_params(params, model.spec.dtype)
-  to_master = lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  main_grads = main_grads or (lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
+
+  def grad_fn(p, m, t, r):
+    out, grads = jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
+    return out, main_grads(grads)
 
   def micro(carry, inp):
     acc, moe_state = carry
     i, tokens_BS1 = inp
     r = None if rng is None else jax.random.fold_in(rng, i)
     (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, tokens_BS1, r)
-    return (jax.tree.map(jnp.add, acc, (loss, metrics, to_master(grads))), moe_state), None
+    return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), moe_state), None
 
   moe_state = moe_state or {}
   if n == 1:  # no accumulators: a pass over every gradient saved
     r = None if rng is None else jax.random.fold_in(rng, 0)
     (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], r)
-    return StepResult(loss, metrics, to_master(grads), moe_state)
-  (_, (metrics0, _)), _ = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       (jax.ShapeDtypeStruct((), jnp.float32), metrics0, params))
+    return StepResult(loss, metrics, grads, moe_state)
+  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
+  loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                         (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+  zeros = (loss0, metrics0, main_grads(grads0))  # the buffer where main_grads places it
   (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), (jnp.arange(n), batch_NBS1))
   loss, metrics, grads = jax.tree.map(lambda v: v / n, acc)
   metrics["tokens_per_expert"] = acc[1]["tokens_per_expert"]  # summed over the step

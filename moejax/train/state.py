@@ -1,6 +1,21 @@
-"""Train state (step, fp32 params, optimizer state, MoE state) and where each leaf lives."""
+"""Train state (step, fp32 master params, optimizer state, MoE state), where each leaf lives, and
+how the step turns master params into the model's compute copy and gradients back.
+
+The master params are `TrainState.params` (`model.params_dtype`). Without the distributed
+optimizer they sit where the model computes with them (their logical axes), and the model casts
+them to `model.dtype` where it uses them. With it (ZeRO-1, `optim.use_distributed_optimizer`, on
+by default) masters and Adam moments are sharded over the data-parallel devices, expert ones over
+edp (moejax.parallel.sharding `shard_over_data`); each step casts the local shards to
+`model.dtype` and all-gathers them once (the compute copy, as Megatron's bf16 params), gradients
+come back onto the shards (reduce-scatter) and are summed over micro-batches in
+`optim.main_grads_dtype`. With FSDP (`parallel.fsdp`) the decoder layers' compute copy is
+gathered layer by layer inside the scan instead (moejax.models.decoder `gather_layer_weights`).
+A leaf with no data axes to shard over (expert weights at edp=1) is kept and used as without the
+distributed optimizer.
+"""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -11,7 +26,11 @@ from flax import linen as nn
 
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE
-from moejax.parallel.sharding import current_mesh, fit_to_shapes, optimizer_state_shardings, replicated
+from moejax.parallel.mesh import MeshLayout
+from moejax.parallel.sharding import (current_mesh, fit_to_shapes, optimizer_state_shardings, replicated,
+                                      shard_over_data)
+
+_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 @flax.struct.dataclass
@@ -20,6 +39,60 @@ class TrainState:
   params: Any
   opt_state: Any
   moe_state: Any = None  # the `moe_state` collection (expert bias, step counters); {} when unused
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePlacement:
+  """Master params (sharded over data with the distributed optimizer or FSDP), the model's compute
+  copy, and the optimizer state's placement (part of it in host memory with
+  `optim.optimizer_cpu_offload`)."""
+  master: Any            # NamedShardings of TrainState.params
+  compute: Any           # NamedShardings of the compute copy (the params' logical axes)
+  logical: Any           # logical PartitionSpecs of the params
+  compute_dtype: str     # model.dtype
+  main_grads_dtype: str  # fp32 | bf16: gradients accumulated over micro-batches
+  fsdp: bool
+  opt_state: Any = None  # NamedShardings of TrainState.opt_state
+
+  def opt_state_on_device(self, opt_state):
+    """The optimizer state with its host-offloaded leaves brought to device memory for the update."""
+    if self.opt_state is None:
+      return opt_state
+    return jax.tree.map(lambda x, sh: jax.device_put(x, sh.with_memory_kind("device"))
+                        if sh.memory_kind == "pinned_host" else x, opt_state, self.opt_state)
+
+  def opt_state_home(self, opt_state):
+    """The updated optimizer state back in its own memory (host leaves to pinned host)."""
+    if self.opt_state is None:
+      return opt_state
+    return jax.tree.map(lambda x, sh: jax.device_put(x, sh) if sh.memory_kind == "pinned_host" else x,
+                        opt_state, self.opt_state)
+
+  def compute_params(self, params):
+    """The model's view of the masters. A leaf kept whole on each device (no data axes: no
+    distributed optimizer, or expert weights at edp=1) is handed over as it is and cast by the
+    model where it is used. A leaf sharded over data is cast to `model.dtype` on its shard and
+    gathered to its compute placement, once per step (Megatron's bf16 params); with FSDP the
+    scanned layers' leaves stay sharded, boxed with their logical axes for the per-layer gather."""
+    dtype = jnp.dtype(self.compute_dtype)
+
+    def copy(p, master, sh, spec):
+      if master == sh:
+        return p
+      p = p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+      if self.fsdp and "layers" in tuple(spec):
+        return nn.LogicallyPartitioned(p, tuple(spec))
+      return jax.lax.with_sharding_constraint(p, sh)
+
+    return jax.tree.map(copy, params, self.master, self.compute, self.logical)
+
+  def main_grads(self, grads):
+    """Gradients of the compute copy on the masters' placement in `main_grads_dtype`: for leaves
+    sharded over data the reduction over data becomes a reduce-scatter onto the shards."""
+    boxed = lambda g: isinstance(g, nn.LogicallyPartitioned)  # noqa: E731  (FSDP: grads of boxed layers)
+    grads = jax.tree.map(lambda g: g.value if boxed(g) else g, grads, is_leaf=boxed)  # no constraint
+    dtype = _DTYPES[self.main_grads_dtype]
+    return jax.lax.with_sharding_constraint(jax.tree.map(lambda g: g.astype(dtype), grads), self.master)
 
 
 def _init_boxed(model: GPTModel, seq_len: int, rng):
@@ -31,25 +104,47 @@ def _init_boxed(model: GPTModel, seq_len: int, rng):
   return variables["params"], dict(variables.get(MOE_STATE, {}))
 
 
-def param_shardings(model: GPTModel, seq_len: int, mesh, rules):
-  """(abstract params, their NamedShardings by logical axes, abstract moe_state)."""
+def _logical(model: GPTModel, seq_len: int, mesh, rules):
+  """(abstract params, logical PartitionSpecs, NamedShardings by logical axes, abstract moe_state)."""
   boxed, abstract_moe = jax.eval_shape(lambda r: _init_boxed(model, seq_len, r), jax.random.key(0))
   is_box = lambda b: isinstance(b, nn.Partitioned)  # noqa: E731  (nn.unbox would constrain under a mesh)
   abstract = jax.tree.map(lambda b: b.value if is_box(b) else b, boxed, is_leaf=is_box)
-  sh = fit_to_shapes(nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules), abstract)
+  logical = nn.get_partition_spec(boxed)
+  sh = fit_to_shapes(nn.logical_to_mesh_sharding(logical, mesh, rules), abstract)
+  return abstract, logical, sh, abstract_moe
+
+
+def param_shardings(model: GPTModel, seq_len: int, mesh, rules):
+  """(abstract params, their NamedShardings by logical axes, abstract moe_state)."""
+  abstract, _, sh, abstract_moe = _logical(model, seq_len, mesh, rules)
   return abstract, sh, abstract_moe
 
 
-def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules):
-  """Abstract TrainState and its NamedShardings: params by their logical axes, the optimizer
-  state by the rules of moejax.parallel.sharding, the rest replicated."""
-  abstract_params, param_sh, abstract_moe = param_shardings(model, seq_len, mesh, rules)
+def _distributed(cfg, layout: MeshLayout | None) -> bool:
+  if cfg is None or layout is None:
+    return False
+  if not (cfg.optim.use_distributed_optimizer or cfg.parallel.fsdp):
+    return False
+  return layout.sizes.dp > 1 or layout.sizes.edp > 1
+
+
+def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules, layout: MeshLayout | None = None,
+                    cfg=None):
+  """Abstract TrainState and its NamedShardings: params by their logical axes (plus the data axes
+  with the distributed optimizer or FSDP: give `layout` and `cfg`), the optimizer state by the
+  rules of moejax.parallel.sharding (offloaded in part with `optim.optimizer_cpu_offload`), the
+  rest replicated."""
+  abstract_params, logical, param_sh, abstract_moe = _logical(model, seq_len, mesh, rules)
+  if _distributed(cfg, layout):
+    param_sh = jax.tree.map(lambda sh, a, spec: shard_over_data(sh, a.shape, tuple(spec), layout),
+                            param_sh, abstract_params, logical)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   rep = replicated(mesh)
+  host = cfg.optim.optimizer_cpu_offload if cfg is not None else 0.0
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
                         moe_state=abstract_moe)
   shardings = TrainState(step=rep, params=param_sh,
-                         opt_state=optimizer_state_shardings(optimizer, abstract_opt, param_sh, mesh),
+                         opt_state=optimizer_state_shardings(optimizer, abstract_opt, param_sh, mesh, host),
                          moe_state=jax.tree.map(lambda _: rep, abstract_moe))
   return abstract, shardings
 
@@ -58,6 +153,18 @@ def init_params(model: GPTModel, seq_len: int, seed: int, shardings):
   """Fresh params directly in their shardings."""
   init = lambda rng: nn.unbox(_init_boxed(model, seq_len, rng)[0])  # noqa: E731
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def state_placement(model: GPTModel, seq_len: int, mesh, rules, shardings: TrainState,
+                    layout: MeshLayout | None = None, cfg=None) -> StatePlacement:
+  """How the step gets the compute copy of `shardings.params`, gives gradients back and reaches
+  an offloaded optimizer state."""
+  _, logical, compute, _ = _logical(model, seq_len, mesh, rules)
+  return StatePlacement(master=shardings.params, compute=compute,
+                        logical=logical, compute_dtype=model.spec.dtype,
+                        main_grads_dtype=cfg.optim.main_grads_dtype if cfg is not None else "fp32",
+                        fsdp=model.spec.sharding.fsdp,
+                        opt_state=shardings.opt_state)
 
 
 def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len: int, seed: int,

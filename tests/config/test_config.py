@@ -95,3 +95,18 @@ def test_mixtral_recipe_has_real_hyperparameters_and_46_7b_params(repo_root):
   n = sum(x.size for x in jax.tree.leaves(shapes["params"]))
   assert abs(n - 46.7e9) <= 0.1e9, n
   assert n == num_params(model_spec(cfg))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"train__recompute_modules": ("core_attn", "bogus")}, "['bogus'] not among"),
+    ({"train__offload_modules": ("core_attn",), "train__recompute_granularity": "full"},
+     "full recomputation keeps no activations to offload"),
+    ({"train__recompute_granularity": "selective", "train__recompute_modules": ("mla_up_proj",)},
+     "'mla_up_proj' but this model has no multi-latent attention"),
+    ({"optim__exp_avg_dtype": "bf16"}, "optim.exp_avg_dtype='bf16' needs optim.use_precision_aware_optimizer=True"),
+    ({"optim__optimizer_cpu_offload": 1.5}, "optim.optimizer_cpu_offload=1.5 must be a fraction in [0, 1]"),
+])
+def test_memory_keys_checked(overrides, message):
+  with pytest.raises(ConfigError) as e:
+    validate(_cfg(**overrides))
+  assert message in str(e.value)
