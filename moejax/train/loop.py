@@ -1,6 +1,7 @@
 """The training loop: mesh, state (fresh or resumed), data, jitted step, logs, checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -112,7 +113,9 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules, layout, cfg)
     placement = state_placement(model, t.seq_length, mesh, rules, shardings, layout, cfg)
   c = cfg.checkpoint
-  with (WorkdirLock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(rules),
+  # one lock per run: a multi-process run's processes share the workdir, process 0 holds it
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with (lock, jax.set_mesh(mesh), nn.logical_axis_rules(rules),
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
     print(f"{describe_layout(layout)}; model {num_params(spec) / 1e6:,.1f}M parameters, "
           f"{num_params(spec, active=True) / 1e6:,.1f}M active per token", file=sys.stderr)
