@@ -13,22 +13,41 @@ import jax
 import orbax.checkpoint as ocp
 
 PARAMS_ITEM = "params"
+MOE_STATE_ITEM = "moe_state"  # beside the weights when they come with router state (an expert bias)
 
 
 def _target(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def save_params(directory: str, params) -> None:
-  """Writes a weights-only checkpoint: DIR/params (an Orbax pytree, atomic)."""
+def save_params(directory: str, params, moe_state=None) -> None:
+  """Writes a weights-only checkpoint: DIR/params (an Orbax pytree, atomic), and DIR/moe_state
+  when given a non-empty `moe_state` (the expert biases of aux-loss-free routing)."""
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(os.path.abspath(directory), PARAMS_ITEM), params, force=True)
+  if moe_state:
+    save_moe_state(directory, moe_state)
+
+
+def save_moe_state(directory: str, moe_state) -> None:
+  """Writes DIR/moe_state (an Orbax pytree, atomic)."""
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(os.path.abspath(directory), MOE_STATE_ITEM), moe_state, force=True)
 
 
 def load_params(directory: str, abstract_params, shardings):
   """Reads DIR/params into `shardings` (any mesh layout)."""
   with ocp.StandardCheckpointer() as ckpt:
     return ckpt.restore(os.path.join(os.path.abspath(directory), PARAMS_ITEM), _target(abstract_params, shardings))
+
+
+def load_moe_state(directory: str, abstract_moe_state, shardings):
+  """Reads DIR/moe_state into `shardings`, or None when the weights came without one."""
+  path = os.path.join(os.path.abspath(directory), MOE_STATE_ITEM)
+  if not abstract_moe_state or not os.path.isdir(path):
+    return None
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(path, _target(abstract_moe_state, shardings))
 
 
 class CheckpointManager:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
+CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
 class MetricsWriter:

@@ -12,6 +12,7 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.layers.attention import Attention
+from moejax.layers.mla import MLASelfAttention
 from moejax.layers.mlp import MLP
 from moejax.layers.norms import RMSNorm
 from moejax.moe.layer import MoELayer
@@ -47,7 +48,8 @@ class DecoderBlock(nn.Module):
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
     norm = lambda name: RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, name=name)
-    x_BSH = x_BSH + Attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS, segments_BS)
+    attention = MLASelfAttention if s.attention.mla.multi_latent_attention else Attention
+    x_BSH = x_BSH + attention(s, name="attention")(norm("input_norm")(x_BSH), positions_BS, segments_BS)
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
       m_BSH, stats = MoELayer(s, name="moe")(h_BSH)

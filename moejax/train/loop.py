@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from moejax.checkpoint.manager import CheckpointManager, load_params
+from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params
 from moejax.config import model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
@@ -99,11 +99,14 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
       state, _ = ckpt.restore(abstract, shardings)
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
     else:
-      params = None
+      params = moe_state = None
       if cfg.checkpoint.load_params:
         params = load_params(cfg.checkpoint.load_params, abstract.params, shardings.params)
+        moe_state = load_moe_state(cfg.checkpoint.load_params, abstract.moe_state, shardings.moe_state)
         print(f"loaded the weights of {cfg.checkpoint.load_params}; step 0, fresh optimizer", file=sys.stderr)
       state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
+      if moe_state is not None:  # e.g. a converted checkpoint's expert biases
+        state = state.replace(moe_state=moe_state)
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, n_dev, bsh)
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)

@@ -1,0 +1,1 @@
+"""Command-line tools above the library (`python -m moejax.tools.NAME`)."""
