@@ -254,9 +254,59 @@ def _dense_layers(spec: ModelSpec) -> list[int]:
   return [l for l, moe in enumerate(spec.moe_pattern) if not moe]
 
 
+def _normalised(r) -> bool:
+  """Whether the router divides its top-k probabilities by their sum."""
+  if r.router_norm_topk_prob is not None:
+    return r.router_norm_topk_prob or (r.router_score_function == "softmax" and not r.router_pre_softmax)
+  return (r.router_score_function == "softmax" and not r.router_pre_softmax) or (
+      r.router_score_function == "sigmoid" and r.router_topk > 1)
+
+
+def _exportable(f: Family, spec: ModelSpec) -> None:
+  """Refuses, naming the key, a model the family's transformers class would compute differently."""
+  a, moe, r = spec.attention, spec.moe, spec.moe.router
+  v3, qwen3 = f.name == "deepseek_v3", f.name == "qwen3_moe"
+  wants = {"model.multi_latent_attention": (a.mla.multi_latent_attention, f.mla),
+           "model.qk_layernorm": (a.qk_layernorm, f.mla or qwen3),
+           "moe.router_score_function": (r.router_score_function, "sigmoid" if v3 else "softmax"),
+           "moe.shared_expert_gate": (moe.shared_expert_gate, f.name == "qwen2_moe" and bool(
+               moe.shared_expert_intermediate_size))}
+  if not v3:
+    wants["model.mtp_num_layers"] = (spec.mtp_num_layers, 0)
+    wants["moe.router_enable_expert_bias"] = (r.router_enable_expert_bias, False)
+  if f.shared is None:
+    wants["moe.shared_expert_intermediate_size"] = (moe.shared_expert_intermediate_size, None)
+  if f.name == "mixtral":
+    wants["model.add_qkv_bias"] = (a.add_qkv_bias, False)
+  if f.name in ("mixtral", "qwen2_moe"):
+    wants["model.attention_output_bias"] = (a.attention_output_bias, False)
+  else:  # one attention_bias flag for all of them
+    wants["model.attention_output_bias"] = (a.attention_output_bias, a.add_qkv_bias)
+  if f.name == "mixtral":
+    wants["moe.router_norm_topk_prob"] = (_normalised(r), True)
+  if f.name == "deepseek_v2":
+    wants["moe.router_pre_softmax"] = (r.router_pre_softmax, True)
+    wants["moe.router_norm_topk_prob"] = (_normalised(r), False)
+    if r.router_group_topk:
+      wants["moe.router_group_scoring"] = (r.router_group_scoring, "max")
+  elif v3 and r.router_group_topk:
+    top2 = r.router_group_scoring == "sum_top2" or (r.router_group_scoring == "sum_topk"
+                                                    and r.router_topk // r.router_group_topk == 2)
+    if not top2:
+      wants["moe.router_group_scoring"] = (r.router_group_scoring, "sum_top2")
+  if not f.mla:
+    wants["moe.router_num_groups"] = (r.router_num_groups, None)
+    wants["moe.router_topk_scaling_factor"] = (r.router_topk_scaling_factor in (None, 1.0), True)
+  for key, (have, want) in wants.items():
+    if have != want:
+      raise ConversionError(f"{key}={have!r} cannot be written as {f.name} (transformers' {f.architecture} "
+                            f"needs {want!r})")
+
+
 def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
   """config.json for `spec` as family `f`; `base` (the original config.json, if any) supplies
   the fields moejax does not model."""
+  _exportable(f, spec)
   a, moe, r = spec.attention, spec.moe, spec.moe.router
   out = dict(base or {})
   for key in ("rope_scaling", "rope_parameters", "rope_theta", "torch_dtype"):
@@ -285,11 +335,13 @@ def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
                 "num_experts_per_tok": r.router_topk, "moe_intermediate_size": spec.moe_ffn_hidden_size,
                 "n_shared_experts": shared // spec.moe_ffn_hidden_size,
                 "routed_scaling_factor": r.router_topk_scaling_factor or 1.0,
-                "n_group": r.router_num_groups, "topk_group": r.router_group_topk})
+                # transformers' DeepseekV3 always routes by groups: one group of all experts = none
+                "n_group": r.router_num_groups or (1 if f.name == "deepseek_v3" else None),
+                "topk_group": r.router_group_topk or (1 if f.name == "deepseek_v3" else None)})
     if f.name == "deepseek_v2":
       out["topk_method"] = "group_limited_greedy" if r.router_group_topk else "greedy"
     else:
-      out.update({"norm_topk_prob": r.router_norm_topk_prob is not False, "num_nextn_predict_layers": spec.mtp_num_layers,
+      out.update({"norm_topk_prob": _normalised(r), "num_nextn_predict_layers": spec.mtp_num_layers,
                   "rope_interleave": (base or {}).get("rope_interleave", True)})
     return out
   out.update({"num_key_value_heads": a.num_query_groups, "head_dim": spec.head_dim, "num_experts_per_tok": r.router_topk})
@@ -298,7 +350,7 @@ def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
     return out
   out.update({"num_experts" if f.name == "qwen2_moe" else "num_local_experts": E,
               "moe_intermediate_size": spec.moe_ffn_hidden_size, "decoder_sparse_step": 1, "mlp_only_layers": dense,
-              "norm_topk_prob": bool(r.router_norm_topk_prob), "use_sliding_window": False})
+              "norm_topk_prob": _normalised(r), "use_sliding_window": False})
   if f.name == "qwen2_moe":
     out.update({"qkv_bias": a.add_qkv_bias, "shared_expert_intermediate_size": moe.shared_expert_intermediate_size or 0})
   else:

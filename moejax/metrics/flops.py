@@ -74,6 +74,16 @@ def num_params(spec: ModelSpec, active: bool = False, mtp: bool = True) -> int:
   return total + (len(layers) - spec.num_layers) * 3 * H  # each MTP depth's enorm, hnorm, final norm
 
 
+def describe_params(spec: ModelSpec) -> str:
+  """`model 46,702.8M parameters, 12,879.9M active per token` (+ the MTP layers apart, as published
+  totals leave them out)."""
+  total, active = num_params(spec, mtp=False), num_params(spec, active=True, mtp=False)
+  line = f"model {total / 1e6:,.1f}M parameters, {active / 1e6:,.1f}M active per token"
+  if spec.mtp_num_layers:
+    line += f" (+{(num_params(spec) - total) / 1e6:,.1f}M in {spec.mtp_num_layers} MTP layer(s))"
+  return line
+
+
 def forward_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
   """Forward matmul FLOPs per token: 2·(weights a token uses) + causal attention scores, per layer
   and per MTP depth (each with its own pass through the LM head)."""

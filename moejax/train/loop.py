@@ -13,7 +13,7 @@ from flax import linen as nn
 from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params
 from moejax.config import model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
-from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
+from moejax.metrics.flops import describe_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
@@ -93,8 +93,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
             "train.train_iters to train further", file=sys.stderr)
       ckpt.close()
       return history
-    print(f"{describe_layout(layout)}; model {num_params(spec) / 1e6:,.1f}M parameters, "
-          f"{num_params(spec, active=True) / 1e6:,.1f}M active per token", file=sys.stderr)
+    print(f"{describe_layout(layout)}; {describe_params(spec)}", file=sys.stderr)
     if latest is not None:
       state, _ = ckpt.restore(abstract, shardings)
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)

@@ -32,7 +32,7 @@ CONFIGS = {
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
                   dict(COMMON, num_hidden_layers=4, num_key_value_heads=2, num_experts=6, num_experts_per_tok=2,
                        moe_intermediate_size=16, shared_expert_intermediate_size=24, decoder_sparse_step=2,
-                       mlp_only_layers=[3], tie_word_embeddings=True)),
+                       mlp_only_layers=[1], tie_word_embeddings=True)),  # MoE: layer 3 only
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(COMMON, num_hidden_layers=3, num_key_value_heads=2, head_dim=12, num_experts=8,
                        num_experts_per_tok=3, moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=[1],
