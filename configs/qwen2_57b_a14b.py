@@ -16,7 +16,7 @@ def get_config():
   c.model.update(num_layers=28, hidden_size=3584, ffn_hidden_size=18944, num_attention_heads=28,
                  num_query_groups=4, vocab_size=151936, rotary_base=1e6, norm_epsilon=1e-6, add_qkv_bias=True)
   c.moe.update(num_experts=64, router_topk=8, ffn_hidden_size=2560, shared_expert_intermediate_size=20480,
-               shared_expert_gate=True, router_pre_softmax=True, router_norm_topk_prob=False, aux_loss_coeff=1e-3,
+               shared_expert_gate=True, router_pre_softmax=True, aux_loss_coeff=1e-3,
                token_dispatcher_type="alltoall")
   c.parallel.update(tp=4, sequence_parallel=True, ep=8, etp=4)
   c.data.update(source="synthetic")

@@ -15,8 +15,8 @@ def get_config():
   c.model.update(num_layers=48, hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32,
                  num_query_groups=4, kv_channels=128, qk_layernorm=True, vocab_size=151936,
                  rotary_base=1e6, norm_epsilon=1e-6)
-  c.moe.update(num_experts=128, router_topk=8, ffn_hidden_size=768, router_pre_softmax=True,
-               router_norm_topk_prob=True, aux_loss_coeff=1e-3, token_dispatcher_type="alltoall")
+  c.moe.update(num_experts=128, router_topk=8, ffn_hidden_size=768,
+               aux_loss_coeff=1e-3, token_dispatcher_type="alltoall")
   c.parallel.update(tp=2, sequence_parallel=True, ep=16, etp=1)
   c.data.update(source="synthetic")
   c.train.update(train_iters=50, micro_batch_size=1, global_batch_size=512, seq_length=4096,

@@ -93,7 +93,7 @@ def family(name: str) -> Family:
 
 
 # ------------------------------------------------------------------------------ HF → moejax
-def _rope(c: HFConfig, head_dim: int) -> dict:
+def _rope(c: HFConfig) -> dict:
   """Rotary keys from rope_parameters (transformers 5) or rope_theta + rope_scaling (older files)."""
   rope = dict(c.raw.get("rope_parameters") or c.raw.get("rope_scaling") or {})
   if rope and all(isinstance(v, dict) or v is None for v in rope.values()):
@@ -146,17 +146,18 @@ def _gqa(c: HFConfig) -> dict:
     E = c["num_local_experts" if f.name == "qwen3_moe" else "num_experts"]
     step, dense = c["decoder_sparse_step"], set(c["mlp_only_layers"] or [])
     pattern = [l not in dense and E > 0 and (l + 1) % step == 0 for l in range(L)]
-  out = {"model.num_query_groups": c["num_key_value_heads"], "model.kv_channels": head_dim,
+  out = {"model.num_query_groups": c["num_key_value_heads"],
+         "model.kv_channels": None if head_dim * c["num_attention_heads"] == c["hidden_size"] else head_dim,
          "moe.num_experts": E, "moe.router_topk": c["num_experts_per_tok"],
-         "moe.aux_loss_coeff": c["router_aux_loss_coef"],
-         # HF: softmax over all experts, top-k, optional renormalisation
-         "moe.router_pre_softmax": True, **_moe_pattern_keys(pattern)}
+         "moe.aux_loss_coeff": c["router_aux_loss_coef"], **_moe_pattern_keys(pattern)}
+  # HF: softmax over all experts, top-k, renormalised (Mixtral; Qwen with norm_topk_prob) = Megatron's
+  # softmax over the top-k logits; not renormalised = Megatron's pre-softmax
   if f.name == "mixtral":
-    out.update({"moe.ffn_hidden_size": c["intermediate_size"], "moe.router_norm_topk_prob": True})
+    out["moe.ffn_hidden_size"] = c["intermediate_size"]
     if c["router_jitter_noise"]:
       out["moe.input_jitter_eps"] = c["router_jitter_noise"]
     return out
-  out.update({"moe.ffn_hidden_size": c["moe_intermediate_size"], "moe.router_norm_topk_prob": bool(c["norm_topk_prob"])})
+  out.update({"moe.ffn_hidden_size": c["moe_intermediate_size"], "moe.router_pre_softmax": not c["norm_topk_prob"]})
   if f.name == "qwen2_moe":
     out["model.add_qkv_bias"] = bool(c["qkv_bias"])
     if c["shared_expert_intermediate_size"]:
@@ -175,6 +176,8 @@ def _mla(c: HFConfig, mtp_layers: int) -> dict:
   if c["moe_layer_freq"] != 1:
     c.refuse("moe_layer_freq", c["moe_layer_freq"], "transformers makes every layer after first_k_dense_replace MoE")
   k = c["first_k_dense_replace"] or 0
+  if not c["num_experts_per_tok"]:
+    c.refuse("num_experts_per_tok", c["num_experts_per_tok"], "set the experts per token")
   G, g = c["n_group"], c["topk_group"]
   out = {"model.multi_latent_attention": True, "model.qk_layernorm": True,
          "model.num_query_groups": c["num_attention_heads"], "model.q_lora_rank": c["q_lora_rank"],
@@ -183,7 +186,7 @@ def _mla(c: HFConfig, mtp_layers: int) -> dict:
          "model.add_qkv_bias": bool(c["attention_bias"]), "model.attention_output_bias": bool(c["attention_bias"]),
          "moe.num_experts": E, "moe.router_topk": c["num_experts_per_tok"],
          "moe.ffn_hidden_size": c["moe_intermediate_size"],
-         "moe.router_topk_scaling_factor": float(c["routed_scaling_factor"]),
+         "moe.router_topk_scaling_factor": None if c["routed_scaling_factor"] == 1 else float(c["routed_scaling_factor"]),
          **_moe_pattern_keys([l >= k for l in range(L)])}
   if c["n_shared_experts"]:
     out["moe.shared_expert_intermediate_size"] = c["moe_intermediate_size"] * c["n_shared_experts"]
@@ -231,7 +234,7 @@ def to_moejax(f: Family, raw: dict, mtp_layers: int = 0) -> dict:
          "model.untie_embeddings_and_output_weights": not c["tie_word_embeddings"],
          "model.init_method_std": float(c["initializer_range"])}
   out.update(_mla(c, mtp_layers) if f.mla else _gqa(c))
-  out.update(_rope(c, c["qk_rope_head_dim"] if f.mla else out["model.kv_channels"]))
+  out.update(_rope(c))
   return out
 
 

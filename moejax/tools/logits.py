@@ -9,6 +9,7 @@ The model runs in float32 on one device whatever the recipe's compute dtype.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
@@ -20,11 +21,14 @@ def logits(cfg, params_dir: str, tokens: list[int]) -> np.ndarray:
   """[len(tokens), vocab_size] fp32 logits of the weights in `params_dir` under `cfg`."""
   from flax import linen as nn
 
-  from moejax.checkpoint.manager import load_moe_state, load_params
+  from moejax.checkpoint.manager import PARAMS_ITEM, load_moe_state, load_params
   from moejax.config import ConfigError, model_spec
   from moejax.models.gpt import GPTModel
   from moejax.moe.state import MOE_STATE
 
+  if not os.path.isdir(os.path.join(params_dir, PARAMS_ITEM)):
+    raise ConfigError([f"--params {params_dir}: no {PARAMS_ITEM}/ checkpoint there (python -m moejax.convert "
+                       "hf-to-moejax writes one)"])
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype, cfg.model.params_dtype = "float32", "float32"
   spec = model_spec(cfg)
