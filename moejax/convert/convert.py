@@ -190,6 +190,8 @@ def _check_all_used(f: Family, spec: ModelSpec, ckpt: HFCheckpoint, used: set) -
       continue
     if name == "lm_head.weight" and not spec.untie_embeddings_and_output_weights:
       continue  # tied: the head is the embedding
+    if f.shared and ".shared_expert" in name and not spec.moe.shared_expert_intermediate_size:
+      continue  # a zero-width shared expert (shared_expert_intermediate_size=0) adds nothing
     raise ConversionError(f"unexpected tensor {name} in the checkpoint: config.json and weights disagree")
 
 
@@ -203,8 +205,23 @@ def _layer_key(name: str):
   return ({"model.embed_tokens.weight": 0, "model.norm.weight": 2}.get(name, 3), 0, name)
 
 
+def _sources(params_dir: str):
+  """(weights reader, key prefix, router-state reader or None, its prefix): a weights-only
+  checkpoint (DIR/params, DIR/moe_state) or one step of a training run (DIR/state)."""
+  if os.path.isdir(os.path.join(params_dir, PARAMS_ITEM)):
+    state = MOE_STATE_ITEM if os.path.isdir(os.path.join(params_dir, MOE_STATE_ITEM)) else None
+    return LeafReader(params_dir), (), state and LeafReader(params_dir, state), ()
+  if os.path.isdir(os.path.join(params_dir, "state")):
+    reader = LeafReader(params_dir, "state")
+    return reader, ("params",), reader if "moe_state" in reader.tree else None, ("moe_state",)
+  raise ConversionError(f"--params {params_dir}: neither a weights-only checkpoint ({PARAMS_ITEM}/) nor a training "
+                        "checkpoint step (RUN/checkpoints/STEP with state/)")
+
+
 def moejax_to_hf(params_dir: str, out_dir: str, family_name: str | None = None, cfg=None, dtype: str | None = None,
                  max_shard_bytes: int = 5 * 2**30, log=sys.stderr) -> None:
+  """Writes the weights of `params_dir` (converted, saved by save_params, or a training step)
+  as an HF checkpoint of `family_name` (default: the original config's family)."""
   base_path = os.path.join(params_dir, HF_CONFIG)
   base = read_json(base_path) if os.path.exists(base_path) else None
   if family_name is None:
@@ -216,35 +233,33 @@ def moejax_to_hf(params_dir: str, out_dir: str, family_name: str | None = None, 
   f = families.family(family_name)
   cfg = load_checkpoint_config(params_dir) if cfg is None else cfg
   spec = model_spec(cfg)
-  params, moe_state = _abstract(spec)
-  reader = LeafReader(params_dir)
+  params, _ = _abstract(spec)
+  reader, prefix, state_reader, state_prefix = _sources(params_dir)
   out_dtype = None if dtype is None else np.dtype(jnp.dtype(dtype))
   interleaved = _interleaved(f, base)
-  tensors = []
-  saved_dtypes = set()
+  tensors, sizes = [], {}
   for path, leaf in _leaves(params):
-    name = ".".join(path)
-    meta = _find(reader.tree, path)
+    name = ".".join(prefix + path)
+    meta = _find(reader.tree, prefix + path)
     if meta is None or tuple(meta.shape) != tuple(leaf.shape):
-      raise ConversionError(f"{params_dir}/{PARAMS_ITEM} has no {name} of shape {list(leaf.shape)}: "
-                            "the config does not match these weights")
-    saved_dtypes.add(np.dtype(meta.dtype))
+      raise ConversionError(f"{params_dir} has no {name} of shape {list(leaf.shape)}: the config does not match "
+                            "these weights")
+    saved = np.dtype(meta.dtype)
+    sizes[saved] = sizes.get(saved, 0) + leaf.size
     blocks = leaf_blocks(f, spec, path, interleaved)
-    zeros = np.zeros(_block_shape(leaf.shape, blocks[0].index)[sum(1 for s in blocks[0].index if s != slice(None)):],
-                     np.float32)
-    shapes = [a.shape for a in blocks[0].rule.from_block(zeros)]
+    lead = sum(1 for s in blocks[0].index if s != slice(None))
+    shapes = [a.shape for a in blocks[0].rule.from_block(np.zeros(leaf.shape[lead:], np.float32))]
     cache = {}
     for b in blocks:
       for pos, hf_name in enumerate(b.hf):
-        tensors.append((hf_name, shapes[pos], out_dtype or np.dtype(meta.dtype), _producer(reader, name, b, pos, cache,
-                                                                                            out_dtype)))
-  tensors += _bias_tensors(f, spec, params_dir, moe_state)
+        tensors.append((hf_name, shapes[pos], out_dtype or saved, _producer(reader, name, b, pos, cache, out_dtype)))
+  config = families.to_hf(f, spec, base, (out_dtype or max(sizes, key=sizes.get)).name)  # refuses before writing
+  tensors += _bias_tensors(f, spec, state_reader, state_prefix)
   tensors += _shared_mtp_copies(spec, tensors)
   tensors.sort(key=lambda t: _layer_key(t[0]))
   write_sharded(out_dir, tensors, max_shard_bytes)
-  stored = (out_dtype or (saved_dtypes.pop() if len(saved_dtypes) == 1 else np.dtype(np.float32))).name
   with open(os.path.join(out_dir, "config.json"), "w") as fh:
-    json.dump(families.to_hf(f, spec, base, stored), fh, indent=2)
+    json.dump(config, fh, indent=2)
   print(f"wrote {len(tensors)} tensors of {f.name} into {out_dir}", file=log)
 
 
@@ -269,20 +284,19 @@ def _producer(reader: LeafReader, leaf: str, b: Block, pos: int, cache: dict, dt
   return produce
 
 
-def _bias_tensors(f: Family, spec: ModelSpec, params_dir: str, moe_state) -> list:
-  """DeepSeek-V3's e_score_correction_bias per MoE layer: from DIR/moe_state, else zeros."""
+def _bias_tensors(f: Family, spec: ModelSpec, reader: LeafReader | None, prefix: tuple) -> list:
+  """DeepSeek-V3's e_score_correction_bias per MoE layer: from the router state, else zeros."""
   if f.name != "deepseek_v3" or not spec.moe.num_experts:
     return []
-  reader = LeafReader(params_dir, MOE_STATE_ITEM) if os.path.isdir(os.path.join(params_dir, MOE_STATE_ITEM)) else None
   E, out = spec.moe.num_experts, []
   for path, layers in expert_bias_layers(spec).items():
-    leaf = ".".join(path + ("expert_bias",))
-    have = reader is not None and _find(reader.tree, path + ("expert_bias",)) is not None
+    key = prefix + path + ("expert_bias",)
+    have = reader is not None and _find(reader.tree, key) is not None
     for r, l in enumerate(layers):
-      def produce(r=r, leaf=leaf, have=have, stacked=path[0] == "decoder"):
+      def produce(r=r, name=".".join(key), have=have, stacked=path[0] == "decoder"):
         if not have:
           return np.zeros((E,), np.float32)
-        return reader.read(leaf, (r,) if stacked else ()).astype(np.float32)
+        return reader.read(name, (r,) if stacked else ()).astype(np.float32)
       out.append((EXPERT_BIAS.format(prefix=f"model.layers.{l}.{f.moe_prefix}"), (E,), np.dtype(np.float32), produce))
   return out
 

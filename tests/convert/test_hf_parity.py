@@ -92,3 +92,27 @@ def test_round_trip_is_bitwise_and_loads_in_transformers(hf_dir, converted):
     assert "model.layers.3.eh_proj.weight" in HFCheckpoint(str(hf_dir / "deepseek_v3_export")).files
   out = _peer("check", hf_dir)
   assert all(f"{family} ok" in out for family in FAMILIES), out
+
+
+def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
+  """RUN/checkpoints/STEP/state (params and moe_state inside a train state) is read like DIR/params."""
+  import jax
+  import orbax.checkpoint as ocp
+  from flax import linen as nn
+
+  from moejax.checkpoint.manager import load_moe_state, load_params
+  from moejax.config import model_spec
+  from moejax.models.gpt import GPTModel
+  family = "deepseek_v3"
+  d = str(converted[family][0])
+  cfg = load_checkpoint_config(d)
+  abstract = jax.eval_shape(GPTModel(model_spec(cfg)).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), "int32"))
+  rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  params = load_params(d, nn.unbox(abstract["params"]), jax.tree.map(lambda _: rep, nn.unbox(abstract["params"])))
+  state = load_moe_state(d, abstract["moe_state"], jax.tree.map(lambda _: rep, abstract["moe_state"]))
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "step" / "state", {"step": 7, "params": params, "moe_state": state})
+  moejax_to_hf(str(tmp_path / "step"), str(tmp_path / "hf"), family, cfg)
+  a, b = HFCheckpoint(str(hf_dir / family)), HFCheckpoint(str(tmp_path / "hf"))
+  assert sorted(a.files) == sorted(b.files)
+  assert all(a.get(n).tobytes() == b.get(n).tobytes() for n in a.files)

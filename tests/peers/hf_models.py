@@ -35,7 +35,7 @@ CONFIGS = {
                        mlp_only_layers=[1], tie_word_embeddings=True)),  # MoE: layer 3 only
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(COMMON, num_hidden_layers=3, num_key_value_heads=2, head_dim=12, num_experts=8,
-                       num_experts_per_tok=3, moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=[1],
+                       num_experts_per_tok=3, moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=[2],
                        attention_bias=True, rope_parameters=dict(YARN, rope_theta=5000.0))),
     "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM",
                     dict(COMMON, num_hidden_layers=3, first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=16,
