@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from moejax.config import AttentionSpec, MLASpec, ModelSpec
+from moejax.kernels.grouped_gemm.autotune import seconds_per_call
 from moejax.layers.attention import attend, attention_impl
 from moejax.layers.mla import MLASelfAttention
 
@@ -33,15 +32,8 @@ SHAPES = {  # name: (heads, kv heads, q/k head dim, v head dim)
 }
 
 
-def _time(fn, *args, iters=10, warmup=3):
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return statistics.median(ts) * 1e3
+def _time(fn, *args):
+  return seconds_per_call(fn, *args) * 1e3
 
 
 def _mla_spec(impl: str) -> ModelSpec:

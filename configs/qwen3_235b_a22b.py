@@ -1,25 +1,19 @@
 """Qwen3-235B-A22B (235B parameters, 22B active): 94 layers, 128 experts top-8 (renormalised),
-GQA 64/4 with head_dim 128 and per-head QK RMSNorm.
+GQA 64/4 with head_dim 128 and per-head QK RMSNorm; training values as configs/qwen3_30b_a3b.py.
 
 Architecture: Qwen/Qwen3-235B-A22B config.json and the Qwen3 report (arXiv 2505.09388).
-Training values (not published): Megatron-MoE-ModelZoo's Qwen3 recipe (lr 1.2e-4 → 1.2e-5,
-aux-loss 1e-3, seq 4096).
 Layout: 128 H200 (16 nodes × 8): tp=4 with sequence parallelism (KV heads 4/4), ep=128 (one
 expert per GPU): ~1.8B expert + 2.0B other parameters per GPU ≈ 76 GB of model state.
 """
-from moejax.config import base_config
+import pathlib
+
+from moejax.config.recipes import load_recipe
 
 
 def get_config():
-  c = base_config()
-  c.model.update(num_layers=94, hidden_size=4096, ffn_hidden_size=12288, num_attention_heads=64,
-                 num_query_groups=4, kv_channels=128, qk_layernorm=True, vocab_size=151936,
-                 rotary_base=1e6, norm_epsilon=1e-6)
-  c.moe.update(num_experts=128, router_topk=8, ffn_hidden_size=1536,
-               aux_loss_coeff=1e-3, token_dispatcher_type="alltoall")
-  c.parallel.update(tp=4, sequence_parallel=True, ep=128, etp=1)
-  c.data.update(source="synthetic")
-  c.train.update(train_iters=50, micro_batch_size=1, global_batch_size=1024, seq_length=4096,
-                 recompute_granularity="full", log_interval=1)
-  c.optim.update(lr=1.2e-4, min_lr=1.2e-5, lr_warmup_iters=10, weight_decay=0.1)
+  c = load_recipe(str(pathlib.Path(__file__).with_name("qwen3_30b_a3b.py")))
+  c.model.update(num_layers=94, hidden_size=4096, ffn_hidden_size=12288, num_attention_heads=64)
+  c.moe.update(ffn_hidden_size=1536)
+  c.parallel.update(tp=4, ep=128)
+  c.train.update(global_batch_size=1024)
   return c

@@ -116,3 +116,23 @@ def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
   a, b = HFCheckpoint(str(hf_dir / family)), HFCheckpoint(str(tmp_path / "hf"))
   assert sorted(a.files) == sorted(b.files)
   assert all(a.get(n).tobytes() == b.get(n).tobytes() for n in a.files)
+
+
+@pytest.mark.slow
+def test_training_starts_from_a_converted_checkpoint_on_another_layout(converted, tmp_path):
+  """train.py with only `--config.checkpoint.load_params=DIR` (its config from DIR) on 2 devices
+  with ep=2. Fast coverage of the parts: tests/test_cli.py (the config from DIR),
+  tests/checkpoint/test_params.py (weights into another layout), tests/checkpoint/test_streaming.py
+  (the router state beside them)."""
+  d = converted["deepseek_v3"][0]
+  r = subprocess.run([sys.executable, "train.py", f"--config.checkpoint.load_params={d}", "--workdir", str(tmp_path),
+                      "--config.parallel.ep=2", "--config.data.source=synthetic", "--config.train.train_iters=1",
+                      "--config.train.seq_length=16", "--config.train.global_batch_size=2",
+                      "--config.model.dtype=float32", "--config.logging.tensorboard=False"],
+                     cwd=REPO, capture_output=True, text=True, timeout=900,
+                     env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+                              XLA_FLAGS=""))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"loaded the weights of {d}" in r.stderr and "2 device(s): tp=1 cp=1 pp=1 ep=2" in r.stderr
+  row = json.loads(open(tmp_path / "metrics.jsonl").readline())
+  assert np.isfinite(row["lm_loss"]) and row["mtp_loss"] > 0
