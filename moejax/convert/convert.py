@@ -184,7 +184,8 @@ def _check_all_used(f: Family, spec: ModelSpec, ckpt: HFCheckpoint, used: set) -
       skipped.append(name)  # MTP layers beyond model.mtp_num_layers: transformers ignores them too
       continue
     if m and m.group(2) in ("embed_tokens.weight", "shared_head.head.weight") and int(m.group(1)) >= spec.num_layers:
-      main = "model.embed_tokens.weight" if m.group(2) == "embed_tokens.weight" else "lm_head.weight"
+      tied = m.group(2) == "embed_tokens.weight" or not spec.untie_embeddings_and_output_weights
+      main = "model.embed_tokens.weight" if tied else "lm_head.weight"
       if main not in ckpt or not np.array_equal(ckpt.get(name), ckpt.get(main)):
         raise ConversionError(f"{name} differs from {main}: moejax's MTP layers share the model's embedding and head")
       continue
@@ -255,7 +256,7 @@ def moejax_to_hf(params_dir: str, out_dir: str, family_name: str | None = None, 
         tensors.append((hf_name, shapes[pos], out_dtype or saved, _producer(reader, name, b, pos, cache, out_dtype)))
   config = families.to_hf(f, spec, base, (out_dtype or max(sizes, key=sizes.get)).name)  # refuses before writing
   tensors += _bias_tensors(f, spec, state_reader, state_prefix)
-  tensors += _shared_mtp_copies(spec, tensors)
+  tensors += _shared_mtp_copies(spec, tensors) + _zero_width_shared(f, spec, tensors[0][2])
   tensors.sort(key=lambda t: _layer_key(t[0]))
   write_sharded(out_dir, tensors, max_shard_bytes)
   with open(os.path.join(out_dir, "config.json"), "w") as fh:
@@ -298,6 +299,24 @@ def _bias_tensors(f: Family, spec: ModelSpec, reader: LeafReader | None, prefix:
           return np.zeros((E,), np.float32)
         return reader.read(name, (r,) if stacked else ()).astype(np.float32)
       out.append((EXPERT_BIAS.format(prefix=f"model.layers.{l}.{f.moe_prefix}"), (E,), np.dtype(np.float32), produce))
+  return out
+
+
+def _zero_width_shared(f: Family, spec: ModelSpec, dtype) -> list:
+  """transformers builds a shared expert even of width 0 (it adds nothing); its empty tensors, and
+  Qwen2-MoE's gate of it (whose values are not kept: zeros), so that from_pretrained finds them."""
+  if f.shared is None or spec.moe.shared_expert_intermediate_size or not spec.moe.num_experts:
+    return []
+  H, out = spec.hidden_size, []
+  layers = [l for l, moe in enumerate(spec.moe_pattern) if moe] + list(
+      range(spec.num_layers, spec.num_layers + spec.mtp_num_layers))
+  for l in layers:
+    prefix = f"model.layers.{l}.{f.moe_prefix}.{f.shared}."
+    for name, shape in (("gate_proj", (0, H)), ("up_proj", (0, H)), ("down_proj", (H, 0))):
+      out.append((f"{prefix}{name}.weight", shape, dtype, lambda shape=shape: np.zeros(shape, dtype)))
+    if f.name == "qwen2_moe":
+      out.append((f"model.layers.{l}.{f.moe_prefix}.shared_expert_gate.weight", (1, H), dtype,
+                  lambda: np.zeros((1, H), dtype)))
   return out
 
 

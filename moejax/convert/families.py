@@ -152,12 +152,17 @@ def _gqa(c: HFConfig) -> dict:
          "moe.aux_loss_coeff": c["router_aux_loss_coef"], **_moe_pattern_keys(pattern)}
   # HF: softmax over all experts, top-k, renormalised (Mixtral; Qwen with norm_topk_prob) = Megatron's
   # softmax over the top-k logits; not renormalised = Megatron's pre-softmax
+  # (top-1: Megatron refuses softmax after top-k, so softmax first and renormalise)
+  norm = f.name == "mixtral" or bool(c["norm_topk_prob"])
+  out["moe.router_pre_softmax"] = not norm or c["num_experts_per_tok"] == 1
+  if norm and c["num_experts_per_tok"] == 1:
+    out["moe.router_norm_topk_prob"] = True
   if f.name == "mixtral":
     out["moe.ffn_hidden_size"] = c["intermediate_size"]
     if c["router_jitter_noise"]:
       out["moe.input_jitter_eps"] = c["router_jitter_noise"]
     return out
-  out.update({"moe.ffn_hidden_size": c["moe_intermediate_size"], "moe.router_pre_softmax": not c["norm_topk_prob"]})
+  out["moe.ffn_hidden_size"] = c["moe_intermediate_size"]
   if f.name == "qwen2_moe":
     out["model.add_qkv_bias"] = bool(c["qkv_bias"])
     if c["shared_expert_intermediate_size"]:

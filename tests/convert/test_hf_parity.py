@@ -136,3 +136,21 @@ def test_training_starts_from_a_converted_checkpoint_on_another_layout(converted
   assert f"loaded the weights of {d}" in r.stderr and "2 device(s): tp=1 cp=1 pp=1 ep=2" in r.stderr
   row = json.loads(open(tmp_path / "metrics.jsonl").readline())
   assert np.isfinite(row["lm_loss"]) and row["mtp_loss"] > 0
+
+
+@pytest.mark.slow
+def test_other_corners_of_each_family(tmp_path):
+  """VARIANTS of tests/peers/hf_models.py (top-1, tied embeddings, no q_lora in V3, rope_interleave
+  False, attention_bias, a zero-width shared expert, ...): the same three checks. The default
+  configs above cover every family."""
+  _peer("build-variants", tmp_path)
+  for family in FAMILIES:
+    d = tmp_path / f"{family}_moejax"
+    hf_to_moejax(family, str(tmp_path / family), str(d))
+    got = logits(load_checkpoint_config(str(d)), str(d), json.load(open(tmp_path / family / "tokens.json")))
+    np.testing.assert_allclose(got, np.load(tmp_path / family / "ref_logits.npy"), rtol=0, atol=1e-4, err_msg=family)
+    moejax_to_hf(str(d), str(tmp_path / f"{family}_export"))
+    a, b = HFCheckpoint(str(tmp_path / family)), HFCheckpoint(str(tmp_path / f"{family}_export"))
+    assert sorted(a.files) == sorted(b.files), family
+    assert all(a.get(n).dtype == b.get(n).dtype and a.get(n).tobytes() == b.get(n).tobytes() for n in a.files)
+  assert _peer("check", tmp_path).count(" ok") == len(FAMILIES)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import linen as nn
 
 from moejax.config import AttentionSpec, ModelSpec, MoESpec, RouterSpec
@@ -78,7 +79,10 @@ def test_depth_k_sees_tokens_up_to_k_ahead_only():
     np.testing.assert_allclose(beyond[k - 1][:, :i + 1], base[k - 1][:, :i + 1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mtp_loss_is_logged_in_training(small_moe_config, tmp_path):
+  """End to end through the loop; fast coverage: loss_fn's `mtp_loss` metric (above) and the loop
+  writing every scalar metric (tests/train/test_train.py)."""
   cfg = small_moe_config()
   cfg.model.update(mtp_num_layers=1, num_layers=1)
   cfg.train.update(train_iters=1, seq_length=16, micro_batch_size=2, global_batch_size=2)

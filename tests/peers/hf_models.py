@@ -4,6 +4,7 @@
                                    index), tokens.json and ref_logits.npy (fp32 [T, V])
   python hf_models.py check OUT    from_pretrained every OUT/<family>_export (written by moejax):
                                    its logits must equal ref_logits.npy exactly
+  python hf_models.py build-variants OUT   the same for VARIANTS (other corners of each family)
 
 The configs exercise each family's tricky options: head_dim != hidden/heads, QKV and output
 biases, QK-norm, YaRN, mlp_only_layers with decoder_sparse_step, tied embeddings, the shared-expert
@@ -49,6 +50,37 @@ CONFIGS = {
                          num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1, n_group=4, topk_group=2,
                          routed_scaling_factor=2.5, norm_topk_prob=True, num_key_value_heads=4,
                          rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=1.0))),
+}
+
+# Other corners of the same families (tests/convert/test_hf_parity.py, slow): top-1 routing, tied
+# embeddings, no q_lora in V3 / q_lora in V2, rope_interleave=False, attention_bias, a zero-width
+# shared expert, norm_topk_prob=False with sigmoid, YaRN's beta values, other eps and vocab sizes.
+V = dict(vocab_size=77, hidden_size=24, intermediate_size=40, num_attention_heads=6, initializer_range=0.1)
+VARIANTS = {
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(V, num_hidden_layers=3, num_key_value_heads=6, num_local_experts=3, num_experts_per_tok=1,
+                     tie_word_embeddings=True, rms_norm_eps=1e-6,
+                     rope_parameters=dict(rope_type="default", rope_theta=500.0))),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(V, num_hidden_layers=3, num_key_value_heads=3, num_experts=5, num_experts_per_tok=3,
+                       moe_intermediate_size=8, shared_expert_intermediate_size=12, norm_topk_prob=True, qkv_bias=False,
+                       mlp_only_layers=[0], rope_parameters=dict(YARN, factor=2.0, original_max_position_embeddings=10,
+                                                                 beta_fast=16, beta_slow=2))),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(V, num_hidden_layers=2, num_key_value_heads=1, head_dim=8, num_experts=4, num_experts_per_tok=1,
+                       moe_intermediate_size=8, tie_word_embeddings=True, rms_norm_eps=1e-5)),
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM",
+                    dict(V, num_hidden_layers=2, q_lora_rank=10, kv_lora_rank=12, qk_nope_head_dim=6, qk_rope_head_dim=2,
+                         v_head_dim=10, n_routed_experts=6, num_experts_per_tok=3, moe_intermediate_size=8,
+                         n_shared_experts=0, topk_method="greedy", attention_bias=True, rms_norm_eps=1e-5,
+                         rope_parameters=dict(YARN, factor=8.0, original_max_position_embeddings=6, mscale=1.0,
+                                              mscale_all_dim=0.5))),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM",
+                    dict(V, num_hidden_layers=4, first_k_dense_replace=2, q_lora_rank=None, kv_lora_rank=12,
+                         qk_nope_head_dim=4, qk_rope_head_dim=6, v_head_dim=4, n_routed_experts=12,
+                         num_experts_per_tok=3, moe_intermediate_size=8, n_shared_experts=2, n_group=3, topk_group=2,
+                         routed_scaling_factor=1.5, norm_topk_prob=False, num_key_value_heads=6, rope_interleave=False,
+                         attention_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-5)),
 }
 
 
@@ -103,15 +135,15 @@ def _logits(model, tokens):
     return model(torch.tensor([tokens])).logits[0].float().numpy()
 
 
-def build(out):
-  for i, (family, (config_cls, model_cls, kwargs)) in enumerate(CONFIGS.items()):
+def build(out, configs=CONFIGS):
+  for i, (family, (config_cls, model_cls, kwargs)) in enumerate(configs.items()):
     gen = torch.Generator().manual_seed(i)
     config = getattr(transformers, config_cls)(**kwargs)
     model = getattr(transformers, model_cls)(config).eval()
     _randomize(model, gen)
     d = os.path.join(out, family)
     model.save_pretrained(d, max_shard_size="40KB")
-    if family == "deepseek_v3":
+    if family == "deepseek_v3" and configs is CONFIGS:
       _append_mtp_layer(d, model, gen)
     tokens = torch.randint(0, config.vocab_size, (T,), generator=gen).tolist()
     json.dump(tokens, open(os.path.join(d, "tokens.json"), "w"))
@@ -132,4 +164,5 @@ def check(out):
 if __name__ == "__main__":
   torch.set_num_threads(1)
   transformers.logging.set_verbosity_error()
-  {"build": build, "check": check}[sys.argv[1]](sys.argv[2])
+  commands = {"build": build, "check": check, "build-variants": lambda out: build(out, VARIANTS)}
+  commands[sys.argv[1]](sys.argv[2])
