@@ -32,7 +32,7 @@ from moejax.moe.state import MOE_STATE, ExpertBias
 
 MOEJAX_CONFIG = "moejax_config.json"
 HF_CONFIG = "hf_config.json"
-SECTIONS = ("model", "moe")  # what a converted checkpoint's config fixes; the rest stays a recipe's
+CHECKPOINT_SECTIONS = ("model", "moe")  # what a converted checkpoint's config fixes; the rest stays a recipe's
 
 
 # ------------------------------------------------------------------------------ configs
@@ -57,7 +57,7 @@ def load_checkpoint_config(directory: str):
 
 def _write_config(directory: str, cfg) -> None:
   with open(os.path.join(directory, MOEJAX_CONFIG), "w") as f:
-    json.dump({sec: cfg[sec].to_dict() for sec in SECTIONS}, f, indent=2)
+    json.dump({sec: cfg[sec].to_dict() for sec in CHECKPOINT_SECTIONS}, f, indent=2)
 
 
 def _abstract(spec: ModelSpec):
@@ -85,11 +85,6 @@ def _interleaved(f: Family, hf_config: dict | None) -> bool:
   return f.name == "deepseek_v3" and (hf_config or {}).get("rope_interleave", True)
 
 
-def _block_shape(shape, index) -> tuple[int, ...]:
-  lead = sum(1 for s in index if s != slice(None))
-  return (1,) * lead + tuple(shape[lead:])
-
-
 # ------------------------------------------------------------------------------ HF -> moejax
 def _mtp_layers_present(f: Family, raw: dict, ckpt: HFCheckpoint) -> int:
   if f.name != "deepseek_v3":
@@ -102,20 +97,18 @@ def _mtp_layers_present(f: Family, raw: dict, ckpt: HFCheckpoint) -> int:
 
 
 def _streamed(leaf, blocks: list[Block], ckpt: HFCheckpoint, name: str) -> StreamedArray:
+  """The leaf as blocks read from the checkpoint when written; shapes and dtypes checked first."""
   dtypes = {ckpt.dtype(n) for b in blocks for n in b.hf}
   if len(dtypes) != 1:
     raise ConversionError(f"{blocks[0].hf[0]} and the other tensors of {name} differ in dtype: {sorted(map(str, dtypes))}")
-  block_shape = _block_shape(leaf.shape, blocks[0].index)
-
-  def gen():
-    for b in blocks:
-      block = b.rule.to_block(*(ckpt.get(n) for n in b.hf))
-      if int(np.prod(block.shape)) != int(np.prod(block_shape)) or block.shape[-1] != block_shape[-1]:
-        raise ConversionError(f"{b.hf[0]}: shape {list(ckpt.get(b.hf[0]).shape)} does not fit moejax {name} "
-                              f"{list(leaf.shape)} (config.json and weights disagree)")
-      yield b.index, block
-
-  return StreamedArray(tuple(leaf.shape), dtypes.pop(), block_shape, gen)
+  want = blocks[0].rule.hf_shapes(blocks[0].shape(leaf.shape))
+  for b in blocks:
+    for n, shape in zip(b.hf, want):
+      if ckpt.shape(n) != tuple(shape):
+        raise ConversionError(f"{n} has shape {list(ckpt.shape(n))}, config.json implies {list(shape)} (moejax {name})")
+  lead = len(leaf.shape) - len(blocks[0].shape(leaf.shape))
+  return StreamedArray(tuple(leaf.shape), dtypes.pop(), (1,) * lead + blocks[0].shape(leaf.shape),
+                       lambda: ((b.index, b.rule.to_block(*(ckpt.get(n) for n in b.hf))) for b in blocks))
 
 
 def hf_to_moejax(family_name: str, hf_dir: str, out_dir: str, log=sys.stderr) -> None:
@@ -248,8 +241,7 @@ def moejax_to_hf(params_dir: str, out_dir: str, family_name: str | None = None, 
     saved = np.dtype(meta.dtype)
     sizes[saved] = sizes.get(saved, 0) + leaf.size
     blocks = leaf_blocks(f, spec, path, interleaved)
-    lead = sum(1 for s in blocks[0].index if s != slice(None))
-    shapes = [a.shape for a in blocks[0].rule.from_block(np.zeros(leaf.shape[lead:], np.float32))]
+    shapes = blocks[0].rule.hf_shapes(blocks[0].shape(leaf.shape))
     cache = {}
     for b in blocks:
       for pos, hf_name in enumerate(b.hf):
@@ -278,8 +270,7 @@ def _producer(reader: LeafReader, leaf: str, b: Block, pos: int, cache: dict, dt
     key = tuple((s.start, s.stop) for s in b.index)
     if cache.get("key") != key:
       block = reader.read(leaf, b.index)
-      lead = sum(1 for s in b.index if s != slice(None))
-      cache.update(key=key, out=b.rule.from_block(block.reshape(block.shape[lead:])))
+      cache.update(key=key, out=b.rule.from_block(block.reshape(b.shape(block.shape))))
     out = cache["out"][pos]
     return out if dtype is None else out.astype(dtype)
   return produce

@@ -52,6 +52,9 @@ class HFCheckpoint:
     """A tensor's dtype from its header, without reading it."""
     return np.dtype(_DTYPES[self._handle(name).get_slice(name).get_dtype()])
 
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._handle(name).get_slice(name).get_shape())
+
   def get(self, name: str) -> np.ndarray:
     """One tensor as numpy, bit for bit (bfloat16 through ml_dtypes; read via the flax backend,
     as safetensors' numpy backend cannot load bfloat16)."""

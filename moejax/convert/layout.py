@@ -23,11 +23,16 @@ class Rule:
   hf: tuple[str, ...]                           # HF tensor names ("{e}": the expert)
   to_block: Callable[..., np.ndarray]           # HF tensors -> block
   from_block: Callable[[np.ndarray], tuple]     # block -> HF tensors
+  hf_shapes: Callable[[tuple], tuple]           # block shape -> the HF tensors' shapes (checked before reading)
   per_expert: bool = False
 
 
+def _size(shape) -> int:
+  return int(np.prod(shape))
+
+
 def _ident(name: str) -> Rule:
-  return Rule((name,), lambda w: w, lambda b: (b,))
+  return Rule((name,), lambda w: w, lambda b: (b,), lambda s: (s,))
 
 
 def _in(name: str, out_shape=(), perm=None) -> Rule:
@@ -42,12 +47,13 @@ def _in(name: str, out_shape=(), perm=None) -> Rule:
     b = b if inv is None else b[..., inv]
     return (b.reshape(b.shape[0], -1).T,)
 
-  return Rule((name,), to_block, from_block)
+  return Rule((name,), to_block, from_block, lambda s: ((_size(s[1:]), s[0]),))
 
 
 def _out(name: str, in_shape) -> Rule:
   """HF Linear weight [out, *in_shape flattened] -> ours [*in_shape, out]."""
-  return Rule((name,), lambda w: w.T.reshape(*in_shape, w.shape[0]), lambda b: (b.reshape(-1, b.shape[-1]).T,))
+  return Rule((name,), lambda w: w.T.reshape(*in_shape, w.shape[0]), lambda b: (b.reshape(-1, b.shape[-1]).T,),
+              lambda s: ((s[-1], _size(s[:-1])),))
 
 
 def _vector(name: str, shape=None, perm=None) -> Rule:
@@ -58,14 +64,14 @@ def _vector(name: str, shape=None, perm=None) -> Rule:
     w = w if perm is None else w[..., perm]
     return w if shape is None else w.reshape(shape)
 
-  return Rule((name,), to_block, lambda b: ((b if inv is None else b[..., inv]).reshape(-1),))
+  return Rule((name,), to_block, lambda b: ((b if inv is None else b[..., inv]).reshape(-1),), lambda s: ((_size(s),),))
 
 
 def _swiglu(gate: str, up: str) -> Rule:
   """Expert gate [F, H] and up [F, H] -> w1 [H, 2F], (f, 0) gate and (f, 1) up."""
   return Rule((gate, up), lambda g, u: np.stack([g.T, u.T], axis=-1).reshape(g.shape[1], -1),
               lambda b: tuple(np.ascontiguousarray(b.reshape(b.shape[0], -1, 2)[..., i].T) for i in (0, 1)),
-              per_expert=True)
+              lambda s: ((s[1] // 2, s[0]),) * 2, per_expert=True)
 
 
 def _rope_perm(spec: ModelSpec, interleaved: bool, width: int | None = None):
@@ -149,7 +155,8 @@ def _padded_rows(name: str, spec: ModelSpec, transpose: bool) -> Rule:
     w = np.pad(w, ((0, pad), (0, 0)))
     return np.ascontiguousarray(w.T) if transpose else w
 
-  return Rule((name,), to_block, lambda b: (np.ascontiguousarray((b.T if transpose else b)[:spec.vocab_size]),))
+  return Rule((name,), to_block, lambda b: (np.ascontiguousarray((b.T if transpose else b)[:spec.vocab_size]),),
+              lambda s: ((spec.vocab_size, s[0] if transpose else s[1]),))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +164,10 @@ class Block:
   index: tuple[slice, ...]       # into the moejax leaf
   hf: tuple[str, ...]            # full HF names
   rule: Rule
+
+  def shape(self, leaf_shape) -> tuple[int, ...]:
+    """The block's shape without the leading layer/expert axes it indexes."""
+    return tuple(leaf_shape[sum(1 for s in self.index if s != slice(None)):])
 
 
 def _stacked(rule: Rule, prefix: str, layers: list[int], num_experts: int) -> Iterator[Block]:
