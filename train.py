@@ -1,6 +1,7 @@
 """moejax training entry point.
 
   python train.py --config configs/tiny_moe.py --workdir /tmp/run [--config.moe.num_experts=8 ...]
+  python train.py --config.checkpoint.load_params=DIR --workdir /tmp/run   (DIR's own config: configs/converted.py)
 
 Several processes (hosts): under `srun` nothing more is needed; otherwise start one per host with
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the JAX_* environment).
@@ -44,6 +45,21 @@ def check_recipe(argv: list[str]) -> None:
                      "(see configs/tiny_moe.py)")
 
 
+def config_from_checkpoint(argv: list[str]) -> list[str]:
+  """Without --config, `--config.checkpoint.load_params=DIR` of a converted checkpoint brings its
+  own config: argv gets `--config=configs/converted.py:DIR` (checked for DIR/moejax_config.json)."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    return argv
+  load = [a.split("=", 1)[1] for a in argv if a.startswith("--config.checkpoint.load_params=")]
+  if not load:
+    return argv
+  if not os.path.isfile(os.path.join(load[-1], "moejax_config.json")):
+    raise SystemExit(f"--config.checkpoint.load_params={load[-1]} has no moejax_config.json (not written by "
+                     "`python -m moejax.convert`): pass --config RECIPE too")
+  recipe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "converted.py")
+  return [f"--config={recipe}:{load[-1]}", *argv]
+
+
 def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -74,5 +90,6 @@ if __name__ == "__main__":
     check_override_keys(sys.argv[1:])
   except ConfigError as e:
     raise SystemExit(str(e)) from None
+  sys.argv[1:] = config_from_checkpoint(sys.argv[1:])
   check_recipe(sys.argv[1:])
   app.run(main)

@@ -50,3 +50,17 @@ def test_workdir_not_writable(repo_root, tmp_path):
   (tmp_path / "file").write_text("")
   out = _train(repo_root, tmp_path, "--config", "configs/tiny_moe.py", workdir=tmp_path / "file" / "run")
   _one_line_error(out, f"--workdir {tmp_path / 'file' / 'run'} is not writable (")
+
+
+def test_load_params_of_a_converted_checkpoint_brings_its_config(tmp_path, repo_root):
+  """Without --config, `--config.checkpoint.load_params=DIR` uses DIR's moejax_config.json
+  (configs/converted.py); weights from elsewhere need --config, in one line."""
+  sys.path.insert(0, str(repo_root))
+  from train import config_from_checkpoint
+  (tmp_path / "conv").mkdir()
+  (tmp_path / "conv" / "moejax_config.json").write_text("{}")
+  argv = [f"--config.checkpoint.load_params={tmp_path / 'conv'}", "--workdir=w"]
+  assert config_from_checkpoint(argv) == [f"--config={repo_root / 'configs/converted.py'}:{tmp_path / 'conv'}", *argv]
+  assert config_from_checkpoint(["--config", "x.py", *argv]) == ["--config", "x.py", *argv]
+  out = _train(repo_root, tmp_path, f"--config.checkpoint.load_params={tmp_path}")
+  _one_line_error(out, "has no moejax_config.json (not written by `python -m moejax.convert`): pass --config RECIPE")

@@ -41,6 +41,7 @@ from moejax.checkpoint import checksum
 from moejax.config import RunError
 
 PARAMS_ITEM = "params"
+MOE_STATE_ITEM = "moe_state"  # beside the weights when they come with router state (an expert bias)
 CORRUPT = ".corrupt"
 
 
@@ -125,10 +126,19 @@ def _verified(tree, recorded, prefix: str = ""):
   return tree
 
 
-def save_params(directory: str, params) -> None:
-  """Writes a weights-only checkpoint: DIR/params (an Orbax pytree, atomic)."""
+def save_params(directory: str, params, moe_state=None) -> None:
+  """Writes a weights-only checkpoint: DIR/params (an Orbax pytree, atomic), and DIR/moe_state
+  when given a non-empty `moe_state` (the expert biases of aux-loss-free routing)."""
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(os.path.abspath(directory), PARAMS_ITEM), params, force=True)
+  if moe_state:
+    save_moe_state(directory, moe_state)
+
+
+def save_moe_state(directory: str, moe_state) -> None:
+  """Writes DIR/moe_state (an Orbax pytree, atomic)."""
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(os.path.abspath(directory), MOE_STATE_ITEM), moe_state, force=True)
 
 
 def load_params(directory: str, abstract_params, shardings):
@@ -195,6 +205,15 @@ class _Pinned:
 @jax.jit
 def _device_copy(tree):
   return jax.tree.map(jnp.copy, tree)
+
+
+def load_moe_state(directory: str, abstract_moe_state, shardings):
+  """Reads DIR/moe_state into `shardings`, or None when the weights came without one."""
+  path = os.path.join(os.path.abspath(directory), MOE_STATE_ITEM)
+  if not abstract_moe_state or not os.path.isdir(path):
+    return None
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(path, _target(abstract_moe_state, shardings))
 
 
 class CheckpointManager:

@@ -32,13 +32,66 @@ def _not_positive(section: str, spec, keys) -> list[str]:
 
 # ------------------------------------------------------------------------------ the model
 @frozen
+class RotaryScalingSpec(Spec, section="model"):
+  """YaRN scaling of the rotary embeddings (Megatron's MLA YaRN keys; DeepSeek-V2/V3 use it).
+
+  rope: plain RoPE. yarn: frequencies blended between extrapolation and interpolation by
+  `rotary_scaling_factor` over [beta_slow, beta_fast] rotations of `original_max_position_embeddings`,
+  cos/sin scaled by mscale(factor, mscale) / mscale(factor, mscale_all_dim) (or
+  `rotary_attention_factor` when given), and MLA's softmax scale by mscale(factor, mscale_all_dim)^2.
+  """
+  rope_type: Literal["rope", "yarn"] = "rope"
+  rotary_scaling_factor: float = 1.0
+  original_max_position_embeddings: int = 4096
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  mscale: float = 1.0
+  mscale_all_dim: float = 0.0
+  rotary_attention_factor: float | None = None  # HF's yarn attention_factor; None = from mscale / mscale_all_dim
+
+  def problems(self):
+    bad = super().problems()
+    if self.rope_type == "yarn" and not self.rotary_scaling_factor > 0:
+      bad.append(f"model.rotary_scaling_factor={self.rotary_scaling_factor} must be > 0 with model.rope_type='yarn'")
+    return bad
+
+
+@frozen
+class MLASpec(Spec, section="model"):
+  """Multi-head Latent Attention (DeepSeek-V2/V3): queries through an optional low-rank
+  bottleneck, keys and values from one shared latent, RoPE on a separate per-head slice of
+  q and one shared slice of k."""
+  multi_latent_attention: bool = False
+  q_lora_rank: int | None = None             # None: q projected directly from the hidden state
+  kv_lora_rank: int = 512
+  qk_head_dim: int = 128                     # the no-position part of a q/k head
+  qk_pos_emb_head_dim: int = 64              # the rotary part of a q/k head
+  v_head_dim: int = 128
+
+  def problems(self):
+    bad = super().problems()
+    if self.multi_latent_attention:
+      bad += _not_positive("model", self, ("kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim"))
+      if self.q_lora_rank is not None:
+        bad += _not_positive("model", self, ("q_lora_rank",))
+      if not bad and self.qk_pos_emb_head_dim % 2:
+        bad.append(f"model.qk_pos_emb_head_dim={self.qk_pos_emb_head_dim} must be even (rotary pairs)")
+    return bad
+
+
+@frozen
 class AttentionSpec(Spec, section="model"):
-  """Grouped-query self-attention with rotary embeddings."""
+  """Self-attention: grouped-query (optionally with QKV bias and QK-norm) or MLA, rotary embeddings."""
   num_attention_heads: int = 4
   num_query_groups: int = 4                  # KV heads (GQA); == heads is plain MHA
   kv_channels: int | None = None             # head dim; None = hidden_size / heads
   rotary_base: float = 10000.0
   attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
+  add_qkv_bias: bool = False                 # bias on the projections from the hidden state (Qwen2; MLA: q/kv down)
+  attention_output_bias: bool = False        # bias on the output projection (HF attention_bias of Qwen3/DeepSeek)
+  qk_layernorm: bool = False                 # per-head RMSNorm of q and k before RoPE (Qwen3); MLA: the latent norms
+  rotary_scaling: RotaryScalingSpec = RotaryScalingSpec()
+  mla: MLASpec = MLASpec()
   # context parallelism (parallel.cp > 1): keys/values around a ring of permutes, or one all-gather
   cp_comm_type: Literal["p2p", "allgather"] = "p2p"
 
@@ -63,8 +116,12 @@ class RouterSpec(Spec, section="moe"):
   router_topk_scaling_factor: float | None = None
   router_num_groups: int | None = None
   router_group_topk: int | None = None
-  # group score: sum of its top K/group_topk scores (Megatron, DeepSeek-V3) or its best score (DeepSeek-V2)
-  router_group_scoring: Literal["sum_topk", "max"] = "sum_topk"
+  # group score: sum of its top K/group_topk scores (Megatron), of its top 2 (DeepSeek-V3's code, HF)
+  # or its best score (DeepSeek-V2)
+  router_group_scoring: Literal["sum_topk", "sum_top2", "max"] = "sum_topk"
+  # divide the top-k probs by their sum (HF's norm_topk_prob); None: Megatron's rule (sigmoid with
+  # K > 1 normalised, pre-softmax not; post-softmax is normalised by construction)
+  router_norm_topk_prob: bool | None = None
   router_dtype: Literal["fp32", "fp64"] = "fp32"
   router_enable_expert_bias: bool = False    # aux-loss-free balancing (DeepSeek-V3); needs sigmoid
   router_bias_update_rate: float = 1e-3
@@ -96,6 +153,10 @@ class RouterSpec(Spec, section="moe"):
       problems.append(f"moe.aux_loss_coeff={coeffs!r} must be non-negative number(s)")
     elif "sinkhorn" in flat_types and any(flat_coeffs):
       problems.append("moe.router_load_balancing_type='sinkhorn' does not use an aux loss: set moe.aux_loss_coeff=0")
+    if (self.router_norm_topk_prob is False and self.router_score_function == "softmax"
+        and not self.router_pre_softmax):
+      problems.append("moe.router_norm_topk_prob=False needs moe.router_pre_softmax=True or sigmoid scores "
+                      "(softmax after top-k is normalised by construction)")
     if self.router_enable_expert_bias and self.router_score_function != "sigmoid":
       problems.append("moe.router_enable_expert_bias=True needs moe.router_score_function='sigmoid' (as in Megatron)")
     if (self.router_topk == 1 and self.router_score_function == "softmax" and not self.router_pre_softmax
@@ -180,8 +241,14 @@ class MoESpec(Spec, section="moe"):
         problems.append(f"moe.num_experts={E} is not divisible by moe.router_num_groups={G}")
       if g is None or not 1 <= g <= G:
         problems.append(f"moe.router_group_topk={g} must be set between 1 and moe.router_num_groups={G}")
-      elif K % g:
+      elif self.router.router_group_scoring == "sum_topk" and K % g:
         problems.append(f"moe.router_topk={K} is not divisible by moe.router_group_topk={g}")
+      elif not E % G and K > g * (E // G):
+        problems.append(f"moe.router_topk={K} is more than the {g * (E // G)} experts of moe.router_group_topk={g} "
+                        f"groups of {E // G}")
+      elif self.router.router_group_scoring == "sum_top2" and E // G < 2:
+        problems.append(f"moe.router_group_scoring='sum_top2' needs groups of at least 2 experts, not "
+                        f"moe.num_experts={E} / moe.router_num_groups={G}")
     return problems
 
 
@@ -252,6 +319,10 @@ class ModelSpec(Spec, section="model"):
   dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
   # the LM head and its cross-entropy in one chunked pass, no [tokens, vocab] logits (layers/cross_entropy.py)
   cross_entropy_loss_fusion: bool = True
+  # moejax default: separate embedding and output head (every family here); Megatron ties by default
+  untie_embeddings_and_output_weights: bool = True
+  mtp_num_layers: int = 0                    # Multi-Token Prediction depths (DeepSeek-V3: 1); 0 = the base model
+  mtp_loss_scaling_factor: float = 0.1       # the MTP loss weight, shared over the depths (λ / D)
   attention: AttentionSpec = AttentionSpec()
   moe: MoESpec = MoESpec()
   recompute: RecomputeSpec = RecomputeSpec()
@@ -268,7 +339,10 @@ class ModelSpec(Spec, section="model"):
         and not 0 <= d.eod < self.vocab_size):
       bad.append(f"data.eod={d.eod} is outside model.vocab_size={self.vocab_size}: set data.eod to the "
                  "tokenizer's end-of-document id (needed by data.reset_* / data.eod_mask_loss)")
-    if a.kv_channels is None and a.num_attention_heads > 0 and self.hidden_size % a.num_attention_heads:
+    if not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
+      bad.append(f"model.mtp_num_layers={self.mtp_num_layers!r} must be an integer >= 0 (0 = no MTP)")
+    if (a.kv_channels is None and not a.mla.multi_latent_attention and a.num_attention_heads > 0
+        and self.hidden_size % a.num_attention_heads):
       bad.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
                  f"{a.num_attention_heads}: set model.kv_channels explicitly or change the head count")
     m = self.moe
@@ -283,7 +357,8 @@ class ModelSpec(Spec, section="model"):
       bad.append("moe.use_upcycling=True does not build shared experts from the dense MLP: "
                  "unset moe.shared_expert_intermediate_size")
     r = self.recompute
-    if r.recompute_granularity == "selective" and "mla_up_proj" in r.recompute_modules:
+    if (r.recompute_granularity == "selective" and "mla_up_proj" in r.recompute_modules
+        and not self.attention.mla.multi_latent_attention):
       bad.append("train.recompute_modules has 'mla_up_proj' but this model has no multi-latent attention: remove it")
     if (self.moe.num_experts is not None and isinstance(freq, tuple)
         and (len(freq) != self.num_layers or any(v not in (0, 1) for v in freq))):
@@ -299,6 +374,17 @@ class ModelSpec(Spec, section="model"):
   def head_dim(self) -> int:
     a = self.attention
     return a.kv_channels if a.kv_channels is not None else self.hidden_size // a.num_attention_heads
+
+  @property
+  def qk_dim(self) -> int:
+    """Query/key head dim: head_dim, or MLA's no-position + rotary parts."""
+    mla = self.attention.mla
+    return mla.qk_head_dim + mla.qk_pos_emb_head_dim if mla.multi_latent_attention else self.head_dim
+
+  @property
+  def v_dim(self) -> int:
+    mla = self.attention.mla
+    return mla.v_head_dim if mla.multi_latent_attention else self.head_dim
 
   @property
   def moe_ffn_hidden_size(self) -> int:

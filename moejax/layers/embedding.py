@@ -1,8 +1,10 @@
-"""Token embedding and the untied output head (vocab sharded over tp), both padded to
+"""Token embedding and the output head (vocab sharded over tp), both padded to
 `padded_vocab_size` rows; the head masks the padded logits so they are never predicted.
+With tied weights (`model.untie_embeddings_and_output_weights=False`) the head is the
+embedding table: `Embedding.attend` gives its logits and `Embedding.loss` its loss.
 
-The head either gives logits or, for training, the weighted cross-entropy of its output
-(`OutputHead.loss`; fused with the head by default, model.cross_entropy_loss_fusion)."""
+A head either gives logits or, for training, the weighted cross-entropy of its output
+(`loss`; fused with the head by default, model.cross_entropy_loss_fusion)."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -12,16 +14,43 @@ from moejax.config import ModelSpec
 from moejax.layers.cross_entropy import linear_cross_entropy
 
 
+def _logits(x_BSH, w_HV, spec: ModelSpec):
+  """fp32 logits [B, S, V_padded] (padded columns at the lowest float)."""
+  logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV.astype(spec.dtype), preferred_element_type=jnp.float32)
+  if spec.padded_vocab_size != spec.vocab_size:
+    real_V = jnp.arange(spec.padded_vocab_size) < spec.vocab_size
+    logits_BSV = jnp.where(real_V, logits_BSV, jnp.finfo(logits_BSV.dtype).min)
+  return nn.with_logical_constraint(logits_BSV, ("batch", "attn_seq", "vocab"))
+
+
+def _loss(x_BSH, w_HV, labels_BS, weights_BS, spec: ModelSpec):
+  """Σ weights · cross-entropy of the head x·w at the labels, in fp32."""
+  if spec.cross_entropy_loss_fusion:
+    x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
+    return linear_cross_entropy(x_BSH, w_HV.astype(spec.dtype), labels_BS, weights_BS, spec.vocab_size)
+  return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(_logits(x_BSH, w_HV, spec), labels_BS))
+
+
 class Embedding(nn.Module):
   spec: ModelSpec
 
-  @nn.compact
-  def __call__(self, tokens_BS: jax.Array) -> jax.Array:
+  def setup(self):
     s = self.spec
-    table_VH = self.param("embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(s.init_method_std), ("vocab", "embed")), (s.padded_vocab_size, s.hidden_size), s.params_dtype)
-    x_BSH = jnp.take(table_VH.astype(s.dtype), tokens_BS, axis=0)
+    self.embedding = self.param("embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(s.init_method_std), ("vocab", "embed")), (s.padded_vocab_size, s.hidden_size),
+        s.params_dtype)
+
+  def __call__(self, tokens_BS: jax.Array) -> jax.Array:
+    x_BSH = jnp.take(self.embedding.astype(self.spec.dtype), tokens_BS, axis=0)
     return nn.with_logical_constraint(x_BSH, ("batch", "seq", "embed"))
+
+  def attend(self, x_BSH: jax.Array) -> jax.Array:
+    """The tied output head: fp32 logits x · tableᵀ."""
+    return _logits(x_BSH, self.embedding.T, self.spec)
+
+  def loss(self, x_BSH: jax.Array, labels_BS: jax.Array, weights_BS: jax.Array) -> jax.Array:
+    """The tied head's Σ weights · cross-entropy."""
+    return _loss(x_BSH, self.embedding.T, labels_BS, weights_BS, self.spec)
 
 
 class OutputHead(nn.Module):
@@ -30,21 +59,12 @@ class OutputHead(nn.Module):
   def setup(self):
     s = self.spec
     self.kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.normal(s.init_method_std), ("embed", "vocab")), (s.hidden_size, s.padded_vocab_size), s.params_dtype)
+        nn.initializers.normal(s.init_method_std), ("embed", "vocab")), (s.hidden_size, s.padded_vocab_size),
+        s.params_dtype)
 
   def __call__(self, x_BSH: jax.Array) -> jax.Array:
-    """fp32 logits [B, S, V_padded] (padded columns at the lowest float)."""
-    s = self.spec
-    logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, self.kernel.astype(s.dtype), preferred_element_type=jnp.float32)
-    if s.padded_vocab_size != s.vocab_size:
-      real_V = jnp.arange(s.padded_vocab_size) < s.vocab_size
-      logits_BSV = jnp.where(real_V, logits_BSV, jnp.finfo(logits_BSV.dtype).min)
-    return nn.with_logical_constraint(logits_BSV, ("batch", "attn_seq", "vocab"))
+    return _logits(x_BSH, self.kernel, self.spec)
 
   def loss(self, x_BSH: jax.Array, labels_BS: jax.Array, weights_BS: jax.Array) -> jax.Array:
     """Σ weights · cross-entropy of the head's output at the labels, in fp32."""
-    s = self.spec
-    if s.cross_entropy_loss_fusion:
-      x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
-      return linear_cross_entropy(x_BSH, self.kernel.astype(s.dtype), labels_BS, weights_BS, s.vocab_size)
-    return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(self(x_BSH), labels_BS))
+    return _loss(x_BSH, self.kernel, labels_BS, weights_BS, self.spec)

@@ -10,7 +10,7 @@ import numpy as np
 
 from moejax.metrics.moe_load import log_to_tensorboard
 
-CONSOLE_KEYS = ("loss", "lm_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
+CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
 class MetricsWriter:

@@ -13,6 +13,7 @@ from flax import linen as nn
 from moejax.config import ModelSpec
 from moejax.layers.attention import Attention
 from moejax.layers.memory import block_policy, remat_module, tag
+from moejax.layers.mla import MLASelfAttention
 from moejax.layers.mlp import MLP
 from moejax.layers.norms import RMSNorm
 from moejax.moe.layer import MoELayer
@@ -73,9 +74,10 @@ class DecoderBlock(nn.Module):
     s = self.spec
     norm_cls = remat_module(s, "layernorm", RMSNorm)
     norm = lambda name: norm_cls(s.norm_epsilon, s.dtype, s.params_dtype, name=name)  # noqa: E731
+    attention = MLASelfAttention if s.attention.mla.multi_latent_attention else Attention
     x_BSH = tag(x_BSH, "attn_norm")
     h_BSH = tag(norm("input_norm")(x_BSH), "qkv_linear")
-    x_BSH = tag(x_BSH + Attention(s, name="attention")(h_BSH, positions_BS, segments_BS), "mlp_norm")
+    x_BSH = tag(x_BSH + attention(s, name="attention")(h_BSH, positions_BS, segments_BS), "mlp_norm")
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
       m_BSH, stats = remat_module(s, "moe", MoELayer)(s, name="moe")(h_BSH)

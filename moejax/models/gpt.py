@@ -1,4 +1,5 @@
-"""GPTModel: embedding → decoder stack → untied output head."""
+"""GPTModel: embedding → decoder stack → output head (untied, or the embedding's transpose),
+plus the Multi-Token Prediction depths when `model.mtp_num_layers` > 0."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,6 +11,7 @@ from flax import linen as nn
 from moejax.config import ModelSpec
 from moejax.layers.embedding import Embedding, OutputHead
 from moejax.models.decoder import Decoder
+from moejax.models.mtp import MultiTokenPredictionLayer, roll_left
 from moejax.parallel.context import cp_size, from_load_balanced, to_load_balanced
 
 
@@ -51,19 +53,50 @@ def model_inputs(spec: ModelSpec, tokens_BS, positions_BS=None, labels_BS=None, 
                        for x in (tokens_BS, positions_BS, segments_BS, labels_BS, loss_weights_BS)))
 
 
+def _append_layer(stats, st):
+  """MoE statistics [L, ...] with one more layer's appended."""
+  if st is None:
+    return stats
+  st = jax.tree.map(lambda a: a[None], st)
+  return st if stats is None else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), stats, st)
+
+
 class GPTModel(nn.Module):
   spec: ModelSpec
 
   @nn.compact
   def __call__(self, tokens_BS: jax.Array, positions_BS: jax.Array | None = None,
-               labels_BS: jax.Array | None = None, loss_weights_BS: jax.Array | None = None):
+               labels_BS: jax.Array | None = None, loss_weights_BS: jax.Array | None = None, mtp: bool = False):
     """Returns fp32 logits [B, S, V_padded] and the MoE statistics per MoE layer (or None); given
-    `labels_BS` (and per-token `loss_weights_BS`), Σ weights·cross-entropy instead of the logits."""
+    `labels_BS` (and per-token `loss_weights_BS`), Σ weights·cross-entropy instead of the logits.
+
+    With `mtp` (and `model.mtp_num_layers` > 0) a third output: the MTP logits [D, B, S, V_padded]
+    (depth k predicting the token k+1 ahead) or, given labels, the MTP losses [D] (depth k's
+    cross-entropy with labels and weights rolled k places left, the weights renormalized to sum
+    to one); the MTP layers' MoE statistics are appended to the decoder's."""
     s = self.spec
+    cp = cp_size()
     inp = model_inputs(s, tokens_BS, positions_BS, labels_BS, loss_weights_BS)
-    x_BSH = Embedding(s, name="embedding")(inp.tokens_BS)
-    x_BSH, moe_stats = Decoder(s, name="decoder")(x_BSH, inp.positions_BS, inp.segments_BS)
-    head = OutputHead(s, name="output_layer")
-    if labels_BS is None:
-      return from_load_balanced(head(x_BSH), cp_size()), moe_stats
-    return head.loss(x_BSH, inp.labels_BS, inp.loss_weights_BS), moe_stats
+    embedding = Embedding(s, name="embedding")
+    untied = OutputHead(s, name="output_layer") if s.untie_embeddings_and_output_weights else None
+    head = untied or embedding  # .loss on both; logits: OutputHead() or the tied Embedding.attend
+    logits = untied if untied is not None else embedding.attend
+    h_BSH, moe_stats = Decoder(s, name="decoder")(embedding(inp.tokens_BS), inp.positions_BS, inp.segments_BS)
+    main = (from_load_balanced(logits(h_BSH), cp) if labels_BS is None
+            else head.loss(h_BSH, inp.labels_BS, inp.loss_weights_BS))
+    if not s.mtp_num_layers or not (mtp or self.is_initializing()):
+      return main, moe_stats
+    depths, tokens_k, labels_k, weights_k = [], tokens_BS, labels_BS, loss_weights_BS
+    for k in range(s.mtp_num_layers):
+      tokens_k = roll_left(tokens_k)  # rolled in sequence order, then into cp's order
+      h_BSH, st = MultiTokenPredictionLayer(s, s.moe_pattern[-1], name=f"mtp_{k}")(
+          h_BSH, embedding(to_load_balanced(tokens_k, cp)), inp.positions_BS, inp.segments_BS)
+      moe_stats = _append_layer(moe_stats, st)
+      if labels_BS is None:
+        depths.append(from_load_balanced(logits(h_BSH), cp))
+        continue
+      labels_k, weights_k = roll_left(labels_k), roll_left(weights_k)
+      total = jnp.sum(weights_k)
+      w_BS = jnp.where(total > 0, weights_k / jnp.where(total > 0, total, 1.0), 0.0)
+      depths.append(head.loss(h_BSH, to_load_balanced(labels_k, cp), to_load_balanced(w_BS, cp)))
+    return main, moe_stats, jnp.stack(depths)

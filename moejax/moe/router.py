@@ -38,7 +38,8 @@ def _group_limited_topk(scores_TE, topk, num_groups, group_topk, group_scoring="
   if group_scoring == "max":
     group_scores_TG = grouped.max(-1)
   else:
-    group_scores_TG = jax.lax.top_k(grouped, topk // group_topk)[0].sum(-1)
+    per_group = 2 if group_scoring == "sum_top2" else topk // group_topk
+    group_scores_TG = jax.lax.top_k(grouped, per_group)[0].sum(-1)
   _, gidx = jax.lax.top_k(group_scores_TG, group_topk)
   group_mask_TG = jax.nn.one_hot(gidx, num_groups, dtype=jnp.bool_).any(axis=1)
   mask_TE = jnp.repeat(group_mask_TG, E // num_groups, axis=1)
@@ -56,11 +57,12 @@ def _topk(scores_TE, topk, num_groups, group_topk, group_scoring, replay_idx_TK)
 
 def topk_routing_sparse(logits_TE, topk, *, use_pre_softmax=False, num_groups=None, group_topk=None,
                         scaling_factor=None, score_function="softmax", expert_bias=None,
-                        replay_idx_TK=None, group_scoring="sum_topk"):
+                        replay_idx_TK=None, group_scoring="sum_topk", normalize=None):
   """Like `topk_routing` but returns (probs [T,K], expert indices [T,K]).
 
   `replay_idx_TK` replaces the top-k selection by the given expert ids; `group_scoring` is how
-  group-limited routing scores a group (moe.router_group_scoring).
+  group-limited routing scores a group (moe.router_group_scoring); `normalize` divides the top-k
+  probs by their sum (moe.router_norm_topk_prob; None: Megatron's rule).
   """
   logits_TE = logits_TE.astype(losses.float_dtype(logits_TE))
   sel = (num_groups, group_topk, group_scoring, replay_idx_TK)
@@ -77,10 +79,12 @@ def topk_routing_sparse(logits_TE, topk, *, use_pre_softmax=False, num_groups=No
       probs_TK = jnp.take_along_axis(scores_TE, idx_TK, axis=1)
     else:
       probs_TK, idx_TK = _topk(scores_TE, topk, *sel)
-    if topk > 1:
-      probs_TK = probs_TK / (probs_TK.sum(-1, keepdims=True) + 1e-20)
   else:
     raise ValueError(f"score_function={score_function!r} must be 'softmax' or 'sigmoid'")
+  if normalize is None:
+    normalize = score_function == "sigmoid" and topk > 1
+  if normalize:
+    probs_TK = probs_TK / (probs_TK.sum(-1, keepdims=True) + 1e-20)
   if scaling_factor:
     probs_TK = probs_TK * scaling_factor
   return probs_TK, idx_TK
@@ -134,7 +138,7 @@ def select_experts(logits_TE, r: RouterSpec, expert_bias=None, replay_idx_TK=Non
       logits_TE, r.router_topk, use_pre_softmax=r.router_pre_softmax, num_groups=r.router_num_groups,
       group_topk=r.router_group_topk, scaling_factor=r.router_topk_scaling_factor,
       score_function=r.router_score_function, expert_bias=expert_bias, replay_idx_TK=replay_idx_TK,
-      group_scoring=r.router_group_scoring)
+      group_scoring=r.router_group_scoring, normalize=r.router_norm_topk_prob)
   return (*_densify(probs_TK, idx_TK, logits_TE.shape[-1]), idx_TK)
 
 

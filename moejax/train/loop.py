@@ -15,7 +15,7 @@ from flax import linen as nn
 from moejax.checkpoint.manager import CheckpointManager
 from moejax.config import RunError, model_spec
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
-from moejax.metrics.flops import num_params, peak_tflops_per_device, train_flops_per_token
+from moejax.metrics.flops import describe_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.metrics.memory import memory_report
 from moejax.models.gpt import GPTModel
@@ -117,8 +117,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with (lock, jax.set_mesh(mesh), nn.logical_axis_rules(rules),
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
-    print(f"{describe_layout(layout)}; model {num_params(spec) / 1e6:,.1f}M parameters, "
-          f"{num_params(spec, active=True) / 1e6:,.1f}M active per token", file=sys.stderr)
+    print(f"{describe_layout(layout)}; {describe_params(spec)}", file=sys.stderr)
     restored = ckpt.restore(abstract, shardings)  # the newest checkpoint that verifies
     if restored is not None and int(restored[0].step) >= t.train_iters:
       print(f"already at step {int(restored[0].step)} (train.train_iters={t.train_iters}); nothing to do: raise "

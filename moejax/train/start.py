@@ -1,5 +1,6 @@
 """Where a new run's step-0 state comes from: a random init, the weights of
-`checkpoint.load_params` (weights-only checkpoint, training workdir or one of its checkpoints),
+`checkpoint.load_params` (weights-only checkpoint with the router state it came with, training
+workdir or one of its checkpoints),
 or, with `moe.use_upcycling`, a dense model's weights upcycled into this MoE model
 (moejax/moe/upcycling.py), saved as checkpoint 0 before training starts."""
 from __future__ import annotations
@@ -8,7 +9,7 @@ import sys
 
 import jax
 
-from moejax.checkpoint.manager import CheckpointManager, load_params
+from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params
 from moejax.config import ConfigError
 from moejax.models.decoder import stack_layers, unstack_layers
 from moejax.models.gpt import GPTModel
@@ -40,7 +41,7 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
                   ckpt: CheckpointManager, mesh, rules) -> TrainState:
   """A step-0 state (fresh optimizer) in `shardings`."""
   src, t = cfg.checkpoint.load_params, cfg.train
-  params = None
+  params = moe_state = None
   if cfg.moe.use_upcycling:
     if not src:
       raise ConfigError(["moe.use_upcycling=True needs checkpoint.load_params=DIR: the dense run (or its "
@@ -48,7 +49,10 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
     params = _upcycled(cfg, model, shardings, mesh, rules)
   elif src:
     params = load_params(src, abstract.params, shardings.params)
+    moe_state = load_moe_state(src, abstract.moe_state, shardings.moe_state)  # e.g. converted expert biases
   state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
+  if moe_state is not None:
+    state = state.replace(moe_state=moe_state)
   if cfg.moe.use_upcycling:
     ckpt.save(0, state, force=True)
     print(f"upcycled the dense weights of {src} into {model.spec.moe.num_experts} experts (granularity "

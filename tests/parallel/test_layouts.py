@@ -59,3 +59,26 @@ def test_loss_and_grads_match_single_device(single_device, mesh_and_rules, paral
   flat8 = jax.tree.leaves(grads8)
   for (path, g1), g8 in zip(flat1, flat8):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_deepseek_v3_pieces_match_single_device(mesh_and_rules):
+  """MLA (q and kv LoRA, YaRN, biases), sigmoid group-limited routing with an expert bias, an MTP
+  depth and tied embeddings: tp=2 + SP with ep=2 on 8 devices equals one device."""
+  cfg = _cfg()
+  cfg.moe.layer_freq = [0, 1]
+  cfg.model.update(num_layers=2, multi_latent_attention=True, num_query_groups=4, q_lora_rank=12, kv_lora_rank=8, qk_head_dim=8,
+                   qk_pos_emb_head_dim=4, v_head_dim=6, qk_layernorm=True, add_qkv_bias=True,
+                   attention_output_bias=True, rope_type="yarn", rotary_scaling_factor=4.0,
+                   original_max_position_embeddings=8, mscale_all_dim=1.0, mtp_num_layers=1,
+                   untie_embeddings_and_output_weights=False)
+  cfg.moe.update(router_score_function="sigmoid", router_enable_expert_bias=True, router_num_groups=4,
+                 router_group_topk=2, router_group_scoring="sum_top2", router_topk_scaling_factor=2.5,
+                 aux_loss_coeff=0.0, z_loss_coeff=0.0)
+  tokens = jax.random.randint(jax.random.key(7), (8, cfg.train.seq_length + 1), 0, cfg.model.vocab_size)
+  params = nn.unbox(jax.jit(GPTModel(model_spec(cfg)).init)(jax.random.key(0), tokens[:, :-1])["params"])
+  loss1, grads1 = _loss_and_grads(mesh_and_rules, cfg, jax.devices()[:1], params, tokens)
+  cfg.parallel.update(tp=2, ep=2, sequence_parallel=True)
+  loss8, grads8 = _loss_and_grads(mesh_and_rules, cfg, jax.devices(), params, tokens)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-4, atol=1e-4)
+  for (path, g1), g8 in zip(jax.tree_util.tree_leaves_with_path(grads1), jax.tree.leaves(grads8)):
+    np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-4, err_msg=jax.tree_util.keystr(path))

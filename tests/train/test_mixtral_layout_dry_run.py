@@ -12,7 +12,7 @@ SCALED = ["--config.model.num_layers=2", "--config.model.hidden_size=64", "--con
           "--config.model.num_query_groups=8", "--config.model.vocab_size=512", "--config.train.seq_length=64",
           "--config.train.global_batch_size=8", "--config.model.dtype=float32",
           "--config.checkpoint.save_interval=3", "--config.optim.lr_warmup_iters=1",
-          "--config.optim.lr_decay_iters=5"]
+          "--config.optim.lr_decay_iters=5", "--config.parallel.tp=1", "--config.parallel.etp=1"]
 
 
 def _run(repo, workdir, extra):

@@ -1,0 +1,81 @@
+"""The model's fp32 logits for given token ids, to check a checkpoint against another framework.
+
+  python -m moejax.tools.logits [--config RECIPE] --params DIR --tokens 3,1,4,1,5 --out logits.npy
+
+Writes [len(tokens), V] float32, V the real vocabulary (the padded rows cut off). Without
+--config, DIR's own config (moejax_config.json, written by `python -m moejax.convert`) is used.
+The model runs in float32 on one device whatever the recipe's compute dtype.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def logits(cfg, params_dir: str, tokens: list[int]) -> np.ndarray:
+  """[len(tokens), vocab_size] fp32 logits of the weights in `params_dir` under `cfg`."""
+  from flax import linen as nn
+
+  from moejax.checkpoint.manager import PARAMS_ITEM, load_moe_state, load_params
+  from moejax.config import ConfigError, model_spec
+  from moejax.models.gpt import GPTModel
+  from moejax.moe.state import MOE_STATE
+
+  if not os.path.isdir(os.path.join(params_dir, PARAMS_ITEM)):
+    raise ConfigError([f"--params {params_dir}: no {PARAMS_ITEM}/ checkpoint there (python -m moejax.convert "
+                       "hf-to-moejax writes one)"])
+  cfg = cfg.copy_and_resolve_references()
+  cfg.model.dtype, cfg.model.params_dtype = "float32", "float32"
+  spec = model_spec(cfg)
+  bad = [t for t in tokens if not 0 <= t < spec.vocab_size]
+  if bad:
+    raise ConfigError([f"--tokens: id {bad[0]} is outside the vocabulary [0, {spec.vocab_size})"])
+  model = GPTModel(spec)
+  tokens_1S = jnp.asarray([tokens], jnp.int32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), tokens_1S)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  params = load_params(params_dir, nn.unbox(abstract["params"]), jax.tree.map(lambda _: device, nn.unbox(abstract["params"])))
+  variables = {"params": params}
+  abstract_state = abstract.get(MOE_STATE, {})
+  if abstract_state:
+    state = load_moe_state(params_dir, abstract_state, jax.tree.map(lambda _: device, abstract_state))
+    variables[MOE_STATE] = state if state is not None else jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                                                        abstract_state)
+  logits_1SV, _ = jax.jit(model.apply)(variables, tokens_1S)
+  return np.asarray(logits_1SV[0, :, :spec.vocab_size], np.float32)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m moejax.tools.logits", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", help="recipe file (default: DIR/moejax_config.json)")
+  parser.add_argument("--params", required=True, help="weights-only checkpoint directory (DIR/params)")
+  parser.add_argument("--tokens", required=True, help="comma-separated token ids")
+  parser.add_argument("--out", required=True, help="output .npy file")
+  args = parser.parse_args(argv)
+
+  from moejax.config import ConfigError
+  from moejax.config.recipes import load_recipe
+  from moejax.convert import ConversionError, load_checkpoint_config
+  try:
+    tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+  except ValueError:
+    raise SystemExit(f"error: --tokens {args.tokens!r} must be comma-separated integers") from None
+  if not tokens:
+    raise SystemExit("error: --tokens is empty: give at least one token id")
+  try:
+    cfg = load_recipe(args.config) if args.config else load_checkpoint_config(args.params)
+    out = logits(cfg, args.params, tokens)
+  except (ConfigError, ConversionError) as e:
+    raise SystemExit(f"error: {e}") from None
+  np.save(args.out, out)
+  print(f"wrote {args.out}: float32 {list(out.shape)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
