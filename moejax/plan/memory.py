@@ -1,0 +1,188 @@
+"""Per-GPU memory of a layout, from the model's dimensions alone (no tracing, any width).
+
+State: what the train step (moejax/train/step.py, schedule.py, state.py) holds at once, per GPU.
+Non-expert weights are sharded over tp, routed experts over ep·etp, decoder layers over pp (the
+embedding, head, final norm and MTP depths are held by every pp rank: moejax shards only the
+layer stacks over pp); with the distributed optimizer, masters and moments also over dp (experts
+over edp). Per local weight, with `shard` = 1/dp (1/edp) under the distributed optimizer, else 1:
+
+  weights    master (`model.params_dtype`) · shard + the compute copy in `model.dtype` (cast, and
+             gathered when sharded, once per step: `compute_params`)
+  gradients  the compute copy's gradients in `model.dtype` + the main gradients (fp32) · shard (each
+             leaf's gradient is cast whole and reduce-scattered onto its shard one leaf at a time:
+             that fp32 copy is transient, not counted)
+  optimizer  Adam's two moments · shard + the update optax forms before applying it (fp32 · shard)
+
+This is more than `metrics.memory.state_budget` (the persistent state: masters, moments, fp32
+gradients): the step also holds the low-precision copy, its gradients and the update.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", Megatron's formulas): the values the backward pass keeps per layer and
+micro-batch, counted tensor by tensor, adapted to moejax's blocks (RMSNorm, SwiGLU, no dropout,
+GQA or MLA, MoE). With s the sequence, b the micro-batch, T = s·b/cp the tokens of a cp rank,
+Tn = T/tp under sequence parallelism (else T), h hidden, a heads, g KV groups, d_qk/d_v head
+dims, f the dense FFN, F the expert FFN, K top-k, and `d` bytes of `model.dtype`:
+
+  attention  Tn·h (norm input) + Tn·h (norm output) + T·(a·d_qk + g·d_qk + g·d_v)/tp (q, k, v)
+             + T·a·d_v/tp (output-projection input) [+ b·a/tp·(s/cp)·s softmax probabilities when
+             attention is not a flash kernel: Korthikanti's 5as/h term without dropout's 3]
+             MLA: q, k, v of all heads (a·(2·d_qk + d_v)) plus the q/kv latents Tn·(q_lora + kv_lora + rope)
+  dense MLP  Tn·h + Tn·h (norm in, out) + 2·T·f/tp (fc1: gate and up) + T·f/tp (fc2 input)
+  MoE        Tn·h + Tn·h + 4·Tn·E (fp32 router logits) + R·h (fc1 input) + 2·R·F/etp + R·F/etp
+             + R·h (expert outputs, kept for the combine weights' gradient), R = Tn·K·ep·etp rows
+             per GPU: the static worst case of a dropless layer (all of the ep group's pairs could
+             come here), bounded by `moe.exchange_capacity_factor`·Tn·K (alltoall) or the expert
+             capacity under token dropping; etp gathers its group's rows (`expert_rows`); shared
+             experts as a dense MLP of their size
+  outside    2·Tn·h (embedding output, final-norm input); the LM head's logits are chunked (fused
+             cross-entropy) and not counted
+
+Recompute choices (`train.recompute_granularity`): none keeps all of it; selective is
+`recompute_modules=SELECTIVE` (core_attn: no softmax probabilities; layernorm: no norm outputs;
+moe_act: no expert fc2 inputs); full keeps each layer's input Tn·h and, while one layer is
+recomputed, that layer's full set. Without pp, all layers of one micro-batch are kept (gradient
+accumulation runs micro-batches one after another). With pp (moejax's schedules, moejax/parallel/
+pipeline.py) a stage keeps the inputs Tn·h of `Schedule.slots` micro-batches and recomputes a
+virtual stage in its backward pass, holding that stage's layers under the recompute choice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax.numpy as jnp
+
+from moejax.config import ModelSpec
+from moejax.metrics.flops import num_params
+from moejax.metrics.memory import routed_expert_params
+from moejax.parallel.mesh import ParallelSizes
+
+RECOMPUTE = ("none", "selective", "full")
+SELECTIVE = ("core_attn", "layernorm", "moe_act")
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per GPU."""
+  weights: float       # fp32 masters + the compute copy
+  gradients: float
+  optimizer: float
+  activations: float
+  persistent: float = 0.0  # of the above: master weights and Adam moments (the step's arguments)
+
+  @property
+  def total(self) -> float:
+    return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def _layer_activations(spec: ModelSpec, is_moe: bool, z: ParallelSizes, seq: int, micro: int,
+                       sequence_parallel: bool, flash: bool, recompute: str) -> float:
+  """Bytes one decoder layer keeps for its backward pass (see the module docstring)."""
+  a, mla, d = spec.attention, spec.attention.mla, _itemsize(spec)
+  h, tp, N, G = spec.hidden_size, z.tp, a.num_attention_heads, a.num_query_groups
+  T = seq * micro / z.cp
+  Tn = T / tp if sequence_parallel else T
+  selective = recompute == "selective"
+  norm = d * Tn * h if selective else (8 + d) * Tn * h
+  if mla.multi_latent_attention:
+    qkv = d * T * N * (2 * spec.qk_dim + spec.v_dim) / tp
+    qkv += d * Tn * ((mla.q_lora_rank or 0) + mla.kv_lora_rank + mla.qk_pos_emb_head_dim)
+    G = N
+  else:
+    qkv = d * T * (2 * N * spec.qk_dim + 4 * G * spec.qk_dim) / tp
+  rope = 8 * T * spec.qk_dim
+  core = 0.0
+  if not flash and not selective:
+    core = 11 * micro * N / tp * (seq / z.cp) * seq + (d * T * N * (spec.qk_dim + spec.v_dim) / tp if G != N else 0)
+  attn = norm + qkv + rope + core + d * T * N * spec.v_dim / tp
+  if not is_moe:
+    return attn + norm + 6 * d * T * spec.ffn_hidden_size / tp
+  m, F = spec.moe, spec.moe_ffn_hidden_size
+  R = expert_rows(spec, z, Tn)
+  moe = norm + 8 * Tn * m.num_experts + d * R * h + (2 if selective else 7) * d * R * F / z.etp + 4 * Tn * h
+  if m.shared_expert_intermediate_size:
+    moe += 6 * d * T * m.shared_expert_intermediate_size / tp
+  return attn + moe
+
+
+def expert_rows(spec: ModelSpec, z: ParallelSizes, tokens: float) -> float:
+  """Rows of the expert buffers per GPU: static shapes hold the worst case of a dropless layer,
+  every pair of the ep group landing here (ep·K·tokens), bounded by the alltoall exchange buffer
+  (`moe.exchange_capacity_factor`) or by token dropping (`moe.expert_capacity_factor`); etp gathers
+  its group's rows."""
+  m = spec.moe
+  K, E_l = m.router.router_topk, m.num_experts // z.ep
+  pairs = tokens * K * z.ep
+  if m.dispatch.token_dispatcher_type == "alltoall" and m.dispatch.exchange_capacity_factor is not None:
+    pairs = min(pairs, m.dispatch.exchange_capacity_factor * tokens * K)
+  if m.router.expert_capacity_factor is not None:
+    pairs = min(pairs, E_l * math.ceil(tokens * K / m.num_experts * m.router.expert_capacity_factor))
+  return pairs * z.etp
+
+
+def _itemsize(spec: ModelSpec) -> int:
+  return jnp.dtype(spec.dtype).itemsize
+
+
+def activation_bytes(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vpp: int = 1, slots: int = 0,
+                     sequence_parallel: bool = True, flash: bool = True, recompute: str = "none") -> float:
+  """Activation bytes per GPU of the busiest stage (module docstring); `slots`: the stage inputs a
+  pipeline stage keeps (`Schedule.slots`)."""
+  d = _itemsize(spec)
+  Tn = seq * micro / z.cp / (z.tp if sequence_parallel else 1)
+  layer_input = d * Tn * spec.hidden_size
+  n_moe = sum(spec.moe_pattern)
+  kinds = [(is_moe, n) for is_moe, n in ((False, spec.num_layers - n_moe), (True, n_moe)) if n]
+  kept = {k: _layer_activations(spec, k, z, seq, micro, sequence_parallel, flash, recompute) for k, _ in kinds}
+  full_set = max(_layer_activations(spec, k, z, seq, micro, sequence_parallel, flash, "none") for k, _ in kinds)
+  outside = 2 * layer_input
+  if z.pp == 1:
+    if recompute == "full":
+      return outside + layer_input * spec.num_layers + full_set
+    return outside + sum(kept[k] * n for k, n in kinds)
+  per_stage = math.ceil(spec.num_layers / (z.pp * vpp))
+  stage = layer_input * per_stage + full_set if recompute == "full" else max(kept.values()) * per_stage
+  return outside + slots * layer_input + stage
+
+
+def _outside_layer_params(spec: ModelSpec) -> int:
+  """Embedding, head, final norm and the MTP depths: what every pp rank holds."""
+  H = spec.hidden_size
+  return (spec.padded_vocab_size * H * (1 + spec.untie_embeddings_and_output_weights) + H
+          + num_params(spec) - num_params(spec, mtp=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_split(spec: ModelSpec) -> tuple[int, int, int]:
+  """(all parameters, routed experts, those every pp rank holds)."""
+  return num_params(spec), routed_expert_params(spec), _outside_layer_params(spec)
+
+
+def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
+                main_grad_bytes: int = 4) -> tuple[float, float, float, float]:
+  """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
+  docstring); persistent: masters and moments, the step's arguments."""
+  total, experts, outside = _param_split(spec)
+  master = jnp.dtype(spec.params_dtype).itemsize
+  low = _itemsize(spec)
+  weights = grads = optim = persistent = 0.0
+  for n, local, data in ((outside + (total - experts - outside) / z.pp, z.tp, z.dp),
+                         (experts / z.pp, z.ep * z.etp, z.edp)):
+    whole = n / local
+    shard = whole / data if distributed_optimizer else whole
+    cast = low != master
+    weights += master * shard + (low * whole if cast or shard != whole else 0)
+    grads += low * whole + (main_grad_bytes * shard if cast or shard != whole else 0)
+    optim += (moment_bytes + 4) * shard
+    persistent += (master + moment_bytes) * shard
+  return weights, grads, optim, persistent
+
+
+def layout_memory(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vpp: int = 1, slots: int = 0,
+                  sequence_parallel: bool = True, flash: bool = True, recompute: str = "none",
+                  distributed_optimizer: bool = True, moment_bytes: int = 8) -> Memory:
+  """Weights, gradients, optimizer state and activations per GPU of one layout and recompute choice."""
+  weights, grads, optim, persistent = state_bytes(spec, z, distributed_optimizer, moment_bytes)
+  act = activation_bytes(spec, z, seq, micro, vpp, slots, sequence_parallel, flash, recompute)
+  return Memory(weights=weights, gradients=grads, optimizer=optim, activations=act, persistent=persistent)
