@@ -98,7 +98,9 @@ def valid_layouts(cfg, gpus: int, max_tp: int = 8, max_cp: int = 8):
 
 @functools.lru_cache(maxsize=None)
 def _slots(pp: int, vpp: int, m: int) -> int:
-  return make_schedule(pp, vpp, m, "1f1b").slots
+  """Stage inputs a 1F1B stage keeps; they stop growing past 2·pp micro-batches (the steady state),
+  so the tick table is built for at most that many."""
+  return make_schedule(pp, vpp, min(m, 2 * pp), "1f1b").slots
 
 
 def step_seconds(spec, z: ParallelSizes, vpp: int, seq: int, micro: int, global_batch: int, recompute: str,
