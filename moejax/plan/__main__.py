@@ -1,10 +1,11 @@
 """`python -m moejax.plan --config configs/deepseek_v3.py --gpus 256 --gpu-memory 80GB
 [--seq-length 4096 --micro-batch 1 --global-batch N --top 20]`
 
-Prints one row per valid layout (tp, cp, pp, vpp, ep, etp; dp and edp derived), with the
-cheapest recompute / distributed-optimizer choice that fits (or, where none does, the smallest),
-its memory per GPU split into weights, gradients, optimizer state and activations, and the
-estimated step time of moejax/plan/layouts.py's cost model; fitting layouts first, fastest first.
+Prints one row per valid layout (tp, cp, pp, vpp, ep, etp; dp and edp derived) with the fastest
+recompute / distributed-optimizer choice that fits (or, where none does, the smallest; `--choices`:
+a row for every choice), its memory per GPU split into weights, gradients, optimizer state and
+activations, and the estimated step time of moejax/plan/layouts.py's cost model; fitting layouts
+first, fastest first.
 When nothing fits, says so and what the smallest option needs (exit status 1).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _gb(n: float) -> str:
   return f"{n / 1e9:.1f}"
 
 
-def table(rows: list[tuple[Option, bool]], gpu_bytes: float, top: int) -> str:
+def table(rows: list[tuple[Option, bool]], gpu_bytes: float, top: int, layouts: int) -> str:
   head = (f"{'layout':<40} {'recompute':<9} {'dist-opt':<8} {'weights':>7} {'grads':>7} {'optim':>7} "
           f"{'activ':>7} {'total':>7}  {'fits':<4} {'step_s':>8}")
   lines = [head, "-" * len(head)]
@@ -51,7 +52,7 @@ def table(rows: list[tuple[Option, bool]], gpu_bytes: float, top: int) -> str:
     lines.append(f"{o.name():<40} {o.recompute:<9} {'yes' if o.distributed_optimizer else 'no':<8} "
                  f"{_gb(m.weights):>7} {_gb(m.gradients):>7} {_gb(m.optimizer):>7} {_gb(m.activations):>7} "
                  f"{_gb(m.total):>7}  {'yes' if fits else 'NO':<4} {o.step_s:>8.3g}")
-  lines.append(f"(GB per GPU of {fmt_bytes(gpu_bytes)}; {len(rows)} valid layouts, {min(top, len(rows))} shown)")
+  lines.append(f"(GB per GPU of {fmt_bytes(gpu_bytes)}; {layouts} valid layouts, {min(top, len(rows))} rows shown)")
   return "\n".join(lines)
 
 
@@ -66,7 +67,9 @@ def run(argv=None) -> int:
   ap.add_argument("--tflops", type=float, default=400.0, help="achieved bf16 TFLOP/s per GPU (cost model)")
   ap.add_argument("--gpus-per-node", type=int, default=8)
   ap.add_argument("--attention", choices=("flash", "xla"), help="default: flash when cuDNN takes the head dims")
-  ap.add_argument("--top", type=int, default=20, help="rows shown")
+  ap.add_argument("--top", type=int, default=20, help="layouts shown")
+  ap.add_argument("--choices", action="store_true",
+                  help="every recompute (none/selective/full) x distributed-optimizer choice of the layouts shown")
   args = ap.parse_args(argv)
   try:
     gpu_bytes = parse_bytes(args.gpu_memory)
@@ -88,11 +91,15 @@ def run(argv=None) -> int:
           f"{cfg.train.global_batch_size}, micro-batch {cfg.train.micro_batch_size}): try another GPU count or "
           "global batch", file=sys.stderr)
     return 1
-  rows = sorted((choose(o, gpu_bytes) for o in options), key=lambda r: (not r[1], r[0].step_s if r[1]
-                                                                         else r[0].memory.total))
-  print(table(rows, gpu_bytes, args.top))
-  if not rows[0][1]:
-    o, m = rows[0][0], rows[0][0].memory
+  ranked = sorted(((choose(o, gpu_bytes), o) for o in options),
+                  key=lambda r: (not r[0][1], r[0][0].step_s if r[0][1] else r[0][0].memory.total))
+  rows = [best for best, _ in ranked]
+  if args.choices:  # every recompute / optimizer choice of the layouts shown
+    rows = [(o, o.memory.total <= gpu_bytes) for _, opts in ranked[:args.top]
+            for o in sorted(opts, key=lambda o: o.memory.total)]
+  print(table(rows, gpu_bytes, len(rows) if args.choices else args.top, len(options)))
+  if not ranked[0][0][1]:
+    o, m = ranked[0][0][0], ranked[0][0][0].memory
     print(f"nothing fits in {fmt_bytes(gpu_bytes)} per GPU: the smallest option, {o.name()} with recompute "
           f"{o.recompute} and the distributed optimizer {'on' if o.distributed_optimizer else 'off'}, needs "
           f"{fmt_bytes(m.total)} (weights {fmt_bytes(m.weights)}, gradients {fmt_bytes(m.gradients)}, optimizer "

@@ -8,17 +8,23 @@ Cost model (seconds per step, per GPU; a ranking, not a prediction):
              adds one forward (×4/3), selective adds the recomputed attention scores' forward
   tp       = per layer and micro-batch, sequence parallelism's 4 all-gathers and 4 reduce-scatters
              (forward and backward) of T·h elements, each moving (tp−1)/tp of them per GPU
-  ep       = per MoE layer and micro-batch, dispatch and combine forward and backward: 4 all-to-alls
-             of Tn·K·h elements, (ep−1)/ep of them leaving the GPU; etp adds 4 gathers/scatters of
-             the R·h expert rows ((etp−1)/etp)
+  ep       = per MoE layer and micro-batch, dispatch and combine forward and backward: alltoall, 4
+             exchanges of the buffer's rows (`memory.expert_rows`/etp: the worst case Tn·K·ep
+             unless `moe.exchange_capacity_factor` bounds it) × h, (ep−1)/ep of them leaving the
+             GPU, and etp's 4 gathers/scatters of the R·h expert rows ((etp−1)/etp); allgather, 4
+             gathers/reduce-scatters of Tn·h over the ep·etp group
   cp       = per layer and micro-batch, the ring's cp − 1 passes of the local keys and values
              (T·g·(d_qk + d_v) elements) forward, and twice that backward (keys/values and their gradients)
-  bubble   = (compute + tp + ep + cp) · (pp − 1) / (m · vpp)  (Megatron's interleaved 1F1B bubble, m micro-batches)
+  dp       = per step, the gradients' reduce-scatter and the parameters' all-gather over cp·dp
+             (non-expert weights) and edp (experts): 2 × local weights × (n−1)/n
+  bubble   = (compute + tp + ep + cp + dp) · (pp − 1) / (m · vpp)  (Megatron's interleaved 1F1B bubble, m
+             micro-batches)
 
-Communication is assumed exposed (not overlapped) and runs at `nvlink_gbs` when its group fits in
+Communication is assumed exposed (not overlapped: an upper bound, as Megatron and XLA hide part of
+it) and runs at `nvlink_gbs` when its group fits in
 a node (tp fastest, then cp; etp fastest, then ep, as in moejax's mesh), else at `network_gbs`.
-Not modelled: data-parallel gradient reduce-scatter and parameter all-gather (overlapped with the
-backward and forward in Megatron), pipeline sends, and routing imbalance.
+Not modelled: pipeline sends, routing imbalance, and the lower efficiency of small per-GPU work
+(short cp chunks, thin tp/etp slices).
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from moejax.config import model_spec
 from moejax.metrics.flops import train_flops_per_token
 from moejax.parallel.mesh import ParallelSizes, problems
 from moejax.parallel.pipeline import make_schedule
-from moejax.plan.memory import RECOMPUTE, Memory, layout_memory
+from moejax.plan.memory import RECOMPUTE, Memory, expert_rows, layout_memory, local_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +130,21 @@ def step_seconds(spec, z: ParallelSizes, vpp: int, seq: int, micro: int, global_
   tp = 8 * (z.tp - 1) / z.tp * T * spec.hidden_size * d * layers_here * m / bw(z.tp * z.cp) if z.tp > 1 else 0.0
   ep = 0.0
   if spec.moe.num_experts:
-    K = spec.moe.router.router_topk
-    moe_here = sum(spec.moe_pattern) / z.pp
-    rows = Tn * K * spec.hidden_size * d
-    ep = 4 * rows * (z.ep - 1) / z.ep / bw(z.etp * z.ep) + 4 * rows * z.etp * (z.etp - 1) / z.etp / bw(z.etp)
-    ep *= moe_here * m
+    h, group = spec.hidden_size * d, z.etp * z.ep
+    if spec.moe.dispatch.token_dispatcher_type == "allgather":
+      ep = 4 * Tn * h * (group - 1) / bw(group)
+    else:
+      rows = expert_rows(spec, z, Tn)  # the exchange buffer as allocated (worst case unless bounded)
+      ep = 4 * rows / z.etp * h * (z.ep - 1) / z.ep / bw(group) + 4 * rows * h * (z.etp - 1) / z.etp / bw(z.etp)
+    ep *= sum(spec.moe_pattern) / z.pp * m
   a = spec.attention
   kv = T * a.num_query_groups * (spec.qk_dim + spec.v_dim) / z.tp * d
   cp = 3 * (z.cp - 1) * kv * layers_here * m / bw(z.tp * z.cp)
-  busy = compute + tp + ep + cp
+  dense, experts = local_params(spec, z)
+  replicas = z.cp * z.dp  # non-expert gradients are reduced over every rank that saw other tokens
+  dp = 2 * d * (dense * (replicas - 1) / replicas / bw(gpus // z.pp)
+                + experts * (z.edp - 1) / z.edp / bw(gpus // z.pp))
+  busy = compute + tp + ep + cp + dp
   return busy * (1 + (z.pp - 1) / (m * vpp))
 
 

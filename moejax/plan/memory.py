@@ -159,17 +159,21 @@ def _param_split(spec: ModelSpec) -> tuple[int, int, int]:
   return num_params(spec), routed_expert_params(spec), _outside_layer_params(spec)
 
 
+def local_params(spec: ModelSpec, z: ParallelSizes) -> tuple[float, float]:
+  """(non-expert, routed-expert) parameters one GPU holds: over tp (the layers also over pp), and
+  over ep·etp·pp."""
+  total, experts, outside = _param_split(spec)
+  return (outside + (total - experts - outside) / z.pp) / z.tp, experts / (z.pp * z.ep * z.etp)
+
+
 def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
                 main_grad_bytes: int = 4) -> tuple[float, float, float, float]:
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
   docstring); persistent: masters and moments, the step's arguments."""
-  total, experts, outside = _param_split(spec)
   master = jnp.dtype(spec.params_dtype).itemsize
   low = _itemsize(spec)
   weights = grads = optim = persistent = 0.0
-  for n, local, data in ((outside + (total - experts - outside) / z.pp, z.tp, z.dp),
-                         (experts / z.pp, z.ep * z.etp, z.edp)):
-    whole = n / local
+  for whole, data in zip(local_params(spec, z), (z.dp, z.edp)):
     shard = whole / data if distributed_optimizer else whole
     cast = low != master
     weights += master * shard + (low * whole if cast or shard != whole else 0)

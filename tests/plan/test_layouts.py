@@ -9,7 +9,8 @@ from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import train_flops_per_token
 from moejax.parallel.mesh import ParallelSizes
 from moejax.plan.__main__ import choose, parse_bytes, run
-from moejax.plan.layouts import plan, step_seconds
+from moejax.plan.layouts import plan, step_seconds, valid_layouts
+from moejax.plan.memory import local_params
 from moejax.train.validate import validate
 
 
@@ -42,6 +43,18 @@ def test_every_layout_passes_validation(mixtral, repo_root):
   assert len(options) > 100
 
 
+def test_deepseek_v3_layouts_validate(repo_root):
+  """MTP and 61 layers: pp > 1 needs Megatron's layout strings, which the planner writes."""
+  cfg = load_recipe(str(repo_root / "configs" / "deepseek_v3.py"))
+  layouts = list(valid_layouts(cfg, 8))
+  fresh = load_recipe(str(repo_root / "configs" / "deepseek_v3.py"))
+  for z, vpp, layout in layouts:
+    fresh.parallel.update(tp=z.tp, cp=z.cp, pp=z.pp, ep=z.ep, etp=z.etp, vpp=vpp if vpp > 1 else None,
+                          sequence_parallel=z.tp > 1, pipeline_layout=layout)
+    validate(fresh, 8)
+  assert any(z.pp > 1 and layout and "mL" in layout for z, _, layout in layouts)
+
+
 def test_nothing_fits_says_what_the_smallest_needs(repo_root, capsys):
   assert run(["--config", str(repo_root / "configs" / "mixtral_8x7b.py"), "--gpus", "8", "--gpu-memory", "1GB",
               "--top", "3"]) == 1
@@ -57,17 +70,26 @@ def test_parse_bytes():
 
 
 def test_cost_model_written_out(mixtral):
-  """No tp/ep/cp: compute only; pp=4 with vpp=8 over m=4 micro-batches adds Megatron's bubble
-  (pp-1)/(m·vpp); full recompute one more forward."""
+  """Compute at 400 TFLOP/s; pp=4 with vpp=8 over m=4 micro-batches adds Megatron's bubble
+  (pp-1)/(m·vpp); full recompute one more forward; ep=8 the recipe's all-to-alls; every layout the
+  data-parallel reduce-scatter + all-gather of its local weights, here over the 45 GB/s network."""
   cfg, _ = mixtral
   spec = model_spec(cfg)
   args = dict(seq=4096, micro=1, global_batch=64, tflops=400.0, nvlink_gbs=400.0, network_gbs=45.0, gpus_per_node=8)
-  flat = ParallelSizes(tp=1, cp=1, pp=1, ep=1, etp=1, dp=64, edp=64)
   compute = train_flops_per_token(spec, 4096) * 64 * 4096 / 64 / 400e12
-  assert step_seconds(spec, flat, 1, recompute="none", **args) == pytest.approx(compute)
-  assert step_seconds(spec, flat, 1, recompute="full", **args) == pytest.approx(compute * 4 / 3)
+
+  def data_parallel(z):
+    dense, experts = local_params(spec, z)
+    return 2 * 2 * (dense * (z.dp - 1) / z.dp + experts * (z.edp - 1) / z.edp) / 45e9
+
+  flat = ParallelSizes(tp=1, cp=1, pp=1, ep=1, etp=1, dp=64, edp=64)
+  assert step_seconds(spec, flat, 1, recompute="none", **args) == pytest.approx(compute + data_parallel(flat))
+  assert step_seconds(spec, flat, 1, recompute="full", **args) == pytest.approx(compute * 4 / 3 + data_parallel(flat))
   piped = ParallelSizes(tp=1, cp=1, pp=4, ep=1, etp=1, dp=16, edp=16)
-  assert step_seconds(spec, piped, 8, recompute="none", **args) == pytest.approx(compute * (1 + 3 / (4 * 8)))
+  assert step_seconds(spec, piped, 8, recompute="none", **args) == pytest.approx(
+      (compute + data_parallel(piped)) * (1 + 3 / (4 * 8)))
   ep8 = ParallelSizes(tp=1, cp=1, pp=1, ep=8, etp=1, dp=64, edp=8)
-  a2a = 4 * 4096 * 2 * 4096 * 2 * 7 / 8 / 400e9 * 32  # 4 all-to-alls of T·K·h bf16 per MoE layer, 32 layers
-  assert step_seconds(spec, ep8, 1, recompute="none", **args) == pytest.approx(compute + a2a)
+  # the recipe's alltoall without a capacity factor exchanges its worst-case buffer, T·K·ep rows of h
+  # bf16 values, 4 times per MoE layer (32 of them), 7/8 of it leaving the GPU, over NVLink (ep=8 in a node)
+  a2a = 4 * (4096 * 2 * 8) * 4096 * 2 * 7 / 8 / 400e9 * 32
+  assert step_seconds(spec, ep8, 1, recompute="none", **args) == pytest.approx(compute + a2a + data_parallel(ep8))
