@@ -140,6 +140,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--eval-iters": ("train.eval_iters", int),
     "--recompute-granularity": ("train.recompute_granularity", str),
     "--recompute-modules": ("train.recompute_modules", list),
+    "--moe-layer-recompute": ("train.recompute_modules", lambda _v, _a: ("moe",)),
     "--offload-modules": ("train.offload_modules", list),
     "--check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", True),
     "--no-check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", False),
@@ -188,6 +189,8 @@ MEGATRON_DEFAULTS = {
 }
 
 _SAME = "moejax always does this"
+_NO_FP8 = "NOT THE SAME RUN: FP8 is not in moejax yet (bf16 compute)"
+_GRAPH = "XLA compiles the whole step into one program; there are no CUDA-graph settings"
 # arguments with no key, and why: what moejax does anyway, or what it does not do
 UNMAPPED: dict[str, str] = {
     "--disable-bias-linear": f"{_SAME} (no biases on linear layers; QKV/output biases have their own keys)",
@@ -236,6 +239,17 @@ UNMAPPED: dict[str, str] = {
     "--normalization": "moejax uses RMSNorm (only RMSNorm is the same model)",
     "--position-embedding-type": "moejax uses rotary embeddings (only rope is the same model)",
     "--lr-warmup-init": "moejax's warmup starts from 0",
+    "--moe-enable-deepep": "DeepEP is not in moejax: alltoall is used",
+    "--fine-grained-activation-offloading": "implied by train.offload_modules (--offload-modules)",
+    "--grad-reduce-in-fp32": "gradients are reduced in optim.main_grads_dtype (fp32 unless set)",
+    "--num-distributed-optimizer-instances": "moejax's distributed optimizer shards over all of dp (one instance)",
+    "--overlap-p2p-comm": "XLA schedules the pipeline sends",
+    "--fake-init-process-group": "python -m moejax.plan estimates memory per GPU; train.py validates a layout "
+                                 "without GPUs",
+    "--fp8": _NO_FP8, "--fp8-format": _NO_FP8, "--fp8-recipe": _NO_FP8, "--fp8-param-gather": _NO_FP8,
+    "--moe-router-padding-for-fp8": _NO_FP8, "--reuse-grad-buf-for-mxfp8-param-ag": _NO_FP8,
+    "--cuda-graph-impl": _GRAPH, "--cuda-graph-modules": _GRAPH, "--cuda-graph-scope": _GRAPH,
+    "--external-cuda-graph": _GRAPH, "--inference-cuda-graph-scope": _GRAPH, "--te-rng-track": _GRAPH,
 }
 
 # values of mapped flags that moejax takes differently, and what it does instead
@@ -333,6 +347,8 @@ def convert(argv: list[str]) -> Conversion:
   if out.values.get("optim.lr_decay_style", "cosine") not in ("cosine", "constant"):
     style = out.values.pop("optim.lr_decay_style")
     out.notes.append((f"--lr-decay-style {style}", "moejax decays cosine or constant: kept cosine"))
+  if "--moe-layer-recompute" in seen and "--recompute-granularity" not in seen:
+    out.values["train.recompute_granularity"] = "selective"  # the MoE layer alone, as Megatron's flag
   if "--vocab-size" not in seen:
     out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
                                           "model.vocab_size (it is the base config's until then)"))

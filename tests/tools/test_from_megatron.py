@@ -9,7 +9,7 @@ import pytest
 from moejax.config import model_spec
 from moejax.config.recipes import load_recipe
 from moejax.tools.from_megatron import run
-from moejax.tools.megatron_flags import FLAGS, convert, layer_pattern, split_arguments
+from moejax.tools.megatron_flags import FLAGS, UNMAPPED, convert, layer_pattern, split_arguments
 from moejax.tools.shell_script import script_arguments
 from moejax.train.validate import validate
 
@@ -116,6 +116,17 @@ def test_readme_table_is_the_code_table(repo_root):
       want = keys[i] if len(keys) == len(flags) else keys[0]
       assert FLAGS[flag][0] == want, f"README: {flag} -> {want}; code: {FLAGS[flag][0]}"
   assert not set(FLAGS) - in_readme, f"missing from README's table: {sorted(set(FLAGS) - in_readme)}"
+
+
+def test_every_flag_of_the_moe_guide_is_known(repo_root):
+  """Each flag of Megatron-Core's MoE README maps to a key or has its reason."""
+  path = repo_root / "tests" / "tools" / "fixtures" / "megatron_moe_readme_flags.txt"
+  flags = [line.strip() for line in path.read_text().splitlines() if line.startswith("--")]
+  assert len(flags) > 100
+  assert [f for f in flags if f not in FLAGS and f not in UNMAPPED] == []
+  conv = convert(["--moe-layer-recompute", "--fp8-format", "e4m3"])
+  assert conv.values["train.recompute_modules"] == ("moe",) and conv.values["train.recompute_granularity"] == "selective"
+  assert ("--fp8-format e4m3", UNMAPPED["--fp8-format"]) in conv.notes
 
 
 def test_argument_list_and_unknown_arguments(tmp_path, capsys):
