@@ -18,31 +18,37 @@ gradients): the step also holds the low-precision copy, its gradients and the up
 
 Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models", Megatron's formulas): the values the backward pass keeps per layer and
-micro-batch, counted tensor by tensor, adapted to moejax's blocks (RMSNorm, SwiGLU, no dropout,
-GQA or MLA, MoE). With s the sequence, b the micro-batch, T = s·b/cp the tokens of a cp rank,
-Tn = T/tp under sequence parallelism (else T), h hidden, a heads, g KV groups, d_qk/d_v head
-dims, f the dense FFN, F the expert FFN, K top-k, and `d` bytes of `model.dtype`:
+micro-batch, tensor by tensor, here in bytes and adapted to what moejax's blocks keep (listed by
+`jax.ad_checkpoint.print_saved_residuals`): RMSNorm computes in fp32, SwiGLU, no dropout, GQA or
+MLA, MoE. With s the sequence, b the micro-batch, T = s·b/cp the tokens of a cp rank, Tn = T/tp
+under sequence parallelism (else T), h hidden, a heads, g KV groups, d_qk/d_v head dims, f the
+dense FFN, F the expert FFN, E experts, and d bytes of `model.dtype`:
 
-  attention  Tn·h (norm input) + Tn·h (norm output) + T·(a·d_qk + g·d_qk + g·d_v)/tp (q, k, v)
-             + T·a·d_v/tp (output-projection input) [+ b·a/tp·(s/cp)·s softmax probabilities when
-             attention is not a flash kernel: Korthikanti's 5as/h term without dropout's 3]
-             MLA: q, k, v of all heads (a·(2·d_qk + d_v)) plus the q/kv latents Tn·(q_lora + kv_lora + rope)
-  dense MLP  Tn·h + Tn·h (norm in, out) + 2·T·f/tp (fc1: gate and up) + T·f/tp (fc2 input)
-  MoE        Tn·h + Tn·h + 4·Tn·E (fp32 router logits) + R·h (fc1 input) + 2·R·F/etp + R·F/etp
-             + R·h (expert outputs, kept for the combine weights' gradient), R = Tn·K·ep·etp rows
-             per GPU: the static worst case of a dropless layer (all of the ep group's pairs could
-             come here), bounded by `moe.exchange_capacity_factor`·Tn·K (alltoall) or the expert
-             capacity under token dropping; etp gathers its group's rows (`expert_rows`); shared
-             experts as a dense MLP of their size
-  outside    2·Tn·h (embedding output, final-norm input); the LM head's logits are chunked (fused
-             cross-entropy) and not counted
+  norm       (8 + d)·Tn·h per RMSNorm (its fp32 input and normalised values, its output)
+  attention  norm + d·T·(2·a·d_qk + 4·g·d_qk)/tp (q and k before and after RoPE, v and one more
+             KV-sized copy the attention call keeps) + 8·T·d_qk
+             (fp32 cos/sin) + d·T·a·d_v/tp (output-projection input); without a flash kernel also
+             11·b·a/tp·(s/cp)·s (fp32 scores and probabilities, bf16 probabilities, the mask:
+             Korthikanti's 5as/h term with XLA's dtypes and no dropout) and the KV heads repeated
+             to a heads (GQA). MLA: q, k, v of all heads d·T·a·(2·d_qk + d_v)/tp plus its
+             latents d·Tn·(q_lora + kv_lora + rope)
+  dense MLP  norm + 6·d·T·f/tp (gate, up, SwiGLU's intermediates, fc2 input)
+  MoE        norm + 4·Tn·h (the router's fp32 input) + 8·Tn·E (fp32 logits, probabilities)
+             + d·R·h (fc1 input rows) + 7·d·R·F/etp (the expert SwiGLU's tensors), R rows per GPU
+             (`expert_rows`): Tn·K·ep·etp, the static worst case of a dropless layer (all of the ep
+             group's pairs could come here), bounded by `moe.exchange_capacity_factor`·Tn·K
+             (alltoall) or the expert capacity under token dropping; shared experts as a dense
+             MLP of their size
+  outside    2·d·Tn·h (embedding output, final-norm input); the LM head's logits are chunked
+             (fused cross-entropy) and not counted
 
 Recompute choices (`train.recompute_granularity`): none keeps all of it; selective is
-`recompute_modules=SELECTIVE` (core_attn: no softmax probabilities; layernorm: no norm outputs;
-moe_act: no expert fc2 inputs); full keeps each layer's input Tn·h and, while one layer is
+`recompute_modules=SELECTIVE` (core_attn: no scores, probabilities or repeated KV heads;
+layernorm: a norm keeps only its input; moe_act: the experts keep only fc1's output, 2 of the 7);
+full keeps each layer's input d·Tn·h and, while one layer is
 recomputed, that layer's full set. Without pp, all layers of one micro-batch are kept (gradient
 accumulation runs micro-batches one after another). With pp (moejax's schedules, moejax/parallel/
-pipeline.py) a stage keeps the inputs Tn·h of `Schedule.slots` micro-batches and recomputes a
+pipeline.py) a stage keeps the inputs d·Tn·h of `Schedule.slots` micro-batches and recomputes a
 virtual stage in its backward pass, holding that stage's layers under the recompute choice.
 """
 from __future__ import annotations
