@@ -8,9 +8,10 @@ over edp). Per local weight, with `shard` = 1/dp (1/edp) under the distributed o
 
   weights    master (`model.params_dtype`) · shard + the compute copy in `model.dtype` (cast, and
              gathered when sharded, once per step: `compute_params`)
-  gradients  the compute copy's gradients in `model.dtype` + the main gradients (fp32) · shard (each
-             leaf's gradient is cast whole and reduce-scattered onto its shard one leaf at a time:
-             that fp32 copy is transient, not counted)
+  gradients  the compute copy's gradients in `model.dtype` + the main gradients (fp32) · shard; with
+             the distributed optimizer each leaf's gradient is cast whole to fp32 and then
+             reduce-scattered onto its shard (`StatePlacement.main_grads`), one leaf at a time:
+             the largest such leaf's fp32 copy is counted once
   optimizer  Adam's two moments · shard + the update optax forms before applying it (fp32 · shard)
 
 This is more than `metrics.memory.state_budget` (the persistent state: masters, moments, fp32
@@ -172,6 +173,22 @@ def local_params(spec: ModelSpec, z: ParallelSizes) -> tuple[float, float]:
   return (outside + (total - experts - outside) / z.pp) / z.tp, experts / (z.pp * z.ep * z.etp)
 
 
+def _largest_sharded_leaf(spec: ModelSpec, z: ParallelSizes) -> float:
+  """Local elements of the largest parameter leaf the distributed optimizer shards (dp > 1, or
+  edp > 1 for experts): its gradient is cast whole to fp32 before its reduce-scatter, one leaf
+  at a time. Leaves: the embedding and the head [V, h]/tp, a dense MLP's gate or up [h, f]/tp
+  stacked over the dense layers of a pp rank, the experts' fused gate-up [E/ep, h, 2F/etp]
+  stacked over the MoE layers of a pp rank."""
+  h, n_moe = spec.hidden_size, sum(spec.moe_pattern)
+  leaves = []
+  if z.dp > 1:
+    leaves += [spec.padded_vocab_size * h / z.tp,
+               (spec.num_layers - n_moe) / z.pp * h * spec.ffn_hidden_size / z.tp]
+  if z.edp > 1 and n_moe:
+    leaves.append(n_moe / z.pp * spec.moe.num_experts / z.ep * h * 2 * spec.moe_ffn_hidden_size / z.etp)
+  return max(leaves, default=0.0)
+
+
 def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
                 main_grad_bytes: int = 4) -> tuple[float, float, float, float]:
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
@@ -179,6 +196,8 @@ def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool =
   master = jnp.dtype(spec.params_dtype).itemsize
   low = _itemsize(spec)
   weights = grads = optim = persistent = 0.0
+  if distributed_optimizer:
+    grads += main_grad_bytes * _largest_sharded_leaf(spec, z)
   for whole, data in zip(local_params(spec, z), (z.dp, z.edp)):
     shard = whole / data if distributed_optimizer else whole
     cast = low != master

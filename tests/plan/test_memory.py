@@ -3,10 +3,13 @@
 (arguments + temporaries + outputs − aliased) within 10%, and the state terms written out.
 
 Layouts: ep=4 with the distributed optimizer (dense state over dp=8, experts over edp=2) by
-default; with -m slow, dp=8 with the optimizer state replicated and tp=2 + sequence parallelism
-with ep=4 (dp=4, edp=2) (~30 s of compilation each on 2 cores; the default one covers the
-distributed optimizer and expert parallelism). Measured: -2% (ep4), +2% (dp8), -6% (tp2); not
-within 10%: tp=2 with etp=2 (the estimate 13% low).
+default; with -m slow, dp=8 with the optimizer state replicated, dp=8 with it distributed, and
+tp=2 + sequence parallelism with ep=4 (dp=4, edp=2) (~30 s of compilation each on 2 cores; the
+default one covers the distributed optimizer and expert parallelism). Measured (estimate vs
+compiled total): +9% (ep4), +2% (dp8 replicated), +10% (dp8 distributed), +7% (tp2); not within
+10%: tp=2 with etp=2 (11% low), and longer micro-batches (4 rows of 64 tokens with ep=4: the
+compiled step holds 1.4x the estimate, buffers that grow faster than the tokens, not identified
+yet), so the activation part is checked only where it is a quarter of the total or less.
 The model is a small MoE on short sequences, so that weights and optimizer state fill most of
 the memory, as in a real model; XLA on CPU computes attention without a flash kernel, so the
 estimate counts its softmax probabilities (`flash=False`).
@@ -31,6 +34,7 @@ LAYOUTS = {
     "ep4_distributed_optimizer": (dict(ep=4), dict()),
     "dp8_replicated_optimizer": (dict(), dict(use_distributed_optimizer=False)),
     "tp2_sp_ep4_distributed_optimizer": (dict(tp=2, sequence_parallel=True, ep=4, etp=1), dict()),
+    "dp8_distributed_optimizer": (dict(), dict()),
 }
 
 
@@ -92,14 +96,14 @@ SPEC = ModelSpec(num_layers=2, hidden_size=32, ffn_hidden_size=64, dtype="bfloat
 def test_state_written_out():
   """ep=4, dp=8, edp=2, pp=1 with the distributed optimizer: per local weight, master and moments
   over the data shards; the compute copy and its bf16 gradients whole; main gradients and the
-  update over the shard."""
+  update over the shard; the fp32 cast of the largest sharded leaf's gradient (the head, [384, 32])."""
   experts = 8 * 3 * 32 * 16
   dense = num_params(SPEC) - experts
   z = ParallelSizes(tp=1, cp=1, pp=1, ep=4, etp=1, dp=8, edp=2)
   weights, grads, optim, persistent = state_bytes(SPEC, z)
   whole, shard = dense + experts / 4, dense / 8 + experts / 4 / 2
   assert weights == pytest.approx(4 * shard + 2 * whole)
-  assert grads == pytest.approx(2 * whole + 4 * shard)
+  assert grads == pytest.approx(2 * whole + 4 * shard + 4 * 384 * 32)
   assert optim == pytest.approx(12 * shard) and persistent == pytest.approx(12 * shard)
   # pp=2 halves the decoder layers; embedding, head and final norm stay on every rank
   outside = 2 * SPEC.padded_vocab_size * 32 + 32
