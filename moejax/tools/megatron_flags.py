@@ -349,6 +349,9 @@ def convert(argv: list[str]) -> Conversion:
     out.notes.append((f"--lr-decay-style {style}", "moejax decays cosine or constant: kept cosine"))
   if "--moe-layer-recompute" in seen and "--recompute-granularity" not in seen:
     out.values["train.recompute_granularity"] = "selective"  # the MoE layer alone, as Megatron's flag
+  if "--num-experts" in seen and "--moe-router-dtype" not in seen:
+    out.notes.append(("(no --moe-router-dtype)", "Megatron's router then computes in the model's dtype; moejax's "
+                                                "in fp32 at least (moe.router_dtype)"))
   if "--vocab-size" not in seen:
     out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
                                           "model.vocab_size (it is the base config's until then)"))
