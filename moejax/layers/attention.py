@@ -20,10 +20,14 @@ def attention_impl(spec: ModelSpec) -> str:
   """
   if spec.attention.attention_impl != "auto":
     return spec.attention.attention_impl
+  return "cudnn" if cudnn_takes(spec) and jax.default_backend() == "gpu" else "xla"
+
+
+def cudnn_takes(spec: ModelSpec) -> bool:
+  """Whether `auto` sends this model's attention to cuDNN on a GPU: 16-bit, head dims it takes."""
   d = max(spec.qk_dim, spec.v_dim)
   limit = 256 if spec.attention.mla.multi_latent_attention else 128
-  cudnn_ok = spec.dtype in ("bfloat16", "float16") and d <= limit and d % 8 == 0
-  return "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
+  return spec.dtype in ("bfloat16", "float16") and d <= limit and d % 8 == 0
 
 
 def attend(q_BSND, k_BSKD, v_BSKE, segments_BS, spec: ModelSpec, scale: float | None = None):

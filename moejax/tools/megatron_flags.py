@@ -1,0 +1,361 @@
+"""Megatron-LM arguments → moejax config keys: the one table (README's "Megatron flags → config keys"
+is checked against it by tests/tools/test_from_megatron.py), the arguments moejax has no key for
+(each with its reason), and `convert`, which reads an argument list into config values.
+
+FLAGS: flag → (config key, kind). Kinds: int, float, str; `True`/`False` for switches (the value
+the key takes when the switch is given); `list` for several values (`--data-path a b`, `--recompute-modules
+core_attn moe_act`); or a function of the flag's values and the arguments seen (flag → first value).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import operator
+
+_LAYER_PATTERN_OPS = {ast.Add: operator.add, ast.Mult: operator.mul}
+
+
+def layer_pattern(text: str):
+  """`--moe-layer-freq`: an int, or Megatron's Python list expression ("[0]*3+[1]*58"), read with
+  only list literals, integers, + and * allowed (Megatron evaluates it with eval)."""
+  def ev(node):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+      return node.value
+    if isinstance(node, ast.List):
+      return [ev(e) for e in node.elts]
+    if isinstance(node, ast.BinOp) and type(node.op) in _LAYER_PATTERN_OPS:
+      return _LAYER_PATTERN_OPS[type(node.op)](ev(node.left), ev(node.right))
+    raise ValueError(f"--moe-layer-freq {text!r}: only integers, [lists], + and * are understood")
+  value = ev(ast.parse(text.strip(), mode="eval").body)
+  return value if isinstance(value, int) else tuple(value)
+
+
+def _one_or_list(cast):
+  """nargs='+' flags: one value as itself, several as a tuple (moejax's list form)."""
+  return lambda v, _a: cast(v[0]) if len(v) == 1 else tuple(cast(x) for x in v)
+
+
+def _grouped_gemm(_values, _args) -> str:
+  return "auto"  # moejax's grouped GEMM is always on: `auto` picks the Pallas kernels on Hopper
+
+
+def _vpp_from_layers_per_stage(values: list[str], args: dict) -> int | None:
+  """Megatron: vpp = (num_layers / pp) / --num-layers-per-virtual-pipeline-stage; 1 means no
+  virtual stages (moejax: None)."""
+  per_rank = int(args.get("--num-layers", 0)) // int(args.get("--pipeline-model-parallel-size", 1))
+  vpp = per_rank // int(values[0])
+  return vpp if vpp > 1 else None
+
+
+def _vpp(values: list[str], _args) -> int | None:
+  return int(values[0]) if int(values[0]) > 1 else None
+
+
+# flag → (key, kind): model, MoE, parallel, optimizer, data, training and checkpoint arguments of
+# Megatron-Core's MoE guide and of Megatron-LM's argument parser that moejax has a key for
+FLAGS: dict[str, tuple[str, object]] = {
+    # model
+    "--num-layers": ("model.num_layers", int),
+    "--hidden-size": ("model.hidden_size", int),
+    "--ffn-hidden-size": ("model.ffn_hidden_size", int),
+    "--num-attention-heads": ("model.num_attention_heads", int),
+    "--num-query-groups": ("model.num_query_groups", int),
+    "--kv-channels": ("model.kv_channels", int),
+    "--vocab-size": ("model.vocab_size", int),
+    "--rotary-base": ("model.rotary_base", float),
+    "--norm-epsilon": ("model.norm_epsilon", float),
+    "--cross-entropy-loss-fusion": ("model.cross_entropy_loss_fusion", True),
+    "--add-qkv-bias": ("model.add_qkv_bias", True),
+    "--qk-layernorm": ("model.qk_layernorm", True),
+    "--untie-embeddings-and-output-weights": ("model.untie_embeddings_and_output_weights", True),
+    "--multi-latent-attention": ("model.multi_latent_attention", True),
+    "--q-lora-rank": ("model.q_lora_rank", int),
+    "--kv-lora-rank": ("model.kv_lora_rank", int),
+    "--qk-head-dim": ("model.qk_head_dim", int),
+    "--qk-pos-emb-head-dim": ("model.qk_pos_emb_head_dim", int),
+    "--v-head-dim": ("model.v_head_dim", int),
+    "--rope-type": ("model.rope_type", str),
+    "--rotary-scaling-factor": ("model.rotary_scaling_factor", float),
+    "--original-max-position-embeddings": ("model.original_max_position_embeddings", int),
+    "--beta-fast": ("model.beta_fast", float),
+    "--beta-slow": ("model.beta_slow", float),
+    "--mscale": ("model.mscale", float),
+    "--mscale-all-dim": ("model.mscale_all_dim", float),
+    "--mtp-num-layers": ("model.mtp_num_layers", int),
+    "--mtp-loss-scaling-factor": ("model.mtp_loss_scaling_factor", float),
+    "--make-vocab-size-divisible-by": ("model.make_vocab_size_divisible_by", int),
+    "--init-method-std": ("model.init_method_std", float),
+    "--bf16": ("model.dtype", lambda _v, _a: "bfloat16"),
+    "--fp16": ("model.dtype", lambda _v, _a: "float16"),
+    # MoE
+    "--num-experts": ("moe.num_experts", int),
+    "--moe-router-topk": ("moe.router_topk", int),
+    "--moe-ffn-hidden-size": ("moe.ffn_hidden_size", int),
+    "--moe-shared-expert-intermediate-size": ("moe.shared_expert_intermediate_size", int),
+    "--moe-layer-freq": ("moe.layer_freq", lambda v, _a: layer_pattern(v[0])),
+    "--moe-router-load-balancing-type": ("moe.router_load_balancing_type", _one_or_list(str)),
+    "--moe-aux-loss-coeff": ("moe.aux_loss_coeff", _one_or_list(float)),
+    "--moe-z-loss-coeff": ("moe.z_loss_coeff", float),
+    "--moe-router-score-function": ("moe.router_score_function", str),
+    "--moe-router-pre-softmax": ("moe.router_pre_softmax", True),
+    "--moe-router-topk-scaling-factor": ("moe.router_topk_scaling_factor", float),
+    "--moe-router-num-groups": ("moe.router_num_groups", int),
+    "--moe-router-group-topk": ("moe.router_group_topk", int),
+    "--moe-router-dtype": ("moe.router_dtype", str),
+    "--moe-router-enable-expert-bias": ("moe.router_enable_expert_bias", True),
+    "--moe-router-bias-update-rate": ("moe.router_bias_update_rate", float),
+    "--moe-input-jitter-eps": ("moe.input_jitter_eps", float),
+    "--moe-router-force-load-balancing": ("moe.router_force_load_balancing", True),
+    "--moe-expert-capacity-factor": ("moe.expert_capacity_factor", float),
+    "--moe-token-drop-policy": ("moe.token_drop_policy", str),
+    "--moe-pad-expert-input-to-capacity": ("moe.pad_expert_input_to_capacity", True),
+    "--moe-per-layer-logging": ("logging.moe_per_layer", True),
+    "--moe-token-dispatcher-type": ("moe.token_dispatcher_type", str),
+    "--moe-shared-expert-overlap": ("moe.shared_expert_overlap", True),
+    "--moe-shared-expert-gate": ("moe.shared_expert_gate", True),
+    "--moe-grouped-gemm": ("moe.grouped_gemm_impl", _grouped_gemm),
+    "--moe-use-upcycling": ("moe.use_upcycling", True),
+    "--moe-upcycling-granularity": ("moe.upcycling_granularity", int),
+    # parallel
+    "--tensor-model-parallel-size": ("parallel.tp", int),
+    "--context-parallel-size": ("parallel.cp", int),
+    "--pipeline-model-parallel-size": ("parallel.pp", int),
+    "--expert-model-parallel-size": ("parallel.ep", int),
+    "--expert-tensor-parallel-size": ("parallel.etp", int),
+    "--sequence-parallel": ("parallel.sequence_parallel", True),
+    "--virtual-pipeline-model-parallel-size": ("parallel.vpp", _vpp),
+    "--num-layers-per-virtual-pipeline-stage": ("parallel.vpp", _vpp_from_layers_per_stage),
+    "--pipeline-model-parallel-layout": ("parallel.pipeline_layout", str),
+    "--decoder-first-pipeline-num-layers": ("parallel.decoder_first_pipeline_num_layers", int),
+    "--decoder-last-pipeline-num-layers": ("parallel.decoder_last_pipeline_num_layers", int),
+    "--use-megatron-fsdp": ("parallel.fsdp", True),
+    # training
+    "--train-iters": ("train.train_iters", int),
+    "--micro-batch-size": ("train.micro_batch_size", int),
+    "--global-batch-size": ("train.global_batch_size", int),
+    "--seq-length": ("train.seq_length", int),
+    "--seed": ("train.seed", int),
+    "--log-interval": ("train.log_interval", int),
+    "--eval-interval": ("train.eval_interval", int),
+    "--eval-iters": ("train.eval_iters", int),
+    "--recompute-granularity": ("train.recompute_granularity", str),
+    "--recompute-modules": ("train.recompute_modules", list),
+    "--moe-layer-recompute": ("train.recompute_modules", lambda _v, _a: ("moe",)),
+    "--offload-modules": ("train.offload_modules", list),
+    "--check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", True),
+    "--no-check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", False),
+    # optimizer
+    "--lr": ("optim.lr", float),
+    "--min-lr": ("optim.min_lr", float),
+    "--lr-warmup-iters": ("optim.lr_warmup_iters", int),
+    "--lr-decay-iters": ("optim.lr_decay_iters", int),
+    "--lr-decay-style": ("optim.lr_decay_style", str),
+    "--weight-decay": ("optim.weight_decay", float),
+    "--adam-beta1": ("optim.adam_beta1", float),
+    "--adam-beta2": ("optim.adam_beta2", float),
+    "--adam-eps": ("optim.adam_eps", float),
+    "--clip-grad": ("optim.clip_grad", float),
+    "--use-distributed-optimizer": ("optim.use_distributed_optimizer", True),
+    "--use-precision-aware-optimizer": ("optim.use_precision_aware_optimizer", True),
+    "--main-grads-dtype": ("optim.main_grads_dtype", str),
+    "--exp-avg-dtype": ("optim.exp_avg_dtype", str),
+    "--exp-avg-sq-dtype": ("optim.exp_avg_sq_dtype", str),
+    "--optimizer-cpu-offload": ("optim.optimizer_cpu_offload", lambda _v, _a: 1.0),
+    # data
+    "--data-path": ("data.path", list),
+    "--split": ("data.split", str),
+    "--data-cache-path": ("data.cache_dir", str),
+    "--reset-position-ids": ("data.reset_position_ids", True),
+    "--reset-attention-mask": ("data.reset_attention_mask", True),
+    "--eod-mask-loss": ("data.eod_mask_loss", True),
+    # checkpoints
+    "--save-interval": ("checkpoint.save_interval", int),
+    "--async-save": ("checkpoint.async_save", True),
+    "--pretrained-checkpoint": ("checkpoint.load_params", str),
+    "--finetune": ("checkpoint.load_params", lambda _v, a: a.get("--load", "")),
+}
+
+# Megatron's defaults where moejax's differ and the run depends on them: set before the script's values
+MEGATRON_DEFAULTS = {
+    "model.untie_embeddings_and_output_weights": False,  # Megatron ties unless --untie-embeddings-and-output-weights
+    "optim.adam_beta2": 0.999,
+    "optim.weight_decay": 0.01,
+    "optim.min_lr": 0.0,
+    "optim.use_distributed_optimizer": False,
+    "train.check_for_nan_in_loss_and_grad": True,
+    "moe.shared_expert_overlap": False,
+    "model.cross_entropy_loss_fusion": False,
+    "model.dtype": "float32",  # Megatron computes in fp32 unless --bf16 / --fp16
+}
+
+_SAME = "moejax always does this"
+_NO_FP8 = "NOT THE SAME RUN: FP8 is not in moejax yet (bf16 compute)"
+_GRAPH = "XLA compiles the whole step into one program; there are no CUDA-graph settings"
+# arguments with no key, and why: what moejax does anyway, or what it does not do
+UNMAPPED: dict[str, str] = {
+    "--disable-bias-linear": f"{_SAME} (no biases on linear layers; QKV/output biases have their own keys)",
+    "--swiglu": f"{_SAME} (SwiGLU MLPs)",
+    "--group-query-attention": "implied by --num-query-groups (model.num_query_groups)",
+    "--no-position-embedding": f"{_SAME} (no learned absolute position embedding)",
+    "--max-position-embeddings": "moejax has no learned position table; rotary positions need no maximum",
+    "--use-mcore-models": f"{_SAME} (one model implementation)",
+    "--transformer-impl": "moejax has one implementation (Flax, XLA/cuDNN/Pallas); Transformer Engine is not used",
+    "--use-flash-attn": "model.attention_impl=auto picks cuDNN's flash attention on GPUs",
+    "--no-masked-softmax-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--moe-permute-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--moe-router-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--cross-entropy-fusion-impl": "model.cross_entropy_loss_fusion is moejax's own chunked kernel",
+    "--overlap-grad-reduce": "XLA schedules the gradient reduce-scatter with the backward pass",
+    "--overlap-param-gather": "XLA schedules the parameter all-gather with the forward pass",
+    "--tp-comm-overlap": "XLA schedules tensor-parallel collectives; no separate switch",
+    "--overlap-moe-expert-parallel-comm": "not in moejax (XLA overlaps what its scheduler can)",
+    "--delay-wgrad-compute": "not in moejax",
+    "--manual-gc": "no Python garbage collection in the jitted step",
+    "--manual-gc-interval": "no Python garbage collection in the jitted step",
+    "--distributed-timeout-minutes": "no process-group timeout in moejax",
+    "--exit-duration-in-mins": "not in moejax (stop with SIGTERM: a checkpoint is written on exit)",
+    "--num-workers": "the Grain loader's worker count is not a config key",
+    "--no-mmap-bin-files": "moejax always memory-maps .bin files",
+    "--no-create-attention-mask-in-dataloader": f"{_SAME} (masks are made in the model)",
+    "--tokenizer-type": "moejax trains on tokenized .bin/.idx files; tokenize with python -m moejax.data.preprocess",
+    "--tokenizer-model": "moejax trains on tokenized .bin/.idx files; tokenize with python -m moejax.data.preprocess",
+    "--save": "the checkpoint directory is train.py's --workdir (WORKDIR/checkpoints)",
+    "--load": "the checkpoint directory is train.py's --workdir (resumed from WORKDIR/checkpoints)",
+    "--tensorboard-dir": "TensorBoard goes to WORKDIR/tensorboard (logging.tensorboard)",
+    "--ckpt-format": "moejax checkpoints are Orbax",
+    "--auto-detect-ckpt-format": "moejax checkpoints are Orbax",
+    "--dist-ckpt-strictness": "moejax checkpoints are Orbax (restores verify shapes and checksums)",
+    "--log-timers-to-tensorboard": "moejax logs step time, throughput and MFU always",
+    "--log-memory-to-tensorboard": "the compiled step's memory is printed at start (memory_report)",
+    "--log-num-zeros-in-grad": "not logged by moejax",
+    "--log-params-norm": "not logged by moejax",
+    "--log-validation-ppl-to-tensorboard": "eval_ppl is logged whenever train.eval_interval is set",
+    "--log-throughput": "tokens_per_sec and tflops_per_device are logged always",
+    "--logging-level": "not a moejax setting",
+    "--enable-experimental": "not a moejax setting",
+    "--moe-flex-dispatcher-backend": "DeepEP/HybridEP are not in moejax: alltoall is used",
+    "--attention-dropout": "moejax has no dropout (only 0 is the same run)",
+    "--hidden-dropout": "moejax has no dropout (only 0 is the same run)",
+    "--normalization": "moejax uses RMSNorm (only RMSNorm is the same model)",
+    "--position-embedding-type": "moejax uses rotary embeddings (only rope is the same model)",
+    "--lr-warmup-init": "moejax's warmup starts from 0",
+    "--moe-enable-deepep": "DeepEP is not in moejax: alltoall is used",
+    "--fine-grained-activation-offloading": "implied by train.offload_modules (--offload-modules)",
+    "--grad-reduce-in-fp32": "gradients are reduced in optim.main_grads_dtype (fp32 unless set)",
+    "--num-distributed-optimizer-instances": "moejax's distributed optimizer shards over all of dp (one instance)",
+    "--overlap-p2p-comm": "XLA schedules the pipeline sends",
+    "--fake-init-process-group": "python -m moejax.plan estimates memory per GPU; train.py validates a layout "
+                                 "without GPUs",
+    "--fp8": _NO_FP8, "--fp8-format": _NO_FP8, "--fp8-recipe": _NO_FP8, "--fp8-param-gather": _NO_FP8,
+    "--moe-router-padding-for-fp8": _NO_FP8, "--reuse-grad-buf-for-mxfp8-param-ag": _NO_FP8,
+    "--cuda-graph-impl": _GRAPH, "--cuda-graph-modules": _GRAPH, "--cuda-graph-scope": _GRAPH,
+    "--external-cuda-graph": _GRAPH, "--inference-cuda-graph-scope": _GRAPH, "--te-rng-track": _GRAPH,
+}
+
+# values of mapped flags that moejax takes differently, and what it does instead
+_VALUE_FALLBACKS = {
+    ("--moe-token-dispatcher-type", "flex"): ("alltoall", "the flex dispatcher (DeepEP/HybridEP) is not in "
+                                                          "moejax: alltoall is used"),
+}
+# unmapped flags that are the same run only at these values
+_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
+                "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",)}
+# Megatron's sample-based schedule: iterations = samples / global batch
+_SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
+            "--lr-warmup-samples": "optim.lr_warmup_iters"}
+
+
+@dataclasses.dataclass
+class Conversion:
+  values: dict        # config key → value, in the order set
+  notes: list         # (argument as given, what happened to it)
+
+
+def split_arguments(argv: list[str]) -> list[tuple[str, list[str]]]:
+  """[(flag, its values)]: a flag takes the tokens up to the next `--flag` (`--x=v` too)."""
+  out = []
+  for tok in argv:
+    if tok.startswith("--") and len(tok) > 2 and not _is_number(tok):
+      flag, eq, value = tok.partition("=")
+      out.append((flag, [value] if eq else []))
+    elif out:
+      out[-1][1].append(tok)
+    else:
+      out.append(("", [tok]))
+  return out
+
+
+def _is_number(tok: str) -> bool:
+  try:
+    float(tok)
+    return True
+  except ValueError:
+    return False
+
+
+def _value(flag: str, kind, values: list[str], seen: dict):
+  if kind is True or kind is False:
+    if values and values[0].lower() in ("true", "false"):  # `--flag true` (YAML-style scripts)
+      return kind if values[0].lower() == "true" else not kind
+    return kind
+  if kind is list:
+    return tuple(values)
+  if kind not in (int, float, str):
+    return kind(values, seen)
+  if not values:
+    raise ValueError(f"{flag} needs a value")
+  return kind(values[0])
+
+
+def convert(argv: list[str]) -> Conversion:
+  """The config values of a Megatron argument list; every argument either sets a key or gets a note."""
+  args = split_arguments(argv)
+  seen = {flag: (vals[0] if vals else "") for flag, vals in args}
+  out = Conversion(values=dict(MEGATRON_DEFAULTS), notes=[])
+  if "--multi-latent-attention" in seen and "--rope-type" not in seen:
+    out.values["model.rope_type"] = "yarn"  # Megatron: "MLA takes yarn by default"
+  for flag, values in args:
+    given = " ".join([flag] + values).strip()
+    if flag in FLAGS:
+      key, kind = FLAGS[flag]
+      fallback = _VALUE_FALLBACKS.get((flag, values[0] if values else None))
+      if fallback:
+        out.values[key] = fallback[0]
+        out.notes.append((given, f"{key}={fallback[0]!r}: {fallback[1]}"))
+        continue
+      try:
+        out.values[key] = _value(flag, kind, values, seen)
+      except ValueError as e:
+        out.notes.append((given, f"not converted: {e}"))
+      if flag == "--data-path":
+        out.values["data.source"] = "indexed"
+    elif flag in _SAMPLES:
+      gbs = int(seen.get("--global-batch-size") or 0)
+      if gbs:
+        out.values[_SAMPLES[flag]] = int(values[0]) // gbs
+        out.notes.append((given, f"{_SAMPLES[flag]} = {values[0]} samples / global batch {gbs}"))
+      else:
+        out.notes.append((given, "sample counts need --global-batch-size to become iterations: not converted"))
+    elif flag in UNMAPPED:
+      only = _ONLY_VALUES.get(flag)
+      if only and values and values[0] not in only:
+        out.notes.append((given, f"NOT THE SAME RUN: {UNMAPPED[flag]}"))
+      else:
+        out.notes.append((given, UNMAPPED[flag]))
+    else:
+      out.notes.append((given, "unknown to moejax: not converted"))
+  if out.values.get("optim.lr_decay_style", "cosine") not in ("cosine", "constant"):
+    style = out.values.pop("optim.lr_decay_style")
+    out.notes.append((f"--lr-decay-style {style}", "moejax decays cosine or constant: kept cosine"))
+  if "--moe-layer-recompute" in seen and "--recompute-granularity" not in seen:
+    out.values["train.recompute_granularity"] = "selective"  # the MoE layer alone, as Megatron's flag
+  if "--num-experts" in seen and "--moe-router-dtype" not in seen:
+    out.notes.append(("(no --moe-router-dtype)", "Megatron's router then computes in the model's dtype; moejax's "
+                                                "in fp32 at least (moe.router_dtype)"))
+  if "--vocab-size" not in seen:
+    out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
+                                          "model.vocab_size (it is the base config's until then)"))
+  if "--lr-decay-style" not in seen:
+    out.notes.append(("(no --lr-decay-style)", "Megatron's default is linear; moejax decays cosine or constant: "
+                                               "kept cosine"))
+  return out

@@ -1,0 +1,119 @@
+"""The planner's analytic memory against the real train step compiled on 8 emulated CPU devices
+(`compiled.memory_analysis()`): masters + Adam moments (the step's arguments) and the whole step
+(arguments + temporaries + outputs − aliased) within 10%, and the state terms written out.
+
+Layouts: ep=4 with the distributed optimizer (dense state over dp=8, experts over edp=2) by
+default; with -m slow, dp=8 with the optimizer state replicated, dp=8 with it distributed, and
+tp=2 + sequence parallelism with ep=4 (dp=4, edp=2) (~30 s of compilation each on 2 cores; the
+default one covers the distributed optimizer and expert parallelism). Measured (estimate vs
+compiled total): +9% (ep4), +2% (dp8 replicated), +10% (dp8 distributed), +7% (tp2); not within
+10%: tp=2 with etp=2 (11% low), and longer micro-batches with expert parallelism (4 rows of 64
+tokens with ep=4 or ep=8: the compiled step holds 1.4-1.45x the estimate, buffers that grow faster
+than the tokens, not identified yet; dp=8 without ep: 0.93x), so the activation part is checked
+only where it is a quarter of the total or less.
+The model is a small MoE on short sequences, so that weights and optimizer state fill most of
+the memory, as in a real model; XLA on CPU computes attention without a flash kernel, so the
+estimate counts its softmax probabilities (`flash=False`).
+"""
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+from moejax.config import ModelSpec, MoESpec, RouterSpec, base_config, model_spec
+from moejax.metrics.flops import num_params
+from moejax.models.gpt import GPTModel
+from moejax.parallel.mesh import ParallelSizes, make_mesh
+from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
+from moejax.plan.memory import expert_rows, layout_memory, state_bytes
+from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.state import state_placement, state_shardings
+from moejax.train.step import make_train_step
+from moejax.train.validate import validate
+
+LAYOUTS = {
+    "ep4_distributed_optimizer": (dict(ep=4), dict()),
+    "dp8_replicated_optimizer": (dict(), dict(use_distributed_optimizer=False)),
+    "tp2_sp_ep4_distributed_optimizer": (dict(tp=2, sequence_parallel=True, ep=4, etp=1), dict()),
+    "dp8_distributed_optimizer": (dict(), dict()),
+}
+
+
+def _cfg(parallel, optim):
+  c = base_config()
+  c.model.update(num_layers=2, hidden_size=256, ffn_hidden_size=512, num_attention_heads=4, num_query_groups=2,
+                 vocab_size=1000, dtype="bfloat16", params_dtype="float32")
+  c.moe.update(num_experts=8, router_topk=2, ffn_hidden_size=512)
+  c.train.update(seq_length=64, micro_batch_size=1, global_batch_size=8)
+  c.data.source = "synthetic"
+  c.parallel.update(**parallel)
+  c.optim.update(**optim)
+  return c
+
+
+def _compiled_step(cfg):
+  """The train step as train.py builds it (state donated), compiled for abstract inputs."""
+  validate(cfg, 8)
+  layout = make_mesh(cfg, jax.devices())
+  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
+  with nn.logical_axis_rules(rules):
+    abstract, shardings = state_shardings(model, optimizer, cfg.train.seq_length, layout.mesh, rules, layout, cfg)
+    placement = state_placement(model, cfg.train.seq_length, layout.mesh, rules, shardings, layout, cfg)
+  with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
+    bsh = batch_sharding(layout.mesh, rules, 3)
+    step = jax.jit(make_train_step(model, optimizer, lr_schedule(cfg), placement=placement),
+                   in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(layout.mesh)),
+                   donate_argnums=0)
+    t = cfg.train
+    m = t.global_batch_size // (t.micro_batch_size * layout.sizes.dp)
+    tokens = jax.ShapeDtypeStruct((m, t.micro_batch_size * layout.sizes.dp, t.seq_length + 1), jnp.int32,
+                                  sharding=bsh)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return step.lower(state, tokens).compile(), layout.sizes
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n != "ep4_distributed_optimizer" else ())
+                                  for n in LAYOUTS])
+def test_estimate_matches_compiled_step(name):
+  cfg = _cfg(*LAYOUTS[name])
+  compiled, sizes = _compiled_step(cfg)
+  m = compiled.memory_analysis()
+  measured_total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
+                      sequence_parallel=cfg.parallel.sequence_parallel, flash=False, recompute="none",
+                      distributed_optimizer=cfg.optim.use_distributed_optimizer)
+  print(f"{name}: compiled arguments {m.argument_size_in_bytes} B, total {measured_total} B; estimate "
+        f"masters+moments {est.persistent:.0f} B, total {est.total:.0f} B (weights {est.weights:.0f}, gradients "
+        f"{est.gradients:.0f}, optimizer {est.optimizer:.0f}, activations {est.activations:.0f})")
+  assert est.persistent == pytest.approx(m.argument_size_in_bytes, rel=0.1)
+  assert est.total == pytest.approx(measured_total, rel=0.1)
+
+
+SPEC = ModelSpec(num_layers=2, hidden_size=32, ffn_hidden_size=64, dtype="bfloat16",
+                 moe=MoESpec(num_experts=8, ffn_hidden_size=16, layer_freq=(0, 1), router=RouterSpec(router_topk=2)))
+
+
+def test_state_written_out():
+  """ep=4, dp=8, edp=2, pp=1 with the distributed optimizer: per local weight, master and moments
+  over the data shards; the compute copy and its bf16 gradients whole; main gradients and the
+  update over the shard; the fp32 cast of the largest sharded leaf's gradient (the head, [384, 32])."""
+  experts = 8 * 3 * 32 * 16
+  dense = num_params(SPEC) - experts
+  z = ParallelSizes(tp=1, cp=1, pp=1, ep=4, etp=1, dp=8, edp=2)
+  weights, grads, optim, persistent = state_bytes(SPEC, z)
+  whole, shard = dense + experts / 4, dense / 8 + experts / 4 / 2
+  assert weights == pytest.approx(4 * shard + 2 * whole)
+  assert grads == pytest.approx(2 * whole + 4 * shard + 4 * 384 * 32)
+  assert optim == pytest.approx(12 * shard) and persistent == pytest.approx(12 * shard)
+  # pp=2 halves the decoder layers; embedding, head and final norm stay on every rank
+  outside = 2 * SPEC.padded_vocab_size * 32 + 32
+  _, _, _, persistent_pp = state_bytes(SPEC, z.__class__(**{**z.__dict__, "pp": 2}), distributed_optimizer=False)
+  assert persistent_pp == pytest.approx(12 * (outside + (dense - outside) / 2 + experts / 8))
+
+
+def test_expert_rows_bounds():
+  z = ParallelSizes(tp=1, cp=1, pp=1, ep=4, etp=2, dp=8, edp=1)
+  assert expert_rows(SPEC, z, 100) == 100 * 2 * 4 * 2        # dropless: the worst case of the ep group
+  alltoall = SPEC.replace(token_dispatcher_type="alltoall", exchange_capacity_factor=1.5)
+  assert expert_rows(alltoall, z, 100) == 1.5 * 100 * 2 * 2

@@ -1,0 +1,165 @@
+"""Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README and the
+DeepSeek-V3 argument block of Megatron-LM's examples (tests/tools/fixtures/, sources in their
+headers) become recipes that build and validate, with the script's values; every argument sets a
+key or is listed with its reason; README's flag table is the code's table."""
+import re
+
+import pytest
+
+from moejax.config import model_spec
+from moejax.config.recipes import load_recipe
+from moejax.tools.from_megatron import run
+from moejax.tools.megatron_flags import FLAGS, UNMAPPED, convert, layer_pattern, split_arguments
+from moejax.tools.shell_script import script_arguments
+from moejax.train.validate import validate
+
+
+def _convert_script(repo_root, tmp_path, name):
+  script = repo_root / "tests" / "tools" / "fixtures" / f"{name}_megatron.sh"
+  out = tmp_path / f"{name}.py"
+  assert run([str(script), "--out", str(out)]) == 0
+  argv = script_arguments(script.read_text())
+  return load_recipe(str(out)), argv, out.read_text()
+
+
+def _script_values_kept(cfg, argv):
+  """Every argument of a plain kind (int, float, str, switch) has its value in the recipe;
+  every argument sets a key or is listed in the recipe's docstring."""
+  conv = convert(argv)
+  listed = " ".join(given for given, _ in conv.notes)
+  for flag, values in split_arguments(argv):
+    if flag not in FLAGS:
+      assert flag in listed, f"{flag} dropped silently"
+      continue
+    key, kind = FLAGS[flag]
+    section, name = key.split(".")
+    if any(given.startswith(flag) for given, _ in conv.notes + _later_notes(cfg, argv)):
+      continue  # changed, with its reason in the docstring
+    if kind in (int, float) and not any("$" in v for v in values):
+      assert cfg[section][name] == kind(values[0]), flag
+    elif kind is str and "$" not in values[0] and "your_own" not in values[0]:
+      assert cfg[section][name] == values[0], flag
+    elif kind is True or kind is False:
+      assert cfg[section][name] is kind, flag
+
+
+def _later_notes(cfg, argv):
+  """Notes the command adds after the conversion (placeholders: data path, evaluation)."""
+  return [("--eval-interval", "")] if cfg.data.source == "synthetic" and "--data-path" in argv else []
+
+
+def test_mixtral_script(repo_root, tmp_path):
+  cfg, argv, text = _convert_script(repo_root, tmp_path, "mixtral_8x7b")
+  spec = model_spec(cfg)
+  validate(cfg)
+  validate(cfg, 32)  # the script's WORLD_SIZE: 4 nodes x 8 GPUs
+  _script_values_kept(cfg, argv)
+  assert (spec.num_layers, spec.hidden_size, spec.ffn_hidden_size, spec.attention.num_query_groups) == (32, 4096,
+                                                                                                       14336, 8)
+  assert (spec.moe.num_experts, spec.moe.router.router_topk, spec.moe.router.aux_loss_coeff) == (8, 2, 1e-2)
+  assert spec.moe.dispatch.token_dispatcher_type == "alltoall" and spec.dtype == "bfloat16"
+  assert spec.untie_embeddings_and_output_weights and spec.init_method_std == 0.01
+  p, t, o = cfg.parallel, cfg.train, cfg.optim
+  assert (p.tp, p.pp, p.ep, p.vpp, p.sequence_parallel) == (1, 4, 8, None, True)  # 32/4 layers / 8 per stage = 1
+  assert (t.micro_batch_size, t.global_batch_size, t.seq_length, t.train_iters) == (1, 128, 4096, 500000)
+  assert (o.lr, o.min_lr, o.lr_decay_iters, o.lr_warmup_iters, o.use_distributed_optimizer) == (1e-4, 1e-5, 320000,
+                                                                                                500, True)
+  assert o.adam_beta2 == 0.999  # Megatron's default, not moejax's
+  assert "--overlap-grad-reduce: XLA schedules" in text and "--tokenizer-model $2" in text
+  assert cfg.data.source == "synthetic" and "--data-path $3: a placeholder" in text
+  assert "--eval-interval 1000: evaluation reads the validation split" in text
+
+
+def test_deepseek_v3_block(repo_root, tmp_path):
+  cfg, argv, text = _convert_script(repo_root, tmp_path, "deepseek_v3")
+  spec = model_spec(cfg)
+  validate(cfg)
+  validate(cfg, 8)
+  _script_values_kept(cfg, argv)
+  assert spec.moe_pattern == (False,) * 3 + (True,) * 58
+  mla = spec.attention.mla
+  assert mla.multi_latent_attention and (mla.q_lora_rank, mla.kv_lora_rank, mla.qk_pos_emb_head_dim) == (1536, 512, 64)
+  assert spec.attention.rotary_scaling.rope_type == "yarn"  # MLA's default in Megatron
+  r = spec.moe.router
+  assert (r.router_score_function, r.router_enable_expert_bias, r.router_topk_scaling_factor) == ("sigmoid", True, 2.5)
+  assert (r.router_num_groups, r.router_group_topk, spec.mtp_num_layers) == (8, 4, 1)
+  assert tuple(cfg.train.recompute_modules) == ("mlp", "moe", "mla_up_proj", "layernorm")
+  assert cfg.train.train_iters == 585937500 // 2048 and not cfg.train.check_for_nan_in_loss_and_grad
+  assert "--moe-token-dispatcher-type flex: moe.token_dispatcher_type='alltoall'" in text
+  assert "(no --vocab-size): Megatron takes the vocabulary size from the tokenizer" in text
+
+
+def _readme_table(repo_root):
+  """(flags, keys) of each row of README's "Megatron flags → config keys" table that names a flag."""
+  text = (repo_root / "README.md").read_text()
+  table = text.split("## Megatron flags → config keys")[1].split("\n## ")[0]
+  rows = []
+  for line in table.splitlines()[3:]:
+    cells = line.split("|")
+    if len(cells) < 3:
+      continue
+    flags = re.findall(r"`(--[a-z0-9-]+)", cells[1])
+    keys = re.findall(r"\b((?:model|moe|parallel|train|optim|data|checkpoint|logging)\.\w+)",
+                      re.sub(r"\([^)]*\)", "", cells[2]))
+    if flags:
+      rows.append((flags, keys))
+  return rows
+
+
+def test_readme_table_is_the_code_table(repo_root):
+  rows = _readme_table(repo_root)
+  in_readme = set()
+  for flags, keys in rows:
+    for i, flag in enumerate(flags):
+      in_readme.add(flag)
+      assert flag in FLAGS, f"README maps {flag}, the converter does not"
+      want = keys[i] if len(keys) == len(flags) else keys[0]
+      assert FLAGS[flag][0] == want, f"README: {flag} -> {want}; code: {FLAGS[flag][0]}"
+  assert not set(FLAGS) - in_readme, f"missing from README's table: {sorted(set(FLAGS) - in_readme)}"
+
+
+def test_every_flag_of_the_moe_guide_is_known(repo_root):
+  """Each flag of Megatron-Core's MoE README maps to a key or has its reason."""
+  path = repo_root / "tests" / "tools" / "fixtures" / "megatron_moe_readme_flags.txt"
+  flags = [line.strip() for line in path.read_text().splitlines() if line.startswith("--")]
+  assert len(flags) > 100
+  assert [f for f in flags if f not in FLAGS and f not in UNMAPPED] == []
+  conv = convert(["--moe-layer-recompute", "--fp8-format", "e4m3"])
+  assert conv.values["train.recompute_modules"] == ("moe",) and conv.values["train.recompute_granularity"] == "selective"
+  assert ("--fp8-format e4m3", UNMAPPED["--fp8-format"]) in conv.notes
+
+
+def test_argument_list_and_unknown_arguments(tmp_path, capsys):
+  out = tmp_path / "r.py"
+  assert run(["--out", str(out), "--", "--num-layers", "4", "--moe-layer-freq", "([1]*1+[0]*1)*2",
+              "--num-experts", "4", "--frobnicate", "3", "--lr=2e-4"]) == 0
+  cfg = load_recipe(str(out))
+  assert cfg.model.num_layers == 4 and tuple(cfg.moe.layer_freq) == (1, 0, 1, 0) and cfg.optim.lr == 2e-4
+  assert "not mapped: --frobnicate 3: unknown to moejax" in capsys.readouterr().err
+  assert "--frobnicate 3: unknown to moejax" in out.read_text()
+
+
+def test_shell_script_reading():
+  script = """#!/bin/bash
+N=${NODES:-"2"}
+WORLD=$((8*$N))
+A=(
+  --num-layers 4   # four
+  --hidden-size ${H:-64}
+)
+A=("${A[@]}" --seq-length 16)
+B=(--tensor-model-parallel-size 2)
+torchrun --nproc $WORLD train/pretrain_gpt.py \\
+   ${A[@]} \\
+   ${B[@]} --data-path $1
+"""
+  assert script_arguments(script) == ["--num-layers", "4", "--hidden-size", "64", "--seq-length", "16",
+                                      "--tensor-model-parallel-size", "2", "--data-path", "$1"]
+  with pytest.raises(ValueError, match="no line of the script runs a .py file"):
+    script_arguments("echo hi\n")
+
+
+def test_layer_pattern_is_not_eval():
+  assert layer_pattern("[0]*3+[1]*2") == (0, 0, 0, 1, 1) and layer_pattern("2") == 2
+  with pytest.raises(ValueError, match="only integers"):
+    layer_pattern("__import__('os').getcwd()")
