@@ -120,6 +120,12 @@ def _check_args(x_MK, w_GKN, group_sizes_G, impl):
     raise ValueError(f"group_sizes_G must be integer, got {group_sizes_G.dtype}")
 
 
+def pallas_interpreted(impl: str) -> bool:
+  """Whether `impl` runs the Pallas kernels in interpret mode (on CPU: the tests). Interpret mode
+  calls back to the host, an effect `jax.checkpoint` cannot differentiate."""
+  return impl == "pallas" and jax.devices()[0].platform == "cpu"
+
+
 def resolve_impl(x_MK, w_GKN, impl: str = "auto") -> str:
   """The backend `grouped_gemm` uses for these operands."""
   if impl != "auto":
@@ -158,6 +164,6 @@ def grouped_gemm(x_MK: jax.Array, w_GKN: jax.Array, group_sizes_G: jax.Array,
   if plan is None:
     raise ValueError(f"impl='pallas' cannot run x_MK {x_MK.shape} @ w_GKN "
                      f"{w_GKN.shape}: {why}; use impl='auto' or 'xla'")
-  interpret = jax.devices()[0].platform == "cpu"
+  interpret = pallas_interpreted("pallas")
   out_dtype = jnp.dtype(preferred_element_type or x_MK.dtype)
   return _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)
