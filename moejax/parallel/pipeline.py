@@ -191,6 +191,10 @@ def _unsupported_with_pp(cfg) -> list[str]:
   if mtp:
     bad.append(f"model.mtp_num_layers={mtp} with parallel.pp={pp}: MTP layers are not pipelined yet (no MTP "
                "stage); set model.mtp_num_layers=0 or parallel.pp=1")
+  if cfg.train.offload_modules:
+    bad.append(f"train.offload_modules={list(cfg.train.offload_modules)} with parallel.pp={pp}: a pipeline stage "
+               "keeps only its inputs and recomputes itself in the backward, so nothing is offloaded; unset "
+               "train.offload_modules")
   if cfg.parallel.fsdp:
     bad.append(f"parallel.fsdp=True with parallel.pp={pp}: FSDP's per-layer gather is not pipelined; use the "
                "distributed optimizer (optim.use_distributed_optimizer=True, the default) with pp")

@@ -179,8 +179,9 @@ def one_device_losses(repo_root, tmp_path_factory):
                                   for n in PIPELINE_RUNS])
 def test_pipeline_and_context_parallel_through_train_py(repo_root, tmp_path, one_device_losses, name):
   """train.py on 8 devices with pp, vpp, cp, EP and TP+SP logs the single device's losses (1e-5);
-  with pp it prints the stages and the schedule's bubble fraction (Megatron's formula). The default run, pp=2 x vpp=2 x cp=2, covers the
-  pipeline and cp; the slow ones add EP with TP+SP under pp and cp folded into EP."""
+  with pp it prints the stages and the schedule's bubble fraction (Megatron's formula). The default
+  run, pp=2 x vpp=2 x cp=2, covers the pipeline and cp; the slow ones add EP with TP+SP under pp
+  and cp folded into EP."""
   overrides, micro = PIPELINE_RUNS[name]
   err = _run(repo_root, tmp_path, PIPELINE_BASE + overrides + [f"--config.train.micro_batch_size={micro}"],
              devices=8)
