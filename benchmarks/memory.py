@@ -256,7 +256,7 @@ def print_table(plan, rows):
     saved = ref["compiled_gb"] - r["compiled_gb"] if ref and "compiled_gb" in r else None
     cost = r["step_ms"] / ref["step_ms"] - 1 if ref and r.get("step_ms") and ref is not r else None
     fits = "yes" if r.get("fits") else ("no" if r.get("error") == "out of memory" else r.get("error", "-")[:5])
-    print(f"{r['variant']:20} {r['layers']:>6} {r['micro_batch']:>3} {fits:>5} "
+    print(f"{r['variant']:20} {r['layers']:>6} {r.get('micro_batch', r.get('micro', '-')):>3} {fits:>5} "
           f"{r.get('step_ms', float('nan')):8.1f} {'' if cost is None else f'{100 * cost:+.0f}%':>7} "
           f"{r.get('compiled_gb', float('nan')):11.1f} {'' if saved is None else f'{saved:.1f}':>8} "
           f"{r.get('peak_gb', float('nan')):7.1f}")

@@ -30,7 +30,8 @@ from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
-from moejax.train.state import init_state, state_shardings
+from moejax.train.pipeline import forward_backward_of
+from moejax.train.state import init_state, state_placement, state_shardings
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -64,13 +65,16 @@ def run(cfg) -> dict:
   model, optimizer, schedule = GPTModel(spec), make_optimizer(cfg), lr_schedule(cfg)
   t = cfg.train
   with nn.logical_axis_rules(rules):
-    _, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules)
+    _, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules, layout, cfg)
+    placement = state_placement(model, t.seq_length, mesh, rules, shardings, layout, cfg)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, len(devices), bsh)
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule), in_shardings=(shardings, bsh),
-                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    step = make_train_step(model, optimizer, schedule, forward_backward_of(cfg, model, t.seq_length),
+                           placement=placement, check_finite=t.check_for_nan_in_loss_and_grad)
+    step_fn = jax.jit(step, in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)),
+                      donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[0], bsh)).compile()
     compile_s = time.perf_counter() - t0
