@@ -2,10 +2,11 @@
 
 Layout. The model is cut into V = pp·vpp virtual stages; virtual stage v = chunk·pp + rank runs
 on pp rank `rank` (Megatron's interleaved assignment). Each virtual stage is a string over
-`E` (embedding), `t` (decoder layer), `m` (MTP layer) and `L` (final norm, head and loss),
-written with Megatron's `--pipeline-model-parallel-layout` grammar (`parallel.pipeline_layout`,
-e.g. "Et*3|(tt|)*29,m|L": `|` ends a stage, `x*n` and `(...)*n` repeat, commas are cosmetic),
-or derived from `parallel.decoder_first/last_pipeline_num_layers`, or split evenly.
+`E` (embedding), `t` (decoder layer), `m` (MTP layer: parsed, refused until MTP is pipelined)
+and `L` (final norm, head and loss), written with Megatron's `--pipeline-model-parallel-layout`
+grammar (`parallel.pipeline_layout`, e.g. "Et*3|(tt|)*29,m|L": `|` ends a stage, `x*n` and
+`(...)*n` repeat, commas are cosmetic), or derived from
+`parallel.decoder_first/last_pipeline_num_layers`, or split evenly.
 
 Schedule. All stages advance in lockstep ticks (one SPMD program); in a tick every stage runs
 at most one forward (F) and one backward (B) of a virtual stage, then activations move one
