@@ -2,16 +2,19 @@
 against ep=2 without pp, on 4 GPUs of one host.
 
   python benchmarks/pipeline_step.py [--config configs/proxies/qwen3_30b_width.py] [--gpus 4]
-      [--layers 8] [--micro 8] [--steps 10]
+      [--layers 8] [--batch 16] [--steps 10]
 
 NOT RUN YET: it needs a host with 4 GPUs (the issue's pp=2 × ep=2 GPU run belongs to a later issue
 on a multi-GPU machine; our device machine had one H200). Each layout runs
 benchmarks/train_step.py (the train.py step path: distributed optimizer, the config's pipeline
-schedule) in its own process with `--config.model.num_layers=LAYERS`, one sequence per
-micro-batch per dp rank and MICRO micro-batches per step; the table gives step time, tokens/s,
-TFLOP/s and MFU per GPU, peak memory per GPU, compile time and the schedule's bubble fraction
-((pp−1)/(m·vpp), moejax/parallel/pipeline.py). With bf16 compute expect the losses of the layouts
-to agree to about 1e-2 (fp32 equality is tested on CPU: tests/train/test_pipeline.py).
+schedule) in its own process with `--config.model.num_layers=LAYERS` and the same BATCH sequences
+per step, one per micro-batch and dp rank (m = BATCH/dp micro-batches); the table gives step time,
+tokens/s, TFLOP/s and MFU per GPU, peak memory of GPU 0, compile time and the schedule's bubble
+fraction ((pp−1)/(m·vpp), moejax/parallel/pipeline.py). The layouts see the same tokens, in micro-batches of
+dp sequences, so the aux loss (per micro-batch) and bf16 rounding make their losses agree to
+about 1e-2, not exactly (fp32 equality at equal micro-batches is tested on CPU:
+tests/train/test_pipeline.py). Smoke-tested on 4 CPU devices with
+`--config configs/tiny_moe.py --layers 4 --batch 8 --steps 1` (JAX_NUM_CPU_DEVICES=4).
 
 On the device machine: `source benchmarks/device_env.sh && python benchmarks/pipeline_step.py`.
 """
@@ -39,7 +42,7 @@ def main():
   ap.add_argument("--config", default=os.path.join(HERE, "..", "configs", "proxies", "qwen3_30b_width.py"))
   ap.add_argument("--gpus", type=int, default=4)
   ap.add_argument("--layers", type=int, default=8)
-  ap.add_argument("--micro", type=int, default=8, help="micro-batches per step (per dp rank)")
+  ap.add_argument("--batch", type=int, default=16, help="sequences per step (a multiple of the gpus)")
   ap.add_argument("--steps", type=int, default=10)
   args = ap.parse_args()
   rows = []
@@ -48,7 +51,7 @@ def main():
     out = os.path.join(tempfile.mkdtemp(), "result.json")
     cmd = [sys.executable, os.path.join(HERE, "train_step.py"), "--config", args.config, "--out", out,
            "--tag", name, "--steps", str(args.steps), f"--config.model.num_layers={args.layers}",
-           "--config.train.micro_batch_size=1", f"--config.train.global_batch_size={dp * args.micro}", *overrides]
+           "--config.train.micro_batch_size=1", f"--config.train.global_batch_size={args.batch}", *overrides]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(args.gpus)))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -56,7 +59,7 @@ def main():
       continue
     with open(out) as f:
       r = json.loads(f.readline())
-    r["bubble"] = make_schedule(pp, vpp, args.micro).bubble_fraction if pp > 1 else 0.0
+    r["bubble"] = make_schedule(pp, vpp, args.batch // dp).bubble_fraction if pp > 1 else 0.0
     rows.append(r)
   print(f"\n{'layout':18} {'step ms':>8} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'compile s':>9} "
         f"{'bubble':>7} {'loss':>7}")
