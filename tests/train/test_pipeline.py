@@ -8,8 +8,8 @@ gathered).
 
 Compile time is the cost on 2 CPU cores, so the layouts share one tiny model (4 or 8 layers,
 dense and MoE layers mixed, sigmoid routing with the expert bias, aux and z losses) and by default
-run two layouts that between them cover the pipeline with virtual stages and pp with TP+SP, CP and
-EP in one stage; the issue's list is there in full as `slow` tests.
+run one layout with all of them: pp with virtual stages around TP+SP, CP and EP in one stage; the
+issue's list is there in full as `slow` tests.
 """
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def _close(got, want, what):
 TIED = dict(untie_embeddings_and_output_weights=False)  # the head on the last stage, the table on the first
 LAYOUTS = {
     # name: (num_layers, parallel, model, data, in the default run)
-    "pp4_vpp2": (8, dict(pp=4, vpp=2), TIED, {}, True),
-    "pp2_tp2_cp2_ep2_sp": (8, dict(pp=2, tp=2, cp=2, ep=2, sequence_parallel=True), TIED, {}, True),
+    "pp2_vpp2_tp2_cp2_ep2_sp": (8, dict(pp=2, vpp=2, tp=2, cp=2, ep=2, sequence_parallel=True), TIED, {}, True),
+    "pp4_vpp2": (8, dict(pp=4, vpp=2), TIED, {}, False),
     "pp2": (4, dict(pp=2), {}, {}, False),
     "pp2_uneven_layout": (4, dict(pp=2, pipeline_layout="Et|tttL"), {}, {}, False),
     "pp2_ep2_tp2_sp": (4, dict(pp=2, ep=2, tp=2, sequence_parallel=True), {}, {}, False),
@@ -139,13 +139,13 @@ LAYOUTS = {
                                   for n in LAYOUTS])
 def test_three_steps_equal_one_device(name):
   """Losses (total, LM, aux, z), gradient norms, every gradient of every step, expert biases and
-  final params on 8 devices equal one device's. The default run: pp=4 x vpp=2 (interleaved
-  virtual stages, 8 of them) and pp=2 x tp=2 (SP) x cp=2 x ep=2 (pp around TP, SP, CP and EP
-  folded into one stage), both with tied embeddings (untied in the slow ones). The issue's other layouts are slow, each covered by a default one:
-  pp2 and pp2_uneven_layout by pp4_vpp2 (uneven slot tables: tests/models/test_stages.py),
-  pp2_ep2_tp2_sp, cp2_ep4 and cp2_pp2_ep2 by pp2_tp2_cp2_ep2_sp, cp4_documents by
-  pp2_tp2_cp2_ep2_sp (cp attention with document masks: tests/parallel/test_context.py), cp2_mla
-  by pp2_tp2_cp2_ep2_sp (MLA reaches the same cp `attend`)."""
+  final params on 8 devices equal one device's. The default run is one compile: pp=2 x vpp=2
+  (interleaved virtual stages) x tp=2 (SP) x cp=2 x ep=2 (pp around TP, SP, CP and EP folded into
+  one stage) with tied embeddings (untied in the slow ones). The issue's layouts are slow, each
+  covered by it: pp2, pp4_vpp2, pp2_ep2_tp2_sp, cp2_ep4 and cp2_pp2_ep2 directly;
+  pp2_uneven_layout by its uneven-slot machinery (tables: tests/models/test_stages.py);
+  cp4_documents by its cp attention (with document masks: tests/parallel/test_context.py);
+  cp2_mla because MLA reaches the same cp `attend`."""
   num_layers, parallel, model, data, _ = LAYOUTS[name]
   cfg = _cfg(num_layers, parallel, model, data)
   state0, batches, (metrics1, grads1, state1) = _one_device(cfg)
