@@ -138,10 +138,12 @@ class StagePlan:
     return Embedding(self.spec).apply({"params": params["embedding"]}, tokens_BS)
 
   def head_loss(self, params, x_BSH, labels_BS, weights_BS):
-    """Final norm (params["final_norm"]), output head and Σ weights·cross-entropy (as GPTModel
-    with labels)."""
+    """Final norm (params["final_norm"]), output head (or the tied embedding) and Σ
+    weights·cross-entropy (as GPTModel with labels)."""
     s = self.spec
     x_BSH = RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype).apply({"params": params["final_norm"]}, x_BSH)
+    if not s.untie_embeddings_and_output_weights:  # tied: the embedding table is the head
+      return Embedding(s).apply({"params": params["embedding"]}, x_BSH, labels_BS, weights_BS, method=Embedding.loss)
     return OutputHead(s).apply({"params": params["output_layer"]}, x_BSH, labels_BS, weights_BS,
                                method=OutputHead.loss)
 

@@ -91,10 +91,14 @@ def topk_routing_sparse(logits_TE, topk, *, use_pre_softmax=False, num_groups=No
 
 
 def _densify(probs_TK, idx_TK, num_experts):
-  rows_T1 = jnp.arange(idx_TK.shape[0])[:, None]
-  probs_TE = jnp.zeros((idx_TK.shape[0], num_experts), probs_TK.dtype).at[rows_T1, idx_TK].set(probs_TK)
-  routing_map_TE = jnp.zeros((idx_TK.shape[0], num_experts), jnp.bool_).at[rows_T1, idx_TK].set(True)
-  return probs_TE, routing_map_TE
+  """[T, E] probabilities (zero where unchosen) and routing map of the top-k choices.
+
+  A one-hot sum over k, not a scatter at (row, expert): the k experts of a token are distinct, so
+  the sum is exact, and it partitions over any token sharding (XLA's SPMD partitioner fails on the
+  scatter's gathers when tokens are split over tp and pp is manual, as in the pipeline)."""
+  hot_TKE = jax.nn.one_hot(idx_TK, num_experts, dtype=jnp.bool_)
+  probs_TE = jnp.sum(jnp.where(hot_TKE, probs_TK[..., None], jnp.zeros((), probs_TK.dtype)), axis=1)
+  return probs_TE, jnp.any(hot_TKE, axis=1)
 
 
 def topk_routing(logits_TE, topk, **kwargs):

@@ -2,10 +2,11 @@
 
 Layout. The model is cut into V = pp·vpp virtual stages; virtual stage v = chunk·pp + rank runs
 on pp rank `rank` (Megatron's interleaved assignment). Each virtual stage is a string over
-`E` (embedding), `t` (decoder layer), `m` (MTP layer) and `L` (final norm, head and loss),
-written with Megatron's `--pipeline-model-parallel-layout` grammar (`parallel.pipeline_layout`,
-e.g. "Et*3|(tt|)*29,m|L": `|` ends a stage, `x*n` and `(...)*n` repeat, commas are cosmetic),
-or derived from `parallel.decoder_first/last_pipeline_num_layers`, or split evenly.
+`E` (embedding), `t` (decoder layer), `m` (MTP layer: parsed, refused until MTP is pipelined)
+and `L` (final norm, head and loss), written with Megatron's `--pipeline-model-parallel-layout`
+grammar (`parallel.pipeline_layout`, e.g. "Et*3|(tt|)*29,m|L": `|` ends a stage, `x*n` and
+`(...)*n` repeat, commas are cosmetic), or derived from
+`parallel.decoder_first/last_pipeline_num_layers`, or split evenly.
 
 Schedule. All stages advance in lockstep ticks (one SPMD program); in a tick every stage runs
 at most one forward (F) and one backward (B) of a virtual stage, then activations move one
@@ -133,7 +134,7 @@ def _split_problems(num_layers, pp, vpp, first, last) -> list[str]:
   return []
 
 
-def _layout_string_problems(stages, pp, vpp, num_layers, mtp_num_layers) -> list[str]:
+def _layout_string_problems(stages, pp, vpp, num_layers) -> list[str]:
   """Megatron's `validate_layer_layout` checks, as one-line problems."""
   key = "parallel.pipeline_layout"
   if len(stages) % pp:
@@ -149,14 +150,9 @@ def _layout_string_problems(stages, pp, vpp, num_layers, mtp_num_layers) -> list
     bad.append(f"{key}: the loss L must come once, last")
   if flat.count("t") != num_layers:
     bad.append(f"{key} places {flat.count('t')} decoder layers (t) but model.num_layers={num_layers}")
-  n_mtp = flat.count("m")
-  if n_mtp and not mtp_num_layers:
-    bad.append(f"{key} places {n_mtp} MTP layers (m) but the model has none (model.mtp_num_layers=0): "
-               "remove the m's")
-  elif n_mtp != mtp_num_layers:
-    bad.append(f"{key} places {n_mtp} MTP layers (m) but model.mtp_num_layers={mtp_num_layers}")
-  elif n_mtp and "t" in flat[flat.index("m"):]:
-    bad.append(f"{key}: decoder layers (t) must come before the MTP layers (m)")
+  if "m" in flat:
+    bad.append(f"{key} places MTP layers (m): MTP stages are not supported yet (the pipeline runs the "
+               "decoder only); remove the m's and train MTP with parallel.pp=1")
   if len(stages) == 1:
     bad.append(f"{key} has one stage: a pipeline needs parallel.pp > 1")
   return bad
@@ -165,7 +161,6 @@ def _layout_string_problems(stages, pp, vpp, num_layers, mtp_num_layers) -> list
 def layout_problems(cfg) -> list[str]:
   """The pipeline keys against each other and against the model (empty when pp = 1 and unset)."""
   p, num_layers = cfg.parallel, cfg.model.num_layers
-  mtp = getattr(cfg.model, "mtp_num_layers", 0) or 0
   first, last = p.decoder_first_pipeline_num_layers, p.decoder_last_pipeline_num_layers
   uneven = first is not None or last is not None
   if p.pp == 1:
@@ -173,6 +168,9 @@ def layout_problems(cfg) -> list[str]:
                                ("decoder_first_pipeline_num_layers", first),
                                ("decoder_last_pipeline_num_layers", last)) if v not in (None, "")]
     return [f"parallel.{k} is set but parallel.pp=1: set parallel.pp > 1 or leave it unset" for k in set_keys]
+  refused = _unsupported_with_pp(cfg)
+  if refused:
+    return refused
   if p.vpp is not None and (not isinstance(p.vpp, int) or p.vpp < 1):
     return [f"parallel.vpp={p.vpp!r} must be a positive integer (or None: no virtual stages)"]
   if p.pipeline_layout:
@@ -183,11 +181,24 @@ def layout_problems(cfg) -> list[str]:
       stages = parse_layout(p.pipeline_layout)
     except ValueError as e:
       return [f"parallel.pipeline_layout={p.pipeline_layout!r}: {e}"]
-    return _layout_string_problems(stages, p.pp, p.vpp, num_layers, mtp)
-  bad = _split_problems(num_layers, p.pp, p.vpp or 1, first, last)
-  if not bad and mtp:
-    bad.append(f"model.mtp_num_layers={mtp}: place the MTP layers with parallel.pipeline_layout (e.g. "
-               "'...|mL' on the last stage or '...|m|L' for a standalone MTP stage)")
+    return _layout_string_problems(stages, p.pp, p.vpp, num_layers)
+  return _split_problems(num_layers, p.pp, p.vpp or 1, first, last)
+
+
+def _unsupported_with_pp(cfg) -> list[str]:
+  """Features the pipeline schedule does not run (yet), refused in one line each."""
+  pp, bad = cfg.parallel.pp, []
+  mtp = cfg.model.mtp_num_layers
+  if mtp:
+    bad.append(f"model.mtp_num_layers={mtp} with parallel.pp={pp}: MTP layers are not pipelined yet (no MTP "
+               "stage); set model.mtp_num_layers=0 or parallel.pp=1")
+  if cfg.train.offload_modules:
+    bad.append(f"train.offload_modules={list(cfg.train.offload_modules)} with parallel.pp={pp}: a pipeline stage "
+               "keeps only its inputs and recomputes itself in the backward, so nothing is offloaded; unset "
+               "train.offload_modules")
+  if cfg.parallel.fsdp:
+    bad.append(f"parallel.fsdp=True with parallel.pp={pp}: FSDP's per-layer gather is not pipelined; use the "
+               "distributed optimizer (optim.use_distributed_optimizer=True, the default) with pp")
   return bad
 
 
