@@ -119,11 +119,13 @@ FLAGS: dict[str, tuple[str, object]] = {
     # parallel
     "--tensor-model-parallel-size": ("parallel.tp", int),
     "--context-parallel-size": ("parallel.cp", int),
+    "--cp-comm-type": ("model.cp_comm_type", str),
     "--pipeline-model-parallel-size": ("parallel.pp", int),
     "--expert-model-parallel-size": ("parallel.ep", int),
     "--expert-tensor-parallel-size": ("parallel.etp", int),
     "--sequence-parallel": ("parallel.sequence_parallel", True),
     "--virtual-pipeline-model-parallel-size": ("parallel.vpp", _vpp),
+    "--num-virtual-stages-per-pipeline-rank": ("parallel.vpp", _vpp),
     "--num-layers-per-virtual-pipeline-stage": ("parallel.vpp", _vpp_from_layers_per_stage),
     "--pipeline-model-parallel-layout": ("parallel.pipeline_layout", str),
     "--decoder-first-pipeline-num-layers": ("parallel.decoder_first_pipeline_num_layers", int),
