@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from moejax.config import base_config, model_spec
@@ -41,7 +42,10 @@ def test_uneven_mixed_layout_tables():
   assert plan.valid[1].tolist() == [[True, True, False, False], [True] * 4]
 
 
+@pytest.mark.slow
 def test_stage_then_unstage_is_the_identity():
+  """Slow: the default pipeline equivalence (tests/train/test_pipeline.py) stages and unstages
+  params, MoE state and gradients on every step."""
   for layout, freq in (("Et|ttt|tt|ttL", [0, 0, 1, 1, 1, 1, 1, 1]), ("Ett|ttL", [1, 0, 1, 0]),
                        ("Ettt|tL", [1, 1, 1, 1])):
     plan, params, moe_state = _plan_and_params(layout, freq)

@@ -72,7 +72,8 @@ def layer_case():
   return params, x, cot, _layer_value_and_grads(SPEC, params, x, cot)
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("ep4", "ep2_etp2") else n
+                                  for n in LAYOUTS])  # ep4, ep2_etp2 slow: ep8 and the folded ones cover them
 def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case, mesh_and_rules, name):
   params, x, cot, ref = layer_case
   layout = mesh_and_rules(_layout_cfg(**LAYOUTS[name]))
@@ -85,7 +86,7 @@ def test_layer_output_and_grads_match_one_device_for_every_dispatcher(layer_case
     _close(outs[kind][0][1], outs["allgather"][0][1], 1e-6)
 
 
-@pytest.mark.parametrize("policy", ["probs", "position"])
+@pytest.mark.parametrize("policy", ["probs", pytest.param("position", marks=pytest.mark.slow)])  # one policy by default
 def test_capacity_drops_match_one_device_and_both_dispatchers_drop_the_same_pairs(layer_case, mesh_and_rules,
                                                                                  policy):
   """expert_capacity_factor=0.5: the router drops pairs globally; every device sizes its expert

@@ -44,15 +44,19 @@ def test_every_layout_passes_validation(mixtral, repo_root):
 
 
 def test_deepseek_v3_layouts_validate(repo_root):
-  """MTP and 61 layers: pp > 1 needs Megatron's layout strings, which the planner writes."""
+  """61 layers: pp > 1 needs Megatron's layout strings, which the planner writes. With its MTP
+  depth the recipe gets pp = 1 only (moejax refuses MTP under pp > 1, so the planner must too)."""
   cfg = load_recipe(str(repo_root / "configs" / "deepseek_v3.py"))
+  assert all(z.pp == 1 for z, _, _ in valid_layouts(cfg, 8))
+  cfg.model.mtp_num_layers = 0
   layouts = list(valid_layouts(cfg, 8))
   fresh = load_recipe(str(repo_root / "configs" / "deepseek_v3.py"))
+  fresh.model.mtp_num_layers = 0
   for z, vpp, layout in [x for x in layouts if x[2]][::4] + layouts[::20]:  # a sample: validate is slow
     fresh.parallel.update(tp=z.tp, cp=z.cp, pp=z.pp, ep=z.ep, etp=z.etp, vpp=vpp if vpp > 1 else None,
                           sequence_parallel=z.tp > 1, pipeline_layout=layout)
     validate(fresh, 8)
-  assert any(z.pp > 1 and layout and "mL" in layout for z, _, layout in layouts)
+  assert any(z.pp > 1 and layout for z, _, layout in layouts)
 
 
 def test_nothing_fits_says_what_the_smallest_needs(repo_root, capsys):
