@@ -33,7 +33,10 @@ VARIANTS = {  # name: config overrides (section, key, value)
     "activation_offload": (("train", "offload_modules", ("attn_norm", "qkv_linear", "core_attn", "attn_proj",
                                                           "mlp_norm", "expert_fc1", "moe_act")),),
     "optimizer_offload": (("optim", "optimizer_cpu_offload", 1.0),),
+    **{f"recompute_{m}": (("train", "recompute_granularity", "selective"), ("train", "recompute_modules", (m,)))
+       for m in ("core_attn", "moe_act", "layernorm", "moe", "mlp")},
 }
+OPTIONS = ("selective_recompute", "recompute_moe", "activation_offload", "optimizer_offload")  # the default run
 WIDTHS = {
     "mixtral": dict(hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32, num_query_groups=8,
                     vocab_size=32000, seq=4096),
@@ -56,27 +59,6 @@ def make_config(width: str, layers: int, micro: int, variant: str):
   return c
 
 
-def _setup(cfg):
-  import jax
-  from flax import linen as nn
-
-  from moejax.config import model_spec
-  from moejax.models.gpt import GPTModel
-  from moejax.parallel.mesh import make_mesh
-  from moejax.parallel.sharding import logical_axis_rules
-  from moejax.train.optim import lr_schedule, make_optimizer
-  from moejax.train.state import state_placement, state_shardings
-  from moejax.train.validate import validate
-  validate(cfg, 1)
-  layout = make_mesh(cfg, jax.devices()[:1])
-  rules = logical_axis_rules(layout)
-  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, cfg.train.seq_length, layout.mesh, rules, layout, cfg)
-    placement = state_placement(model, cfg.train.seq_length, layout.mesh, rules, shardings, layout, cfg)
-  return layout, rules, model, optimizer, abstract, shardings, placement
-
-
 def probe(args) -> dict:
   """Per variant: activation bytes kept per token for each layer and outside the layers (traced at
   one and two layers); the device's memory limit; state bytes per layer."""
@@ -97,7 +79,7 @@ def probe(args) -> dict:
   out["params_per_layer"] = num_params(spec2) - num_params(spec1)
   out["params_outside"] = num_params(spec1) - out["params_per_layer"]
   tokens = jax.ShapeDtypeStruct((1, seq + 1), jnp.int32)
-  for variant in VARIANTS:
+  for variant in ("baseline", *args.variants):
     kept = []
     for L in (1, 2):
       model = GPTModel(model_spec(make_config(args.width, L, 1, variant)))
@@ -136,11 +118,15 @@ def run_case(args, variant: str, layers: int, micro: int, execute: bool) -> dict
   from flax import linen as nn
 
   from moejax.parallel.sharding import batch_sharding, replicated
-  from moejax.train.state import init_state
-  from moejax.train.step import make_train_step
   from moejax.train.optim import lr_schedule
+  from moejax.train.state import init_state, setup
+  from moejax.train.step import make_train_step
+  from moejax.train.validate import validate
   cfg = make_config(args.width, layers, micro, variant)
-  layout, rules, model, optimizer, abstract, shardings, placement = _setup(cfg)
+  validate(cfg, 1)
+  parts = setup(cfg, jax.devices()[:1])
+  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
+  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   mesh = layout.mesh
   row = dict(variant=variant, layers=layers, micro_batch=micro, seq=cfg.train.seq_length)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -184,7 +170,8 @@ def _child(args, payload: dict, timeout: float) -> dict:
   env = dict(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
   cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(payload), "--width", args.width,
-         "--iters", str(args.iters), "--warmup", str(args.warmup), "--cpu-limit-gb", str(args.cpu_limit_gb)]
+         "--iters", str(args.iters), "--warmup", str(args.warmup), "--cpu-limit-gb", str(args.cpu_limit_gb),
+         "--variants", ",".join(args.variants)]
   try:
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
   except subprocess.TimeoutExpired:
@@ -206,8 +193,14 @@ def main():
   ap.add_argument("--layers", type=int, default=0, help="override the planned baseline layers")
   ap.add_argument("--cpu-smoke", action="store_true", help="tiny widths on the CPU, a 0.05 GB 'device'")
   ap.add_argument("--cpu-limit-gb", type=float, default=0.05)
+  ap.add_argument("--variants", default=",".join(OPTIONS), help=f"options to compare with the baseline, of {sorted(VARIANTS)}")
+  ap.add_argument("--compile-only", action="store_true", help="compiled memory of each case, nothing run")
   ap.add_argument("--child", default="")
   args = ap.parse_args()
+  args.variants = [v for v in args.variants.split(",") if v and v != "baseline"]
+  unknown = set(args.variants) - set(VARIANTS)
+  if unknown:
+    ap.error(f"--variants: unknown {sorted(unknown)}; choose from {sorted(VARIANTS)}")
   if args.cpu_smoke:
     args.width = "tiny"
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -227,9 +220,10 @@ def main():
   micro, layers = choose(plan)
   micro, layers = args.micro_batch or micro, args.layers or layers
   print(json.dumps(dict(plan=plan, micro_batch=micro, layers=layers)), flush=True)
-  cases = [("baseline", layers, True), ("baseline", layers + 1, True)]
-  cases += [(v, layers + 1, True) for v in VARIANTS if v != "baseline"]
-  cases += [(v, layers, True) for v in VARIANTS if v != "baseline"]
+  run = not args.compile_only
+  cases = [("baseline", layers, run), ("baseline", layers + 1, run)]
+  cases += [(v, layers + 1, run) for v in args.variants]
+  cases += [(v, layers, run) for v in args.variants if run]  # the step-time cost at equal size
   rows = []
   for variant, L, execute in cases:
     if time.time() > t_end:
@@ -246,7 +240,7 @@ def main():
 
 
 def print_table(plan, rows):
-  base = {r["layers"]: r for r in rows if r["variant"] == "baseline" and r.get("fits")}
+  base = {r["layers"]: r for r in rows if r["variant"] == "baseline" and "compiled_gb" in r}
   print(f"\n== {plan['device']} | JAX {plan['jax']} | limit {plan['limit'] / 1e9:.1f} GB | "
         f"seq {plan['seq']} | {plan['params_per_layer'] / 1e9:.2f}B params per layer")
   print(f"{'variant':20} {'layers':>6} {'mb':>3} {'fits':>5} {'step ms':>8} {'cost':>7} {'compiled GB':>11} "
@@ -254,7 +248,7 @@ def print_table(plan, rows):
   for r in rows:
     ref = base.get(r["layers"])
     saved = ref["compiled_gb"] - r["compiled_gb"] if ref and "compiled_gb" in r else None
-    cost = r["step_ms"] / ref["step_ms"] - 1 if ref and r.get("step_ms") and ref is not r else None
+    cost = r["step_ms"] / ref["step_ms"] - 1 if ref and r.get("step_ms") and ref.get("step_ms") and ref is not r else None
     fits = "yes" if r.get("fits") else ("no" if r.get("error") == "out of memory" else r.get("error", "-")[:5])
     print(f"{r['variant']:20} {r['layers']:>6} {r.get('micro_batch', r.get('micro', '-')):>3} {fits:>5} "
           f"{r.get('step_ms', float('nan')):8.1f} {'' if cost is None else f'{100 * cost:+.0f}%':>7} "

@@ -23,15 +23,12 @@ from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from moejax.config import model_spec
 from moejax.data.loader import device_batch, make_dataset
 from moejax.metrics.flops import num_params, train_flops_per_token
-from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
-from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.parallel.sharding import batch_sharding, replicated
+from moejax.train.optim import lr_schedule
 from moejax.train.pipeline import forward_backward_of
-from moejax.train.state import init_state, state_placement, state_shardings
+from moejax.train.state import init_state, setup
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -59,14 +56,11 @@ def matmul_tflops(n: int = 8192, iters: int = 10) -> float:
 def run(cfg) -> dict:
   devices = jax.devices()
   validate(cfg, len(devices))
-  layout = make_mesh(cfg, devices)
-  mesh, rules = layout.mesh, logical_axis_rules(layout, cfg.parallel.sequence_parallel)
-  spec = model_spec(cfg)
-  model, optimizer, schedule = GPTModel(spec), make_optimizer(cfg), lr_schedule(cfg)
+  parts = setup(cfg, devices)
+  mesh, rules, model, optimizer = parts.layout.mesh, parts.rules, parts.model, parts.optimizer
+  shardings, placement = parts.shardings, parts.placement
+  spec, schedule = model.spec, lr_schedule(cfg)
   t = cfg.train
-  with nn.logical_axis_rules(rules):
-    _, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules, layout, cfg)
-    placement = state_placement(model, t.seq_length, mesh, rules, shardings, layout, cfg)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
     bsh = batch_sharding(mesh, rules, ndim=3)

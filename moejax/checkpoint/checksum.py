@@ -66,19 +66,25 @@ def _finite(x):
   return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
 
 
-@jax.jit
-def fingerprint(tree):
-  """(checksums, finite): two pytrees like `tree` of uint32[2] and bool device arrays, computed
-  where the arrays live. Dispatching it waits for nothing; `to_host` fetches the few bytes."""
-  return jax.tree.map(_checksum, tree), jax.tree.map(_finite, tree)
+def fingerprint_of(tree):
+  """(checksums uint32[n, 2], finite bool[n]) of the n leaves of `tree`, in leaf order: two stacked
+  arrays, so fetching them is two small transfers whatever the number of leaves."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((0, 2), jnp.uint32), jnp.zeros((0,), jnp.bool_)
+  return jnp.stack([_checksum(x) for x in leaves]), jnp.stack([_finite(x) for x in leaves])
+
+
+# computed where the arrays live: dispatching it waits for nothing, `to_host` fetches the few bytes
+fingerprint = jax.jit(fingerprint_of)
 
 
 def to_host(tree, fingerprints) -> tuple[dict[str, list[int]], list[str]]:
   """({leaf name: [sum0, sum1]}, names of the leaves holding NaN or inf)."""
-  sums, finite = jax.device_get((jax.tree.leaves(fingerprints[0]), jax.tree.leaves(fingerprints[1])))
+  sums, finite = jax.device_get(fingerprints)
   names = leaf_names(tree)
-  return ({n: [int(v) for v in np.asarray(s)] for n, s in zip(names, sums)},
-          [n for n, ok in zip(names, finite) if not bool(ok)])
+  return ({n: [int(v) for v in s] for n, s in zip(names, np.asarray(sums))},
+          [n for n, ok in zip(names, np.asarray(finite)) if not bool(ok)])
 
 
 def verify(tree, recorded: dict[str, list[int]], prefix: str = "") -> str | None:

@@ -14,12 +14,15 @@ SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
   was restored from (the last one known to pass verification);
 - a checkpoint whose arrays do not fit the config is refused in one line naming the keys.
 
-Checksums and the async save: at a save step the checksums (two uint32 per array) and finiteness
-flags are computed by one jitted function on the devices holding the state and fetched (a few
-bytes; the loop has already waited for the step when it fetched its metrics), and the state is
-copied on device; Orbax's save, which blocks until its arrays are in host memory, runs on that
-copy in a background thread, so the training thread pays two passes over the state in device
-memory, not the device-to-host copy (benchmarks/checkpoint_stall.py measures it).
+The async save (benchmarks/checkpoint_stall.py measures it): at a save step the training thread
+only dispatches an on-device copy of the state (one pass over it in device memory). A background
+thread then computes the copy's checksums (two uint32 per array) and finiteness on the devices,
+fetches those few bytes, copies the state to host memory in paced blocks (moejax/checkpoint/
+staging.py: a device-to-host copy holds up the training step's kernels, so it goes a little at a
+time; with several processes Orbax copies each one's shards at once instead) and runs Orbax's save;
+Orbax writes and commits the files in its own background thread. The step's metrics live in pinned host memory on GPUs
+(`moejax.parallel.sharding.host_replicated`), so the loop's per-step fetch does not queue behind
+those device-to-host copies.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from moejax.checkpoint import checksum
+from moejax.checkpoint import checksum, staging
 from moejax.config import RunError
 
 PARAMS_ITEM = "params"
@@ -220,11 +223,10 @@ class CheckpointManager:
   """Saves every `save_interval` steps (and when forced), keeps `max_to_keep` (+ every
   `keep_interval`-th, + the last verified), restores the newest checkpoint that verifies.
 
-  With `async_save` the training thread only pays, at a save step, the checksums and an on-device
-  copy of the state (two passes over it in device memory); the copy is handed to one background
-  thread that runs Orbax's save (the device-to-host copy, which Orbax does before returning) while
-  training goes on with the original, and Orbax writes and commits the files in its own
-  background thread. A save waits for the previous one to be committed (it only stalls training
+  With `async_save` the training thread only pays, at a save step, an on-device copy of the
+  state; one background thread checksums the copy, brings it to host memory a block at a time
+  and runs Orbax's save of it while training goes on with the original, and Orbax writes and
+  commits the files in its own background thread. A save waits for the previous one to be committed (it only stalls training
   when the storage cannot keep up with save_interval steps), so a crash loses at most the steps
   since the previous save plus those run while the newest one was being written. Needs device
   memory for one more copy of the train state during a save; set checkpoint.async_save=False
@@ -247,6 +249,21 @@ class CheckpointManager:
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._saver = ThreadPoolExecutor(1, thread_name_prefix="moejax-save") if async_save else None
     self._pending: Future | None = None
+    self._copy, self._fingerprint = _device_copy, checksum.fingerprint
+
+  def prepare(self, abstract: Any, shardings: Any) -> None:
+    """Readies the async save for states like `abstract` in `shardings`, in the background thread,
+    so that the first save does not pay for it: compiles the copy and the checksums and has the
+    pinned host memory of one staging block allocated (`staging.warm_up`)."""
+    if self._saver is not None:
+      self._wait_pending()
+      self._pending = self._saver.submit(self._prepare, _target(abstract, shardings))
+
+  def _prepare(self, target) -> None:
+    self._copy = _device_copy.lower(target).compile()
+    self._fingerprint = checksum.fingerprint.lower(target).compile()
+    if staging.can_stage(target):
+      staging.warm_up({d for t in jax.tree.leaves(target) for d in t.sharding.addressable_devices})
 
   def _wait_pending(self) -> None:
     """Waits for the background save call in flight (re-raising its error)."""
@@ -265,22 +282,29 @@ class CheckpointManager:
   def save(self, step: int, state: Any, meta: dict | None = None, force: bool = False) -> bool:
     """Saves `state` at `step` when it is a multiple of save_interval (or `force`), with its
     checksums; a state holding NaN or inf is not saved (one line says so). Returns whether a
-    save started."""
+    save started (with async saves that check runs in the background, so True)."""
     if not force and step % self._interval:
       return False
     self.wait()  # the previous save committed: at most one in flight, as with Orbax alone
-    sums, nonfinite = checksum.to_host(state, checksum.fingerprint(state))
+    if self._saver is None:
+      return self._checked_save(step, state, meta)
+    self._pending = self._saver.submit(self._checked_save, step, self._copy(state), meta)
+    return True
+
+  def _checked_save(self, step: int, state: Any, meta: dict | None) -> bool:
+    """Checksums `state` and saves it with them unless it holds NaN or inf. An async save of a
+    state this process holds whole copies it to host memory in paced blocks first
+    (moejax/checkpoint/staging.py); otherwise Orbax copies it at once."""
+    sums, nonfinite = checksum.to_host(state, self._fingerprint(state))
     if nonfinite:
       more = f" and {len(nonfinite) - 1} more" if len(nonfinite) > 1 else ""
       print(f"step {step}: not saved: the state holds NaN or inf in {nonfinite[0]}{more}", file=sys.stderr)
       return False
-    items = lambda tree: ocp.args.Composite(  # noqa: E731
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta or {"step": step}),
-        checksums=ocp.args.JsonSave(sums))
-    if self._saver is None:
-      return self._mngr.save(step, args=items(state), force=True)
-    self._pending = self._saver.submit(self._mngr.save, step, args=items(_device_copy(state)), force=True)
-    return True
+    if self._saver is not None and staging.can_stage(state):
+      state = staging.to_host(state)
+    return self._mngr.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {"step": step}),
+        checksums=ocp.args.JsonSave(sums)))
 
   def restore(self, abstract: Any, shardings: Any, step: int | None = None):
     """(state, meta) of the newest checkpoint that passes verification, restored into `shardings`

@@ -155,6 +155,17 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def host_replicated(mesh) -> NamedSharding:
+  """Replicated, in pinned host memory on GPUs: for the step's metrics, which the loop fetches
+  every step. The step writes them to host memory itself, so the fetch waits for the step alone,
+  not behind a checkpoint's device-to-host copies (PJRT's transfers to the host share one queue).
+  Device memory elsewhere."""
+  if jax.default_backend() == "gpu" and all(
+      any(m.kind == "pinned_host" for m in d.addressable_memories()) for d in mesh.devices.flat):
+    return NamedSharding(mesh, P(), memory_kind="pinned_host")
+  return replicated(mesh)
+
+
 def current_mesh():
   """The mesh set by `jax.set_mesh`, or None outside one (single-device code)."""
   mesh = jax.sharding.get_abstract_mesh()

@@ -13,20 +13,20 @@ import numpy as np
 from flax import linen as nn
 
 from moejax.checkpoint.manager import CheckpointManager
-from moejax.config import RunError, model_spec
+from moejax.config import RunError
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import describe_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.metrics.memory import memory_report
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh, num_microbatches
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
+from moejax.parallel.mesh import num_microbatches
+from moejax.parallel.sharding import batch_sharding, host_replicated, replicated
 from moejax.train.lock import WorkdirLock
 from moejax.train.loss import loss_fn
-from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.optim import lr_schedule
 from moejax.train.pipeline import describe_pipeline, forward_backward_of
 from moejax.train.start import initial_state
-from moejax.train.state import StatePlacement, state_placement, state_shardings
+from moejax.train.state import StatePlacement, setup
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -96,12 +96,11 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   """Trains `cfg` in `workdir`, resuming from its newest checkpoint; returns the step metrics."""
   devices = list(jax.devices() if devices is None else devices)
   validate(cfg, len(devices))
-  layout = make_mesh(cfg, devices)
+  parts = setup(cfg, devices)
+  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
+  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   mesh, n_dev = layout.mesh, layout.mesh.size
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
-  spec = model_spec(cfg)
-  model = GPTModel(spec)
-  optimizer, schedule = make_optimizer(cfg), lr_schedule(cfg)
+  spec, schedule = model.spec, lr_schedule(cfg)
   t = cfg.train
   tokens_per_step = t.global_batch_size * t.seq_length
   flops_per_token = train_flops_per_token(spec, t.seq_length)
@@ -109,9 +108,6 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   stop = _StopFlag()
   history = []
 
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, t.seq_length, mesh, rules, layout, cfg)
-    placement = state_placement(model, t.seq_length, mesh, rules, shardings, layout, cfg)
   c = cfg.checkpoint
   # one lock per run: a multi-process run's processes share the workdir, process 0 holds it
   lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -136,10 +132,12 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     fwd_bwd = forward_backward_of(cfg, model, t.seq_length)
     step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd, placement=placement,
                                       check_finite=t.check_for_nan_in_loss_and_grad),
-                      in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+                      in_shardings=(shardings, bsh), out_shardings=(shardings, host_replicated(mesh)),
+                      donate_argnums=0)
     start = int(state.step)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
+    ckpt.prepare(abstract, shardings)  # the save's own compile, off the first save step
     eval_fn = None
     if eval_dataset is not None:
       eval_jit = jax.jit(make_eval_step(model, placement), in_shardings=(shardings.params, bsh, shardings.moe_state),

@@ -24,11 +24,13 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from moejax.config import model_spec
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE
-from moejax.parallel.mesh import MeshLayout
-from moejax.parallel.sharding import (current_mesh, fit_to_shapes, optimizer_state_shardings, replicated,
-                                      shard_over_data)
+from moejax.parallel.mesh import MeshLayout, make_mesh
+from moejax.parallel.sharding import (current_mesh, fit_to_shapes, logical_axis_rules, optimizer_state_shardings,
+                                      replicated, shard_over_data)
+from moejax.train.optim import make_optimizer
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -54,10 +56,14 @@ class StatePlacement:
   fsdp: bool
   opt_state: Any = None  # NamedShardings of TrainState.opt_state
 
-  def opt_state_on_device(self, opt_state):
-    """The optimizer state with its host-offloaded leaves brought to device memory for the update."""
-    if self.opt_state is None:
+  def opt_state_on_device(self, opt_state, after):
+    """The optimizer state with its host-offloaded leaves brought to device memory for the update,
+    once `after` (the gradients) exists: tied to it by an optimization barrier, so that XLA cannot
+    schedule the copies early and keep the state on the device through the forward and backward
+    passes, which is what offloading it is to avoid."""
+    if self.opt_state is None or all(sh.memory_kind != "pinned_host" for sh in jax.tree.leaves(self.opt_state)):
       return opt_state
+    opt_state, _ = jax.lax.optimization_barrier((opt_state, after))
     return jax.tree.map(lambda x, sh: jax.device_put(x, sh.with_memory_kind("device"))
                         if sh.memory_kind == "pinned_host" else x, opt_state, self.opt_state)
 
@@ -165,6 +171,31 @@ def state_placement(model: GPTModel, seq_len: int, mesh, rules, shardings: Train
                         main_grads_dtype=cfg.optim.main_grads_dtype if cfg is not None else "fp32",
                         fsdp=model.spec.sharding.fsdp,
                         opt_state=shardings.opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a train step is built from: the mesh layout and its sharding rules, the model, the
+  optimizer, and the train state's abstract shapes, shardings and placement."""
+  layout: MeshLayout
+  rules: Any
+  model: GPTModel
+  optimizer: optax.GradientTransformation
+  abstract: TrainState
+  shardings: TrainState
+  placement: StatePlacement
+
+
+def setup(cfg, devices) -> Setup:
+  """The `Setup` of config `cfg` on `devices` (the train loop's, the benchmarks', the tests')."""
+  layout = make_mesh(cfg, devices)
+  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
+  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
+  seq = cfg.train.seq_length
+  with nn.logical_axis_rules(rules):
+    abstract, shardings = state_shardings(model, optimizer, seq, layout.mesh, rules, layout, cfg)
+    placement = state_placement(model, seq, layout.mesh, rules, shardings, layout, cfg)
+  return Setup(layout, rules, model, optimizer, abstract, shardings, placement)
 
 
 def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len: int, seed: int,

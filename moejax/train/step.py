@@ -44,22 +44,23 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
       out = forward_backward(model, placement.compute_params(state.params), state.moe_state, batch_NBS1, rng,
                              main_grads=placement.main_grads)
       grads = jax.tree.map(lambda g, p: g.astype(jnp.promote_types(p.dtype, jnp.float32)), out.grads, state.params)
-      opt_state = placement.opt_state_on_device(state.opt_state)
+      opt_state = placement.opt_state_on_device(state.opt_state, after=grads)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    updates, new_opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if placement is not None:
       params = jax.lax.with_sharding_constraint(params, placement.master)
-      opt_state = placement.opt_state_home(opt_state)
     moe_state = finish_step(out.moe_state, router.router_bias_update_rate)
     lr = schedule(_update_count(state))
-    new = (params, opt_state, moe_state)
+    new = (params, new_opt_state, moe_state)
     skipped = jnp.zeros((), jnp.float32)
     if check_finite:
       finite = jnp.isfinite(out.loss) & jnp.isfinite(grad_norm)
-      old = (state.params, state.opt_state, state.moe_state)
+      old = (state.params, opt_state, state.moe_state)  # the optimizer state as the update saw it: on the device
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       skipped = 1.0 - finite.astype(jnp.float32)
+    if placement is not None:  # an offloaded optimizer state goes home only after the last use on the device
+      new = (new[0], placement.opt_state_home(new[1]), new[2])
     metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
     return TrainState(state.step + 1, *new), metrics
 

@@ -127,12 +127,13 @@ def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tm
   assert sorted(map(int, os.listdir(workdir / "checkpoints"))) == [2, 4, 8, 9]
 
 
-def test_a_state_holding_nan_is_not_saved(two_steps, tmp_path, capfd):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_state_holding_nan_is_not_saved(two_steps, tmp_path, capfd, async_save):
   base, abstract, shardings = two_steps
   with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
     state, _ = ckpt.restore(abstract, shardings)
   bad = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params))
-  with CheckpointManager(str(tmp_path / "run"), save_interval=1, max_to_keep=5) as ckpt:
-    assert not ckpt.save(3, bad, force=True)
+  with CheckpointManager(str(tmp_path / "run"), save_interval=1, max_to_keep=5, async_save=async_save) as ckpt:
+    assert ckpt.save(3, bad, force=True) == async_save  # an async save checks in the background
     assert ckpt.latest_step() is None
   assert "step 3: not saved: the state holds NaN or inf in params." in capfd.readouterr().err

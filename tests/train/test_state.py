@@ -16,10 +16,9 @@ from flax import linen as nn
 
 from moejax.config import model_spec
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated, shard_bytes
+from moejax.parallel.sharding import batch_sharding, replicated, shard_bytes
 from moejax.train.optim import lr_schedule, make_optimizer
-from moejax.train.state import TrainState, state_placement, state_shardings
+from moejax.train.state import TrainState, setup
 from moejax.train.step import make_train_step
 
 LAYOUTS = {
@@ -49,20 +48,11 @@ def _tree_bytes(abstract, shardings, kind=None):
              if kind is None or (s.memory_kind or "device") == kind)
 
 
-def _setup(cfg, devices):
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout)
-  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, cfg.train.seq_length, layout.mesh, rules, layout, cfg)
-    placement = state_placement(model, cfg.train.seq_length, layout.mesh, rules, shardings, layout, cfg)
-  return layout, rules, model, optimizer, abstract, shardings, placement
-
-
 def _run(cfg, devices, state0, batches):
   """(losses, final state, compiled step, abstract state, shardings) of three steps from `state0`."""
-  layout, rules, model, optimizer, abstract, shardings, placement = _setup(cfg, devices)
-  mesh = layout.mesh
+  parts = setup(cfg, devices)
+  mesh, rules, model, optimizer = parts.layout.mesh, parts.rules, parts.model, parts.optimizer
+  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.device_put(state0, shardings)
     bsh = batch_sharding(mesh, rules, 3)
