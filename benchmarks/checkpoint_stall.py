@@ -1,7 +1,8 @@
 """Does saving stall training? Step time of save steps against normal steps on one GPU (issue 17).
 
   source benchmarks/device_env.sh && python3 benchmarks/checkpoint_stall.py [--steps 640]
-      [--save-interval 300] [--modes async,async_device_metrics,orbax,sync] [--workdir /tmp/checkpoint_stall] [--out DIR] [--small]
+      [--save-interval 300] [--modes async,async_device_metrics,orbax,sync]
+      [--workdir /tmp/checkpoint_stall] [--out DIR] [--small]
 
 Model: the 1.1B MoE of benchmarks/train_smoke.sh (4 layers, H 2048, 16 heads / 4 KV, 8 experts of
 F 5632, top-2, vocab 32000, seq 2048, batch 8, bf16 compute, fp32 weights and AdamW: ~13 GB of

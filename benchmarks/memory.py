@@ -4,8 +4,16 @@ fp32 master weights + AdamW, bf16 compute) train more layers than the baseline f
 cost this reports against the memory saved.
 
   source benchmarks/device_env.sh; cd /tmp/pp
-  python3 $R/benchmarks/memory.py --out $OUT            # one H200, ~5 min; a table is printed last
+  python3 benchmarks/memory.py --out $OUT               # one H200, ~5 min; a table is printed last
+  python3 benchmarks/memory.py --layers 3 --micro-batch 8 --variants optimizer_offload,recompute_moe
+  python3 benchmarks/memory.py --compile-only --layers 1 --micro-batch 4 \
+      --variants recompute_core_attn,recompute_moe_act,recompute_layernorm,recompute_moe
   python benchmarks/memory.py --cpu-smoke               # the same logic on the CPU at tiny widths
+
+Variants: `selective_recompute` (core_attn, moe_act, layernorm), `recompute_<module>` (one
+module), `activation_offload` (all seven offload names), `optimizer_offload` (all of it);
+`--variants` picks which to compare with the baseline (default: OPTIONS), `--compile-only` reports
+compiled memory alone (and compares the options at L+1 only).
 
 Plan (a probe process, tracing only): the activation bytes each variant keeps per token and layer
 (`moejax.metrics.memory.saved_activation_bytes`) and the state bytes per layer give a micro-batch
@@ -193,7 +201,8 @@ def main():
   ap.add_argument("--layers", type=int, default=0, help="override the planned baseline layers")
   ap.add_argument("--cpu-smoke", action="store_true", help="tiny widths on the CPU, a 0.05 GB 'device'")
   ap.add_argument("--cpu-limit-gb", type=float, default=0.05)
-  ap.add_argument("--variants", default=",".join(OPTIONS), help=f"options to compare with the baseline, of {sorted(VARIANTS)}")
+  ap.add_argument("--variants", default=",".join(OPTIONS),
+                  help=f"options to compare with the baseline, of {sorted(VARIANTS)}")
   ap.add_argument("--compile-only", action="store_true", help="compiled memory of each case, nothing run")
   ap.add_argument("--child", default="")
   args = ap.parse_args()

@@ -19,10 +19,10 @@ only dispatches an on-device copy of the state (one pass over it in device memor
 thread then computes the copy's checksums (two uint32 per array) and finiteness on the devices,
 fetches those few bytes, copies the state to host memory in paced blocks (moejax/checkpoint/
 staging.py: a device-to-host copy holds up the training step's kernels, so it goes a little at a
-time; with several processes Orbax copies each one's shards at once instead) and runs Orbax's save;
-Orbax writes and commits the files in its own background thread. The step's metrics live in pinned host memory on GPUs
-(`moejax.parallel.sharding.host_replicated`), so the loop's per-step fetch does not queue behind
-those device-to-host copies.
+time; with several processes Orbax copies each one's shards at once instead) and runs Orbax's
+save; Orbax writes and commits the files in its own background thread. The step's metrics live in
+pinned host memory on GPUs (`moejax.parallel.sharding.host_replicated`), so the loop's per-step
+fetch does not queue behind those device-to-host copies.
 """
 from __future__ import annotations
 
@@ -226,11 +226,11 @@ class CheckpointManager:
   With `async_save` the training thread only pays, at a save step, an on-device copy of the
   state; one background thread checksums the copy, brings it to host memory a block at a time
   and runs Orbax's save of it while training goes on with the original, and Orbax writes and
-  commits the files in its own background thread. A save waits for the previous one to be committed (it only stalls training
-  when the storage cannot keep up with save_interval steps), so a crash loses at most the steps
-  since the previous save plus those run while the newest one was being written. Needs device
-  memory for one more copy of the train state during a save; set checkpoint.async_save=False
-  where that does not fit.
+  commits the files in its own background thread. A save waits for the previous one to be
+  committed (it only stalls training when the storage cannot keep up with save_interval steps),
+  so a crash loses at most the steps since the previous save plus those run while the newest one
+  was being written. Needs device memory for one more copy of the train state during a save, and
+  host memory for one; set checkpoint.async_save=False where that does not fit.
   """
 
   def __init__(self, workdir: str, save_interval: int, max_to_keep: int, async_save: bool = True,

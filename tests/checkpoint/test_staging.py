@@ -12,7 +12,8 @@ from moejax.checkpoint import staging
 def test_blocks_come_back_whole_and_exact():
   mesh = jax.make_mesh((4, 2), ("a", "b"))
   tree = {
-      "split": jax.device_put(jnp.arange(64 * 48, dtype=jnp.float32).reshape(64, 48), NamedSharding(mesh, P("a", "b"))),
+      "split": jax.device_put(jnp.arange(64 * 48, dtype=jnp.float32).reshape(64, 48),
+                              NamedSharding(mesh, P("a", "b"))),
       "replicated": jax.device_put(jnp.linspace(-3, 3, 30, dtype=jnp.bfloat16).reshape(10, 3), NamedSharding(mesh, P())),
       "scalar": jnp.int32(5),
       "empty": jnp.zeros((0, 4)),
