@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
+from moejax.parallel.sharding import has_pinned_host
+
 BLOCK_BYTES = 256 << 20  # ~5 ms over PCIe Gen5
 RATE = 5e9  # bytes/s on average
 
@@ -34,29 +36,23 @@ def warm_up(devices, block_bytes: int = BLOCK_BYTES) -> None:
   holds it for the saves: allocating pinned memory holds the device up while it lasts (about
   0.7 s per GB on an H200), better at start than during the first save."""
   for d in devices:
-    if any(m.kind == "pinned_host" for m in d.addressable_memories()):
+    if has_pinned_host(d):
       block = jax.device_put(np.zeros(block_bytes, np.uint8), SingleDeviceSharding(d, memory_kind="pinned_host"))
       block.block_until_ready().delete()
 
 
 def to_host(tree, block_bytes: int = BLOCK_BYTES, rate: float = RATE):
   """`tree` with every jax.Array replaced by a numpy copy, made block by block (see the module doc)."""
-  pace = _Pacer(rate)
-  return jax.tree.map(lambda x: _array_to_host(x, block_bytes, pace) if isinstance(x, jax.Array) else x, tree)
+  return jax.tree.map(lambda x: _array_to_host(x, block_bytes, rate) if isinstance(x, jax.Array) else x, tree)
 
 
-class _Pacer:
-  """Copies blocks to the host, pausing after each for its bytes at `rate` (a block's copy may
-  first wait for the training step in flight, so its own duration says little)."""
-
-  def __init__(self, rate: float):
-    self.rate = rate
-
-  def copy(self, block, device, out) -> None:
-    if any(m.kind == "pinned_host" for m in device.addressable_memories()):
-      block = jax.device_put(block, SingleDeviceSharding(device, memory_kind="pinned_host"))
-    out[...] = np.asarray(block)
-    time.sleep(out.nbytes / self.rate)
+def _copy_block(block, device, out, rate: float) -> None:
+  """Copies `block` into `out`, then pauses for its bytes at `rate` (a block's copy may first wait
+  for the training step in flight, so its own duration says little)."""
+  if has_pinned_host(device):
+    block = jax.device_put(block, SingleDeviceSharding(device, memory_kind="pinned_host"))
+  out[...] = np.asarray(block)
+  time.sleep(out.nbytes / rate)
 
 
 @functools.partial(jax.jit, static_argnames="rows")
@@ -64,7 +60,7 @@ def _rows(x, start, rows: int):
   return jax.lax.dynamic_slice_in_dim(x, start, rows, axis=0)
 
 
-def _array_to_host(x: jax.Array, block_bytes: int, pace: _Pacer) -> np.ndarray:
+def _array_to_host(x: jax.Array, block_bytes: int, rate: float) -> np.ndarray:
   if x.ndim == 0:
     return np.asarray(x)
   out = np.empty(x.shape, x.dtype)
@@ -78,9 +74,9 @@ def _array_to_host(x: jax.Array, block_bytes: int, pace: _Pacer) -> np.ndarray:
     n = data.shape[0]
     per = max(1, block_bytes // max(1, data.nbytes // max(1, n)))
     if per >= n:
-      pace.copy(data, shard.device, dst)
+      _copy_block(data, shard.device, dst, rate)
       continue
     for start in range(0, n, per):
       rows = min(per, n - start)
-      pace.copy(_rows(data, start, rows), shard.device, dst[start:start + rows])
+      _copy_block(_rows(data, start, rows), shard.device, dst[start:start + rows], rate)
   return out

@@ -160,10 +160,14 @@ def host_replicated(mesh) -> NamedSharding:
   every step. The step writes them to host memory itself, so the fetch waits for the step alone,
   not behind a checkpoint's device-to-host copies (PJRT's transfers to the host share one queue).
   Device memory elsewhere."""
-  if jax.default_backend() == "gpu" and all(
-      any(m.kind == "pinned_host" for m in d.addressable_memories()) for d in mesh.devices.flat):
+  if jax.default_backend() == "gpu" and all(has_pinned_host(d) for d in mesh.devices.flat):
     return NamedSharding(mesh, P(), memory_kind="pinned_host")
   return replicated(mesh)
+
+
+def has_pinned_host(device) -> bool:
+  """Whether `device` has a pinned host memory space (GPUs and the CPU do)."""
+  return any(m.kind == "pinned_host" for m in device.addressable_memories())
 
 
 def current_mesh():

@@ -22,11 +22,10 @@ from flax import linen as nn
 
 from moejax.config import base_config, model_spec
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
+from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule, make_optimizer
 from moejax.train.pipeline import forward_backward_of
-from moejax.train.state import TrainState, state_placement, state_shardings
+from moejax.train.state import TrainState, setup
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -54,13 +53,10 @@ def _cfg(num_layers=4, parallel=(), model=(), data=()):
 def _step(cfg, devices):
   """(jitted train step, state shardings, batch sharding, mesh, rules) as moejax/train/loop.py builds them."""
   validate(cfg, len(devices))
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
-  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
+  parts = setup(cfg, devices)
+  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
+  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   seq = cfg.train.seq_length
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, seq, layout.mesh, rules, layout, cfg)
-    placement = state_placement(model, seq, layout.mesh, rules, shardings, layout, cfg)
   with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
     fwd_bwd = forward_backward_of(cfg, model, seq)
     bsh = batch_sharding(layout.mesh, rules, 3)

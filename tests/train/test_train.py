@@ -11,7 +11,6 @@ import time
 
 import jax
 import pytest
-from flax import linen as nn
 
 SMALL = ["--config.train.train_iters=24", "--config.checkpoint.save_interval=8", "--config.train.log_interval=8",
          "--config.model.num_layers=2", "--config.model.hidden_size=64", "--config.train.seq_length=32",
@@ -101,17 +100,9 @@ def _killed_cfg(path):
 def _complete_checkpoints_verify(cfg, workdir):
   """Restores (with checksums) every checkpoint Orbax takes for complete; returns the newest step."""
   from moejax.checkpoint.manager import CheckpointManager
-  from moejax.config import model_spec
-  from moejax.models.gpt import GPTModel
-  from moejax.parallel.mesh import make_mesh
-  from moejax.parallel.sharding import logical_axis_rules
-  from moejax.train.optim import make_optimizer
-  from moejax.train.state import state_shardings
-  layout = make_mesh(cfg, jax.devices()[:1])
-  rules = logical_axis_rules(layout)
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), cfg.train.seq_length,
-                                          layout.mesh, rules)
+  from moejax.train.state import setup
+  parts = setup(cfg, jax.devices()[:1])
+  abstract, shardings = parts.abstract, parts.shardings
   with CheckpointManager(str(workdir), cfg.checkpoint.save_interval, 100) as ckpt:
     for step in ckpt.all_steps():
       state, _ = ckpt.restore(abstract, shardings, step=step)  # raises Damaged if it is not whole
