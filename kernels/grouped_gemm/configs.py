@@ -4,7 +4,8 @@ Entries are keyed by (op, g, k, n) of the kernel call, where op is
   fwd   : y[M,n]  = x[M,k] @ w[g]          (k contracted)
   dgrad : dx[M,n] = dy[M,k] @ w[g]^T       (k contracted; n = hidden of x)
   wgrad : dw[g]   = x[M,k]^T @ dy[M,n]     (M contracted, ragged)
-and the entry with the nearest M wins. Shapes not in the table get a default
+and the entry with the nearest M wins, among those measured on this device kind when there are
+any (tiles tuned on an H100 are not the best on an H200). Shapes not in the table get a default
 that divides the dimensions. `python -m moejax.kernels.grouped_gemm.autotune`
 measures candidates on the device and rewrites the table.
 """
@@ -14,6 +15,8 @@ import dataclasses
 import functools
 import json
 import os
+
+import jax
 
 from moejax.kernels.grouped_gemm.mosaic import TileConfig, fits
 
@@ -50,6 +53,8 @@ def lookup(op: str, m: int, g: int, k: int, n: int) -> TileConfig | None:
     raise ValueError(f"op must be one of {OPS}, got {op!r}")
   cands = [e for e in _load_table()
            if e["op"] == op and e["g"] == g and e["k"] == k and e["n"] == n]
+  here = [e for e in cands if e.get("device") == _device_kind()]
+  cands = here or cands
   if cands:
     best = min(cands, key=lambda e: abs(e["m"] - m))
     names = {f.name for f in dataclasses.fields(TileConfig)}
@@ -59,10 +64,14 @@ def lookup(op: str, m: int, g: int, k: int, n: int) -> TileConfig | None:
   return default(k, n)
 
 
+def _device_kind() -> str:
+  return jax.devices()[0].device_kind
+
+
 def write_entries(new_entries: list[dict]) -> None:
-  """Replace entries with the same (op, m, g, k, n) and rewrite the table."""
+  """Replace entries with the same (op, m, g, k, n, device) and rewrite the table."""
   entries = list(_load_table())
-  key = lambda e: (e["op"], e["m"], e["g"], e["k"], e["n"])
+  key = lambda e: (e["op"], e["m"], e["g"], e["k"], e["n"], e.get("device", ""))
   new_keys = {key(e) for e in new_entries}
   entries = [e for e in entries if key(e) not in new_keys] + list(new_entries)
   entries.sort(key=key)

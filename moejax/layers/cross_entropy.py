@@ -10,6 +10,11 @@ also forms the gradients (d_logits = weights·(softmax − onehot), cast to the 
 the two matmuls, fp32 accumulation), so the backward pass only scales them by the cotangent: no
 fp32 GEMMs, no recomputed head. Columns ≥ `num_valid` (vocabulary padding) are never predicted.
 Written by hand because XLA neither chunks nor fuses the head with its loss.
+
+Passes over a chunk's logits after its GEMM: one for the log-sum-exp (a single online max+sum
+reduction when the vocabulary is whole on each device; max, then sum, when it is split over tp,
+so each stays a reduction that the partitioner all-reduces) and one for d_logits. The labels'
+logits are gathered (a masked sum, another pass, when the vocabulary is split).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from moejax.parallel.sharding import logical_axis_size
 
 _CHUNK_ELEMENTS = 1 << 30  # fp32 logits per scan step (4 GiB): few steps, so dw is accumulated few times
 
@@ -45,22 +52,42 @@ def _chunk_logits(x_BCH, w_HV, num_valid):
   return logits_BCV
 
 
+def _online_logsumexp(logits_BCV):
+  """log Σ exp over the last axis in one read: a reduction of (running max m, Σ exp(· − m)).
+  Combining two partials rescales the one with the smaller max, so each step costs one exp."""
+  def combine(a, b):
+    (m1, s1), (m2, s2) = a, b
+    d = jnp.where(m1 == m2, 0.0, m2 - m1)  # equal maxima (also both -inf): no rescaling
+    e = jnp.exp(-jnp.abs(d))
+    return jnp.maximum(m1, m2), jnp.where(d <= 0, s1 + s2 * e, s1 * e + s2)
+  ones = jnp.ones_like(logits_BCV)
+  m_BC, s_BC = jax.lax.reduce((logits_BCV, ones), (jnp.float32(-jnp.inf), jnp.float32(0)), combine,
+                              (logits_BCV.ndim - 1,))
+  return m_BC + jnp.log(s_BC)
+
+
+def _lse_and_target(logits_BCV, labels_BC, vocab_split: bool):
+  """log Σ exp of each row, and its logit at the label."""
+  if vocab_split:  # reductions only: each becomes a local reduction and an all-reduce over tp
+    is_label_BCV = jnp.arange(logits_BCV.shape[-1]) == labels_BC[..., None]
+    return jax.nn.logsumexp(logits_BCV, axis=-1), jnp.sum(jnp.where(is_label_BCV, logits_BCV, 0.0), axis=-1)
+  return _online_logsumexp(logits_BCV), jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
+
+
 def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads):
   B, S, H = x_BSH.shape
   c = chunk_positions(B, S, w_HV.shape[1])
+  vocab_split = logical_axis_size("vocab") > 1
 
   def step(dw_HV, chunk):
     x_BCH, labels_BC, weights_BC = chunk
     logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
-    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
-    # a masked sum, not a gather, so a vocabulary sharded over tp reduces instead of gathering
-    is_label_BCV = jnp.arange(w_HV.shape[1]) == labels_BC[..., None]
-    target_BC = jnp.sum(jnp.where(is_label_BCV, logits_BCV, 0.0), axis=-1)
+    lse_BC, target_BC = _lse_and_target(logits_BCV, labels_BC, vocab_split)
     loss = jnp.sum(weights_BC * (lse_BC - target_BC))
     if not with_grads:
       return dw_HV, (loss, None)
     d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
-    d_BCV = d_BCV - is_label_BCV.astype(d_BCV.dtype)
+    d_BCV = d_BCV - (jnp.arange(w_HV.shape[1]) == labels_BC[..., None]).astype(d_BCV.dtype)
     d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
     dx_BCH = jnp.einsum("bcv,hv->bch", d_BCV, w_HV, preferred_element_type=jnp.float32).astype(x_BCH.dtype)
     dw_HV = dw_HV + jnp.einsum("bch,bcv->hv", x_BCH, d_BCV, preferred_element_type=jnp.float32)

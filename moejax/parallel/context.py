@@ -24,27 +24,20 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from moejax.parallel.sharding import current_mesh
+from moejax.parallel.sharding import current_mesh, logical_axis_size, mesh_axes_of
 
 NEG = -1e30  # masked score: finite, so fully masked blocks stay NaN-free
 
 
-def _mesh_axes(logical: str) -> tuple[str, ...]:
-  (spec,) = nn.logical_to_mesh_axes((logical,))
-  return () if spec is None else tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
-
-
 def cp_axes() -> tuple[str, ...]:
   """Mesh axes that split the sequence inside attention (logical axis `attn_seq`); () off-mesh."""
-  return _mesh_axes("attn_seq") if current_mesh() is not None else ()
+  return mesh_axes_of("attn_seq")
 
 
 def cp_size() -> int:
-  mesh = current_mesh()
-  return math.prod(mesh.shape[a] for a in cp_axes()) if mesh is not None else 1
+  return logical_axis_size("attn_seq")
 
 
 def load_balanced_order(seq_len: int, cp: int) -> np.ndarray:
@@ -113,13 +106,13 @@ def context_parallel_attention(q_BSND, k_BSKD, v_BSKV, segments_BS=None, comm: s
   over the cp axes; returns [B, S, N, Dv] in the inputs' order and dtype."""
   mesh = current_mesh()
   axes = cp_axes()
-  cp = math.prod(mesh.shape[a] for a in axes)
+  cp = cp_size()
   B, S, N, D = q_BSND.shape
   scale = 1.0 / math.sqrt(D) if scale is None else scale
-  batch = _mesh_axes("batch")
+  batch = mesh_axes_of("batch")
   if B % math.prod(mesh.shape[a] for a in batch):
     batch = ()  # e.g. model.init on fewer sequences than data-parallel ranks
-  heads, kv_heads = _mesh_axes("heads"), _mesh_axes("kv_heads")
+  heads, kv_heads = mesh_axes_of("heads"), mesh_axes_of("kv_heads")
   idx_S = jnp.asarray(load_balanced_order(S, cp), jnp.int32)
   seg_BS = jnp.zeros((B, S), jnp.int32) if segments_BS is None else segments_BS.astype(jnp.int32)
   with_segments = segments_BS is not None

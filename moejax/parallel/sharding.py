@@ -174,3 +174,17 @@ def current_mesh():
   """The mesh set by `jax.set_mesh`, or None outside one (single-device code)."""
   mesh = jax.sharding.get_abstract_mesh()
   return None if mesh is None or mesh.empty else mesh
+
+
+def mesh_axes_of(logical: str) -> tuple[str, ...]:
+  """The mesh axes a logical axis maps to under the active rules; () off-mesh."""
+  if current_mesh() is None:
+    return ()
+  (spec,) = nn.logical_to_mesh_axes((logical,))
+  return () if spec is None else tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
+
+
+def logical_axis_size(logical: str) -> int:
+  """How many ways the current mesh splits a logical axis (1 off-mesh)."""
+  mesh = current_mesh()
+  return math.prod(mesh.shape[a] for a in mesh_axes_of(logical)) if mesh is not None else 1

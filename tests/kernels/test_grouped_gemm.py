@@ -214,6 +214,11 @@ def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
                             "cfg": dataclasses.asdict(cfg), "tflops": 1.0, "device": "test"}])
     assert configs.lookup("dgrad", 5000, 8, 768, 2048) == cfg       # nearest m
     assert configs.lookup("fwd", 4096, 8, 768, 2048) == configs.default(768, 2048)
+    here = quick[1]  # an entry measured on this device kind wins over a nearer m measured elsewhere
+    configs.write_entries([{"op": "dgrad", "m": 65536, "g": 8, "k": 768, "n": 2048,
+                            "cfg": dataclasses.asdict(here), "tflops": 1.0, "device": jax.devices()[0].device_kind}])
+    assert configs.lookup("dgrad", 5000, 8, 768, 2048) == here
+    assert len(configs._load_table()) == 2
   finally:
     configs.clear_cache()
 

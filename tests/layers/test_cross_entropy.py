@@ -37,3 +37,13 @@ def test_matches_full_logits(dtype, tol, monkeypatch):
   if dtype == "bfloat16":
     assert "dot_general" in text and not any("f32>" in ln and "dot_general" in ln and "bf16" not in ln
                                              for ln in text.splitlines())
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_online_logsumexp(scale):
+  """One-pass log-sum-exp (one vocabulary shard) equals jax.nn.logsumexp, with -inf columns
+  (vocabulary padding) anywhere, a row with one finite entry, and logits far beyond exp's range."""
+  from moejax.layers.cross_entropy import _online_logsumexp
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 5, 1000)) * scale, jnp.float32)
+  x = x.at[..., 700:].set(-jnp.inf).at[0, 0, :699].set(-jnp.inf).at[1, 2, ::3].set(-jnp.inf)
+  np.testing.assert_allclose(_online_logsumexp(x), jax.nn.logsumexp(x, axis=-1), rtol=1e-6, atol=1e-5)
