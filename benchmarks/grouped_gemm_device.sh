@@ -5,10 +5,8 @@
 # Steps run in the order given (tune+bench: tune writes tiles.json, bench then uses it).
 # Logs and the tuned tiles.json go to $OUT (or /tmp/out).
 set -o pipefail
-export PYTHONUNBUFFERED=1
 R=$(cd "$(dirname "$0")/.." && pwd)
-rm -rf /tmp/pp && mkdir -p /tmp/pp && cp -r "$R/moejax" /tmp/pp/ && cp -r "$R/kernels" /tmp/pp/moejax/kernels
-export PYTHONPATH=/tmp/pp
+source "$R/benchmarks/device_env.sh"   # carried wheels, the package in /tmp/pp on PYTHONPATH
 cd /tmp
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 MODE=${1:-bench}; shift; BENCH_ARGS=("$@")

@@ -25,46 +25,15 @@ def swiglu_interleaved(h_M2F):
   return jax.nn.silu(h[..., 0]) * h[..., 1]
 
 
-@jax.custom_vjp
-def weighted_swiglu(h_R2F, probs_R):
-  """silu(gate)·up·prob per row of interleaved [gate, up] columns, computed in fp32 and returned in
-  h's dtype: Megatron's fused weighted SwiGLU. Its backward recomputes from h and the probs alone;
-  autodiff would keep ~5 [rows, F] intermediates per layer (and a scan copies each into its stack)."""
-  return _weighted_swiglu_fwd(h_R2F, probs_R)[0]
-
-
-def _split(h_R2F):
-  h = h_R2F.astype(jnp.float32).reshape(*h_R2F.shape[:-1], -1, 2)
-  return h[..., 0], h[..., 1]
-
-
-def _weighted_swiglu_fwd(h_R2F, probs_R):
-  gate_RF, up_RF = _split(h_R2F)
-  out_RF = jax.nn.silu(gate_RF) * up_RF * probs_R[:, None].astype(jnp.float32)
-  return out_RF.astype(h_R2F.dtype), (h_R2F, probs_R)
-
-
-def _weighted_swiglu_bwd(res, g_RF):
-  h_R2F, probs_R = res
-  gate_RF, up_RF = _split(h_R2F)
-  sig_RF = jax.nn.sigmoid(gate_RF)
-  silu_RF = gate_RF * sig_RF
-  g_RF = g_RF.astype(jnp.float32)
-  gp_RF = g_RF * probs_R[:, None].astype(jnp.float32)
-  d_gate_RF = gp_RF * up_RF * sig_RF * (1.0 + gate_RF * (1.0 - sig_RF))
-  d_h_R2F = jnp.stack([d_gate_RF, gp_RF * silu_RF], axis=-1).reshape(h_R2F.shape).astype(h_R2F.dtype)
-  d_probs_R = jnp.sum(g_RF * silu_RF * up_RF, axis=-1).astype(probs_R.dtype)
-  return d_h_R2F, d_probs_R
-
-
-weighted_swiglu.defvjp(_weighted_swiglu_fwd, _weighted_swiglu_bwd)
-
-
 def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto", spec: ModelSpec | None = None):
   """Gated expert MLP over rows sorted by expert; the routing prob scales the activation.
   With `spec`, the fc1 input and output carry their offload names and the activation is
   recomputed when `moe_act` is selected (moejax/layers/memory.py)."""
-  act = weighted_swiglu
+  dtype = x_RH.dtype
+
+  def act(h_R2F, probs_R):
+    return (swiglu_interleaved(h_R2F) * probs_R[:, None].astype(h_R2F.dtype)).astype(dtype)
+
   if spec is not None:
     x_RH, act = tag(x_RH, "expert_fc1"), remat_fn(spec, "moe_act", act)
   h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)
