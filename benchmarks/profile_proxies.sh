@@ -1,8 +1,8 @@
 #!/bin/bash
 # One GPU: profile two steps of each whole-step proxy with XLA command buffers off (so every kernel
 # names its HLO instruction) and print benchmarks/profile_breakdown.py's table; the compiled HLO of
-# each step goes to $OUT (gzipped), the breakdown with the TOP (25) longest instructions too. Command buffers change the timing a little; step times come from
-# benchmarks/train_step.py without this flag.
+# each step (gzipped) and the breakdown with the TOP (25) longest instructions go to $OUT. Command
+# buffers change the timing a little; step times come from benchmarks/train_step.py without this flag.
 set -u
 source "$(dirname "$0")/device_env.sh"
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
