@@ -543,6 +543,20 @@ class LoggingSpec(Spec, section="logging"):
   tensorboard: bool = True
   peak_tflops_per_device: float = 0.0        # 0: detect (H100/H200: 989); unknown devices log mfu as null
   moe_per_layer: bool = False                # per-MoE-layer series (losses, load, drops) besides the summary
+  # Megatron's --profile/--profile-step-start/--profile-step-end: a jax.profiler trace of the steps
+  # in [start, end) (counted from 0, as Megatron's iteration) and the compiled step's HLO, in
+  # WORKDIR/profile (TensorBoard's profile plugin / XProf; benchmarks/profile_breakdown.py)
+  profile: bool = False
+  profile_step_start: int = 10
+  profile_step_end: int = 12
+
+  def problems(self):
+    bad = super().problems()
+    if self.profile and not (isinstance(self.profile_step_start, int) and isinstance(self.profile_step_end, int)
+                             and 0 <= self.profile_step_start < self.profile_step_end):
+      bad.append(f"logging.profile_step_start={self.profile_step_start!r} and logging.profile_step_end="
+                 f"{self.profile_step_end!r} must be integers with 0 <= start < end (the steps traced)")
+    return bad
 
 
 def model_spec(cfg) -> ModelSpec:

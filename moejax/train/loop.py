@@ -18,6 +18,7 @@ from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import describe_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.metrics.memory import memory_report
+from moejax.metrics.profile import StepProfiler
 from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import num_microbatches
 from moejax.parallel.sharding import batch_sharding, host_replicated, replicated
@@ -147,14 +148,18 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     print(memory_report(compiled, abstract, shardings), file=sys.stderr)
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start,
                            primary=jax.process_index() == 0)
+    lg = cfg.logging
+    profiler = StepProfiler(workdir, lg.profile_step_start, lg.profile_step_end, lg.profile, compiled)
     step, nonfinite_run = start, 0
     try:
       for step in range(start, t.train_iters):
         batch = device_batch(dataset[step], bsh)
+        profiler.before(step)
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
         metrics = jax.device_get(metrics)
         dt = time.perf_counter() - t0
+        profiler.after(step)
         tps = tokens_per_step / dt
         tflops = flops_per_token * tps / n_dev / 1e12
         record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
@@ -186,5 +191,6 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         if nonfinite_run == 0 and ckpt.latest_step() != int(state.step):
           ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
     finally:
+      profiler.close()
       writer.close()
   return history

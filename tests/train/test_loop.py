@@ -25,7 +25,7 @@ def _cfg(small_moe_config):
   c.train.update(train_iters=6, log_interval=100)
   c.optim.update(lr=1e-2, min_lr=1e-3, lr_decay_iters=50)  # the schedule is the same whatever train_iters
   c.checkpoint.update(save_interval=2, max_to_keep=3)
-  c.logging.tensorboard = False
+  c.logging.update(tensorboard=False, profile=True, profile_step_start=1, profile_step_end=3)
   return c
 
 
@@ -49,6 +49,22 @@ def good_run(tmp_path_factory, small_moe_config):
   _train(_cfg(small_moe_config), workdir)
   assert _steps(workdir) == ["2", "4", "6"]
   return workdir
+
+
+def test_chosen_steps_are_profiled(good_run):
+  """logging.profile: a trace of steps 1 and 2 with the step's HLO beside it, which
+  benchmarks/profile_breakdown.py reads (on the CPU, XLA's host thunks stand for kernels)."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "profile_breakdown.py")
+  module_spec = importlib.util.spec_from_file_location("profile_breakdown", path)
+  tool = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(tool)
+  profile = os.path.join(good_run, "profile")
+  assert glob.glob(os.path.join(profile, "plugins", "profile", "*", "*.trace.json.gz"))
+  assert "HloModule" in open(os.path.join(profile, "step.hlo.txt")).read()
+  per_cat, per_op, busy_ms, _ = tool.breakdown(profile, steps=2, host=True)
+  assert busy_ms > 0 and per_op
+  assert {"attention projections + rotary", "LM head + loss"} <= {c for c, _ in per_cat}
 
 
 @pytest.fixture

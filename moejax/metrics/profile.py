@@ -1,0 +1,47 @@
+"""A jax.profiler trace of chosen train steps (Megatron's --profile-step-start/--profile-step-end).
+
+The trace of the steps in [start, end) (counted from 0, as Megatron's iteration) goes to
+WORKDIR/profile/plugins/profile/<run>/, with the compiled step's HLO beside it (`step.hlo.txt`):
+`tensorboard --logdir WORKDIR/profile` (Profile tab, with tensorboard-plugin-profile) or XProf show
+the timeline, and `python benchmarks/profile_breakdown.py WORKDIR/profile --steps N` sums the
+device time by what the kernels compute. Only process 0 traces.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+
+
+class StepProfiler:
+  def __init__(self, workdir: str, start: int, end: int, enabled: bool, compiled=None):
+    self.dir = os.path.join(workdir, "profile")
+    self.start, self.end = start, end
+    self.enabled = enabled and jax.process_index() == 0
+    self.compiled = compiled
+    self.tracing, self.first = False, start
+
+  def before(self, step: int) -> None:
+    """Call before running step `step` (0-based): starts the trace at `start`."""
+    if self.enabled and not self.tracing and self.start <= step < self.end:
+      os.makedirs(self.dir, exist_ok=True)
+      if self.compiled is not None:
+        with open(os.path.join(self.dir, "step.hlo.txt"), "w") as f:
+          f.write(self.compiled.as_text())
+      jax.profiler.start_trace(self.dir)
+      self.tracing = True
+      self.first = step
+
+  def after(self, step: int) -> None:
+    """Call once step `step` has finished (its metrics fetched): stops the trace after `end - 1`."""
+    if self.tracing and step + 1 >= self.end:
+      self.close()
+
+  def close(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+      print(f"profile of steps {self.first}..{self.end - 1} written to {self.dir} (tensorboard --logdir "
+            f"{self.dir}; python benchmarks/profile_breakdown.py {self.dir} --steps {self.end - self.first})",
+            file=sys.stderr)
