@@ -15,12 +15,14 @@ import jax
 
 
 class StepProfiler:
+  """Starts the trace before step `start` and stops it after step `end - 1` (or at close())."""
+
   def __init__(self, workdir: str, start: int, end: int, enabled: bool, compiled=None):
     self.dir = os.path.join(workdir, "profile")
     self.start, self.end = start, end
     self.enabled = enabled and jax.process_index() == 0
     self.compiled = compiled
-    self.tracing, self.first = False, start
+    self.tracing, self.first, self.last = False, start, start
 
   def before(self, step: int) -> None:
     """Call before running step `step` (0-based): starts the trace at `start`."""
@@ -35,6 +37,7 @@ class StepProfiler:
 
   def after(self, step: int) -> None:
     """Call once step `step` has finished (its metrics fetched): stops the trace after `end - 1`."""
+    self.last = step
     if self.tracing and step + 1 >= self.end:
       self.close()
 
@@ -42,6 +45,6 @@ class StepProfiler:
     if self.tracing:
       jax.profiler.stop_trace()
       self.tracing = False
-      print(f"profile of steps {self.first}..{self.end - 1} written to {self.dir} (tensorboard --logdir "
-            f"{self.dir}; python benchmarks/profile_breakdown.py {self.dir} --steps {self.end - self.first})",
+      print(f"profile of steps {self.first}..{self.last} written to {self.dir} (tensorboard --logdir "
+            f"{self.dir}; python benchmarks/profile_breakdown.py {self.dir} --steps {self.last - self.first + 1})",
             file=sys.stderr)
