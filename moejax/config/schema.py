@@ -319,6 +319,10 @@ class ModelSpec(Spec, section="model"):
   dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
   # the LM head and its cross-entropy in one chunked pass, no [tokens, vocab] logits (layers/cross_entropy.py)
   cross_entropy_loss_fusion: bool = True
+  # layers per iteration of the decoder's (or a pipeline stage's) layer loop (lax.scan's unroll);
+  # 0 = all: no loop, so no [layers, ...] stacks of activations for the backward pass, at the cost
+  # of a longer compile. Params stay stacked either way (same checkpoints)
+  scan_unroll: int = 1
   # moejax default: separate embedding and output head (every family here); Megatron ties by default
   untie_embeddings_and_output_weights: bool = True
   mtp_num_layers: int = 0                    # Multi-Token Prediction depths (DeepSeek-V3: 1); 0 = the base model
@@ -341,6 +345,9 @@ class ModelSpec(Spec, section="model"):
                  "tokenizer's end-of-document id (needed by data.reset_* / data.eod_mask_loss)")
     if not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
       bad.append(f"model.mtp_num_layers={self.mtp_num_layers!r} must be an integer >= 0 (0 = no MTP)")
+    if not isinstance(self.scan_unroll, int) or isinstance(self.scan_unroll, bool) or self.scan_unroll < 0:
+      bad.append(f"model.scan_unroll={self.scan_unroll!r} must be an integer >= 0 (layers per loop iteration; "
+                 "0 = all, no loop)")
     if (a.kv_channels is None and not a.mla.multi_latent_attention and a.num_attention_heads > 0
         and self.hidden_size % a.num_attention_heads):
       bad.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="

@@ -2,7 +2,8 @@
 
 `moe.layer_freq` may mix dense and MoE layers; `layer_segments` cuts the pattern
 into runs of a repeating superblock (e.g. [dense]*3 then [moe]*58, or
-[moe, dense]*16) and each run is one `nn.scan`.
+[moe, dense]*16) and each run is one `nn.scan` (`model.scan_unroll` runs several repeats, or
+with 0 all of them, per loop iteration; the params are stacked either way).
 """
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ class Decoder(nn.Module):
       scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                         split_rngs={"params": True, "router": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=repeats,
+                        unroll=s.scan_unroll or repeats,  # 0: every repeat unrolled (no loop)
                         metadata_params={nn.PARTITION_NAME: "layers"})
       x_BSH, st = scanned(s, kinds, name=f"segment_{i}")(x_BSH, positions_BS, segments_BS)
       if st is not None:  # [repeats, moe layers per superblock, ...] -> [layers, ...]

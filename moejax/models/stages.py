@@ -212,7 +212,7 @@ class StagePlan:
       if j1 - j0 == 1:
         carry, _ = body(carry, j0)
       else:
-        carry, _ = jax.lax.scan(body, carry, jnp.arange(j0, j1))
+        carry, _ = jax.lax.scan(body, carry, jnp.arange(j0, j1), unroll=self.spec.scan_unroll or j1 - j0)
     return carry
 
 

@@ -38,6 +38,7 @@ def _cfg(**sections):
     ({"moe__ffn_hidden_size": 100, "parallel__etp": 8}, 8, "moe.ffn_hidden_size=100 is not divisible by parallel.etp=8"),
     ({"model__vocab_size": 0}, None, "model.vocab_size=0 must be a positive integer"),
     ({"data__reset_attention_mask": True, "data__eod": 300}, None, "data.eod=300 is outside model.vocab_size=257"),
+    ({"model__scan_unroll": -1}, None, "model.scan_unroll=-1 must be an integer >= 0"),
     ({"logging__profile": True, "logging__profile_step_start": 5, "logging__profile_step_end": 5}, None,
      "logging.profile_step_start=5 and logging.profile_step_end=5 must be integers with 0 <= start < end"),
 ])

@@ -66,3 +66,23 @@ def test_layer_segments_cover_the_pattern_with_few_scans():
   for pattern in [(True, True, False, True, False, False, True), (False,)]:
     segs = layer_segments(pattern)
     assert sum((kinds * r for kinds, r in segs), ()) == pattern
+
+
+def test_unrolled_layer_loop_equals_the_scan():
+  """model.scan_unroll: the same params (stacked), loss and gradients, with the layer loop run 2
+  layers per iteration or not at all (0: one forward and one backward while loop fewer)."""
+  spec = SPEC.replace(num_layers=4, layer_freq=1)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 32, size=(2, 17)))
+  params = GPTModel(spec).init(jax.random.key(0), tokens[:, :-1])["params"]
+
+  def run(unroll):
+    model = GPTModel(spec.replace(scan_unroll=unroll))
+    grad = jax.jit(jax.value_and_grad(lambda p: loss_fn(model, p, tokens)[0]))
+    return grad(params), grad.lower(params).as_text().count("stablehlo.while")
+
+  (loss, grads), loops = run(1)
+  for unroll in (2, 0):
+    (loss_u, grads_u), loops_u = run(unroll)
+    np.testing.assert_allclose(loss_u, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_u, grads)
+    assert loops_u == (loops if unroll == 2 else loops - 2)
