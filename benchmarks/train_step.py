@@ -12,7 +12,6 @@ it by kind).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 
 from moejax.data.loader import device_batch, make_dataset
 from moejax.metrics.flops import num_params, train_flops_per_token
+from moejax.metrics.profile import StepProfiler
 from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule
 from moejax.train.pipeline import forward_backward_of
@@ -81,16 +81,14 @@ def run(cfg) -> dict:
       if i >= _WARMUP.value:
         times.append(time.perf_counter() - t0)
       step += 1
-    if _PROFILE.value:
-      os.makedirs(_PROFILE.value, exist_ok=True)
-      with open(os.path.join(_PROFILE.value, "step.hlo.txt"), "w") as f:
-        f.write(compiled.as_text())
-      jax.profiler.start_trace(_PROFILE.value)
+    if _PROFILE.value:  # two more steps, traced as train.py's logging.profile does
+      profiler = StepProfiler(_PROFILE.value, step, step + 2, compiled=compiled)
       for _ in range(2):
+        profiler.before(step)
         state, metrics = compiled(state, device_batch(dataset[step], bsh))
         jax.device_get(metrics)
+        profiler.after(step)
         step += 1
-      jax.profiler.stop_trace()
   stats = devices[0].memory_stats() or {}
   step_s = statistics.median(times)
   tokens = t.global_batch_size * t.seq_length

@@ -53,7 +53,7 @@ def lookup(op: str, m: int, g: int, k: int, n: int) -> TileConfig | None:
     raise ValueError(f"op must be one of {OPS}, got {op!r}")
   cands = [e for e in _load_table()
            if e["op"] == op and e["g"] == g and e["k"] == k and e["n"] == n]
-  here = [e for e in cands if e.get("device") == _device_kind()]
+  here = [e for e in cands if e.get("device") == jax.devices()[0].device_kind]
   cands = here or cands
   if cands:
     best = min(cands, key=lambda e: abs(e["m"] - m))
@@ -62,10 +62,6 @@ def lookup(op: str, m: int, g: int, k: int, n: int) -> TileConfig | None:
     if fits(cfg, k, n):
       return cfg
   return default(k, n)
-
-
-def _device_kind() -> str:
-  return jax.devices()[0].device_kind
 
 
 def write_entries(new_entries: list[dict]) -> None:

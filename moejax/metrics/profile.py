@@ -1,10 +1,10 @@
 """A jax.profiler trace of chosen train steps (Megatron's --profile-step-start/--profile-step-end).
 
 The trace of the steps in [start, end) (counted from 0, as Megatron's iteration) goes to
-WORKDIR/profile/plugins/profile/<run>/, with the compiled step's HLO beside it (`step.hlo.txt`):
-`tensorboard --logdir WORKDIR/profile` (Profile tab, with tensorboard-plugin-profile) or XProf show
-the timeline, and `python benchmarks/profile_breakdown.py WORKDIR/profile --steps N` sums the
-device time by what the kernels compute. Only process 0 traces.
+DIR/plugins/profile/<run>/, with the compiled step's HLO beside it (`DIR/step.hlo.txt`):
+`tensorboard --logdir DIR` (Profile tab, with tensorboard-plugin-profile) or XProf show the
+timeline, and `python benchmarks/profile_breakdown.py DIR --steps N` sums the device time by what
+the kernels compute. The train loop traces into WORKDIR/profile; only process 0 traces.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import jax
 class StepProfiler:
   """Starts the trace before step `start` and stops it after step `end - 1` (or at close())."""
 
-  def __init__(self, workdir: str, start: int, end: int, enabled: bool, compiled=None):
-    self.dir = os.path.join(workdir, "profile")
+  def __init__(self, directory: str, start: int, end: int, enabled: bool = True, compiled=None):
+    self.dir = directory
     self.start, self.end = start, end
     self.enabled = enabled and jax.process_index() == 0
     self.compiled = compiled

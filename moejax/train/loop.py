@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -149,7 +150,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start,
                            primary=jax.process_index() == 0)
     lg = cfg.logging
-    profiler = StepProfiler(workdir, lg.profile_step_start, lg.profile_step_end, lg.profile, compiled)
+    profiler = StepProfiler(os.path.join(workdir, "profile"), lg.profile_step_start, lg.profile_step_end,
+                            lg.profile, compiled)
     step, nonfinite_run = start, 0
     try:
       for step in range(start, t.train_iters):
