@@ -10,7 +10,8 @@ from moejax.config import base_config
 def get_config():
   c = base_config()
   c.model.update(num_layers=2, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32,
-                 num_query_groups=8, vocab_size=32000, rotary_base=1e6, dtype="bfloat16", params_dtype="float32")
+                 num_query_groups=8, vocab_size=32000, rotary_base=1e6, dtype="bfloat16", params_dtype="float32",
+                 scan_unroll=0)
   c.moe.update(num_experts=8, router_topk=2, ffn_hidden_size=14336, aux_loss_coeff=1e-2)
   c.data.update(source="synthetic")
   c.train.update(train_iters=30, micro_batch_size=4, global_batch_size=4, seq_length=4096, log_interval=1)

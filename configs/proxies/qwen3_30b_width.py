@@ -12,7 +12,8 @@ def get_config():
   c = base_config()
   c.model.update(num_layers=4, hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32,
                  num_query_groups=4, kv_channels=128, vocab_size=151936, rotary_base=1e6, norm_epsilon=1e-6,
-                 qk_layernorm=True, dtype="bfloat16", params_dtype="float32")
+                 qk_layernorm=True, dtype="bfloat16", params_dtype="float32",
+                 scan_unroll=0)
   c.moe.update(num_experts=128, router_topk=8, ffn_hidden_size=768, aux_loss_coeff=1e-3)
   c.data.update(source="synthetic")
   c.train.update(train_iters=30, micro_batch_size=4, global_batch_size=4, seq_length=4096, log_interval=1)

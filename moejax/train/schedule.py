@@ -34,6 +34,17 @@ def compute_params(params, dtype):
   return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
+def _materialized(grads):
+  """One micro-batch's gradients written out before the optimizer reads them. With the layer loop
+  unrolled (`model.scan_unroll`) a layer stack's gradient is the concatenation of its layers'
+  gradients, and XLA fuses that concatenation into each consumer, splitting AdamW into one pass per
+  output (params, first and second moments) that each re-read the gradients and moments; written
+  out once (in the compute dtype), one fused pass per leaf reads each once (benchmarks/RESULTS.md,
+  issue 18). Accumulated gradients are buffers already. One barrier per leaf, so that each leaf's
+  reduction over data parallelism can still start as soon as that leaf's gradient exists."""
+  return jax.tree.map(jax.lax.optimization_barrier, grads)
+
+
 def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_grads=None) -> StepResult:
   """Micro-batches one after another in a scan, gradients summed in the main-grads buffer (by
   default the params' own dtype) then averaged (Megatron's no-pipelining schedule). The MoE state
@@ -43,21 +54,20 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_g
   main_grads = main_grads or (lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
 
   def grad_fn(p, m, t, r):
-    out, grads = jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
-    return out, main_grads(grads)
+    return jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
 
   def micro(carry, inp):
     acc, moe_state = carry
     i, tokens_BS1 = inp
     r = None if rng is None else jax.random.fold_in(rng, i)
     (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, tokens_BS1, r)
-    return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), moe_state), None
+    return (jax.tree.map(jnp.add, acc, (loss, metrics, main_grads(grads))), moe_state), None
 
   moe_state = moe_state or {}
   if n == 1:  # no accumulators: a pass over every gradient saved
     r = None if rng is None else jax.random.fold_in(rng, 0)
     (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], r)
-    return StepResult(loss, metrics, grads, moe_state)
+    return StepResult(loss, metrics, main_grads(_materialized(grads)), moe_state)
   (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
   loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                          (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
