@@ -1,6 +1,7 @@
 """Mixtral-8x7B width, 2 MoE layers: the one-GPU whole-step proxy (torchtitan peer B in
 ../shared/peers/torchtitan): hidden 4096, 8 experts top-2, expert FFN 14336, 32/8 heads x 128,
 vocab 32000, seq 4096 x 4 = 16,384 tokens per step, bf16 compute over fp32 master weights, AdamW.
+The layer loop is unrolled (model.scan_unroll=0: faster on one GPU, benchmarks/RESULTS.md).
 
   python benchmarks/train_step.py --config configs/proxies/mixtral_width.py
 """

@@ -1,7 +1,8 @@
 """Qwen3-30B-A3B width, 4 MoE layers: the one-GPU whole-step proxy (torchtitan peer A in
 ../shared/peers/torchtitan): hidden 2048, 128 experts top-8, expert FFN 768, 32 q / 4 kv heads
 x 128, vocab 151936, seq 4096 x 4 = 16,384 tokens per step, bf16 compute over fp32 master
-weights, AdamW, per-head QK-norm as in the real model (and torchtitan's proxy).
+weights, AdamW, per-head QK-norm as in the real model (and torchtitan's proxy). The layer loop is
+unrolled (model.scan_unroll=0: faster on one GPU, benchmarks/RESULTS.md).
 
   python benchmarks/train_step.py --config configs/proxies/qwen3_30b_width.py
 """
