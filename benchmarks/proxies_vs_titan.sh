@@ -1,0 +1,51 @@
+#!/bin/bash
+# One GPU, one device call: issue 18's acceptance measurement. moejax's whole-step proxies
+# (configs/proxies/, benchmarks/train_step.py) and torchtitan's at the same widths, then a table of
+# step times, the tokens/s ratio and our MFU. With BASE=DIR (another tree, e.g. `git archive REV`,
+# carried) the proxies also run from that tree first: before/after in the same call.
+#   mkdir -p .peers && cp -r ../shared/peers/torchtitan .peers/      # carry [".whl", ".peers"]
+#   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
+# $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
+# most 8 files). About 5 minutes: 2 proxies x ~45 s (x2 with BASE) and torchtitan's ~3.5 minutes.
+set -u
+source "$(dirname "$0")/device_env.sh"
+OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR" /tmp/pvt_logs; LOG="$OUTDIR/log.txt"
+PROXIES=${PROXIES:-qwen3_30b_width mixtral_width}
+TITAN=${TITAN:-$R/.peers/torchtitan/run_titan.sh}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$LOG"
+
+proxy() {  # TREE TAG PROXY [flags]: median of 15 timed steps after 3 warm-up steps
+  local tree=$1 tag=$2 p=$3; shift 3
+  (cd "$tree" && PYTHONPATH="$tree:/tmp/site" timeout 150 python3 benchmarks/train_step.py \
+    --config "configs/proxies/$p.py" --steps 15 --warmup 3 --tag "$tag" --out "$OUTDIR/ours.jsonl" "$@") \
+    > "/tmp/pvt_logs/$tag.log" 2>&1 || echo "$tag failed: /tmp/pvt_logs/$tag.log" | tee -a "$LOG"
+}
+if [ -n "${BASE:-}" ]; then
+  rm -rf /tmp/pvt_base && mkdir -p /tmp/pvt_base && cp -rL "$BASE"/{moejax,configs,train.py,benchmarks} /tmp/pvt_base/
+  for p in $PROXIES; do proxy /tmp/pvt_base "$p-base" "$p" "$@"; done
+fi
+for p in $PROXIES; do proxy /tmp/pp "$p" "$p" "$@"; done
+TITAN_BUDGET_S=${TITAN_BUDGET_S:-330} TITAN_HARD_S=${TITAN_HARD_S:-340} OUT=/tmp/pvt_titan bash "$TITAN" \
+  > /tmp/pvt_logs/titan.log 2>&1
+cp /tmp/pvt_titan/titan_results.txt /tmp/pvt_titan/titan_results.json "$OUTDIR/" 2>/dev/null
+python3 - "$OUTDIR" <<'EOF' | tee -a "$LOG"
+import json, os, sys
+out = sys.argv[1]
+ours = [json.loads(l) for l in open(os.path.join(out, "ours.jsonl"))] if os.path.exists(os.path.join(out, "ours.jsonl")) else []
+try:
+  titan = json.load(open(os.path.join(out, "titan_results.json")))
+except (OSError, ValueError):
+  titan = {}
+peer = {"qwen3_30b_width": "A", "mixtral_width": "B"}  # torchtitan's proxy names (../shared/peers/torchtitan)
+print(f"{'run':<24} {'step ms':>8} {'titan ms':>9} {'ratio':>6} {'MFU':>6} {'TFLOP/s':>8} {'peak GiB':>8}")
+for r in ours:
+  proxy = r["tag"].removesuffix("-base")
+  t = titan.get(peer.get(proxy, ""), {}).get("median_step_time_s")
+  ratio = f"{t * 1e3 / r['step_ms']:.2f}x" if t else "n/a"
+  tms = f"{t * 1e3:.1f}" if t else "n/a"
+  print(f"{r['tag']:<24} {r['step_ms']:8.1f} {tms:>9} {ratio:>6} {r['mfu']:6.1%} {r['tflops_per_device']:8.1f} "
+        f"{r['peak_gib']:8.1f}")
+print(f"({ours[0]['device'] if ours else '?'}, JAX {ours[0]['jax'] if ours else '?'}; ratio = torchtitan step time / ours,"
+      " i.e. our tokens/s over theirs; MFU by REFERENCE.md section 3's count against 989 TFLOP/s)")
+EOF
+tar czf "$OUTDIR/logs.tgz" -C /tmp pvt_logs
