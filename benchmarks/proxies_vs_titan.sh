@@ -1,9 +1,11 @@
 #!/bin/bash
 # One GPU, one device call: issue 18's acceptance measurement. moejax's whole-step proxies
 # (configs/proxies/, benchmarks/train_step.py) and torchtitan's at the same widths, then a table of
-# step times, the tokens/s ratio and our MFU. With BASE=DIR (another tree, e.g. `git archive REV`,
-# carried) the proxies also run from that tree first: before/after in the same call.
+# step times, the tokens/s ratio and our MFU. With BASE=DIR (another tree, carried) the proxies
+# also run from that tree first: before/after in the same call.
 #   mkdir -p .peers && cp -r ../shared/peers/torchtitan .peers/      # carry [".whl", ".peers"]
+#   mkdir -p .peers/base && git archive REV moejax kernels configs train.py benchmarks | tar -x -C .peers/base
+#   BASE=.peers/base bash benchmarks/proxies_vs_titan.sh               # REV before this tree, same call
 #   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
 # $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
 # most 8 files). About 5 minutes: 2 proxies x ~45 s (x2 with BASE) and torchtitan's ~3.5 minutes.
