@@ -2,13 +2,14 @@
 # One GPU, one device call: issue 18's acceptance measurement. moejax's whole-step proxies
 # (configs/proxies/, benchmarks/train_step.py) and torchtitan's at the same widths, then a table of
 # step times, the tokens/s ratio and our MFU. With BASE=DIR (another tree, carried) the proxies
-# also run from that tree first: before/after in the same call.
+# also run from that tree first, and the tiny recipe's bf16 loss in both: before/after in the same call.
 #   mkdir -p .peers && cp -r ../shared/peers/torchtitan .peers/      # carry [".whl", ".peers"]
 #   mkdir -p .peers/base && git archive REV moejax kernels configs train.py benchmarks | tar -x -C .peers/base
 #   BASE=.peers/base bash benchmarks/proxies_vs_titan.sh               # REV before this tree, same call
 #   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
 # $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
-# most 8 files). About 5 minutes: 2 proxies x ~45 s (x2 with BASE) and torchtitan's ~3.5 minutes.
+# most 8 files). About 5 minutes: 2 proxies x ~45 s (x2 with BASE, plus ~2 minutes of tiny runs) and
+# torchtitan's ~3.5 minutes.
 set -u
 source "$(dirname "$0")/device_env.sh"
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR" /tmp/pvt_logs; LOG="$OUTDIR/log.txt"
@@ -30,6 +31,16 @@ for p in $PROXIES; do proxy /tmp/pp "$p" "$p" "$@"; done
 TITAN_BUDGET_S=${TITAN_BUDGET_S:-330} TITAN_HARD_S=${TITAN_HARD_S:-340} OUT=/tmp/pvt_titan bash "$TITAN" \
   > /tmp/pvt_logs/titan.log 2>&1
 cp /tmp/pvt_titan/titan_results.txt /tmp/pvt_titan/titan_results.json "$OUTDIR/" 2>/dev/null
+if [ -n "${BASE:-}" ]; then  # numbers unchanged: the tiny recipe in bf16, 100 steps through train.py, both trees
+  for v in pvt_base pp; do
+    rm -rf "/tmp/w_$v"
+    (cd "/tmp/$v" && PYTHONPATH="/tmp/$v:/tmp/site" timeout 120 python3 train.py --config configs/tiny_moe.py \
+      --workdir "/tmp/w_$v" --config.model.dtype=bfloat16 --config.train.train_iters=100) > "/tmp/pvt_logs/tiny_$v.log" 2>&1
+    python3 -c "import json, sys; r = [json.loads(l)['lm_loss'] for l in open(sys.argv[1])]
+print(f'tiny bf16 lm_loss, {sys.argv[2]}: first {r[0]:.4f} last {r[-1]:.4f} mean of the last 10 {sum(r[-10:]) / 10:.4f}')" \
+      "/tmp/w_$v/metrics.jsonl" "$([ $v = pp ] && echo this tree || echo BASE)" | tee -a "$LOG"
+  done
+fi
 python3 - "$OUTDIR" <<'EOF' | tee -a "$LOG"
 import json, os, sys
 out = sys.argv[1]

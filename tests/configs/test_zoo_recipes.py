@@ -6,7 +6,6 @@ routed top-k experts only), the convention that gives Mistral's 12.9B for Mixtra
 published active sizes are rounded to two digits ("3.3B", "14B", "37B") and, whatever the
 convention, cannot all be met within 1%: those are strict xfails naming our exact count.
 """
-import importlib.util
 import pathlib
 
 import jax
@@ -14,6 +13,7 @@ import pytest
 from flax import linen as nn
 
 from moejax.config import model_spec
+from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
 from moejax.models.gpt import GPTModel
 from moejax.train.validate import validate
@@ -41,10 +41,7 @@ RECIPES = {
 
 
 def _recipe(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_recipe(str(REPO / "configs" / f"{name}.py"))
 
 
 @pytest.fixture(scope="module", params=sorted(RECIPES))

@@ -1,13 +1,13 @@
 """HF config.json → moejax keys without the peer: the published models' own config files (as on the
 Hub, the older rope_theta/rope_scaling spelling) give our recipes' models, and options moejax cannot
 reproduce are refused in one line naming the option."""
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
 from moejax.config import model_spec
+from moejax.config.recipes import load_recipe
 from moejax.convert.convert import config_from_keys
 from moejax.convert.families import FAMILIES, to_hf, to_moejax
 from moejax.convert.hf_io import ConversionError
@@ -49,10 +49,7 @@ HUB = {
 
 
 def _recipe_spec(name):
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return model_spec(module.get_config())
+  return model_spec(load_recipe(str(REPO / "configs" / f"{name}.py")))
 
 
 @pytest.mark.parametrize("recipe", sorted(HUB))

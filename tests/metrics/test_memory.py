@@ -3,6 +3,7 @@ and the memory report line."""
 import pytest
 
 from moejax.config import ModelSpec, MoESpec, RouterSpec, base_config, model_spec
+from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
 from moejax.metrics.memory import fmt_bytes, routed_expert_params, state_budget
 
@@ -29,13 +30,8 @@ def test_budget_written_out():
 
 
 def _mixtral():
-  import importlib.util
   import pathlib
-  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "mixtral_8x7b.py"
-  spec = importlib.util.spec_from_file_location("mixtral_8x7b", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return model_spec(module.get_config())
+  return model_spec(load_recipe(str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "mixtral_8x7b.py")))
 
 
 def test_mixtral_8x7b_on_8_gpus_as_in_readme():

@@ -4,20 +4,17 @@ step, names its layout, and a rerun has nothing to do.
 The global batch is the same on every count, so the first step's LM loss is too; the aux loss is
 computed per micro-batch (as in Megatron) and micro-batches grow with dp, so later steps differ a
 little."""
-import importlib.util
 
 import jax
 import numpy as np
 import pytest
 
+from moejax.config.recipes import load_recipe
 from moejax.train.loop import train
 
 
 def _recipe(repo_root, name="tiny_moe"):
-  spec = importlib.util.spec_from_file_location(name, repo_root / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = load_recipe(str(repo_root / "configs" / f"{name}.py"))
   cfg.train.train_iters = 3
   cfg.logging.tensorboard = False
   return cfg

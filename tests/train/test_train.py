@@ -1,6 +1,5 @@
 """End to end through train.py: the tiny recipe learns; SIGTERM + restart resumes exactly; kill -9
 during async saves never leaves a checkpoint taken for complete that is not."""
-import importlib.util
 import json
 import os
 import random
@@ -11,6 +10,8 @@ import time
 
 import jax
 import pytest
+
+from moejax.config.recipes import load_recipe
 
 SMALL = ["--config.train.train_iters=24", "--config.checkpoint.save_interval=8", "--config.train.log_interval=8",
          "--config.model.num_layers=2", "--config.model.hidden_size=64", "--config.train.seq_length=32",
@@ -90,13 +91,6 @@ def get_config():  # small and dense: the saves, not the model, are under test
 """
 
 
-def _killed_cfg(path):
-  spec = importlib.util.spec_from_file_location("killed", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _complete_checkpoints_verify(cfg, workdir):
   """Restores (with checksums) every checkpoint Orbax takes for complete; returns the newest step."""
   from moejax.checkpoint.manager import CheckpointManager
@@ -119,7 +113,7 @@ def test_kill_9_during_async_saves_never_leaves_a_bad_checkpoint_taken_for_compl
   every step once."""
   recipe = tmp_path / "recipe.py"
   recipe.write_text(KILLED_RECIPE)
-  cfg = _killed_cfg(recipe)
+  cfg = load_recipe(str(recipe))
   args = ["--config", str(recipe)]
   interval = cfg.checkpoint.save_interval
   rng = random.Random(17)
