@@ -5,7 +5,8 @@ Legend: B sequences, S positions, H hidden, V (padded) vocabulary, C positions p
 `linear_cross_entropy(x_BSH, w_HV, labels_BS, weights_BS, num_valid)` is Σ weights·CE of
 softmax(x @ w) at the labels (Megatron's `--cross-entropy-loss-fusion`, Liger's fused linear CE).
 It walks the sequence in chunks of C positions: each chunk's logits exist only inside one scan
-step, in fp32 from bf16 operands (fp32 accumulation), and under differentiation the same pass
+step (`head_logits`: bf16 operands, fp32 accumulation, rounded to bf16 as Megatron's output layer
+gives them, softmax in fp32), and under differentiation the same pass
 also forms the gradients (d_logits = weights·(softmax − onehot), cast to the compute dtype for
 the two matmuls, fp32 accumulation), so the backward pass only scales them by the cotangent: no
 fp32 GEMMs, no recomputed head. Columns ≥ `num_valid` (vocabulary padding) are never predicted.
@@ -45,8 +46,16 @@ def _unchunk(a_NBC):
   return jnp.moveaxis(a_NBC, 0, 1).reshape(B, N * C, *a_NBC.shape[3:])
 
 
+def head_logits(x_BSH, w_HV):
+  """x @ w as Megatron's output layer gives it: compute-dtype operands, fp32 accumulation, the
+  result rounded to the compute dtype; returned in fp32, where the softmax is taken. In bf16 this
+  halves every pass over the logits after the GEMM (benchmarks/RESULTS.md, issue 18)."""
+  logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV, preferred_element_type=jnp.float32)
+  return logits_BSV.astype(x_BSH.dtype).astype(jnp.float32)
+
+
 def _chunk_logits(x_BCH, w_HV, num_valid):
-  logits_BCV = jnp.einsum("bch,hv->bcv", x_BCH, w_HV, preferred_element_type=jnp.float32)
+  logits_BCV = head_logits(x_BCH, w_HV)
   if num_valid < w_HV.shape[1]:
     logits_BCV = jnp.where(jnp.arange(w_HV.shape[1]) < num_valid, logits_BCV, -jnp.inf)
   return logits_BCV

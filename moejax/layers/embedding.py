@@ -11,12 +11,13 @@ import optax
 from flax import linen as nn
 
 from moejax.config import ModelSpec
-from moejax.layers.cross_entropy import linear_cross_entropy
+from moejax.layers.cross_entropy import head_logits, linear_cross_entropy
 
 
 def _logits(x_BSH, w_HV, spec: ModelSpec):
-  """fp32 logits [B, S, V_padded] (padded columns at the lowest float)."""
-  logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV.astype(spec.dtype), preferred_element_type=jnp.float32)
+  """Logits [B, S, V_padded] in fp32, as the head's GEMM rounds them to the compute dtype
+  (`head_logits`; padded columns at the lowest float)."""
+  logits_BSV = head_logits(x_BSH.astype(spec.dtype), w_HV.astype(spec.dtype))
   if spec.padded_vocab_size != spec.vocab_size:
     real_V = jnp.arange(spec.padded_vocab_size) < spec.vocab_size
     logits_BSV = jnp.where(real_V, logits_BSV, jnp.finfo(logits_BSV.dtype).min)
@@ -45,7 +46,7 @@ class Embedding(nn.Module):
     return nn.with_logical_constraint(x_BSH, ("batch", "seq", "embed"))
 
   def attend(self, x_BSH: jax.Array) -> jax.Array:
-    """The tied output head: fp32 logits x · tableᵀ."""
+    """The tied output head's logits x · tableᵀ (fp32, rounded as `head_logits`)."""
     return _logits(x_BSH, self.embedding.T, self.spec)
 
   def loss(self, x_BSH: jax.Array, labels_BS: jax.Array, weights_BS: jax.Array) -> jax.Array:

@@ -47,3 +47,30 @@ def test_online_logsumexp(scale):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 5, 1000)) * scale, jnp.float32)
   x = x.at[..., 700:].set(-jnp.inf).at[0, 0, :699].set(-jnp.inf).at[1, 2, ::3].set(-jnp.inf)
   np.testing.assert_allclose(_online_logsumexp(x), jax.nn.logsumexp(x, axis=-1), rtol=1e-6, atol=1e-5)
+
+
+def test_bf16_logits_rounded_as_megatron(monkeypatch):
+  """In bf16 the head's logits are rounded to bf16 after fp32 accumulation and the softmax is taken
+  in fp32 (Megatron's output layer + cross-entropy): the fused loss and its gradients equal a
+  reference built that way to fp32 precision, and differ measurably from unrounded fp32 logits."""
+  monkeypatch.setattr("moejax.layers.cross_entropy._CHUNK_ELEMENTS", 2 * 4 * 40)
+  B, S, H, V, valid = 2, 12, 64, 40, 37
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(B, S, H)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(H, V)), jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(0, valid, (B, S)))
+  weights = jnp.ones((B, S), jnp.float32)
+
+  def megatron(x, w, round_to_bf16=True):
+    logits = jnp.einsum("bsh,hv->bsv", x, w, preferred_element_type=jnp.float32)
+    logits = logits.astype(jnp.bfloat16).astype(jnp.float32) if round_to_bf16 else logits
+    logits = jnp.where(jnp.arange(V) < valid, logits, -jnp.inf)
+    return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+  got = linear_cross_entropy(x, w, labels, weights, valid)
+  np.testing.assert_allclose(got, megatron(x, w), rtol=2e-6)
+  assert abs(float(got - megatron(x, w, round_to_bf16=False))) > 1e-5 * abs(float(got))
+  gx, gw = jax.grad(linear_cross_entropy, argnums=(0, 1))(x, w, labels, weights, valid)
+  wx, ww = jax.grad(megatron, argnums=(0, 1))(x, w)
+  for a, b in ((gx, wx), (gw, ww)):  # both round d_logits to bf16 for the bf16 GEMMs
+    assert float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32))) < 1e-2
