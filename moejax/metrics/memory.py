@@ -103,22 +103,20 @@ def state_budget(spec: ModelSpec, tp: int = 1, ep: int = 1, etp: int = 1, dp: in
 
   Non-expert weights count as sharded over tp (norm scales, a rounding error, too), routed experts
   over ep·etp. A weight kept whole per device (no distributed optimizer, or experts at edp=1):
-  master, both moments, an fp32 gradient and, when `model.dtype` is narrower, the master's copy in
-  it (TrainState.compute_params). A weight the distributed optimizer shards over its data axes
-  (dp, experts edp): master, moments and the copy over them, the copy gathered whole for the step
-  and one micro-batch's gradients in `model.dtype`, and the fp32 gradient sum over the shards.
+  master, both moments and an fp32 gradient. A weight the distributed optimizer shards over its
+  data axes (dp, experts edp): master and moments over them, the step's compute copy and one
+  micro-batch's gradients in `model.dtype`, and the fp32 gradient sum over the shards.
   `moment_bytes`: both Adam moments of one weight (8 in fp32, 4 with bf16 moments).
   """
   experts = routed_expert_params(spec)
   low = jnp.dtype(spec.dtype).itemsize
-  copy = low if low < jnp.dtype(spec.params_dtype).itemsize else 0  # bytes of the kept copy per weight
   out = StateBudget(0.0, 0.0, 0.0, 0.0)
   for n, local, data in ((num_params(spec) - experts, tp, dp), (experts, ep * etp, edp)):
     whole = n / local
     if not distributed_optimizer or data == 1:
-      part = StateBudget(4 * whole, moment_bytes * whole, 4 * whole, copy * whole)
+      part = StateBudget(4 * whole, moment_bytes * whole, 4 * whole, 0.0)
     else:
       part = StateBudget(4 * whole / data, moment_bytes * whole / data, low * whole + 4 * whole / data,
-                         copy * whole / data + low * whole)
+                         low * whole)
     out = StateBudget(*(a + b for a, b in zip(dataclasses.astuple(out), dataclasses.astuple(part))))
   return out
