@@ -32,14 +32,12 @@ def fmt_bytes(n: float) -> str:
 
 def memory_report(compiled, abstract_state, state_shardings) -> str:
   """One line: the compiled step's per-device memory (XLA's `memory_analysis()`), its arguments
-  split into params (masters and their compute copy) / optimizer state (device and pinned host)
-  and the temporaries (activations, gradients and the gathered compute copy)."""
+  split into params / optimizer state (device and pinned host) and the temporaries
+  (activations, gradients and the gathered compute copy)."""
   m = compiled.memory_analysis()
   if m is None:
     return "memory per device: not reported by this backend"
   params = _bytes(abstract_state.params, state_shardings.params)
-  if abstract_state.compute_params is not None:
-    params += _bytes(abstract_state.compute_params, state_shardings.compute_params)
   opt_dev = _bytes(abstract_state.opt_state, state_shardings.opt_state, "device")
   opt_host = _bytes(abstract_state.opt_state, state_shardings.opt_state, "pinned_host")
   peak = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes

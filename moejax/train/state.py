@@ -1,6 +1,5 @@
-"""Train state (step, fp32 master params, optimizer state, MoE state, the masters' bf16 copy), where
-each leaf lives, and how the step turns master params into the model's compute copy and gradients
-back.
+"""Train state (step, fp32 master params, optimizer state, MoE state), where each leaf lives, and
+how the step turns master params into the model's compute copy and gradients back.
 
 The master params are `TrainState.params` (`model.params_dtype`). Without the distributed
 optimizer they sit where the model computes with them (their logical axes), and the model casts
@@ -32,7 +31,6 @@ from moejax.parallel.mesh import MeshLayout, make_mesh
 from moejax.parallel.sharding import (current_mesh, fit_to_shapes, logical_axis_rules, optimizer_state_shardings,
                                       replicated, shard_over_data)
 from moejax.train.optim import make_optimizer
-from moejax.train.schedule import compute_params
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -43,31 +41,6 @@ class TrainState:
   params: Any
   opt_state: Any
   moe_state: Any = None  # the `moe_state` collection (expert bias, step counters); {} when unused
-  # The masters cast to `model.dtype` where they are (Megatron's bf16 model params beside the fp32
-  # main params), written by the update that wrote the masters, in the same pass over them; the
-  # next step reads it instead of casting every master again. None when model.dtype is the
-  # params' dtype. Not checkpointed: derived from the masters (`checkpointed`, `with_compute_copy`).
-  compute_params: Any = None
-
-  def checkpointed(self) -> TrainState:
-    """The state as a checkpoint holds it: without the compute copy."""
-    return self.replace(compute_params=None)
-
-
-def compute_copy(params, dtype):
-  """The floating params cast to `dtype` (the compute copy of TrainState.compute_params); None when
-  no leaf changes dtype."""
-  if all(p.dtype == jnp.dtype(dtype) or not jnp.issubdtype(p.dtype, jnp.floating) for p in jax.tree.leaves(params)):
-    return None
-  return compute_params(params, dtype)
-
-
-def with_compute_copy(state: TrainState, dtype, shardings: TrainState) -> TrainState:
-  """`state` (restored from a checkpoint, so without it) with its compute copy, in `shardings`."""
-  if shardings.compute_params is None:
-    return state
-  copy = jax.jit(lambda p: compute_copy(p, dtype), out_shardings=shardings.compute_params)(state.params)
-  return state.replace(compute_params=copy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,13 +147,11 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules, layou
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   rep = replicated(mesh)
   host = cfg.optim.optimizer_cpu_offload if cfg is not None else 0.0
-  abstract_copy = jax.eval_shape(lambda p: compute_copy(p, model.spec.dtype), abstract_params)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
-                        moe_state=abstract_moe, compute_params=abstract_copy)
+                        moe_state=abstract_moe)
   shardings = TrainState(step=rep, params=param_sh,
                          opt_state=optimizer_state_shardings(optimizer, abstract_opt, param_sh, mesh, host),
-                         moe_state=jax.tree.map(lambda _: rep, abstract_moe),
-                         compute_params=None if abstract_copy is None else param_sh)
+                         moe_state=jax.tree.map(lambda _: rep, abstract_moe))
   return abstract, shardings
 
 
@@ -235,5 +206,5 @@ def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len
     boxed, moe_state = _init_boxed(model, seq_len, rng)
     params = nn.unbox(boxed) if given is None else given  # XLA drops the unused random init
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      moe_state=moe_state, compute_params=compute_copy(params, model.spec.dtype))
+                      moe_state=moe_state)
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed), params)

@@ -7,7 +7,7 @@ import optax
 
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import finish_step
-from moejax.train.schedule import ForwardBackward, compute_params, gradient_accumulation
+from moejax.train.schedule import ForwardBackward, gradient_accumulation
 from moejax.train.state import StatePlacement, TrainState
 
 
@@ -19,10 +19,6 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   Metrics are means over the micro-batches, except `tokens_per_expert` [L, E]:
   the sum over the step, which also drives the expert-bias update after the
   optimizer step (counts come from forward values, so recompute cannot count twice).
-
-  The model runs on `state.compute_params` when the state carries it (the bf16 copy the previous
-  update wrote; the next one is cast from the new masters in the update's pass over them, so no
-  pass of its own casts every master: benchmarks/RESULTS.md, issue 18).
 
   With a `placement` (moejax.train.state), the model runs on its compute copy of the master
   params, gradients come back onto the masters' placement (a reduce-scatter with the distributed
@@ -41,14 +37,11 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
 
   def step(state: TrainState, batch_NBS1: jax.Array):
     rng = jax.random.fold_in(jax.random.key(0), state.step) if needs_rng else None
-    copy = state.compute_params
-    params = state.params if copy is None else copy
     if placement is None:
-      master_dtype = lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)  # noqa: E731
-      out = forward_backward(model, params, state.moe_state, batch_NBS1, rng, main_grads=master_dtype)
+      out = forward_backward(model, state.params, state.moe_state, batch_NBS1, rng)
       grads, opt_state = out.grads, state.opt_state
     else:
-      out = forward_backward(model, placement.compute_params(params), state.moe_state, batch_NBS1, rng,
+      out = forward_backward(model, placement.compute_params(state.params), state.moe_state, batch_NBS1, rng,
                              main_grads=placement.main_grads)
       grads = jax.tree.map(lambda g, p: g.astype(jnp.promote_types(p.dtype, jnp.float32)), out.grads, state.params)
       opt_state = placement.opt_state_on_device(state.opt_state, after=grads)
@@ -59,16 +52,15 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
       params = jax.lax.with_sharding_constraint(params, placement.master)
     moe_state = finish_step(out.moe_state, router.router_bias_update_rate)
     lr = schedule(_update_count(state))
-    # the next step's compute copy, cast from the new masters in the update's own pass over them
-    new = (params, new_opt_state, moe_state, None if copy is None else compute_params(params, model.spec.dtype))
+    new = (params, new_opt_state, moe_state)
     skipped = jnp.zeros((), jnp.float32)
     if check_finite:
       finite = jnp.isfinite(out.loss) & jnp.isfinite(grad_norm)
-      old = (state.params, opt_state, state.moe_state, copy)  # the optimizer state as the update saw it: on the device
+      old = (state.params, opt_state, state.moe_state)  # the optimizer state as the update saw it: on the device
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       skipped = 1.0 - finite.astype(jnp.float32)
     if placement is not None:  # an offloaded optimizer state goes home only after the last use on the device
-      new = (new[0], placement.opt_state_home(new[1]), *new[2:])
+      new = (new[0], placement.opt_state_home(new[1]), new[2])
     metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
     return TrainState(state.step + 1, *new), metrics
 
