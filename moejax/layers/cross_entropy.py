@@ -50,8 +50,9 @@ def head_logits(x_BSH, w_HV):
   """x @ w as Megatron's output layer gives it: compute-dtype operands, fp32 accumulation, the
   result rounded to the compute dtype; returned in fp32, where the softmax is taken. In bf16 this
   halves every pass over the logits after the GEMM (benchmarks/RESULTS.md, issue 18)."""
-  logits_BSV = jnp.einsum("bsh,hv->bsv", x_BSH, w_HV, preferred_element_type=jnp.float32)
-  return logits_BSV.astype(x_BSH.dtype).astype(jnp.float32)
+  # the GEMM's own output dtype (fp32 accumulation inside), not an fp32 result cast afterwards:
+  # XLA does not fold that cast into the GEMM, which would add a pass over fp32 logits
+  return jnp.einsum("bsh,hv->bsv", x_BSH, w_HV, preferred_element_type=x_BSH.dtype).astype(jnp.float32)
 
 
 def _chunk_logits(x_BCH, w_HV, num_valid):
