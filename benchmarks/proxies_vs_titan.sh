@@ -8,8 +8,8 @@
 #   BASE=.peers/base bash benchmarks/proxies_vs_titan.sh               # REV before this tree, same call
 #   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
 # $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
-# most 8 files). About 5 minutes: 2 proxies x ~45 s (x2 with BASE, plus ~2 minutes of tiny runs) and
-# torchtitan's ~3.5 minutes.
+# most 8 files). On an H200 it ran in 134-144 s, and 313 s with BASE (session 7: run_t.sh ... run_v.sh
+# in benchmarks/results/h200_2026-12-02_session7/), plus the machine's start.
 set -u
 source "$(dirname "$0")/device_env.sh"
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR" /tmp/pvt_logs; LOG="$OUTDIR/log.txt"
