@@ -1,6 +1,8 @@
 # session 7, call 1: bf16 logits from the LM-head GEMM (variant tree .peers/v1, upcast to fp32 in
 # the loss as Megatron does) against the current code, both proxies, same call; then profiles of
-# the current code (top 300 kernels) for both proxies.
+# the current code (top 300 kernels) for both proxies. .peers/v1 was a60c294 with _chunk_logits'
+# einsum writing bf16 (`jnp.einsum("bch,hv->bcv", x_BCH, w_HV).astype(jnp.float32)`), the form
+# moejax/layers/cross_entropy.py's head_logits has now.
 set -u
 source benchmarks/device_env.sh
 L=$OUT/log.txt

@@ -1,6 +1,8 @@
 # session 7, call 2: HEAD a60c294 (.peers/base) against the working tree (bf16 logits + per-layer
 # gradients written into their stacks in place), both proxies, same call; profile of the new
-# Mixtral step (top 80).
+# Mixtral step (top 80). The per-layer gradient code (moejax/train/schedule.py: the step
+# differentiated per-layer slices of the stacked params and wrote each gradient into its stack with
+# dynamic_update_slice) was not kept: RESULTS.md's change table.
 set -u
 source benchmarks/device_env.sh
 L=$OUT/log.txt
