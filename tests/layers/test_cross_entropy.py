@@ -69,6 +69,11 @@ def test_bf16_logits_rounded_as_megatron(monkeypatch):
 
   got = linear_cross_entropy(x, w, labels, weights, valid)
   np.testing.assert_allclose(got, megatron(x, w), rtol=2e-6)
+  # the GEMM itself writes bf16 logits (an fp32 result cast afterwards costs a pass on GPUs: XLA
+  # does not fold the cast into the GEMM, benchmarks/RESULTS.md)
+  text = jax.jit(linear_cross_entropy, static_argnums=4).lower(x, w, labels, weights, valid).as_text()
+  heads = [ln for ln in text.splitlines() if "dot_general" in ln and f"x{V}x" in ln.split("->")[-1]]
+  assert heads and all(ln.rstrip().endswith(f"x{V}xbf16>") for ln in heads), heads
   assert abs(float(got - megatron(x, w, round_to_bf16=False))) > 1e-5 * abs(float(got))
   gx, gw = jax.grad(linear_cross_entropy, argnums=(0, 1))(x, w, labels, weights, valid)
   wx, ww = jax.grad(megatron, argnums=(0, 1))(x, w)
