@@ -32,6 +32,10 @@ RULES = [
     ("shared experts", lambda o: "/shared_experts/" in o, lambda k: False),
     ("permute/dispatch/combine, expert act", lambda o: "/moe/" in o, lambda k: False),
     ("dense MLP", lambda o: "/mlp/" in o, lambda k: False),
+    # with the layer loop unrolled (model.scan_unroll=0) a stacked weight's gradient is its layers'
+    # gradients concatenated: a copy of every layer-stacked gradient (RESULTS.md, issue 18)
+    ("layer-stack gradient concatenation", lambda o: "transpose(" in o and o.endswith("/decoder/concatenate"),
+     lambda k: False),
     ("norms", lambda o: "norm" in o, lambda k: False),
     ("embedding", lambda o: "/embedding/" in o, lambda k: False),
     ("optimizer + step glue", lambda o: "GPTModel" not in o, lambda k: False),

@@ -65,6 +65,10 @@ def test_chosen_steps_are_profiled(good_run):
   per_cat, per_op, busy_ms, _ = tool.breakdown(profile, steps=2, host=True)
   assert busy_ms > 0 and per_op
   assert {"attention projections + rotary", "LM head + loss"} <= {c for c, _ in per_cat}
+  concat = "jit(step)/transpose(jvp(GPTModel))/decoder/concatenate"  # as in an H200 Mixtral-proxy trace
+  assert tool.categorize(concat, "input_concatenate_fusion_8") == "layer-stack gradient concatenation"
+  rotary = "jit(step)/transpose(jvp(GPTModel))/decoder/eval_jaxpr/segment_0/block_0/attention/concatenate"
+  assert tool.categorize(rotary, "input_concatenate_fusion_22") == "attention projections + rotary"
 
 
 @pytest.fixture
