@@ -7,6 +7,7 @@
 #   mkdir -p .peers/base && git archive REV moejax kernels configs train.py benchmarks | tar -x -C .peers/base
 #   BASE=.peers/base bash benchmarks/proxies_vs_titan.sh               # REV before this tree, same call
 #   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
+#   TITAN=none BASE=.peers/variant bash benchmarks/proxies_vs_titan.sh  # an A/B of two trees only
 # $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
 # most 8 files). On an H200 it ran in 134-144 s, and 313 s with BASE (session 7: run_t.sh ... run_v.sh
 # in benchmarks/results/h200_2026-12-02_session7/), plus the machine's start.
@@ -28,9 +29,11 @@ if [ -n "${BASE:-}" ]; then
   for p in $PROXIES; do proxy /tmp/pvt_base "$p-base" "$p" "$@"; done
 fi
 for p in $PROXIES; do proxy /tmp/pp "$p" "$p" "$@"; done
-TITAN_BUDGET_S=${TITAN_BUDGET_S:-330} TITAN_HARD_S=${TITAN_HARD_S:-340} OUT=/tmp/pvt_titan bash "$TITAN" \
-  > /tmp/pvt_logs/titan.log 2>&1
-cp /tmp/pvt_titan/titan_results.txt /tmp/pvt_titan/titan_results.json "$OUTDIR/" 2>/dev/null
+if [ "$TITAN" != none ]; then
+  TITAN_BUDGET_S=${TITAN_BUDGET_S:-330} TITAN_HARD_S=${TITAN_HARD_S:-340} OUT=/tmp/pvt_titan bash "$TITAN" \
+    > /tmp/pvt_logs/titan.log 2>&1
+  cp /tmp/pvt_titan/titan_results.txt /tmp/pvt_titan/titan_results.json "$OUTDIR/" 2>/dev/null
+fi
 if [ -n "${BASE:-}" ]; then  # numbers unchanged: the tiny recipe in bf16, 100 steps through train.py, both trees
   for v in pvt_base pp; do
     rm -rf "/tmp/w_$v"
