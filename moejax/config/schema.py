@@ -323,6 +323,11 @@ class ModelSpec(Spec, section="model"):
   # 0 = all: no loop, so no [layers, ...] stacks of activations for the backward pass, at the cost
   # of a longer compile. Params stay stacked either way (same checkpoints)
   scan_unroll: int = 1
+  # MaxText's scan_layers: False gives every decoder layer its own params (decoder/layer_{k}, no
+  # leading layers axis) and runs them in a Python loop, so no layer stack is sliced in the forward
+  # pass or concatenated from its layers' gradients in the backward. Compile time grows with depth,
+  # and checkpoints hold the per-layer tree (convert from HF with the same setting)
+  scan_layers: bool = True
   # moejax default: separate embedding and output head (every family here); Megatron ties by default
   untie_embeddings_and_output_weights: bool = True
   mtp_num_layers: int = 0                    # Multi-Token Prediction depths (DeepSeek-V3: 1); 0 = the base model

@@ -3,7 +3,9 @@
 `moe.layer_freq` may mix dense and MoE layers; `layer_segments` cuts the pattern
 into runs of a repeating superblock (e.g. [dense]*3 then [moe]*58, or
 [moe, dense]*16) and each run is one `nn.scan` (`model.scan_unroll` runs several repeats, or
-with 0 all of them, per loop iteration; the params are stacked either way).
+with 0 all of them, per loop iteration; the params are stacked either way). With
+`model.scan_layers=False` each layer is its own module `layer_{k}` with its own params, run in a
+Python loop (MaxText's scan_layers=False).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
 
 def unstack_layers(decoder_params: dict, pattern: tuple[bool, ...]) -> list[dict]:
   """The params of each layer, in order, from the scanned segments of `Decoder` (segment_i/block_j,
-  leading axis = repeats)."""
+  leading axis = repeats) or its per-layer modules (layer_k, `model.scan_layers=False`)."""
+  if "layer_0" in decoder_params:
+    return [decoder_params[f"layer_{k}"] for k in range(len(pattern))]
   layers = []
   for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
     segment = decoder_params[f"segment_{i}"]
@@ -49,8 +53,11 @@ def unstack_layers(decoder_params: dict, pattern: tuple[bool, ...]) -> list[dict
   return layers
 
 
-def stack_layers(layers: list[dict], pattern: tuple[bool, ...]) -> dict:
-  """The inverse of `unstack_layers`: {segment_i: {block_j: params with a leading repeats axis}}."""
+def stack_layers(layers: list[dict], pattern: tuple[bool, ...], scan_layers: bool = True) -> dict:
+  """The inverse of `unstack_layers`: {segment_i: {block_j: params with a leading repeats axis}},
+  or {layer_k: params} when not `scan_layers`."""
+  if not scan_layers:
+    return {f"layer_{k}": p for k, p in enumerate(layers)}
   out, it = {}, iter(layers)
   for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
     blocks = [[] for _ in kinds]
@@ -120,15 +127,22 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, x_BSH, positions_BS, segments_BS=None):
     s = self.spec
-    block_cls = Superblock
+    block_cls = Superblock if s.scan_layers else DecoderBlock
     if s.sharding.fsdp and not self.is_initializing():
       block_cls = nn.map_variables(block_cls, "params", trans_in_fn=gather_layer_weights)
+    # in a scan XLA cannot merge the recomputation with the forward pass; in a Python loop it could
+    prevent_cse = not s.scan_layers
     if s.recompute.recompute_granularity == "full":
-      block_cls = nn.remat(block_cls, prevent_cse=False)
+      block_cls = nn.remat(block_cls, prevent_cse=prevent_cse)
     elif block_policy(s) is not None:
-      block_cls = nn.remat(block_cls, prevent_cse=False, policy=block_policy(s))
+      block_cls = nn.remat(block_cls, prevent_cse=prevent_cse, policy=block_policy(s))
     moe_stats = []
-    for i, (kinds, repeats) in enumerate(layer_segments(s.moe_pattern)):
+    if not s.scan_layers:
+      for k, is_moe in enumerate(s.moe_pattern):
+        x_BSH, st = block_cls(s, is_moe, name=f"layer_{k}")(x_BSH, positions_BS, segments_BS)
+        if st is not None:
+          moe_stats.append(jax.tree.map(lambda a: a[None], st))
+    for i, (kinds, repeats) in enumerate(layer_segments(s.moe_pattern) if s.scan_layers else ()):
       # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
       scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
                         split_rngs={"params": True, "router": True},

@@ -196,6 +196,9 @@ def _unsupported_with_pp(cfg) -> list[str]:
     bad.append(f"train.offload_modules={list(cfg.train.offload_modules)} with parallel.pp={pp}: a pipeline stage "
                "keeps only its inputs and recomputes itself in the backward, so nothing is offloaded; unset "
                "train.offload_modules")
+  if not cfg.model.scan_layers:
+    bad.append(f"model.scan_layers=False with parallel.pp={pp}: pipeline stages regroup the decoder's scanned "
+               "layer stacks; set model.scan_layers=True (and model.scan_unroll=0 to unroll each stage's loop)")
   if cfg.parallel.fsdp:
     bad.append(f"parallel.fsdp=True with parallel.pp={pp}: FSDP's per-layer gather is not pipelined; use the "
                "distributed optimizer (optim.use_distributed_optimizer=True, the default) with pp")

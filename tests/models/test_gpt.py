@@ -1,8 +1,11 @@
 """GPTModel: document resets at end-of-document tokens, loss masking, layer segments."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 
 from moejax.config import AttentionSpec, DocumentSpec, ModelSpec, MoESpec, RouterSpec
 from moejax.data.gpt_dataset import ltor_position_ids_and_segments
@@ -86,3 +89,45 @@ def test_unrolled_layer_loop_equals_the_scan():
     np.testing.assert_allclose(loss_u, loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_u, grads)
     assert loops_u == (loops if unroll == 2 else loops - 2)
+
+
+def test_per_layer_params_equal_the_scanned_stacks():
+  """model.scan_layers=False: each layer its own params (decoder/layer_k: the scanned stacks'
+  slices), the same loss, per-layer statistics and gradients, and no stack of
+  layers anywhere (no concatenation of the layers' gradients)."""
+  spec = SPEC.replace(num_layers=5, layer_freq=(0, 1, 1, 0, 1), router_score_function="sigmoid",
+                      router_enable_expert_bias=True)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, 32, size=(2, 17)))
+  variables = nn.unbox(GPTModel(spec).init(jax.random.key(0), tokens[:, :-1]))
+  per_layer = GPTModel(spec.replace(scan_layers=False))
+
+  def unstack(tree):  # any collection: the layers it has, layer k at decoder/layer_k
+    decoder, out, k = dict(tree["decoder"]), {}, 0
+    for i, (kinds, repeats) in enumerate(layer_segments(spec.moe_pattern)):
+      segment = decoder.pop(f"segment_{i}", {})
+      for r in range(repeats):
+        for j in range(len(kinds)):
+          if f"block_{j}" in segment:
+            out[f"layer_{k}"] = jax.tree.map(lambda a: a[r], segment[f"block_{j}"])
+          k += 1
+    return {**tree, "decoder": {**decoder, **out}}
+
+  flat = {c: unstack(v) for c, v in variables.items()}
+  boxed = per_layer.init(jax.random.key(0), tokens[:, :-1])
+  assert jax.tree.map(jnp.shape, flat) == jax.tree.map(jnp.shape, nn.unbox(boxed))
+  names = nn.get_partition_spec(boxed)["params"]["decoder"]["layer_2"]["moe"]["experts"]["w1"]
+  assert tuple(names) == ("expert", "expert_embed", "expert_mlp")  # the stacks' names without "layers"
+  assert set(flat["params"]["decoder"]) == {"final_norm"} | {f"layer_{k}" for k in range(5)}
+
+  def run(model, params, moe_state):
+    fn = lambda p: loss_fn(model, p, tokens, moe_state)  # noqa: E731
+    (loss, (metrics, _)), grads = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
+    return loss, metrics["tokens_per_expert"], grads, jax.jit(jax.grad(lambda p: fn(p)[0])).lower(params).as_text()
+
+  loss, counts, grads, hlo_scanned = run(GPTModel(spec), variables["params"], variables["moe_state"])
+  loss_l, counts_l, grads_l, hlo = run(per_layer, flat["params"], flat["moe_state"])
+  np.testing.assert_allclose(loss_l, loss, rtol=1e-6)
+  np.testing.assert_array_equal(counts_l, counts)  # [MoE layers, E] in layer order
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_l, unstack(grads))
+  stacked_w1 = re.compile(r"tensor<\d+x4x32x32xf32>")  # w1 is [E=4, H=32, 2F=32] per layer
+  assert stacked_w1.search(hlo_scanned) and not stacked_w1.search(hlo)
