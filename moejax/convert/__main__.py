@@ -1,4 +1,4 @@
-"""python -m moejax.convert hf-to-moejax --family F --hf HF_DIR --out DIR
+"""python -m moejax.convert hf-to-moejax --family F --hf HF_DIR --out DIR [--no-scan-layers]
    python -m moejax.convert moejax-to-hf --params DIR --out HF_DIR [--family F] [--config RECIPE] [--dtype D]"""
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def main(argv=None) -> None:
   to.add_argument("--family", required=True, choices=sorted(FAMILIES))
   to.add_argument("--hf", required=True, help="directory with config.json and model.safetensors[.index.json]")
   to.add_argument("--out", required=True, help="output directory: params/, moejax_config.json, ...")
+  to.add_argument("--no-scan-layers", dest="scan_layers", action="store_false",
+                  help="each decoder layer's params on their own (for model.scan_layers=False runs)")
   back = sub.add_parser("moejax-to-hf", help="moejax Orbax checkpoint -> HF safetensors checkpoint")
   back.add_argument("--params", required=True, help="a weights-only checkpoint directory (DIR/params)")
   back.add_argument("--out", required=True, help="output directory for config.json and safetensors shards")
@@ -29,7 +31,7 @@ def main(argv=None) -> None:
   from moejax.convert.hf_io import ConversionError
   try:
     if args.command == "hf-to-moejax":
-      hf_to_moejax(args.family, args.hf, args.out)
+      hf_to_moejax(args.family, args.hf, args.out, scan_layers=args.scan_layers)
     else:
       cfg = None
       if args.config:

@@ -111,7 +111,9 @@ def _streamed(leaf, blocks: list[Block], ckpt: HFCheckpoint, name: str) -> Strea
                        lambda: ((b.index, b.rule.to_block(*(ckpt.get(n) for n in b.hf))) for b in blocks))
 
 
-def hf_to_moejax(family_name: str, hf_dir: str, out_dir: str, log=sys.stderr) -> None:
+def hf_to_moejax(family_name: str, hf_dir: str, out_dir: str, log=sys.stderr, scan_layers: bool = True) -> None:
+  """HF_DIR's weights as a moejax weights-only checkpoint in OUT_DIR; `scan_layers=False` writes each
+  decoder layer's params on their own, for runs with model.scan_layers=False."""
   f = families.family(family_name)
   config_path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(config_path):
@@ -119,6 +121,7 @@ def hf_to_moejax(family_name: str, hf_dir: str, out_dir: str, log=sys.stderr) ->
   raw = read_json(config_path)
   ckpt = HFCheckpoint(hf_dir)
   cfg = config_from_keys(families.to_moejax(f, raw, _mtp_layers_present(f, raw, ckpt)))
+  cfg.model.scan_layers = scan_layers
   spec = model_spec(cfg)
   params, moe_state = _abstract(spec)
   interleaved = _interleaved(f, raw)
@@ -285,7 +288,7 @@ def _bias_tensors(f: Family, spec: ModelSpec, reader: LeafReader | None, prefix:
     key = prefix + path + ("expert_bias",)
     have = reader is not None and _find(reader.tree, key) is not None
     for r, l in enumerate(layers):
-      def produce(r=r, name=".".join(key), have=have, stacked=path[0] == "decoder"):
+      def produce(r=r, name=".".join(key), have=have, stacked=path[1].startswith("segment_")):
         if not have:
           return np.zeros((E,), np.float32)
         return reader.read(name, (r,) if stacked else ()).astype(np.float32)

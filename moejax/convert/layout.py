@@ -1,7 +1,8 @@
 """Where each moejax parameter comes from in a Hugging Face checkpoint, both ways, one block at a time.
 
 A moejax leaf of the scanned decoder is [repeats, ...] (experts: [repeats, E, ...]); a block is
-one layer's slice (one expert's for experts). A `Rule` turns the HF tensors of one block into
+one layer's slice (one expert's for experts). With `model.scan_layers=False` a leaf is one
+layer's (decoder/layer_k) and a block the whole leaf or one expert's slice. A `Rule` turns the HF tensors of one block into
 the block and back, bit for bit: transposes, head splits, gate/up interleaving of w1 (see
 moejax/moe/experts.py), DeepSeek's interleaved rotary pairs de-interleaved into the rotate-half
 layout (moejax/layers/rotary.py), and vocabulary rows padded with zeros (cut on the way back).
@@ -179,6 +180,11 @@ def _stacked(rule: Rule, prefix: str, layers: list[int], num_experts: int) -> It
       yield Block((slice(r, r + 1), slice(e, e + 1)), tuple(prefix.format(l=l) + n.format(e=e) for n in rule.hf), rule)
 
 
+def _one_layer(rule: Rule, prefix: str, layer: int, num_experts: int) -> list[Block]:
+  """The blocks of a leaf that holds one layer (no leading repeats axis)."""
+  return [Block(b.index[1:] or (slice(None),), b.hf, rule) for b in _stacked(rule, prefix, [layer], num_experts)]
+
+
 def decoder_layers(spec: ModelSpec) -> dict[tuple[int, int], list[int]]:
   """{(segment, block): the layer index of each repeat} of the scanned decoder."""
   out, start = {}, 0
@@ -200,6 +206,9 @@ def leaf_blocks(f: Family, spec: ModelSpec, path: tuple[str, ...], interleaved: 
     return [Block(whole, ("lm_head.weight",), _padded_rows("lm_head.weight", spec, True))]
   if path == ("decoder", "final_norm", "scale"):
     return [Block(whole, ("model.norm.weight",), _ident("model.norm.weight"))]
+  if path[0] == "decoder" and path[1].startswith("layer_"):
+    l = int(path[1].removeprefix("layer_"))
+    return _one_layer(layer_rules(f, spec, spec.moe_pattern[l], interleaved)[path[2:]], prefix, l, E)
   if path[0] == "decoder":
     i, j = int(path[1].removeprefix("segment_")), int(path[2].removeprefix("block_"))
     layers = decoder_layers(spec)[(i, j)]
@@ -208,8 +217,7 @@ def leaf_blocks(f: Family, spec: ModelSpec, path: tuple[str, ...], interleaved: 
   if path[0].startswith("mtp_"):
     l = spec.num_layers + int(path[0].removeprefix("mtp_"))
     if path[1] == "block":
-      rule = layer_rules(f, spec, spec.moe_pattern[-1], interleaved)[path[2:]]
-      return [Block(b.index[1:] or whole, b.hf, rule) for b in _stacked(rule, prefix, [l], E)]
+      return _one_layer(layer_rules(f, spec, spec.moe_pattern[-1], interleaved)[path[2:]], prefix, l, E)
     rule = MTP_RULES[path[1:]]
     return [Block(whole, (prefix.format(l=l) + rule.hf[0],), rule)]
   raise KeyError(path)
@@ -218,7 +226,10 @@ def leaf_blocks(f: Family, spec: ModelSpec, path: tuple[str, ...], interleaved: 
 def expert_bias_layers(spec: ModelSpec) -> dict[tuple[str, ...], list[int]]:
   """moe_state paths of the routers with an expert bias → their layer per repeat."""
   out = {}
-  for (i, j), layers in decoder_layers(spec).items():
+  if not spec.scan_layers:
+    for l in (l for l, is_moe in enumerate(spec.moe_pattern) if is_moe):
+      out[("decoder", f"layer_{l}", "moe", "router", "expert_bias")] = [l]
+  for (i, j), layers in decoder_layers(spec).items() if spec.scan_layers else ():
     if spec.moe_pattern[layers[0]]:
       out[("decoder", f"segment_{i}", f"block_{j}", "moe", "router", "expert_bias")] = layers
   for k in range(spec.mtp_num_layers if spec.moe_pattern[-1] else 0):

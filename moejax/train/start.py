@@ -23,8 +23,8 @@ def upcycle_params(dense: dict, moe: dict, dense_pattern, moe_pattern, spec) -> 
   dense_layers = unstack_layers(dense["decoder"], dense_pattern)
   moe_layers = unstack_layers(moe["decoder"], moe_pattern)
   layers = [upcycle_layer(d, m, spec) if is_moe else d for d, m, is_moe in zip(dense_layers, moe_layers, moe_pattern)]
-  decoder = {k: v for k, v in dense["decoder"].items() if not k.startswith("segment_")}
-  return {**dense, "decoder": {**decoder, **stack_layers(layers, moe_pattern)}}
+  decoder = {k: v for k, v in dense["decoder"].items() if not k.startswith(("segment_", "layer_"))}
+  return {**dense, "decoder": {**decoder, **stack_layers(layers, moe_pattern, spec.scan_layers)}}
 
 
 def _upcycled(cfg, model: GPTModel, shardings: TrainState, mesh, rules):

@@ -79,18 +79,20 @@ class StatePlacement:
     distributed optimizer, or expert weights at edp=1) is handed over as it is and cast by the
     model where it is used. A leaf sharded over data is cast to `model.dtype` on its shard and
     gathered to its compute placement, once per step (Megatron's bf16 params); with FSDP the
-    scanned layers' leaves stay sharded, boxed with their logical axes for the per-layer gather."""
+    decoder layers' leaves (scanned, or decoder/layer_k with `model.scan_layers=False`) stay
+    sharded, boxed with their logical axes for the per-layer gather."""
     dtype = jnp.dtype(self.compute_dtype)
 
-    def copy(p, master, sh, spec):
+    def copy(path, p, master, sh, spec):
       if master == sh:
         return p
       p = p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
-      if self.fsdp and "layers" in tuple(spec):
+      keys = [getattr(k, "key", "") for k in path[:2]]
+      if self.fsdp and ("layers" in tuple(spec) or (keys[0] == "decoder" and keys[1].startswith("layer_"))):
         return nn.LogicallyPartitioned(p, tuple(spec))
       return jax.lax.with_sharding_constraint(p, sh)
 
-    return jax.tree.map(copy, params, self.master, self.compute, self.logical)
+    return jax.tree_util.tree_map_with_path(copy, params, self.master, self.compute, self.logical)
 
   def main_grads(self, grads):
     """Gradients of the compute copy on the masters' placement in `main_grads_dtype`: for leaves

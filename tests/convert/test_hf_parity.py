@@ -94,6 +94,23 @@ def test_round_trip_is_bitwise_and_loads_in_transformers(hf_dir, converted):
   assert all(f"{family} ok" in out for family in FAMILIES), out
 
 
+def test_per_layer_params_convert_both_ways(hf_dir, tmp_path):
+  """hf-to-moejax --no-scan-layers: DeepSeek-V3 (dense and MoE layers, expert biases, an MTP layer)
+  as decoder/layer_k params gives HF's logits and converts back bit for bit."""
+  family = "deepseek_v3"
+  convert_main(["hf-to-moejax", "--family", family, "--hf", str(hf_dir / family), "--out", str(tmp_path / "m"),
+                "--no-scan-layers"])
+  cfg = load_checkpoint_config(str(tmp_path / "m"))
+  assert cfg.model.scan_layers is False
+  tokens = json.load(open(hf_dir / family / "tokens.json"))
+  np.testing.assert_allclose(logits(cfg, str(tmp_path / "m"), tokens), np.load(hf_dir / family / "ref_logits.npy"),
+                             rtol=0, atol=1e-4)
+  moejax_to_hf(str(tmp_path / "m"), str(tmp_path / "hf"))
+  a, b = HFCheckpoint(str(hf_dir / family)), HFCheckpoint(str(tmp_path / "hf"))
+  assert sorted(a.files) == sorted(b.files)
+  assert all(a.get(n).tobytes() == b.get(n).tobytes() for n in a.files)
+
+
 def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
   """RUN/checkpoints/STEP/state (params and moe_state inside a train state) is read like DIR/params."""
   import jax

@@ -71,12 +71,15 @@ def test_decoder_layers_unstack_and_stack_back():
   assert jax.tree.structure(back) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  per_layer = stack_layers(layers, pattern, scan_layers=False)  # model.scan_layers=False: layer_k
+  assert list(per_layer) == [f"layer_{k}" for k in range(6)] and unstack_layers(per_layer, pattern) == layers
 
 
-@pytest.mark.parametrize("layer_freq", [1, (1, 0)], ids=["all-moe", "moe-then-dense"])
-def test_granularity_1_gives_the_dense_logits(layer_freq):
+@pytest.mark.parametrize("layer_freq,scan_layers", [(1, True), ((1, 0), True), ((1, 0), False)],
+                         ids=["all-moe", "moe-then-dense", "moe-then-dense-per-layer"])
+def test_granularity_1_gives_the_dense_logits(layer_freq, scan_layers):
   """Top-k routing with softmax after top-k: a token's K probs sum to 1 over K copies of the MLP."""
-  spec = model_spec(_cfg(layer_freq=layer_freq))
+  spec = model_spec(_cfg(layer_freq=layer_freq)).replace(scan_layers=scan_layers)
   dense = _init(_dense_spec(spec), 0)
   np.testing.assert_allclose(_logits(spec, _upcycled(spec, dense)), _logits(_dense_spec(spec), dense),
                              rtol=1e-5, atol=1e-5)

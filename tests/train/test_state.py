@@ -15,6 +15,7 @@ import pytest
 from flax import linen as nn
 
 from moejax.config import model_spec
+from moejax.models.decoder import stack_layers, unstack_layers
 from moejax.models.gpt import GPTModel
 from moejax.parallel.sharding import batch_sharding, replicated, shard_bytes
 from moejax.train.optim import lr_schedule, make_optimizer
@@ -116,6 +117,31 @@ def test_three_steps_equal_one_device_and_state_is_sharded(one_device, layouts, 
   per_device = _tree_bytes(abstract.opt_state, shardings.opt_state)
   print(f"{name}: optimizer state {per_device} B per device, {total} B in all ({total / per_device:.2f}x)")
   assert per_device == pytest.approx(total / 8, rel=0.1)
+
+
+def test_fsdp_with_per_layer_params_equals_one_device(small_moe_config, one_device):
+  """model.scan_layers=False under FSDP (ep=4): each layer's leaves (decoder/layer_k) sharded over
+  data and gathered as that layer runs; three steps give the one-device losses and params."""
+  batches, state0, losses1, state1 = one_device
+  cfg = _cfg(small_moe_config, **LAYOUTS["fsdp_ep4"])
+  cfg.model.scan_layers = False
+  pattern = model_spec(cfg).moe_pattern
+  per_layer = lambda p: {**p, "decoder": {"final_norm": p["decoder"]["final_norm"],  # noqa: E731
+                                          **stack_layers(unstack_layers(p["decoder"], pattern), pattern, False)}}
+  params0 = per_layer(state0.params)
+  start = TrainState(state0.step, params0, make_optimizer(cfg).init(params0), {})  # zero moments either way
+  losses, state, compiled, abstract, shardings = _run(cfg, jax.devices(), start, batches)
+  np.testing.assert_allclose(losses, losses1, rtol=1e-5, atol=1e-5)
+  _close(jax.device_get(state.params), per_layer(state1.params), 1e-5)
+  w1 = shardings.params["decoder"]["layer_0"]["moe"]["experts"]["w1"]
+  assert shard_bytes(abstract.params["decoder"]["layer_0"]["moe"]["experts"]["w1"], w1) * 8 == \
+      abstract.params["decoder"]["layer_0"]["moe"]["experts"]["w1"].size * 4  # a slice on each device
+  parts = setup(cfg, jax.devices())
+  with jax.set_mesh(parts.layout.mesh), nn.logical_axis_rules(parts.rules):
+    compute = jax.eval_shape(parts.placement.compute_params, abstract.params)
+  boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731  (gathered where the layer runs)
+  assert all(boxed(x) for x in jax.tree.leaves(compute["decoder"]["layer_1"], is_leaf=boxed))
+  assert not boxed(compute["embedding"]["embedding"])
 
 
 def test_optimizer_state_offloaded_in_part(layouts):
