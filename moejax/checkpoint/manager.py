@@ -81,6 +81,12 @@ def misfit(saved_tree, abstract, prefix: str = "") -> str | None:
       diffs.append(f"{full} is {list(saved[name])} there, {list(want[name])} in the config")
   if not diffs:
     return None
+  stacked = lambda names: any(".decoder.segment_" in f".{n}" for n in names)  # noqa: E731
+  per_layer = lambda names: any(".decoder.layer_" in f".{n}" for n in names)  # noqa: E731
+  if stacked(saved) != stacked(want) and per_layer(saved) != per_layer(want):
+    return (f"the checkpoint holds the decoder's layers {'stacked' if stacked(saved) else 'one by one'} "
+            f"(model.scan_layers={stacked(saved)}) and the config wants them "
+            f"{'stacked' if stacked(want) else 'one by one'} (model.scan_layers={stacked(want)})")
   return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
 
 

@@ -116,6 +116,23 @@ def test_a_changed_expert_count_is_refused_naming_the_keys(two_steps, small_moe_
   assert sorted(os.listdir(base / "checkpoints")) == ["1", "2"]
 
 
+def test_another_layer_layout_is_refused_naming_scan_layers(two_steps, small_moe_config):
+  """A run with model.scan_layers=False on a checkpoint of stacked layers: one line that names
+  the setting, not a list of missing keys."""
+  base, _, _ = two_steps
+  cfg = small_moe_config()
+  cfg.model.scan_layers = False
+  layout = make_mesh(cfg, jax.devices()[:1])
+  rules = logical_axis_rules(layout)
+  with nn.logical_axis_rules(rules):
+    abstract, shardings = state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 32, layout.mesh, rules)
+  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+    with pytest.raises(RunError) as e:
+      ckpt.restore(abstract, shardings)
+  assert "the checkpoint holds the decoder's layers stacked (model.scan_layers=True) and the config wants " \
+      "them one by one (model.scan_layers=False)" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tmp_path):
   base, abstract, shardings = two_steps
   workdir = tmp_path / "run"

@@ -39,9 +39,10 @@ print(json.dumps(out))
 """
 
 
-def _cfg(num_layers, pp, vpp=None, first=None, last=None, layout=None, mtp=0, fsdp=False, offload=()):
+def _cfg(num_layers, pp, vpp=None, first=None, last=None, layout=None, mtp=0, fsdp=False, offload=(),
+         scan_layers=True):
   c = base_config()
-  c.model.update(num_layers=num_layers, mtp_num_layers=mtp)
+  c.model.update(num_layers=num_layers, mtp_num_layers=mtp, scan_layers=scan_layers)
   c.parallel.fsdp = fsdp
   c.train.offload_modules = offload
   c.parallel.update(pp=pp, vpp=vpp, decoder_first_pipeline_num_layers=first, decoder_last_pipeline_num_layers=last,
@@ -92,6 +93,7 @@ def test_layout_places_embedding_and_loss_and_derives_vpp():
     (dict(num_layers=8, pp=2, layout="Et*4|t*4mL"), "MTP stages are not supported yet"),
     (dict(num_layers=8, pp=2, mtp=1), "model.mtp_num_layers=1 with parallel.pp=2: MTP layers are not pipelined"),
     (dict(num_layers=8, pp=2, fsdp=True), "parallel.fsdp=True with parallel.pp=2"),
+    (dict(num_layers=8, pp=2, scan_layers=False), "model.scan_layers=False with parallel.pp=2"),
     (dict(num_layers=8, pp=2, offload=("attn_norm",)), "train.offload_modules=['attn_norm'] with parallel.pp=2"),
     (dict(num_layers=8, pp=2, layout="Et*4|tx*4L"), "characters ['x']"),
     (dict(num_layers=8, pp=2, vpp=2, layout="Et*4|t*4L"), "parallel.pp*vpp=4"),
