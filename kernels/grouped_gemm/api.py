@@ -99,6 +99,10 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
 
 
 _pallas_gg.defvjp(_pallas_fwd, _pallas_bwd)
+# Jitted so that every layer's call at one shape is one jaxpr, lowered once: each Mosaic kernel is
+# then compiled once per shape and tile, not once per layer (model.scan_layers=False traces each
+# layer apart; the scan traced its body once)
+_pallas_gg = jax.jit(_pallas_gg, static_argnums=(3, 4, 5))
 
 
 def _check_args(x_MK, w_GKN, group_sizes_G, impl):
