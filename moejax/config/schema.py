@@ -324,9 +324,9 @@ class ModelSpec(Spec, section="model"):
   # of a longer compile. Params stay stacked either way (same checkpoints)
   scan_unroll: int = 1
   # MaxText's scan_layers: False gives every decoder layer its own params (decoder/layer_{k}, no
-  # leading layers axis) and runs them in a Python loop, so no layer stack is sliced in the forward
-  # pass or concatenated from its layers' gradients in the backward. Compile time grows with depth,
-  # and checkpoints hold the per-layer tree (convert from HF with the same setting)
+  # leading layers axis) and runs them in a Python loop (scan_unroll then has nothing to unroll), so
+  # no layer stack is sliced in the forward pass or concatenated from its layers' gradients in the
+  # backward. Checkpoints hold the per-layer tree (hf-to-moejax --no-scan-layers); not with pp > 1
   scan_layers: bool = True
   # moejax default: separate embedding and output head (every family here); Megatron ties by default
   untie_embeddings_and_output_weights: bool = True

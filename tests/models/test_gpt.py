@@ -131,3 +131,7 @@ def test_per_layer_params_equal_the_scanned_stacks():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_l, unstack(grads))
   stacked_w1 = re.compile(r"tensor<\d+x4x32x32xf32>")  # w1 is [E=4, H=32, 2F=32] per layer
   assert stacked_w1.search(hlo_scanned) and not stacked_w1.search(hlo)
+  recomputed = GPTModel(per_layer.spec.replace(recompute_granularity="full"))  # each layer rematerialized
+  loss_r, _, grads_r, _ = run(recomputed, flat["params"], flat["moe_state"])
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads_l)
