@@ -150,6 +150,32 @@ def save_moe_state(directory: str, moe_state) -> None:
     ckpt.save(os.path.join(os.path.abspath(directory), MOE_STATE_ITEM), moe_state, force=True)
 
 
+def _step_dirs(directory: str, where: str) -> list[str]:
+  """The training checkpoints in DIR, newest first: DIR itself (one checkpoints/<step>) or those of
+  a training workdir."""
+  d = os.path.abspath(directory)
+  if os.path.isdir(os.path.join(d, "state")):
+    return [d]
+  if os.path.isdir(os.path.join(d, "checkpoints")):
+    root = os.path.join(d, "checkpoints")
+    return [os.path.join(root, n) for n in sorted((n for n in os.listdir(root) if n.isdigit()), key=int, reverse=True)]
+  raise RunError(f"{where}: no weights there; give a weights-only checkpoint (DIR/params), a training "
+                 "workdir (DIR/checkpoints/<step>) or one of its checkpoints/<step>")
+
+
+def params_metadata(directory: str):
+  """The saved weights' tree (Orbax metadata: names and shapes) that `load_params(directory)` reads
+  (of the newest checkpoint, for a training workdir), e.g. to see which layout they were saved in."""
+  d = os.path.abspath(directory)
+  if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
+    with ocp.StandardCheckpointer() as ckpt:
+      return ckpt.metadata(os.path.join(d, PARAMS_ITEM)).item_metadata.tree
+  for step_dir in _step_dirs(directory, f"checkpoint.load_params={directory}"):
+    with ocp.PyTreeCheckpointer() as ckpt:
+      return ckpt.metadata(os.path.join(step_dir, "state")).item_metadata.tree[PARAMS_ITEM]
+  return None
+
+
 def load_params(directory: str, abstract_params, shardings):
   """The weights in DIR, restored into `shardings` (any mesh layout): DIR/params (weights-only),
   DIR a training workdir (its newest checkpoint that verifies) or one of its checkpoints/<step>."""
@@ -161,16 +187,7 @@ def load_params(directory: str, abstract_params, shardings):
       path = os.path.join(d, PARAMS_ITEM)
       _check_fits(where, ckpt.metadata(path).item_metadata.tree, abstract_params, directory)
       return ckpt.restore(path, target)
-  if os.path.isdir(os.path.join(d, "state")):
-    candidates = [d]
-  elif os.path.isdir(os.path.join(d, "checkpoints")):
-    root = os.path.join(d, "checkpoints")
-    candidates = [os.path.join(root, n) for n in sorted((n for n in os.listdir(root) if n.isdigit()),
-                                                        key=int, reverse=True)]
-  else:
-    raise RunError(f"{where}: no weights there; give a weights-only checkpoint (DIR/params), a training "
-                   "workdir (DIR/checkpoints/<step>) or one of its checkpoints/<step>")
-  for step_dir in candidates:
+  for step_dir in _step_dirs(directory, where):
     try:
       return _restore_params(step_dir, abstract_params, target, where, directory)
     except Damaged as e:

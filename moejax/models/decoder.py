@@ -40,32 +40,52 @@ def layer_segments(pattern: tuple[bool, ...], max_period: int = 8) -> list[tuple
   return out
 
 
-def unstack_layers(decoder_params: dict, pattern: tuple[bool, ...]) -> list[dict]:
-  """The params of each layer, in order, from the scanned segments of `Decoder` (segment_i/block_j,
-  leading axis = repeats) or its per-layer modules (layer_k, `model.scan_layers=False`)."""
-  if "layer_0" in decoder_params:
-    return [decoder_params[f"layer_{k}"] for k in range(len(pattern))]
-  layers = []
+def _layer_slots(pattern: tuple[bool, ...]):
+  """(segment_i, block_j, repeat r, layer k) of every layer, in the scanned decoder's order."""
+  start = 0
   for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
-    segment = decoder_params[f"segment_{i}"]
     for r in range(repeats):
-      layers += [jax.tree.map(lambda a: a[r], segment[f"block_{j}"]) for j in range(len(kinds))]
-  return layers
+      for j in range(len(kinds)):
+        yield f"segment_{i}", f"block_{j}", r, start + r * len(kinds) + j
+    start += len(kinds) * repeats
+
+
+def relayout(decoder: dict, pattern: tuple[bool, ...], scan_layers: bool,
+             stack=lambda leaves: jnp.stack(leaves), take=lambda leaf, r: leaf[r]) -> dict:
+  """A decoder subtree in the layout `scan_layers` asks for, from either: scanned segments
+  (segment_i/block_j, leading axis = repeats) or one entry per layer (layer_k). Works for params
+  and for collections only some layers have (moe_state: the MoE layers). `stack` and `take` act
+  on the leaves: arrays by default; abstract shapes or shardings when restoring a checkpoint
+  written in the other layout (moejax/checkpoint/manager.py)."""
+  other = {k: v for k, v in decoder.items() if not k.startswith(("segment_", "layer_"))}
+  if scan_layers:
+    if not any(k.startswith("layer_") for k in decoder):
+      return decoder
+    groups: dict = {}
+    for seg, blk, _, k in _layer_slots(pattern):
+      if f"layer_{k}" in decoder:
+        groups.setdefault(seg, {}).setdefault(blk, []).append(decoder[f"layer_{k}"])
+    return {**other, **{seg: {blk: jax.tree.map(lambda *a: stack(a), *layers) for blk, layers in blocks.items()}
+                        for seg, blocks in groups.items()}}
+  if not any(k.startswith("segment_") for k in decoder):
+    return decoder
+  out = {}
+  for seg, blk, r, k in _layer_slots(pattern):
+    if blk in decoder.get(seg, {}):
+      out[f"layer_{k}"] = jax.tree.map(lambda a: take(a, r), decoder[seg][blk])
+  return {**other, **out}
+
+
+def unstack_layers(decoder_params: dict, pattern: tuple[bool, ...]) -> list[dict]:
+  """The params of each layer, in order, from either layout of `Decoder`'s params."""
+  per_layer = relayout(decoder_params, pattern, scan_layers=False)
+  return [per_layer[f"layer_{k}"] for k in range(len(pattern))]
 
 
 def stack_layers(layers: list[dict], pattern: tuple[bool, ...], scan_layers: bool = True) -> dict:
   """The inverse of `unstack_layers`: {segment_i: {block_j: params with a leading repeats axis}},
   or {layer_k: params} when not `scan_layers`."""
-  if not scan_layers:
-    return {f"layer_{k}": p for k, p in enumerate(layers)}
-  out, it = {}, iter(layers)
-  for i, (kinds, repeats) in enumerate(layer_segments(pattern)):
-    blocks = [[] for _ in kinds]
-    for _ in range(repeats):
-      for j in range(len(kinds)):
-        blocks[j].append(next(it))
-    out[f"segment_{i}"] = {f"block_{j}": jax.tree.map(lambda *a: jnp.stack(a), *b) for j, b in enumerate(blocks)}
-  return out
+  return relayout({f"layer_{k}": p for k, p in enumerate(layers)}, pattern, scan_layers)
 
 
 SCANNED_COLLECTIONS = ("params",) + MOE_COLLECTIONS

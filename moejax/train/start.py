@@ -1,6 +1,6 @@
 """Where a new run's step-0 state comes from: a random init, the weights of
 `checkpoint.load_params` (weights-only checkpoint with the router state it came with, training
-workdir or one of its checkpoints),
+workdir or one of its checkpoints; saved with either layout of the layers, `model.scan_layers`),
 or, with `moe.use_upcycling`, a dense model's weights upcycled into this MoE model
 (moejax/moe/upcycling.py), saved as checkpoint 0 before training starts."""
 from __future__ import annotations
@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 
 import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params
+from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params, params_metadata
 from moejax.config import ConfigError
-from moejax.models.decoder import stack_layers, unstack_layers
+from moejax.models.decoder import relayout, stack_layers, unstack_layers
 from moejax.models.gpt import GPTModel
 from moejax.moe.upcycling import upcycle_layer
 from moejax.train.state import TrainState, init_params, init_state, param_shardings
@@ -27,11 +29,36 @@ def upcycle_params(dense: dict, moe: dict, dense_pattern, moe_pattern, spec) -> 
   return {**dense, "decoder": {**decoder, **stack_layers(layers, moe_pattern, spec.scan_layers)}}
 
 
+def _stacked_sharding(shardings):
+  sh = shardings[0]  # one layer's: the stack adds a leading, unsharded layers axis
+  return NamedSharding(sh.mesh, P(None, *sh.spec)) if isinstance(sh, NamedSharding) else sh
+
+
+def _layer_sharding(sh, _):
+  return NamedSharding(sh.mesh, P(*sh.spec[1:])) if isinstance(sh, NamedSharding) else sh
+
+
+def load_weights(load, src: str, spec, abstract, shardings):
+  """`load(src, abstract, shardings)` (load_params or load_moe_state) from weights saved with either
+  layout of the decoder's layers (`model.scan_layers`): restored as they were saved, then laid out
+  as this model's on the device (for that moment the weights are there twice)."""
+  decoder = (params_metadata(src) or {}).get("decoder", {})
+  saved = True if any(k.startswith("segment_") for k in decoder) else (
+      False if any(k.startswith("layer_") for k in decoder) else None)
+  if saved is None or saved == spec.scan_layers or "decoder" not in (abstract or {}):
+    return load(src, abstract, shardings)
+  to = lambda scan_layers, **ops: lambda tree: {  # noqa: E731
+      **tree, "decoder": relayout(tree["decoder"], spec.moe_pattern, scan_layers, **ops)}
+  restored = load(src, jax.eval_shape(to(saved), abstract),
+                  to(saved, stack=_stacked_sharding, take=_layer_sharding)(shardings))
+  return None if restored is None else jax.jit(to(spec.scan_layers), out_shardings=shardings)(restored)
+
+
 def _upcycled(cfg, model: GPTModel, shardings: TrainState, mesh, rules):
   spec, t = model.spec, cfg.train
   dense_spec = spec.replace(num_experts=None, use_upcycling=False)
   dense_abstract, dense_shardings, _ = param_shardings(GPTModel(dense_spec), t.seq_length, mesh, rules)
-  dense = load_params(cfg.checkpoint.load_params, dense_abstract, dense_shardings)
+  dense = load_weights(load_params, cfg.checkpoint.load_params, dense_spec, dense_abstract, dense_shardings)
   moe = init_params(model, t.seq_length, t.seed, shardings.params)
   upcycle = lambda d, m: upcycle_params(d, m, dense_spec.moe_pattern, spec.moe_pattern, spec)  # noqa: E731
   return jax.jit(upcycle, out_shardings=shardings.params)(dense, moe)
@@ -48,8 +75,9 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
                          "weights) to build the experts from"])
     params = _upcycled(cfg, model, shardings, mesh, rules)
   elif src:
-    params = load_params(src, abstract.params, shardings.params)
-    moe_state = load_moe_state(src, abstract.moe_state, shardings.moe_state)  # e.g. converted expert biases
+    params = load_weights(load_params, src, model.spec, abstract.params, shardings.params)
+    # e.g. converted expert biases
+    moe_state = load_weights(load_moe_state, src, model.spec, abstract.moe_state, shardings.moe_state)
   state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
   if moe_state is not None:
     state = state.replace(moe_state=moe_state)

@@ -9,7 +9,7 @@ from flax import linen as nn
 
 from moejax.config import AttentionSpec, DocumentSpec, ModelSpec, MoESpec, RouterSpec
 from moejax.data.gpt_dataset import ltor_position_ids_and_segments
-from moejax.models.decoder import layer_segments
+from moejax.models.decoder import layer_segments, relayout
 from moejax.models.gpt import GPTModel, document_positions_and_segments
 from moejax.train.loss import loss_fn
 
@@ -93,25 +93,14 @@ def test_unrolled_layer_loop_equals_the_scan():
 
 def test_per_layer_params_equal_the_scanned_stacks():
   """model.scan_layers=False: each layer its own params (decoder/layer_k: the scanned stacks'
-  slices), the same loss, per-layer statistics and gradients, and no stack of
+  slices, `relayout`), the same loss, per-layer statistics and gradients, and no stack of
   layers anywhere (no concatenation of the layers' gradients)."""
   spec = SPEC.replace(num_layers=5, layer_freq=(0, 1, 1, 0, 1), router_score_function="sigmoid",
                       router_enable_expert_bias=True)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 32, size=(2, 17)))
   variables = nn.unbox(GPTModel(spec).init(jax.random.key(0), tokens[:, :-1]))
   per_layer = GPTModel(spec.replace(scan_layers=False))
-
-  def unstack(tree):  # any collection: the layers it has, layer k at decoder/layer_k
-    decoder, out, k = dict(tree["decoder"]), {}, 0
-    for i, (kinds, repeats) in enumerate(layer_segments(spec.moe_pattern)):
-      segment = decoder.pop(f"segment_{i}", {})
-      for r in range(repeats):
-        for j in range(len(kinds)):
-          if f"block_{j}" in segment:
-            out[f"layer_{k}"] = jax.tree.map(lambda a: a[r], segment[f"block_{j}"])
-          k += 1
-    return {**tree, "decoder": {**decoder, **out}}
-
+  unstack = lambda tree: {**tree, "decoder": relayout(tree["decoder"], spec.moe_pattern, False)}  # noqa: E731
   flat = {c: unstack(v) for c, v in variables.items()}
   boxed = per_layer.init(jax.random.key(0), tokens[:, :-1])
   assert jax.tree.map(jnp.shape, flat) == jax.tree.map(jnp.shape, nn.unbox(boxed))
@@ -135,3 +124,6 @@ def test_per_layer_params_equal_the_scanned_stacks():
   loss_r, _, grads_r, _ = run(recomputed, flat["params"], flat["moe_state"])
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads_l)
+  for c, v in variables.items():  # and back: the stacks again, bit for bit
+    back = relayout(flat[c]["decoder"], spec.moe_pattern, True)
+    jax.tree.map(np.testing.assert_array_equal, back, v["decoder"])

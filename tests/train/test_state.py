@@ -15,7 +15,7 @@ import pytest
 from flax import linen as nn
 
 from moejax.config import model_spec
-from moejax.models.decoder import stack_layers, unstack_layers
+from moejax.models.decoder import relayout
 from moejax.models.gpt import GPTModel
 from moejax.parallel.sharding import batch_sharding, replicated, shard_bytes
 from moejax.train.optim import lr_schedule, make_optimizer
@@ -126,8 +126,7 @@ def test_fsdp_with_per_layer_params_equals_one_device(small_moe_config, one_devi
   cfg = _cfg(small_moe_config, **LAYOUTS["fsdp_ep4"])
   cfg.model.scan_layers = False
   pattern = model_spec(cfg).moe_pattern
-  per_layer = lambda p: {**p, "decoder": {"final_norm": p["decoder"]["final_norm"],  # noqa: E731
-                                          **stack_layers(unstack_layers(p["decoder"], pattern), pattern, False)}}
+  per_layer = lambda p: {**p, "decoder": relayout(p["decoder"], pattern, False)}  # noqa: E731
   params0 = per_layer(state0.params)
   start = TrainState(state0.step, params0, make_optimizer(cfg).init(params0), {})  # zero moments either way
   losses, state, compiled, abstract, shardings = _run(cfg, jax.devices(), start, batches)

@@ -1,0 +1,58 @@
+"""A new run's weights from a checkpoint saved with the other layout of the decoder's layers
+(`model.scan_layers`): `load_weights` restores them as saved and lays them out as the run's model,
+on the run's mesh, router state (expert biases) included."""
+import jax
+import numpy as np
+from flax import linen as nn
+
+from moejax.checkpoint.manager import load_moe_state, load_params, save_params
+from moejax.config import base_config, model_spec
+from moejax.models.decoder import relayout
+from moejax.models.gpt import GPTModel
+from moejax.parallel.mesh import make_mesh
+from moejax.parallel.sharding import logical_axis_rules
+from moejax.train.optim import make_optimizer
+from moejax.train.start import load_weights
+from moejax.train.state import state_shardings
+
+
+def _cfg(scan_layers, **parallel):
+  c = base_config()
+  c.model.update(num_layers=3, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                 vocab_size=257, dtype="float32", scan_layers=scan_layers)
+  c.moe.update(num_experts=8, router_topk=2, ffn_hidden_size=16, layer_freq=(0, 1, 1),
+               router_score_function="sigmoid", router_enable_expert_bias=True)
+  c.parallel.update(**parallel)
+  return c
+
+
+def _abstract(cfg, devices):
+  layout = make_mesh(cfg, devices)
+  rules = logical_axis_rules(layout)
+  with nn.logical_axis_rules(rules):
+    return state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 16, layout.mesh, rules)
+
+
+def _equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_weights_of_either_layer_layout_load_into_the_other(tmp_path):
+  pattern = model_spec(_cfg(True)).moe_pattern
+  for saved_scan, run_scan in ((True, False), (False, True)):
+    spec = model_spec(_cfg(saved_scan))
+    variables = GPTModel(spec).init(jax.random.key(saved_scan), np.zeros((1, 16), np.int32))
+    params, moe_state = nn.unbox(variables["params"]), variables["moe_state"]
+    moe_state = jax.tree.map(lambda a: a + 0.25, moe_state)  # biases that are not the init's zeros
+    src = tmp_path / f"saved_scan_{saved_scan}"
+    save_params(str(src), params, moe_state)
+    cfg = _cfg(run_scan, ep=4)
+    abstract, shardings = _abstract(cfg, jax.devices())
+    run_spec = model_spec(cfg)
+    got = load_weights(load_params, str(src), run_spec, abstract.params, shardings.params)
+    got_state = load_weights(load_moe_state, str(src), run_spec, abstract.moe_state, shardings.moe_state)
+    as_run = lambda t: {**t, "decoder": relayout(t["decoder"], pattern, run_scan)}  # noqa: E731
+    _equal(jax.device_get(got), jax.device_get(as_run(params)))
+    _equal(jax.device_get(got_state), jax.device_get(as_run(moe_state)))
+    assert jax.tree.map(lambda a: a.sharding, got) == shardings.params  # on the run's mesh, as its own layout
