@@ -10,7 +10,7 @@
 #   bash benchmarks/proxies_vs_titan.sh [extra train_step.py flags, e.g. --config.model.scan_unroll=1]
 #   TINY=0 TITAN=none BASE=".peers/v1 .peers/v2" bash benchmarks/proxies_vs_titan.sh  # A/B/C, step times only
 # $OUT gets log.txt, ours.jsonl, titan_results.{txt,json} and logs.tgz (a device call returns at
-# most 8 files). On an H200 it ran in 134-144 s, and 313 s with BASE (session 7: run_t.sh ... run_v.sh
+# most 8 files). On an H200 it ran in 134-184 s, and 313-338 s with BASE (session 7: run_t.sh ... run_v.sh
 # in benchmarks/results/h200_2026-12-02_session7/), plus the machine's start.
 set -u
 source "$(dirname "$0")/device_env.sh"

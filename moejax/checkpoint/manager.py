@@ -170,10 +170,11 @@ def params_metadata(directory: str):
   if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
     with ocp.StandardCheckpointer() as ckpt:
       return ckpt.metadata(os.path.join(d, PARAMS_ITEM)).item_metadata.tree
-  for step_dir in _step_dirs(directory, f"checkpoint.load_params={directory}"):
-    with ocp.PyTreeCheckpointer() as ckpt:
-      return ckpt.metadata(os.path.join(step_dir, "state")).item_metadata.tree[PARAMS_ITEM]
-  return None
+  steps = _step_dirs(directory, f"checkpoint.load_params={directory}")
+  if not steps:
+    return None
+  with ocp.PyTreeCheckpointer() as ckpt:
+    return ckpt.metadata(os.path.join(steps[0], "state")).item_metadata.tree[PARAMS_ITEM]
 
 
 def load_params(directory: str, abstract_params, shardings):

@@ -2,10 +2,11 @@
 
 A moejax leaf of the scanned decoder is [repeats, ...] (experts: [repeats, E, ...]); a block is
 one layer's slice (one expert's for experts). With `model.scan_layers=False` a leaf is one
-layer's (decoder/layer_k) and a block the whole leaf or one expert's slice. A `Rule` turns the HF tensors of one block into
-the block and back, bit for bit: transposes, head splits, gate/up interleaving of w1 (see
-moejax/moe/experts.py), DeepSeek's interleaved rotary pairs de-interleaved into the rotate-half
-layout (moejax/layers/rotary.py), and vocabulary rows padded with zeros (cut on the way back).
+layer's (decoder/layer_k) and a block the whole leaf or one expert's slice. A `Rule` turns the HF
+tensors of one block into the block and back, bit for bit: transposes, head splits, gate/up
+interleaving of w1 (see moejax/moe/experts.py), DeepSeek's interleaved rotary pairs de-interleaved
+into the rotate-half layout (moejax/layers/rotary.py), and vocabulary rows padded with zeros (cut
+on the way back).
 """
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ def upcycle_params(dense: dict, moe: dict, dense_pattern, moe_pattern, spec) -> 
   return {**dense, "decoder": {**decoder, **stack_layers(layers, moe_pattern, spec.scan_layers)}}
 
 
-def _stacked_sharding(shardings):
-  sh = shardings[0]  # one layer's: the stack adds a leading, unsharded layers axis
+def _stacked_sharding(layers):
+  sh = layers[0]  # one layer's sharding: the stack adds a leading, unsharded layers axis
   return NamedSharding(sh.mesh, P(None, *sh.spec)) if isinstance(sh, NamedSharding) else sh
 
 
