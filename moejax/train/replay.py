@@ -5,8 +5,8 @@ Used for RL (recompute log-probs with the rollout's routing) and for debugging.
 The ids live in two variable collections read/written by `TopKRouter`:
 `routing_record` (written when mutable) and `routing_replay` (read when given);
 both are scanned with the layers, so a tree holds, per segment of the decoder,
-int32 ids [repeats, tokens, K]. A step's file stacks its micro-batches first:
-[num_micro, repeats, tokens, K]. As in Megatron, replay replaces only the
+int32 ids [repeats, tokens, K] (per layer [tokens, K] with `model.scan_layers=False`).
+A step's file stacks its micro-batches first: [num_micro, repeats, tokens, K]. As in Megatron, replay replaces only the
 top-k selection: the weights are the scores of the replayed experts.
 """
 from __future__ import annotations

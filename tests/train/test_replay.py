@@ -1,6 +1,7 @@
 """Router replay (moejax/train/replay.py): recorded expert choices reproduce a step's loss."""
 import jax
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from moejax.train import replay
@@ -8,9 +9,12 @@ from moejax.train.loss import loss_fn
 from moejax.train.step import make_train_step
 
 
-def test_replay_reproduces_the_recorded_step_loss(small_moe_config, single_device_setup, small_moe_tokens, tmp_path):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "per-layer"])
+def test_replay_reproduces_the_recorded_step_loss(small_moe_config, single_device_setup, small_moe_tokens, tmp_path,
+                                                  scan_layers):
   tokens = small_moe_tokens
   cfg = small_moe_config(router_load_balancing_type="aux_loss", aux_loss_coeff=1e-2)
+  cfg.model.scan_layers = scan_layers  # ids per segment [repeats, tokens, K], or per layer [tokens, K]
   layout, rules, model, opt, sched, state, _, _ = single_device_setup(cfg)
   path = str(tmp_path / "routing.npz")
   with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
