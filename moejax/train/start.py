@@ -38,13 +38,18 @@ def _layer_sharding(sh, _):
   return NamedSharding(sh.mesh, P(*sh.spec[1:])) if isinstance(sh, NamedSharding) else sh
 
 
-def load_weights(load, src: str, spec, abstract, shardings):
-  """`load(src, abstract, shardings)` (load_params or load_moe_state) from weights saved with either
-  layout of the decoder's layers (`model.scan_layers`): restored as they were saved, then laid out
-  as this model's on the device (for that moment the weights are there twice)."""
+def saved_scan_layers(src: str) -> bool | None:
+  """The `model.scan_layers` the weights in `src` were saved with (None: no decoder layers)."""
   decoder = (params_metadata(src) or {}).get("decoder", {})
-  saved = True if any(k.startswith("segment_") for k in decoder) else (
-      False if any(k.startswith("layer_") for k in decoder) else None)
+  if any(k.startswith("segment_") for k in decoder):
+    return True
+  return False if any(k.startswith("layer_") for k in decoder) else None
+
+
+def load_weights(load, src: str, saved: bool | None, spec, abstract, shardings):
+  """`load(src, abstract, shardings)` (load_params or load_moe_state) from weights saved with either
+  layout of the decoder's layers (`saved`, from `saved_scan_layers`): restored as they were saved,
+  then laid out as this model's on the device (for that moment the weights are there twice)."""
   if saved is None or saved == spec.scan_layers or "decoder" not in (abstract or {}):
     return load(src, abstract, shardings)
   to = lambda scan_layers, **ops: lambda tree: {  # noqa: E731
@@ -58,7 +63,8 @@ def _upcycled(cfg, model: GPTModel, shardings: TrainState, mesh, rules):
   spec, t = model.spec, cfg.train
   dense_spec = spec.replace(num_experts=None, use_upcycling=False)
   dense_abstract, dense_shardings, _ = param_shardings(GPTModel(dense_spec), t.seq_length, mesh, rules)
-  dense = load_weights(load_params, cfg.checkpoint.load_params, dense_spec, dense_abstract, dense_shardings)
+  src = cfg.checkpoint.load_params
+  dense = load_weights(load_params, src, saved_scan_layers(src), dense_spec, dense_abstract, dense_shardings)
   moe = init_params(model, t.seq_length, t.seed, shardings.params)
   upcycle = lambda d, m: upcycle_params(d, m, dense_spec.moe_pattern, spec.moe_pattern, spec)  # noqa: E731
   return jax.jit(upcycle, out_shardings=shardings.params)(dense, moe)
@@ -75,9 +81,10 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
                          "weights) to build the experts from"])
     params = _upcycled(cfg, model, shardings, mesh, rules)
   elif src:
-    params = load_weights(load_params, src, model.spec, abstract.params, shardings.params)
+    saved = saved_scan_layers(src)
+    params = load_weights(load_params, src, saved, model.spec, abstract.params, shardings.params)
     # e.g. converted expert biases
-    moe_state = load_weights(load_moe_state, src, model.spec, abstract.moe_state, shardings.moe_state)
+    moe_state = load_weights(load_moe_state, src, saved, model.spec, abstract.moe_state, shardings.moe_state)
   state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
   if moe_state is not None:
     state = state.replace(moe_state=moe_state)

@@ -15,7 +15,7 @@ from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import make_mesh
 from moejax.parallel.sharding import logical_axis_rules
 from moejax.train.optim import make_optimizer
-from moejax.train.state import init_state, state_shardings
+from moejax.train.state import init_state, setup, state_shardings
 
 
 def _setup(**parallel):
@@ -97,19 +97,21 @@ def test_an_unreadable_checkpoint_is_one_line_moved_aside_and_the_previous_one_r
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2.corrupt"]
 
 
+def _refusal(base, cfg) -> str:
+  """The error of restoring `base`'s newest checkpoint into the state of `cfg` on one device."""
+  parts = setup(cfg, jax.devices()[:1])
+  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+    with pytest.raises(RunError) as e:
+      ckpt.restore(parts.abstract, parts.shardings)
+  return str(e.value)
+
+
 def test_a_changed_expert_count_is_refused_naming_the_keys(two_steps, small_moe_config):
   """Finding 7 on the MoE model: moe.num_experts=16 on an 8-expert checkpoint."""
   base, _, _ = two_steps
   cfg = small_moe_config()
   cfg.moe.num_experts = 16
-  layout = make_mesh(cfg, jax.devices()[:1])
-  rules = logical_axis_rules(layout)
-  with nn.logical_axis_rules(rules):
-    abstract16, shardings16 = state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 32, layout.mesh, rules)
-  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
-    with pytest.raises(RunError) as e:
-      ckpt.restore(abstract16, shardings16)
-  msg = str(e.value)
+  msg = _refusal(base, cfg)
   assert "\n" not in msg and "params.decoder.segment_0.block_0.moe.experts.w1 is [2, 8, 32, 64] there, " \
       "[2, 16, 32, 64] in the config" in msg and "(and 6 more)" in msg
   assert f"--config.checkpoint.load_params={base}" in msg
@@ -122,15 +124,9 @@ def test_another_layer_layout_is_refused_naming_scan_layers(two_steps, small_moe
   base, _, _ = two_steps
   cfg = small_moe_config()
   cfg.model.scan_layers = False
-  layout = make_mesh(cfg, jax.devices()[:1])
-  rules = logical_axis_rules(layout)
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 32, layout.mesh, rules)
-  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
-    with pytest.raises(RunError) as e:
-      ckpt.restore(abstract, shardings)
+  msg = _refusal(base, cfg)
   assert "the checkpoint holds the decoder's layers stacked (model.scan_layers=True) and the config wants " \
-      "them one by one (model.scan_layers=False)" in str(e.value) and "\n" not in str(e.value)
+      "them one by one (model.scan_layers=False)" in msg and "\n" not in msg
 
 
 def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tmp_path):

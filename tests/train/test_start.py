@@ -9,11 +9,8 @@ from moejax.checkpoint.manager import load_moe_state, load_params, save_params
 from moejax.config import base_config, model_spec
 from moejax.models.decoder import relayout
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import make_mesh
-from moejax.parallel.sharding import logical_axis_rules
-from moejax.train.optim import make_optimizer
-from moejax.train.start import load_weights
-from moejax.train.state import state_shardings
+from moejax.train.start import load_weights, saved_scan_layers
+from moejax.train.state import setup
 
 
 def _cfg(scan_layers, **parallel):
@@ -24,13 +21,6 @@ def _cfg(scan_layers, **parallel):
                router_score_function="sigmoid", router_enable_expert_bias=True)
   c.parallel.update(**parallel)
   return c
-
-
-def _abstract(cfg, devices):
-  layout = make_mesh(cfg, devices)
-  rules = logical_axis_rules(layout)
-  with nn.logical_axis_rules(rules):
-    return state_shardings(GPTModel(model_spec(cfg)), make_optimizer(cfg), 16, layout.mesh, rules)
 
 
 def _equal(a, b):
@@ -47,11 +37,12 @@ def test_weights_of_either_layer_layout_load_into_the_other(tmp_path):
     moe_state = jax.tree.map(lambda a: a + 0.25, moe_state)  # biases that are not the init's zeros
     src = tmp_path / f"saved_scan_{saved_scan}"
     save_params(str(src), params, moe_state)
-    cfg = _cfg(run_scan, ep=4)
-    abstract, shardings = _abstract(cfg, jax.devices())
-    run_spec = model_spec(cfg)
-    got = load_weights(load_params, str(src), run_spec, abstract.params, shardings.params)
-    got_state = load_weights(load_moe_state, str(src), run_spec, abstract.moe_state, shardings.moe_state)
+    parts = setup(_cfg(run_scan, ep=4), jax.devices())  # the run's own state placement, as train.py's
+    abstract, shardings, run_spec = parts.abstract, parts.shardings, parts.model.spec
+    saved = saved_scan_layers(str(src))
+    assert saved is saved_scan
+    got = load_weights(load_params, str(src), saved, run_spec, abstract.params, shardings.params)
+    got_state = load_weights(load_moe_state, str(src), saved, run_spec, abstract.moe_state, shardings.moe_state)
     as_run = lambda t: {**t, "decoder": relayout(t["decoder"], pattern, run_scan)}  # noqa: E731
     _equal(jax.device_get(got), jax.device_get(as_run(params)))
     _equal(jax.device_get(got_state), jax.device_get(as_run(moe_state)))
