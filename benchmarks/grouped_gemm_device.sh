@@ -14,12 +14,12 @@ timeout 120 python3 "$R/benchmarks/grouped_gemm.py" --check-only 2>&1 | grep -vE
 for step in ${MODE//+/ }; do
   if [ "$step" = tune ]; then
     # (m, experts, k, n) of fc1 (H -> 2F) and fc2 (F -> H): Qwen3-30B-A3B, DeepSeek-V3 EP32,
-    # Mixtral; TUNE_SHAPES="m e k n;..." tunes only those.
+    # Mixtral; TUNE_SHAPES="m e k n;..." tunes only those; TUNE_ALPHA=100 on near-equal groups.
     ALL="65536 128 768 2048;65536 128 2048 1536;32768 8 2048 7168;32768 8 7168 4096;32768 8 14336 4096;32768 8 4096 28672"
     IFS=';' read -ra SHAPES <<< "${TUNE_SHAPES:-$ALL}"
     for s in "${SHAPES[@]}"; do
       set -- $s
-      timeout ${TUNE_TIMEOUT:-100} python3 -m moejax.kernels.grouped_gemm.autotune --m $1 --e $2 --k $3 --n $4 --quick 2>&1 \
+      timeout ${TUNE_TIMEOUT:-100} python3 -m moejax.kernels.grouped_gemm.autotune --m $1 --e $2 --k $3 --n $4 --quick --alpha ${TUNE_ALPHA:-1} 2>&1 \
         | tee -a "$OUTDIR/tune.log" | grep -E "BEST|failed|wrong" | grep -v "shared memory"
     done
     cp /tmp/pp/moejax/kernels/grouped_gemm/tiles.json "$OUTDIR/tiles.json"

@@ -3,8 +3,8 @@
   python benchmarks/train_step.py --config configs/proxies/mixtral_width.py [--config.a.b=v ...]
       [--steps 20] [--warmup 3] [--profile DIR] [--out FILE.json] [--tag NAME]
 
-Warm-up steps, then timed steps one after another, each fetching its metrics as train.py's loop
-does; prints tokens/s, TFLOP/s per device (REFERENCE.md §3's count), MFU against 989 TFLOP/s and
+Warm-up steps, then timed steps one after another, as train.py's loop runs them (a step's metrics
+are read once the next step is queued); prints tokens/s, TFLOP/s per device (REFERENCE.md §3's count), MFU against 989 TFLOP/s and
 against a dense 8192³ bf16 matmul timed in the same process, peak device memory and compile time.
 `--profile DIR` writes a jax.profiler trace of two more steps (benchmarks/profile_breakdown.py sums
 it by kind).
@@ -65,22 +65,38 @@ def run(cfg) -> dict:
     state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, len(devices), bsh)
-    step = make_train_step(model, optimizer, schedule, forward_backward_of(cfg, model, t.seq_length),
-                           placement=placement, check_finite=t.check_for_nan_in_loss_and_grad)
-    step_fn = jax.jit(step, in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)),
+    train_step = make_train_step(model, optimizer, schedule, forward_backward_of(cfg, model, t.seq_length),
+                                 placement=placement, check_finite=t.check_for_nan_in_loss_and_grad)
+    step_fn = jax.jit(train_step, in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)),
                       donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[0], bsh)).compile()
     compile_s = time.perf_counter() - t0
-    times, step = [], 0
-    for i in range(_WARMUP.value + _STEPS.value):
-      batch = device_batch(dataset[step], bsh)
-      t0 = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      metrics = jax.device_get(metrics)
-      if i >= _WARMUP.value:
-        times.append(time.perf_counter() - t0)
-      step += 1
+    step = 0
+
+    def run_steps(n):
+      """n steps as train.py's loop runs them: a step's metrics are read once the next one is
+      queued (the last one's at the end). Returns each step's time, from its dispatch or the
+      previous step's end, whichever is later."""
+      nonlocal state, step
+      times, pending, last_end = [], None, 0.0
+      for i in range(n + 1):
+        queued = None
+        if i < n:
+          batch = device_batch(dataset[step], bsh)
+          t0 = time.perf_counter()
+          state, metrics = compiled(state, batch)
+          queued, step = (metrics, t0), step + 1
+        if pending is not None:
+          jax.device_get(pending[0])
+          end = time.perf_counter()
+          times.append(end - max(pending[1], last_end))
+          last_end = end
+        pending = queued
+      return times, jax.device_get(metrics)
+
+    run_steps(_WARMUP.value)
+    times, metrics = run_steps(_STEPS.value)
     if _PROFILE.value:  # two more steps, traced as train.py's logging.profile does
       profiler = StepProfiler(_PROFILE.value, step, step + 2, compiled=compiled)
       for _ in range(2):

@@ -3,8 +3,9 @@
   python -m moejax.kernels.grouped_gemm.autotune --m 32768 --e 8 --k 4096 --n 28672
 
 Times every candidate tile of the three kernel calls a grouped_gemm of x[m,k]
-@ w[e,k,n] makes (fwd, dgrad with k and n swapped, wgrad) on Dirichlet group
-sizes (seed 0), checks that every candidate agrees with the first (the benchmark
+@ w[e,k,n] makes (fwd, dgrad with k and n swapped, wgrad) on Dirichlet(alpha) group
+sizes (seed 0; alpha=1 is strongly imbalanced, alpha=100 near-equal as in a step with
+balanced routing, and the best tile order differs between the two), checks that every candidate agrees with the first (the benchmark
 checks the stored winners against an fp32 reference), and stores the fastest one
 per call. `--dry-run` prints without writing.
 """
@@ -66,10 +67,10 @@ def dirichlet_sizes(m, e, seed=0, alpha=1.0) -> np.ndarray:
   return s.astype(np.int32)
 
 
-def inputs(m, e, k, n):
+def inputs(m, e, k, n, alpha=1.0):
   """(group sizes, x [m,k], dy [m,n], w [e,k,n]) in bf16, seed 0: the tuning data."""
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
-  return (jnp.asarray(dirichlet_sizes(m, e)), jax.random.normal(kx, (m, k), jnp.bfloat16),
+  return (jnp.asarray(dirichlet_sizes(m, e, alpha=alpha)), jax.random.normal(kx, (m, k), jnp.bfloat16),
           jax.random.normal(kd, (m, n), jnp.bfloat16),
           (jax.random.normal(kw, (e, k, n), jnp.float32) / np.sqrt(k)).astype(jnp.bfloat16))
 
@@ -83,8 +84,8 @@ def kernel_call(op, cfg, gs, x, dy, w):
   return jax.jit(lambda a, b: mosaic.ragged_contract(a, b, gs, cfg=cfg)), (x, dy)
 
 
-def tune_shape(m, e, k, n, quick=False, log=print):
-  data = inputs(m, e, k, n)
+def tune_shape(m, e, k, n, quick=False, alpha=1.0, log=print):
+  data = inputs(m, e, k, n, alpha)
   flops = 2.0 * m * k * n
   entries = []
   # (op, its contracting dim, its output dim): dgrad contracts n into k.
@@ -114,7 +115,7 @@ def tune_shape(m, e, k, n, quick=False, log=print):
     if best is not None:
       entries.append({"op": op, "m": m, "g": e, "k": ck, "n": cn,
                       "cfg": dataclasses.asdict(best[0]), "tflops": round(best[1], 1),
-                      "device": jax.devices()[0].device_kind})
+                      "alpha": alpha, "device": jax.devices()[0].device_kind})
   return entries
 
 
@@ -125,12 +126,14 @@ def main():
   ap.add_argument("--k", type=int, required=True, help="contracting dim of fwd")
   ap.add_argument("--n", type=int, required=True, help="output dim of fwd")
   ap.add_argument("--quick", action="store_true", help="fewer candidates")
+  ap.add_argument("--alpha", type=float, default=1.0,
+                  help="Dirichlet concentration of the group sizes (100: near-equal groups)")
   ap.add_argument("--dry-run", action="store_true", help="print, do not write")
   a = ap.parse_args()
   if jax.devices()[0].platform != "gpu":
     raise SystemExit("autotune needs a Hopper GPU (found "
                      f"{jax.devices()[0].platform}); run it on the device")
-  entries = tune_shape(a.m, a.e, a.k, a.n, quick=a.quick)
+  entries = tune_shape(a.m, a.e, a.k, a.n, quick=a.quick, alpha=a.alpha)
   for e in entries:
     print("BEST", e)
   if not a.dry_run:

@@ -3,7 +3,8 @@
 Expert weights: w1 [E, H, 2F] with gate and up interleaved along the last axis
 ((f, 0) gate, (f, 1) up), so sharding 2F over expert-TP keeps each pair on one
 device whatever etp is; w2 [E, F, H]. The computation is the pure function
-`grouped_mlp` of (rows sorted by expert, group sizes, routing probs, weights).
+`grouped_mlp` of (rows sorted by expert, group sizes, routing probs, weights); its activation
+`weighted_swiglu` is Megatron's fused weighted SwiGLU (the routing prob scales each row).
 """
 from __future__ import annotations
 
@@ -25,15 +26,48 @@ def swiglu_interleaved(h_M2F):
   return jax.nn.silu(h[..., 0]) * h[..., 1]
 
 
+@jax.custom_vjp
+def weighted_swiglu(h_R2F, probs_R):
+  """silu(gate) · up · prob per row, computed in fp32 and returned in h's dtype.
+
+  Its VJP keeps only (h, probs), as Megatron's fused weighted SwiGLU does: autodiff would also
+  store silu(gate) · up for the probs' gradient, a third array of h's rows (benchmarks/RESULTS.md).
+  """
+  return _weighted_swiglu_fwd(h_R2F, probs_R)[0]
+
+
+def _weighted_swiglu_fwd(h_R2F, probs_R):
+  h = h_R2F.astype(jnp.float32).reshape(*h_R2F.shape[:-1], -1, 2)
+  out = jax.nn.silu(h[..., 0]) * h[..., 1] * probs_R[:, None].astype(jnp.float32)
+  return out.astype(h_R2F.dtype), (h_R2F, probs_R)
+
+
+def _weighted_swiglu_bwd(res, g_RF):
+  """dh and dprobs from one elementwise graph over the [R, F, 2] pairs (each element reads its gate
+  and up), so XLA can compute both in one pass over h and g (a reduction with an elementwise
+  output) instead of a pass each. The barrier keeps XLA from sharing the forward's fp32 gate values
+  with this pass, which would keep them alive from the forward to here (2x h's bytes)."""
+  h_R2F, probs_R = jax.lax.optimization_barrier(res)
+  h = h_R2F.astype(jnp.float32).reshape(*h_R2F.shape[:-1], -1, 2)
+  gate, up = h[..., :1], h[..., 1:]                        # [R, F, 1] each
+  sig = jax.nn.sigmoid(gate)
+  silu = gate * sig
+  g = g_RF.astype(jnp.float32)[..., None]                  # [R, F, 1]
+  is_gate = jax.lax.broadcasted_iota(jnp.int32, h.shape, h.ndim - 1) == 0
+  p = probs_R.astype(jnp.float32)[:, None, None]
+  dh = g * p * jnp.where(is_gate, up * sig * (1 + gate * (1 - sig)), silu)
+  dprobs = jnp.where(is_gate, g * silu * up, 0.0).sum(axis=(-2, -1))
+  return dh.reshape(h_R2F.shape).astype(h_R2F.dtype), dprobs.astype(probs_R.dtype)
+
+
+weighted_swiglu.defvjp(_weighted_swiglu_fwd, _weighted_swiglu_bwd)
+
+
 def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto", spec: ModelSpec | None = None):
   """Gated expert MLP over rows sorted by expert; the routing prob scales the activation.
   With `spec`, the fc1 input and output carry their offload names and the activation is
   recomputed when `moe_act` is selected (moejax/layers/memory.py)."""
-  dtype = x_RH.dtype
-
-  def act(h_R2F, probs_R):
-    return (swiglu_interleaved(h_R2F) * probs_R[:, None].astype(h_R2F.dtype)).astype(dtype)
-
+  act = weighted_swiglu
   if spec is not None:
     x_RH, act = tag(x_RH, "expert_fc1"), remat_fn(spec, "moe_act", act)
   h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)

@@ -152,35 +152,66 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     lg = cfg.logging
     profiler = StepProfiler(os.path.join(workdir, "profile"), lg.profile_step_start, lg.profile_step_end,
                             lg.profile, compiled)
-    step, nonfinite_run = start, 0
+    nonfinite_run, last_end = 0, 0.0
+
+    def read(step, metrics, t0) -> dict:
+      """Step `step`'s metrics once it has finished; its time runs from its dispatch or the previous
+      step's end, whichever is later (so, with the next step queued behind it, end to end)."""
+      nonlocal last_end
+      metrics = jax.device_get(metrics)
+      end = time.perf_counter()
+      dt, last_end = end - max(t0, last_end), end
+      profiler.after(step)
+      tps = tokens_per_step / dt
+      tflops = flops_per_token * tps / n_dev / 1e12
+      record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
+      record.update(moe_records(metrics, cfg.logging.moe_per_layer))
+      record.update(step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
+                    mfu=(tflops / peak) if peak else None)
+      return record
+
+    def log(step, record) -> bool:
+      """Logs step `step`'s record; returns whether its loss and gradient norm were finite."""
+      nonlocal nonfinite_run
+      history.append({"step": step + 1, **record})
+      finite = math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+      nonfinite_run = 0 if finite else nonfinite_run + 1
+      writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start
+                   or step + 1 == t.train_iters or not finite)
+      if nonfinite_run:
+        _check_nonfinite(step + 1, record, nonfinite_run, t, ckpt.latest_step())
+      return finite
+
+    def state_read_after(step) -> bool:
+      """Whether the state after `step` is read (saved, evaluated, traced) before the next step runs."""
+      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters
+              or (eval_fn is not None and (step + 1) % t.eval_interval == 0)
+              or (lg.profile and lg.profile_step_start - 1 <= step < lg.profile_step_end))
+
+    # One step stays queued on the device: step k's metrics are read once step k + 1 is dispatched,
+    # so the host's work between steps (logging, the next batch, the dispatch itself) overlaps the
+    # device. Steps whose state is read right after them (saves, evaluation, the profile, a stop
+    # signal, the last step) are read before the next dispatch instead.
+    pending = None  # (step, metrics, dispatch time) of a step whose metrics are not read yet
     try:
       for step in range(start, t.train_iters):
         batch = device_batch(dataset[step], bsh)
         profiler.before(step)
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
-        metrics = jax.device_get(metrics)
-        dt = time.perf_counter() - t0
-        profiler.after(step)
-        tps = tokens_per_step / dt
-        tflops = flops_per_token * tps / n_dev / 1e12
-        record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
-        record.update(moe_records(metrics, cfg.logging.moe_per_layer))
-        record.update(step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
-                      mfu=(tflops / peak) if peak else None)
+        if pending is not None:
+          log(pending[0], read(*pending))
+        pending = (step, metrics, t0)
+        if not (state_read_after(step) or stop.set):
+          continue
+        record = read(*pending)
+        pending = None
         if eval_fn is not None and (step + 1) % t.eval_interval == 0:
           record.update(evaluate(eval_fn, state.params, eval_dataset, (step + 1) // t.eval_interval,
                                  t.eval_iters, bsh))
           print(f"step {step + 1} | eval_loss {record['eval_loss']:.4g} | eval_ppl "
                 f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
-        history.append({"step": step + 1, **record})
-        last = step + 1 == t.train_iters
-        finite = math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
-        nonfinite_run = 0 if finite else nonfinite_run + 1
-        writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start or last
-                     or not finite)
-        if nonfinite_run:
-          _check_nonfinite(step + 1, record, nonfinite_run, t, ckpt.latest_step())
+        finite = log(step, record)
         stopping = stop.set  # read once: a signal between save and check must not skip the save
         if finite:  # a state whose last step was not finite is never saved
           ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
