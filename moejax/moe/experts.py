@@ -65,15 +65,19 @@ weighted_swiglu.defvjp(_weighted_swiglu_fwd, _weighted_swiglu_bwd)
 
 def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "auto", spec: ModelSpec | None = None):
   """Gated expert MLP over rows sorted by expert; the routing prob scales the activation.
-  With `spec`, the fc1 input and output carry their offload names and the activation is
-  recomputed when `moe_act` is selected (moejax/layers/memory.py)."""
-  act = weighted_swiglu
+  With `spec`, the fc1 input and output carry their offload names, and with `moe_act` selected for
+  recomputation the activation's output (fc2's input) is not kept but recomputed from fc1's output
+  in the backward pass, as Megatron's `--recompute-modules moe_act` does (moejax/layers/memory.py)."""
+
+  def act_fc2(h_R2F, probs_R, w2_EFH):
+    return grouped_gemm(weighted_swiglu(h_R2F, probs_R), w2_EFH, group_sizes_E, impl=impl)
+
   if spec is not None:
-    x_RH, act = tag(x_RH, "expert_fc1"), remat_fn(spec, "moe_act", act)
+    x_RH, act_fc2 = tag(x_RH, "expert_fc1"), remat_fn(spec, "moe_act", act_fc2)
   h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)
   if spec is not None:
     h_R2F = tag(h_R2F, "moe_act")
-  return grouped_gemm(act(h_R2F, probs_R), w2_EFH, group_sizes_E, impl=impl)
+  return act_fc2(h_R2F, probs_R, w2_EFH)
 
 
 class _ExpertWeights(nn.Module):

@@ -35,7 +35,8 @@ dense FFN, F the expert FFN, E experts, and d bytes of `model.dtype`:
              latents d·Tn·(q_lora + kv_lora + rope)
   dense MLP  norm + 6·d·T·f/tp (gate, up, SwiGLU's intermediates, fc2 input)
   MoE        norm + 4·Tn·h (the router's fp32 input) + 8·Tn·E (fp32 logits, probabilities)
-             + d·R·h (fc1 input rows) + 7·d·R·F/etp (the expert SwiGLU's tensors), R rows per GPU
+             + d·R·h (fc1 input rows) + 3·d·R·F/etp (fc1's output and the weighted SwiGLU's, which
+             keeps nothing else: `weighted_swiglu`), R rows per GPU
              (`expert_rows`): Tn·K·ep·etp, the static worst case of a dropless layer (all of the ep
              group's pairs could come here), bounded by `moe.exchange_capacity_factor`·Tn·K
              (alltoall) or the expert capacity under token dropping; shared experts as a dense
@@ -45,7 +46,7 @@ dense FFN, F the expert FFN, E experts, and d bytes of `model.dtype`:
 
 Recompute choices (`train.recompute_granularity`): none keeps all of it; selective is
 `recompute_modules=SELECTIVE` (core_attn: no scores, probabilities or repeated KV heads;
-layernorm: a norm keeps only its input; moe_act: the experts keep only fc1's output, 2 of the 7);
+layernorm: a norm keeps only its input; moe_act: the experts keep only fc1's output, 2 of the 3);
 full keeps each layer's input d·Tn·h and, while one layer is
 recomputed, that layer's full set. Without pp, all layers of one micro-batch are kept (gradient
 accumulation runs micro-batches one after another). With pp (moejax's schedules, moejax/parallel/
@@ -107,7 +108,7 @@ def _layer_activations(spec: ModelSpec, is_moe: bool, z: ParallelSizes, seq: int
     return attn + norm + 6 * d * T * spec.ffn_hidden_size / tp
   m, F = spec.moe, spec.moe_ffn_hidden_size
   R = expert_rows(spec, z, Tn)
-  moe = norm + 8 * Tn * m.num_experts + d * R * h + (2 if selective else 7) * d * R * F / z.etp + 4 * Tn * h
+  moe = norm + 8 * Tn * m.num_experts + d * R * h + (2 if selective else 3) * d * R * F / z.etp + 4 * Tn * h
   if m.shared_expert_intermediate_size:
     moe += 6 * d * T * m.shared_expert_intermediate_size / tp
   return attn + moe
