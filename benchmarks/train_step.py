@@ -4,8 +4,9 @@
       [--steps 20] [--warmup 3] [--profile DIR] [--out FILE.json] [--tag NAME]
 
 Warm-up steps, then timed steps one after another, as train.py's loop runs them (a step's metrics
-are read once the next step is queued); prints tokens/s, TFLOP/s per device (REFERENCE.md §3's count), MFU against 989 TFLOP/s and
-against a dense 8192³ bf16 matmul timed in the same process, peak device memory and compile time.
+are read once the next step is queued); prints tokens/s, TFLOP/s per device (REFERENCE.md §3's
+count), MFU against 989 TFLOP/s and against a dense 8192³ bf16 matmul timed in the same process,
+peak device memory and compile time.
 `--profile DIR` writes a jax.profiler trace of two more steps (benchmarks/profile_breakdown.py sums
 it by kind).
 """

@@ -5,7 +5,7 @@
 Times every candidate tile of the three kernel calls a grouped_gemm of x[m,k]
 @ w[e,k,n] makes (fwd, dgrad with k and n swapped, wgrad) on Dirichlet(alpha) group
 sizes (seed 0; alpha=1 is strongly imbalanced, alpha=100 near-equal as in a step with
-balanced routing, and the best tile order differs between the two), checks that every candidate agrees with the first (the benchmark
+balanced routing), checks that every candidate agrees with the first (the benchmark
 checks the stored winners against an fp32 reference), and stores the fastest one
 per call. `--dry-run` prints without writing.
 """
