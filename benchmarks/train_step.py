@@ -27,6 +27,7 @@ from moejax.data.loader import device_batch, make_dataset
 from moejax.metrics.flops import num_params, train_flops_per_token
 from moejax.metrics.profile import StepProfiler
 from moejax.parallel.sharding import batch_sharding, replicated
+from moejax.train.loop import queued_steps
 from moejax.train.optim import lr_schedule
 from moejax.train.pipeline import forward_backward_of
 from moejax.train.state import init_state, setup
@@ -73,31 +74,19 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[0], bsh)).compile()
     compile_s = time.perf_counter() - t0
-    step = 0
 
-    def run_steps(n):
-      """n steps as train.py's loop runs them: a step's metrics are read once the next one is
-      queued (the last one's at the end). Returns each step's time, from its dispatch or the
-      previous step's end, whichever is later."""
-      nonlocal state, step
-      times, pending, last_end = [], None, 0.0
-      for i in range(n + 1):
-        queued = None
-        if i < n:
-          batch = device_batch(dataset[step], bsh)
-          t0 = time.perf_counter()
-          state, metrics = compiled(state, batch)
-          queued, step = (metrics, t0), step + 1
-        if pending is not None:
-          jax.device_get(pending[0])
-          end = time.perf_counter()
-          times.append(end - max(pending[1], last_end))
-          last_end = end
-        pending = queued
-      return times, jax.device_get(metrics)
+    def run_step(k):
+      nonlocal state
+      state, metrics = compiled(state, device_batch(dataset[k], bsh))
+      return metrics
 
-    run_steps(_WARMUP.value)
-    times, metrics = run_steps(_STEPS.value)
+    def run_steps(first, n):  # steps queued as train.py's loop queues them
+      return list(queued_steps(run_step, range(first, first + n), lambda k: False))
+
+    run_steps(0, _WARMUP.value)
+    timed = run_steps(_WARMUP.value, _STEPS.value)
+    times, metrics = [dt for _, _, dt, _ in timed], timed[-1][1]
+    step = _WARMUP.value + _STEPS.value
     if _PROFILE.value:  # two more steps, traced as train.py's logging.profile does
       profiler = StepProfiler(_PROFILE.value, step, step + 2, compiled=compiled)
       for _ in range(2):

@@ -37,8 +37,7 @@ def weighted_swiglu(h_R2F, probs_R):
 
 
 def _weighted_swiglu_fwd(h_R2F, probs_R):
-  h = h_R2F.astype(jnp.float32).reshape(*h_R2F.shape[:-1], -1, 2)
-  out = jax.nn.silu(h[..., 0]) * h[..., 1] * probs_R[:, None].astype(jnp.float32)
+  out = swiglu_interleaved(h_R2F.astype(jnp.float32)) * probs_R[:, None].astype(jnp.float32)
   return out.astype(h_R2F.dtype), (h_R2F, probs_R)
 
 

@@ -87,6 +87,36 @@ def _check_nonfinite(step: int, record: dict, run: int, t, last_checkpoint: int 
                  "lower optim.lr or check the data around this step, then resume in the same --workdir")
 
 
+def queued_steps(run_step, steps, read_now):
+  """Runs `run_step(k)` (it dispatches step k and returns its metrics, still on the device) for k in
+  `steps` with one step queued: step k's metrics are read once step k + 1 is dispatched, so the
+  host's work between steps (logging, the next batch, the dispatch itself) overlaps the device.
+  Where `read_now(k)` (the state after k is read right after it) they are read before the next
+  dispatch. Yields (k, metrics on the host, seconds, current), `current` when no later step was
+  dispatched; a step's time runs from its dispatch or the previous step's end, whichever is later
+  (end to end while steps are queued, as torchtitan times its steps)."""
+  pending, last_end = None, 0.0
+
+  def read(k, metrics, t0, current):
+    nonlocal last_end
+    metrics = jax.device_get(metrics)
+    end = time.perf_counter()
+    dt, last_end = end - max(t0, last_end), end
+    return k, metrics, dt, current
+
+  for k in steps:
+    t0 = time.perf_counter()
+    metrics = run_step(k)
+    if pending is not None:
+      yield read(*pending, False)
+    pending = (k, metrics, t0)
+    if read_now(k):
+      yield read(*pending, True)
+      pending = None
+  if pending is not None:
+    yield read(*pending, True)
+
+
 def describe_layout(layout) -> str:
   """The parallel sizes as set and derived, e.g. `8 devices: tp=2 cp=1 pp=1 ep=4 etp=1 -> dp=4 edp=2`."""
   z = layout.sizes
@@ -152,16 +182,16 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     lg = cfg.logging
     profiler = StepProfiler(os.path.join(workdir, "profile"), lg.profile_step_start, lg.profile_step_end,
                             lg.profile, compiled)
-    nonfinite_run, last_end = 0, 0.0
+    nonfinite_run = 0
 
-    def read(step, metrics, t0) -> dict:
-      """Step `step`'s metrics once it has finished; its time runs from its dispatch or the previous
-      step's end, whichever is later (so, with the next step queued behind it, end to end)."""
-      nonlocal last_end
-      metrics = jax.device_get(metrics)
-      end = time.perf_counter()
-      dt, last_end = end - max(t0, last_end), end
-      profiler.after(step)
+    def run_step(step):
+      nonlocal state
+      batch = device_batch(dataset[step], bsh)
+      profiler.before(step)
+      state, metrics = compiled(state, batch)
+      return metrics
+
+    def record_of(metrics, dt) -> dict:
       tps = tokens_per_step / dt
       tflops = flops_per_token * tps / n_dev / 1e12
       record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
@@ -182,30 +212,20 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         _check_nonfinite(step + 1, record, nonfinite_run, t, ckpt.latest_step())
       return finite
 
-    def state_read_after(step) -> bool:
-      """Whether the state after `step` is read (saved, evaluated, traced) before the next step runs."""
-      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters
+    def read_now(step) -> bool:
+      """Whether the state after `step` is read (saved, evaluated, traced, or a stop signal came)
+      before the next step runs."""
+      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters or stop.set
               or (eval_fn is not None and (step + 1) % t.eval_interval == 0)
               or (lg.profile and lg.profile_step_start - 1 <= step < lg.profile_step_end))
 
-    # One step stays queued on the device: step k's metrics are read once step k + 1 is dispatched,
-    # so the host's work between steps (logging, the next batch, the dispatch itself) overlaps the
-    # device. Steps whose state is read right after them (saves, evaluation, the profile, a stop
-    # signal, the last step) are read before the next dispatch instead.
-    pending = None  # (step, metrics, dispatch time) of a step whose metrics are not read yet
     try:
-      for step in range(start, t.train_iters):
-        batch = device_batch(dataset[step], bsh)
-        profiler.before(step)
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        if pending is not None:
-          log(pending[0], read(*pending))
-        pending = (step, metrics, t0)
-        if not (state_read_after(step) or stop.set):
+      for step, metrics, dt, current in queued_steps(run_step, range(start, t.train_iters), read_now):
+        profiler.after(step)
+        record = record_of(metrics, dt)
+        if not current:
+          log(step, record)
           continue
-        record = read(*pending)
-        pending = None
         if eval_fn is not None and (step + 1) % t.eval_interval == 0:
           record.update(evaluate(eval_fn, state.params, eval_dataset, (step + 1) // t.eval_interval,
                                  t.eval_iters, bsh))

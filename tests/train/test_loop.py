@@ -144,3 +144,23 @@ def test_a_changed_model_shape_is_refused_in_one_line(run_copy, small_moe_config
   assert "params.decoder.segment_0.block_0.mlp.down is [2, 64, 32] there, [2, 128, 32] in the config" in msg
   assert "change the config back" in msg and f"--config.checkpoint.load_params={run_copy}" in msg
   assert _steps(run_copy) == ["2", "4", "6"]  # nothing moved aside: the checkpoint is fine
+
+
+def test_queued_steps_read_each_step_after_the_next_dispatch_except_where_asked():
+  """Step k's metrics come back once step k + 1 is dispatched, except after a step whose state is
+  read at once (read_now), which comes back before the next dispatch; every step once, in order."""
+  from moejax.train.loop import queued_steps
+  events = []
+
+  def run_step(k):
+    events.append(("dispatch", k))
+    return jax.numpy.asarray(k)
+
+  for k, metrics, dt, current in queued_steps(run_step, range(6), lambda k: k in (2, 5)):
+    events.append(("read", k, current))
+    assert int(metrics) == k and dt >= 0
+  assert events == [("dispatch", 0), ("dispatch", 1), ("read", 0, False), ("dispatch", 2),
+                    ("read", 1, False), ("read", 2, True), ("dispatch", 3), ("dispatch", 4),
+                    ("read", 3, False), ("dispatch", 5), ("read", 4, False), ("read", 5, True)]
+  tail = [(k, c) for k, _, _, c in queued_steps(run_step, range(2), lambda k: False)]
+  assert tail == [(0, False), (1, True)]  # the last step, read at the end
