@@ -18,6 +18,7 @@ frozen = dataclasses.dataclass(frozen=True)
 
 LoadBalancingType = Literal["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"]
 GroupedGemmImpl = Literal["auto", "pallas", "xla", "tokamax"]
+CrossEntropyImpl = Literal["auto", "pallas", "xla"]
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int) -> int:
@@ -319,6 +320,8 @@ class ModelSpec(Spec, section="model"):
   dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
   # the LM head and its cross-entropy in one chunked pass, no [tokens, vocab] logits (layers/cross_entropy.py)
   cross_entropy_loss_fusion: bool = True
+  # its softmax passes in training: a Pallas Triton kernel (pallas; auto on a GPU) or XLA (xla)
+  cross_entropy_fusion_impl: CrossEntropyImpl = "auto"
   # layers per iteration of the decoder's (or a pipeline stage's) layer loop (lax.scan's unroll);
   # 0 = all: no loop, so no [layers, ...] stacks of activations for the backward pass, at the cost
   # of a longer compile. Params stay stacked either way (same checkpoints)

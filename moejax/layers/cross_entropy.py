@@ -15,7 +15,9 @@ Written by hand because XLA neither chunks nor fuses the head with its loss.
 Passes over a chunk's logits after its GEMM: one for the log-sum-exp (a single online max+sum
 reduction when the vocabulary is whole on each device; max, then sum, when it is split over tp,
 so each stays a reduction that the partitioner all-reduces) and one for d_logits. The labels'
-logits are gathered (a masked sum, another pass, when the vocabulary is split).
+logits are gathered (a masked sum, another pass, when the vocabulary is split). With the vocabulary
+whole, `impl` "pallas" (the default "auto" on a GPU) runs both passes of the training step in one
+Pallas Triton kernel (moejax.kernels.cross_entropy), which XLA's reduction is 3x slower than.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from moejax.config import CrossEntropyImpl
+from moejax.kernels.cross_entropy import softmax_xent_rows
 from moejax.parallel.sharding import logical_axis_size
 
 _CHUNK_ELEMENTS = 1 << 30  # fp32 logits per scan step (4 GiB): few steps, so dw is accumulated few times
@@ -50,9 +54,13 @@ def head_logits(x_BSH, w_HV):
   """x @ w as Megatron's output layer gives it: compute-dtype operands, fp32 accumulation, the
   result rounded to the compute dtype; returned in fp32, where the softmax is taken. In bf16 this
   halves every pass over the logits after the GEMM (benchmarks/RESULTS.md, issue 18)."""
+  return _head_gemm(x_BSH, w_HV).astype(jnp.float32)
+
+
+def _head_gemm(x_BSH, w_HV):
   # the GEMM's own output dtype (fp32 accumulation inside), not an fp32 result cast afterwards:
   # XLA does not fold that cast into the GEMM, which would add a pass over fp32 logits
-  return jnp.einsum("bsh,hv->bsv", x_BSH, w_HV, preferred_element_type=x_BSH.dtype).astype(jnp.float32)
+  return jnp.einsum("bsh,hv->bsv", x_BSH, w_HV, preferred_element_type=x_BSH.dtype)
 
 
 def _chunk_logits(x_BCH, w_HV, num_valid):
@@ -84,21 +92,45 @@ def _lse_and_target(logits_BCV, labels_BC, vocab_split: bool):
   return _online_logsumexp(logits_BCV), jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
 
 
-def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads):
+def _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret):
+  """(lse, target logit, d_logits) of a chunk from the Pallas kernel, on the GEMM's own logits."""
+  logits_BCV = _head_gemm(x_BCH, w_HV)
+  B, C, V = logits_BCV.shape
+  lse_R, target_R, d_RV = softmax_xent_rows(logits_BCV.reshape(B * C, V), labels_BC.reshape(-1),
+                                            weights_BC.reshape(-1), num_valid, interpret=interpret)
+  return lse_R.reshape(B, C), target_R.reshape(B, C), d_RV.reshape(B, C, V)
+
+
+def use_kernel(impl: str, dtype) -> bool:
+  """Whether the training pass runs the Pallas kernel: impl "pallas", or "auto" on a GPU (the
+  kernel takes the compute dtype's logits: bf16/f16)."""
+  if impl not in ("auto", "pallas", "xla"):
+    raise ValueError(f"model.cross_entropy_fusion_impl must be auto, pallas or xla, got {impl!r}")
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return impl == "pallas" or (impl == "auto" and half and jax.devices()[0].platform == "gpu")
+
+
+def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads, impl="auto"):
   B, S, H = x_BSH.shape
   c = chunk_positions(B, S, w_HV.shape[1])
   vocab_split = logical_axis_size("vocab") > 1
+  kernel = with_grads and not vocab_split and use_kernel(impl, x_BSH.dtype)
+  interpret = jax.devices()[0].platform != "gpu"
 
   def step(dw_HV, chunk):
     x_BCH, labels_BC, weights_BC = chunk
-    logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
-    lse_BC, target_BC = _lse_and_target(logits_BCV, labels_BC, vocab_split)
-    loss = jnp.sum(weights_BC * (lse_BC - target_BC))
-    if not with_grads:
-      return dw_HV, (loss, None)
-    d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
-    d_BCV = d_BCV - (jnp.arange(w_HV.shape[1]) == labels_BC[..., None]).astype(d_BCV.dtype)
-    d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
+    if kernel:
+      lse_BC, target_BC, d_BCV = _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret)
+      loss = jnp.sum(weights_BC * (lse_BC - target_BC))
+    else:
+      logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
+      lse_BC, target_BC = _lse_and_target(logits_BCV, labels_BC, vocab_split)
+      loss = jnp.sum(weights_BC * (lse_BC - target_BC))
+      if not with_grads:
+        return dw_HV, (loss, None)
+      d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+      d_BCV = d_BCV - (jnp.arange(w_HV.shape[1]) == labels_BC[..., None]).astype(d_BCV.dtype)
+      d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
     dx_BCH = jnp.einsum("bcv,hv->bch", d_BCV, w_HV, preferred_element_type=jnp.float32).astype(x_BCH.dtype)
     dw_HV = dw_HV + jnp.einsum("bch,bcv->hv", x_BCH, d_BCV, preferred_element_type=jnp.float32)
     return dw_HV, (loss, dx_BCH)
@@ -112,18 +144,18 @@ def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads):
   return loss, _unchunk(dx_NBCH), dw_HV.astype(w_HV.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def linear_cross_entropy(x_BSH, w_HV, labels_BS, weights_BS, num_valid: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def linear_cross_entropy(x_BSH, w_HV, labels_BS, weights_BS, num_valid: int, impl: CrossEntropyImpl = "auto"):
   """Σ_{b,s} weights[b,s] · CE(softmax(x[b,s] @ w)[:num_valid], labels[b,s]), in fp32."""
   return _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads=False)
 
 
-def _fwd(x_BSH, w_HV, labels_BS, weights_BS, num_valid):
-  loss, dx_BSH, dw_HV = _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads=True)
+def _fwd(x_BSH, w_HV, labels_BS, weights_BS, num_valid, impl):
+  loss, dx_BSH, dw_HV = _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, True, impl)
   return loss, (dx_BSH, dw_HV)
 
 
-def _bwd(num_valid, res, g):
+def _bwd(num_valid, impl, res, g):
   dx_BSH, dw_HV = res
   return (dx_BSH * g.astype(dx_BSH.dtype), dw_HV * g.astype(dw_HV.dtype), None, None)
 

@@ -28,7 +28,8 @@ def _loss(x_BSH, w_HV, labels_BS, weights_BS, spec: ModelSpec):
   """Σ weights · cross-entropy of the head x·w at the labels, in fp32."""
   if spec.cross_entropy_loss_fusion:
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
-    return linear_cross_entropy(x_BSH, w_HV.astype(spec.dtype), labels_BS, weights_BS, spec.vocab_size)
+    return linear_cross_entropy(x_BSH, w_HV.astype(spec.dtype), labels_BS, weights_BS, spec.vocab_size,
+                                spec.cross_entropy_fusion_impl)
   return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(_logits(x_BSH, w_HV, spec), labels_BS))
 
 

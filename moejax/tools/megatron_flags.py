@@ -209,7 +209,8 @@ UNMAPPED: dict[str, str] = {
     "--no-masked-softmax-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--moe-permute-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--moe-router-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
-    "--cross-entropy-fusion-impl": "model.cross_entropy_loss_fusion is moejax's own chunked kernel",
+    "--cross-entropy-fusion-impl": "moejax's own fused head and loss (model.cross_entropy_loss_fusion); its softmax "
+                                   "kernel is model.cross_entropy_fusion_impl (auto/pallas/xla)",
     "--overlap-grad-reduce": "XLA schedules the gradient reduce-scatter with the backward pass",
     "--overlap-param-gather": "XLA schedules the parameter all-gather with the forward pass",
     "--tp-comm-overlap": "XLA schedules tensor-parallel collectives; no separate switch",

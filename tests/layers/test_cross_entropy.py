@@ -14,8 +14,10 @@ def _reference(x, w, labels, weights, num_valid):
   return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
-def test_matches_full_logits(dtype, tol, monkeypatch):
+def test_matches_full_logits(dtype, tol, impl, monkeypatch):
+  """impl="pallas" runs the training pass's softmax in the Pallas kernel (interpreted on CPU)."""
   monkeypatch.setattr("moejax.layers.cross_entropy._CHUNK_ELEMENTS", 2 * 4 * 40)  # 4 positions per chunk
   B, S, H, V, valid = 2, 12, 16, 40, 33
   rng = np.random.default_rng(0)
@@ -24,7 +26,7 @@ def test_matches_full_logits(dtype, tol, monkeypatch):
   labels = jnp.asarray(rng.integers(0, valid, (B, S)))
   weights = jnp.asarray(rng.random((B, S)) < 0.8, jnp.float32) / 7.0
   assert chunk_positions(B, S, V) == 4
-  got, (gx, gw) = jax.value_and_grad(linear_cross_entropy, argnums=(0, 1))(x, w, labels, weights, valid)
+  got, (gx, gw) = jax.value_and_grad(linear_cross_entropy, argnums=(0, 1))(x, w, labels, weights, valid, impl)
   want, (wx, ww) = jax.value_and_grad(_reference, argnums=(0, 1))(x, w, labels, weights, valid)
   rel = lambda a, b: float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))
   assert got.dtype == jnp.float32 and abs(float(got - want)) <= tol * abs(float(want))
@@ -32,8 +34,8 @@ def test_matches_full_logits(dtype, tol, monkeypatch):
   assert rel(gx, wx) < tol and rel(gw, ww) < tol
   np.testing.assert_allclose(linear_cross_entropy(x, w, labels, weights, valid), got, rtol=1e-6)  # no-grad path
   # bf16: the gradient matmuls take bf16 operands (no fp32/TF32 GEMMs), accumulating in fp32
-  text = jax.jit(jax.grad(linear_cross_entropy, argnums=(0, 1)), static_argnums=4).lower(
-      x, w, labels, weights, valid).as_text()
+  text = jax.jit(jax.grad(linear_cross_entropy, argnums=(0, 1)), static_argnums=(4, 5)).lower(
+      x, w, labels, weights, valid, impl).as_text()
   if dtype == "bfloat16":
     assert "dot_general" in text and not any("f32>" in ln and "dot_general" in ln and "bf16" not in ln
                                              for ln in text.splitlines())
