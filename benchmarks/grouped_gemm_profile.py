@@ -4,13 +4,11 @@
   python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc2 --op fwd \
       --sweep "256,4 256,3 128,4 128,6"          # tile_n,stages: TFLOP/s of each
   python benchmarks/grouped_gemm_profile.py --shape mixtral --orient fc1,fc2 --op fwd,dgrad,wgrad \
-      --alpha 100 --sweep tuned --no-store        # each call with and without its output stores
+      --alpha 100 --sweep tuned                   # the tuned tile of each call, near-equal groups
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
-autotuner's Dirichlet(alpha) sizes and inputs (seed 0). `--no-store` also times each
-call with its epilogue's stores left out (the output is then garbage): the
-difference is what the epilogue costs inside the kernel.
+autotuner's Dirichlet(alpha) sizes and inputs (seed 0).
 """
 from __future__ import annotations
 
@@ -23,17 +21,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 
-from moejax.kernels.grouped_gemm import configs, mosaic
+from moejax.kernels.grouped_gemm import configs
 from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
 
 sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES  # noqa: E402
-
-
-def _no_store(acc_ref, out, wg, dst, rows, out_dtype):
-  """`mosaic._store_tile` without its stores: the accumulator is left unread."""
-  del out, wg, dst, rows, out_dtype
-  del acc_ref
 
 
 def main():
@@ -45,8 +37,6 @@ def main():
                   help="Dirichlet concentration of the group sizes (100: near-equal groups)")
   ap.add_argument("--sweep", default="",
                   help="space-separated tile_n,stages pairs to time, or 'tuned' for the table's tile")
-  ap.add_argument("--no-store", action="store_true",
-                  help="also time each call without its output stores (epilogue cost)")
   a = ap.parse_args()
   m, e, h, f = SHAPES[a.shape]
   for orient in a.orient.split(","):
@@ -67,16 +57,10 @@ def main():
         if item != "tuned":
           tn, st = (int(v) for v in item.split(","))
           cfg = dataclasses.replace(tuned, tile_n=tn, stages=st)
-        variants = [("", mosaic._store_tile)] + ([(" no-store", _no_store)] if a.no_store else [])
-        for label, store in variants:
-          keep, mosaic._store_tile = mosaic._store_tile, store
-          try:
-            fn, args = kernel_call(op, cfg, *data)
-            t = seconds_per_call(fn, *args)
-          finally:
-            mosaic._store_tile = keep
-          print(f"{a.shape} {orient} {op}{label} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
-                f"{flops / t / 1e12:.0f} TFLOP/s", flush=True)
+        fn, args = kernel_call(op, cfg, *data)
+        t = seconds_per_call(fn, *args)
+        print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
+              f"{flops / t / 1e12:.0f} TFLOP/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import GroupedGemmImpl
+from moejax.kernels.vma import vary_like
 
 IMPLS = typing.get_args(GroupedGemmImpl)
 _PALLAS_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -59,21 +60,6 @@ def _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   return _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)[0]
 
 
-def _varying_axes(x) -> frozenset:
-  """The shard_map axes x varies over (`aval.mat.varying`; `aval.vma` before JAX 0.11)."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)
-  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
-
-
-def _vary_like(y, *likes):
-  """Types y as varying over the shard_map axes its inputs vary over (inside shard_map,
-  pallas_call outputs come back typed invariant, which custom_vjp rejects). A type
-  cast only (jax.lax.pcast), so no pass over y; a no-op outside shard_map."""
-  axes = frozenset().union(*map(_varying_axes, likes)) - _varying_axes(y)
-  return jax.lax.pcast(y, tuple(sorted(axes)), to="varying") if axes else y
-
-
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
@@ -81,7 +67,7 @@ def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0])  # dgrad reuses it
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret, sched=sched)
-  return _vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
+  return vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
 
 
 def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
@@ -95,7 +81,7 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,
                               interpret=interpret)[:, :k]
-  return _vary_like(dx, x_MK), _vary_like(dw, w_GKN), None
+  return vary_like(dx, x_MK), vary_like(dw, w_GKN), None
 
 
 _pallas_gg.defvjp(_pallas_fwd, _pallas_bwd)

@@ -14,6 +14,8 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.kernels.grouped_gemm import grouped_gemm
+from moejax.kernels.swiglu import weighted_swiglu_bwd_rows
+from moejax.kernels.vma import vary_like
 from moejax.layers.memory import remat_fn, tag
 from moejax.layers.mlp import MLP
 
@@ -42,10 +44,21 @@ def _weighted_swiglu_fwd(h_R2F, probs_R):
 
 
 def _weighted_swiglu_bwd(res, g_RF):
-  """dh and dprobs from one elementwise graph over the [R, F, 2] pairs (each element reads its gate
-  and up), so XLA can compute both in one pass over h and g (a reduction with an elementwise
-  output) instead of a pass each. The barrier keeps XLA from sharing the forward's fp32 gate values
-  with this pass, which would keep them alive from the forward to here (2x h's bytes)."""
+  """dh and dprobs in one pass over h and g: the Pallas Triton kernel on a GPU
+  (moejax.kernels.swiglu), else `_weighted_swiglu_bwd_xla`."""
+  h_R2F, probs_R = res
+  if jax.devices()[0].platform != "gpu":
+    return _weighted_swiglu_bwd_xla(res, g_RF)
+  dh_R2F, dprobs_R = weighted_swiglu_bwd_rows(h_R2F, g_RF, probs_R)
+  return vary_like(dh_R2F, h_R2F, g_RF), vary_like(dprobs_R.astype(probs_R.dtype), probs_R, g_RF)
+
+
+def _weighted_swiglu_bwd_xla(res, g_RF):
+  """The backward as one elementwise graph over the [R, F, 2] pairs (each element reads its gate
+  and up), so XLA can compute dh and dprobs in one pass (a reduction with an elementwise output).
+  The barrier keeps XLA from sharing the forward's fp32 gate values with this pass, which would
+  keep them alive from the forward to here (2x h's bytes). On the H200 XLA still splits it in two
+  passes (it keeps the sigmoid as an fp32 array between them), hence the kernel there."""
   h_R2F, probs_R = jax.lax.optimization_barrier(res)
   h = h_R2F.astype(jnp.float32).reshape(*h_R2F.shape[:-1], -1, 2)
   gate, up = h[..., :1], h[..., 1:]                        # [R, F, 1] each
