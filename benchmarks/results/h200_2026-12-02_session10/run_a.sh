@@ -1,10 +1,10 @@
 #!/bin/bash
 # Session 10, call a: where the Mixtral expert GEMMs lose time. Each kernel call timed with and
 # without its epilogue stores (near-equal groups, as in a step), then ncu's speed-of-light,
+# compute and memory sections for fc1's three calls.
 # Ran with benchmarks/grouped_gemm_profile.py as of f48edac. Its --no-store variant was removed after this
 # call: with the stores left out the compiler dropped the MMAs as well (up to 1319 TFLOP/s, above the
 # 989 peak), so those rows measure nothing; the ncu sections below are the reading of this call.
-# compute and memory sections for fc1's three calls.
 source benchmarks/device_env.sh
 cd /tmp
 P=/tmp/pp/benchmarks/grouped_gemm_profile.py
