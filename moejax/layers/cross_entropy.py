@@ -25,10 +25,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
+from jax.sharding import PartitionSpec as P
 
 from moejax.config import CrossEntropyImpl
 from moejax.kernels.cross_entropy import softmax_xent_rows
-from moejax.parallel.sharding import logical_axis_size
+from moejax.parallel.sharding import current_mesh, logical_axis_size
 
 _CHUNK_ELEMENTS = 1 << 30  # fp32 logits per scan step (4 GiB): few steps, so dw is accumulated few times
 
@@ -93,15 +95,29 @@ def _lse_and_target(logits_BCV, labels_BC, vocab_split: bool):
 
 
 def _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret):
-  """(lse, target logit, d_logits) of a chunk from the Pallas kernel, on the GEMM's own logits."""
+  """(lse, target logit, d_logits) of a chunk from the Pallas kernel, on the GEMM's own logits.
+  Under a mesh the kernel runs on each device's rows (a shard_map over the batch and attn_seq axes:
+  XLA cannot partition a kernel call, it would gather the logits to every device)."""
   logits_BCV = _head_gemm(x_BCH, w_HV)
-  B, C, V = logits_BCV.shape
-  lse_R, target_R, d_RV = softmax_xent_rows(logits_BCV.reshape(B * C, V), labels_BC.reshape(-1),
-                                            weights_BC.reshape(-1), num_valid, interpret=interpret)
-  return lse_R.reshape(B, C), target_R.reshape(B, C), d_RV.reshape(B, C, V)
+
+  def rows(logits_BCV, labels_BC, weights_BC):
+    B, C, V = logits_BCV.shape
+    lse_R, target_R, d_RV = softmax_xent_rows(logits_BCV.reshape(B * C, V), labels_BC.reshape(-1),
+                                              weights_BC.reshape(-1), num_valid, interpret=interpret)
+    return lse_R.reshape(B, C), target_R.reshape(B, C), d_RV.reshape(B, C, V)
+
+  mesh = current_mesh()
+  if mesh is None:
+    return rows(logits_BCV, labels_BC, weights_BC)
+  bc = P(*nn.logical_to_mesh_axes(("batch", "attn_seq")))
+  bcv = P(*bc, None)
+  # no collectives inside and not differentiated (the custom VJP's forward): check_vma is off, which
+  # also lets the interpreter run it (the tests)
+  return jax.shard_map(rows, mesh=mesh, in_specs=(bcv, bc, bc), out_specs=(bc, bc, bcv),
+                       check_vma=False)(logits_BCV, labels_BC, weights_BC)
 
 
-def use_kernel(impl: str, dtype) -> bool:
+def _use_kernel(impl: str, dtype) -> bool:
   """Whether the training pass runs the Pallas kernel: impl "pallas", or "auto" on a GPU (the
   kernel takes the compute dtype's logits: bf16/f16)."""
   if impl not in ("auto", "pallas", "xla"):
@@ -114,20 +130,20 @@ def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads, i
   B, S, H = x_BSH.shape
   c = chunk_positions(B, S, w_HV.shape[1])
   vocab_split = logical_axis_size("vocab") > 1
-  kernel = with_grads and not vocab_split and use_kernel(impl, x_BSH.dtype)
+  kernel = with_grads and not vocab_split and _use_kernel(impl, x_BSH.dtype)
   interpret = jax.devices()[0].platform != "gpu"
 
   def step(dw_HV, chunk):
     x_BCH, labels_BC, weights_BC = chunk
     if kernel:
       lse_BC, target_BC, d_BCV = _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret)
-      loss = jnp.sum(weights_BC * (lse_BC - target_BC))
     else:
       logits_BCV = _chunk_logits(x_BCH, w_HV, num_valid)
       lse_BC, target_BC = _lse_and_target(logits_BCV, labels_BC, vocab_split)
-      loss = jnp.sum(weights_BC * (lse_BC - target_BC))
-      if not with_grads:
-        return dw_HV, (loss, None)
+    loss = jnp.sum(weights_BC * (lse_BC - target_BC))
+    if not with_grads:
+      return dw_HV, (loss, None)
+    if not kernel:
       d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
       d_BCV = d_BCV - (jnp.arange(w_HV.shape[1]) == labels_BC[..., None]).astype(d_BCV.dtype)
       d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)

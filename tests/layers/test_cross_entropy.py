@@ -81,3 +81,29 @@ def test_bf16_logits_rounded_as_megatron(monkeypatch):
   wx, ww = jax.grad(megatron, argnums=(0, 1))(x, w)
   for a, b in ((gx, wx), (gw, ww)):  # both round d_logits to bf16 for the bf16 GEMMs
     assert float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32))) < 1e-2
+
+
+def test_kernel_per_shard_matches_xla_under_a_mesh():
+  """On a data-parallel mesh the kernel runs on each device's rows (inside a shard_map) and gives
+  the XLA path's loss and gradients."""
+  from flax import linen as nn
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("dp", "cp"))  # as moejax's meshes
+  rules = (("batch", "dp"), ("attn_seq", "cp"), ("embed", None), ("vocab", None))
+  B, S, H, V, valid = 8, 12, 16, 40, 33
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(B, S, H)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(H, V)) * 0.3, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, valid, (B, S)))
+  weights = jnp.asarray(rng.random((B, S)) < 0.8, jnp.float32)
+
+  def run(impl):
+    f = jax.jit(jax.value_and_grad(linear_cross_entropy, argnums=(0, 1)), static_argnums=(4, 5))
+    return f(x, w, labels, weights, valid, impl), f.lower(x, w, labels, weights, valid, impl).as_text()
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    (got, (gx, gw)), text = run("pallas")
+    (want, (wx, ww)), _ = run("xla")
+  assert "manual" in text  # sdy.manual_computation: the kernel runs inside a shard_map
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(gx, wx, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gw, ww, rtol=1e-5, atol=1e-6)
