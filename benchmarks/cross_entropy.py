@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from moejax.kernels import cross_entropy as kce
 from moejax.kernels.grouped_gemm.autotune import seconds_per_call
-from moejax.layers.cross_entropy import _lse_and_target, chunk_positions
+from moejax.layers.cross_entropy import _d_logits, _lse_and_target, chunk_positions
 
 SHAPES = {"qwen3_30b_width": (4, 4096, 151936), "mixtral_width": (4, 4096, 32000)}  # batch, seq, vocab
 
@@ -29,8 +29,7 @@ def xla_passes(logits_RV, labels_R, weights_R):
   """The XLA path of moejax.layers.cross_entropy on one chunk (vocabulary whole on the device)."""
   x = logits_RV.astype(jnp.float32)
   lse, target = _lse_and_target(x, labels_R, vocab_split=False)
-  d = jnp.exp(x - lse[:, None]) - (jnp.arange(x.shape[1]) == labels_R[:, None]).astype(jnp.float32)
-  return lse, target, (d * weights_R[:, None]).astype(logits_RV.dtype)
+  return lse, target, _d_logits(x, lse, labels_R, weights_R, logits_RV.dtype)
 
 
 def main():

@@ -25,12 +25,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from moejax.config import CrossEntropyImpl
 from moejax.kernels.cross_entropy import softmax_xent_rows
-from moejax.parallel.sharding import current_mesh, logical_axis_size
+from moejax.parallel.sharding import current_mesh, dividing_axes, logical_axis_size
 
 _CHUNK_ELEMENTS = 1 << 30  # fp32 logits per scan step (4 GiB): few steps, so dw is accumulated few times
 
@@ -94,6 +93,13 @@ def _lse_and_target(logits_BCV, labels_BC, vocab_split: bool):
   return _online_logsumexp(logits_BCV), jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
 
 
+def _d_logits(logits_BCV, lse_BC, labels_BC, weights_BC, dtype):
+  """weights · (softmax − onehot(labels)) from fp32 logits and their log-sum-exp, in `dtype`."""
+  d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+  d_BCV = d_BCV - (jnp.arange(logits_BCV.shape[-1]) == labels_BC[..., None]).astype(d_BCV.dtype)
+  return (d_BCV * weights_BC[..., None]).astype(dtype)
+
+
 def _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret):
   """(lse, target logit, d_logits) of a chunk from the Pallas kernel, on the GEMM's own logits.
   Under a mesh the kernel runs on each device's rows (a shard_map over the batch and attn_seq axes:
@@ -109,7 +115,8 @@ def _kernel_rows(x_BCH, w_HV, labels_BC, weights_BC, num_valid, interpret):
   mesh = current_mesh()
   if mesh is None:
     return rows(logits_BCV, labels_BC, weights_BC)
-  bc = P(*nn.logical_to_mesh_axes(("batch", "attn_seq")))
+  B, C = labels_BC.shape
+  bc = P(dividing_axes("batch", B) or None, dividing_axes("attn_seq", C) or None)
   bcv = P(*bc, None)
   # no collectives inside and not differentiated (the custom VJP's forward): check_vma is off, which
   # also lets the interpreter run it (the tests)
@@ -144,9 +151,7 @@ def _loss_and_grads(x_BSH, w_HV, labels_BS, weights_BS, num_valid, with_grads, i
     if not with_grads:
       return dw_HV, (loss, None)
     if not kernel:
-      d_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
-      d_BCV = d_BCV - (jnp.arange(w_HV.shape[1]) == labels_BC[..., None]).astype(d_BCV.dtype)
-      d_BCV = (d_BCV * weights_BC[..., None]).astype(x_BCH.dtype)
+      d_BCV = _d_logits(logits_BCV, lse_BC, labels_BC, weights_BC, x_BCH.dtype)
     dx_BCH = jnp.einsum("bcv,hv->bch", d_BCV, w_HV, preferred_element_type=jnp.float32).astype(x_BCH.dtype)
     dw_HV = dw_HV + jnp.einsum("bch,bcv->hv", x_BCH, d_BCV, preferred_element_type=jnp.float32)
     return dw_HV, (loss, dx_BCH)

@@ -30,10 +30,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from moejax.moe.permute import (Placement, combine_rows, inverse_permutation, move_rows, permute, place_by_expert,
                                 sort_pairs, unpermute)
+from moejax.parallel.sharding import dividing_axes, mesh_axes_of
 
 
 # ---------------------------------------------------------------- mesh axes
@@ -68,16 +68,11 @@ class MoEAxes:
     return tuple(a for a in self.etp if a not in self.token)
 
   @classmethod
-  def current(cls, mesh, batch: int, seq: int) -> MoEAxes:
-    """The axes of the current logical-axis rules; token axes that do not divide the batch
-    or sequence (e.g. `model.init` on one sequence) replicate."""
-    def names(logical):
-      (spec,) = nn.logical_to_mesh_axes((logical,))
-      return () if spec is None else tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
-    size = lambda axes: math.prod(mesh.shape[a] for a in axes)
-    b, s = names("batch"), names("seq")
-    return cls(batch=b if batch % size(b) == 0 else (), seq=s if seq % size(s) == 0 else (),
-               ep=names("expert"), etp=names("expert_mlp"))
+  def current(cls, batch: int, seq: int) -> MoEAxes:
+    """The axes of the current mesh and logical-axis rules; token axes that do not divide the
+    batch or sequence replicate (`dividing_axes`)."""
+    return cls(batch=dividing_axes("batch", batch), seq=dividing_axes("seq", seq),
+               ep=mesh_axes_of("expert"), etp=mesh_axes_of("expert_mlp"))
 
 
 # ---------------------------------------------------------------- collectives

@@ -71,7 +71,7 @@ class MoELayer(nn.Module):
     B, S, H = x_BSH.shape
     K = moe.router.router_topk
     mesh = current_mesh()
-    axes = MoEAxes() if mesh is None else MoEAxes.current(mesh, B, S)
+    axes = MoEAxes() if mesh is None else MoEAxes.current(B, S)
     collectives = self.collectives or Collectives(moe.dispatch.token_exchange)
     capacity = capacity_rows(moe.router, B * S, moe.num_experts)
     # alltoall exchanges over ep: it needs the tokens sharded over every ep axis.

@@ -188,3 +188,9 @@ def logical_axis_size(logical: str) -> int:
   """How many ways the current mesh splits a logical axis (1 off-mesh)."""
   mesh = current_mesh()
   return math.prod(mesh.shape[a] for a in mesh_axes_of(logical)) if mesh is not None else 1
+
+
+def dividing_axes(logical: str, dim: int) -> tuple[str, ...]:
+  """The mesh axes of a logical axis when they split `dim` evenly, else () (that dim replicates,
+  e.g. `model.init` on one sequence): the axes a shard_map over `dim` can use."""
+  return mesh_axes_of(logical) if dim % logical_axis_size(logical) == 0 else ()
