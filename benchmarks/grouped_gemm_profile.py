@@ -5,6 +5,8 @@
       --sweep "256,4 256,3 128,4 128,6"          # tile_n,stages: TFLOP/s of each
   python benchmarks/grouped_gemm_profile.py --shape mixtral --orient fc1,fc2 --op fwd,dgrad,wgrad \
       --alpha 100 --sweep tuned                   # the tuned tile of each call, near-equal groups
+  python benchmarks/grouped_gemm_profile.py --shape mixtral --orient fc1 --op fwd --alpha 100 \
+      --sweep "256,4,4,1 256,4,16,1" --min-time 3 --clocks   # tile orders, sustained (power-limited)
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
@@ -13,9 +15,12 @@ autotuner's Dirichlet(alpha) sizes and inputs (seed 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -28,6 +33,25 @@ sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES  # noqa: E402
 
 
+@contextlib.contextmanager
+def gpu_clocks(out: dict):
+  """Samples the SM clock (MHz) and board power (W) with nvidia-smi every 50 ms while the block
+  runs; `out` gets their means. A sustained GEMM on an H200 is power-limited, so its clock (and
+  the DRAM traffic that shares the power budget) decides its speed as much as the tile does."""
+  with tempfile.TemporaryFile("w+") as f:
+    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                             "-lms", "50"], stdout=f, stderr=subprocess.DEVNULL)
+    try:
+      yield
+    finally:
+      proc.terminate()
+      proc.wait()
+      f.seek(0)
+      rows = [[float(v) for v in line.split(",")] for line in f if line.count(",") == 1]
+      if rows:
+        out.update(sm_mhz=sum(r[0] for r in rows) / len(rows), watts=sum(r[1] for r in rows) / len(rows))
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen3")
@@ -36,7 +60,13 @@ def main():
   ap.add_argument("--alpha", type=float, default=1.0,
                   help="Dirichlet concentration of the group sizes (100: near-equal groups)")
   ap.add_argument("--sweep", default="",
-                  help="space-separated tile_n,stages pairs to time, or 'tuned' for the table's tile")
+                  help="space-separated tile_n,stages[,grid_tile_width,grid_minor_dim] tiles to time, or "
+                       "'tuned' for the table's tile")
+  ap.add_argument("--min-time", type=float, default=0.2,
+                  help="seconds of back-to-back calls per timing (a few seconds: the sustained, power-limited speed)")
+  ap.add_argument("--clocks", action="store_true", help="also print the mean SM clock and power while timing")
+  ap.add_argument("--write-best", action="store_true",
+                  help="store the fastest swept tile of each call in tiles.json for this device kind")
   a = ap.parse_args()
   m, e, h, f = SHAPES[a.shape]
   for orient in a.orient.split(","):
@@ -52,15 +82,27 @@ def main():
         print(a.shape, orient, op, tuned)
         continue
       items = ["tuned"] if a.sweep == "tuned" else a.sweep.split()
+      best = None
       for item in items:
         cfg = tuned
         if item != "tuned":
-          tn, st = (int(v) for v in item.split(","))
-          cfg = dataclasses.replace(tuned, tile_n=tn, stages=st)
+          fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
+          cfg = dataclasses.replace(tuned, **dict(zip(fields, (int(v) for v in item.split(",")))))
         fn, args = kernel_call(op, cfg, *data)
-        t = seconds_per_call(fn, *args)
+        jax.block_until_ready(fn(*args))
+        clk = {}
+        with gpu_clocks(clk) if a.clocks else contextlib.nullcontext():
+          t = seconds_per_call(fn, *args, min_time=a.min_time, max_calls=10**6)
+        extra = f" {clk['sm_mhz']:.0f} MHz {clk['watts']:.0f} W" if clk else ""
         print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
-              f"{flops / t / 1e12:.0f} TFLOP/s", flush=True)
+              f"{flops / t / 1e12:.0f} TFLOP/s{extra}", flush=True)
+        if best is None or t < best[0]:
+          best = (t, cfg)
+      if a.write_best and best is not None:
+        configs.write_entries([{"op": op, "m": m, "g": e, "k": ck, "n": cn, "cfg": dataclasses.asdict(best[1]),
+                                "tflops": round(flops / best[0] / 1e12, 1), "alpha": a.alpha,
+                                "min_time": a.min_time, "device": jax.devices()[0].device_kind}])
+        print(f"stored {op} k={ck} n={cn}: {best[1]}", flush=True)
 
 
 if __name__ == "__main__":
