@@ -27,7 +27,7 @@ RULES = [
                                                                      or "custom-call" in o), lambda k: "fmha" in k or "sdpa" in k or "cudnn" in k),
     ("attention projections + rotary", lambda o: "/attention/" in o, lambda k: False),
     ("router", lambda o: "/router/" in o, lambda k: False),
-    ("expert GEMMs", lambda o: "pallas" in o or "ragged" in o or "grouped_gemm" in o,
+    ("expert GEMMs", lambda o: "_pallas_gg" in o or "ragged" in o or "grouped_gemm" in o,
      lambda k: "ragged" in k or "mosaic" in k.lower()),
     ("shared experts", lambda o: "/shared_experts/" in o, lambda k: False),
     ("permute/dispatch/combine, expert act", lambda o: "/moe/" in o, lambda k: False),
