@@ -32,12 +32,14 @@ def fmt_bytes(n: float) -> str:
 
 def memory_report(compiled, abstract_state, state_shardings) -> str:
   """One line: the compiled step's per-device memory (XLA's `memory_analysis()`), its arguments
-  split into params / optimizer state (device and pinned host) and the temporaries
-  (activations, gradients and the gathered compute copy)."""
+  split into params (masters and their compute copy) / optimizer state (device and pinned host)
+  and the temporaries (activations, gradients and the gathered compute copy)."""
   m = compiled.memory_analysis()
   if m is None:
     return "memory per device: not reported by this backend"
   params = _bytes(abstract_state.params, state_shardings.params)
+  if abstract_state.compute_params is not None:
+    params += _bytes(abstract_state.compute_params, state_shardings.compute_params)
   opt_dev = _bytes(abstract_state.opt_state, state_shardings.opt_state, "device")
   opt_host = _bytes(abstract_state.opt_state, state_shardings.opt_state, "pinned_host")
   peak = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
@@ -101,18 +103,21 @@ def state_budget(spec: ModelSpec, tp: int = 1, ep: int = 1, etp: int = 1, dp: in
 
   Non-expert weights count as sharded over tp (norm scales, a rounding error, too), routed experts
   over ep·etp. A weight kept whole per device (no distributed optimizer, or experts at edp=1):
-  master, both moments and an fp32 gradient. A weight the distributed optimizer shards over its
-  data axes (dp, experts edp): master and moments over them, the step's compute copy and one
-  micro-batch's gradients in `model.dtype`, and the fp32 gradient sum over the shards.
+  master, both moments, an fp32 gradient and, when `model.dtype` is narrower, the master's copy in
+  it (TrainState.compute_params). A weight the distributed optimizer shards over its data axes
+  (dp, experts edp): master and moments over them, the step's compute copy (cast on the shard and
+  gathered whole) and one micro-batch's gradients in `model.dtype`, and the fp32 gradient sum over
+  the shards.
   `moment_bytes`: both Adam moments of one weight (8 in fp32, 4 with bf16 moments).
   """
   experts = routed_expert_params(spec)
   low = jnp.dtype(spec.dtype).itemsize
+  copy = low if low < jnp.dtype(spec.params_dtype).itemsize else 0  # bytes of the kept copy per weight
   out = StateBudget(0.0, 0.0, 0.0, 0.0)
   for n, local, data in ((num_params(spec) - experts, tp, dp), (experts, ep * etp, edp)):
     whole = n / local
     if not distributed_optimizer or data == 1:
-      part = StateBudget(4 * whole, moment_bytes * whole, 4 * whole, 0.0)
+      part = StateBudget(4 * whole, moment_bytes * whole, 4 * whole, copy * whole)
     else:
       part = StateBudget(4 * whole / data, moment_bytes * whole / data, low * whole + 4 * whole / data,
                          low * whole)

@@ -6,8 +6,9 @@ embedding, head, final norm and MTP depths are held by every pp rank: moejax sha
 layer stacks over pp); with the distributed optimizer, masters and moments also over dp (experts
 over edp). Per local weight, with `shard` = 1/dp (1/edp) under the distributed optimizer, else 1:
 
-  weights    master (`model.params_dtype`) · shard + the compute copy in `model.dtype` (cast, and
-             gathered when sharded, once per step: `compute_params`)
+  weights    master (`model.params_dtype`) · shard + its copy in `model.dtype`: kept in the train
+             state when the master is whole (`TrainState.compute_params`), else cast on the shard
+             and gathered whole once per step (`StatePlacement.compute_params`)
   gradients  the compute copy's gradients in `model.dtype` + the main gradients (fp32) · shard; with
              the distributed optimizer each leaf's gradient is cast whole to fp32 and then
              reduce-scattered onto its shard (`StatePlacement.main_grads`), one leaf at a time:
@@ -77,7 +78,7 @@ class Memory:
   gradients: float
   optimizer: float
   activations: float
-  persistent: float = 0.0  # of the above: master weights and Adam moments (the step's arguments)
+  persistent: float = 0.0  # of the above: masters, their compute copy, Adam moments (the step's arguments)
 
   @property
   def total(self) -> float:
@@ -193,7 +194,7 @@ def _largest_sharded_leaf(spec: ModelSpec, z: ParallelSizes) -> float:
 def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
                 main_grad_bytes: int = 4) -> tuple[float, float, float, float]:
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
-  docstring); persistent: masters and moments, the step's arguments."""
+  docstring); persistent: masters, their compute copy and moments, the step's arguments."""
   master = jnp.dtype(spec.params_dtype).itemsize
   low = _itemsize(spec)
   weights = grads = optim = persistent = 0.0
@@ -202,10 +203,11 @@ def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool =
   for whole, data in zip(local_params(spec, z), (z.dp, z.edp)):
     shard = whole / data if distributed_optimizer else whole
     cast = low != master
-    weights += master * shard + (low * whole if cast or shard != whole else 0)
+    copy = low * whole if cast and shard == whole else 0  # TrainState.compute_params, beside the masters
+    weights += master * shard + copy + (low * whole if shard != whole else 0)
     grads += low * whole + (main_grad_bytes * shard if cast or shard != whole else 0)
     optim += (moment_bytes + 4) * shard
-    persistent += (master + moment_bytes) * shard
+    persistent += (master + moment_bytes) * shard + copy
   return weights, grads, optim, persistent
 
 

@@ -1,5 +1,6 @@
-"""Train state (step, fp32 master params, optimizer state, MoE state), where each leaf lives, and
-how the step turns master params into the model's compute copy and gradients back.
+"""Train state (step, fp32 master params, optimizer state, MoE state, the masters' bf16 copy),
+where each leaf lives, and how the step turns master params into the model's compute copy and
+gradients back.
 
 The master params are `TrainState.params` (`model.params_dtype`). Without the distributed
 optimizer they sit where the model computes with them (their logical axes), and the model casts
@@ -12,6 +13,14 @@ come back onto the shards (reduce-scatter) and are summed over micro-batches in
 gathered layer by layer inside the scan instead (moejax.models.decoder `gather_layer_weights`).
 A leaf with no data axes to shard over (expert weights at edp=1) is kept and used as without the
 distributed optimizer.
+
+`TrainState.compute_params` keeps, of each master that every device holds whole, its cast to
+`model.dtype` (Megatron's bf16 params beside the optimizer's fp32 main params): the update writes
+it in its own pass over the masters, so no step starts with a pass that reads every such fp32
+master to cast it. Masters sharded over data are cast on their shard (1/dp of the work) and
+gathered, as before, and keep no copy (None in its tree). It costs 2 bytes per kept parameter
+between steps and is not checkpointed: `checkpointed()` drops it, `with_compute_copy` casts it
+again after a restore.
 """
 from __future__ import annotations
 
@@ -41,6 +50,56 @@ class TrainState:
   params: Any
   opt_state: Any
   moe_state: Any = None  # the `moe_state` collection (expert bias, step counters); {} when unused
+  # the masters in `model.dtype`, written by the update (module docstring); None when model.dtype
+  # is the masters' dtype
+  compute_params: Any = None
+
+  def checkpointed(self) -> TrainState:
+    """The state as a checkpoint holds it: without the compute copy (derived from the masters)."""
+    return self.replace(compute_params=None)
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def compute_copy(like, params, dtype):
+  """`TrainState.compute_params` of `params`: each leaf cast to `dtype` where `like` (a copy, or
+  its shardings) has a leaf, None where it has None."""
+  return jax.tree.map(lambda c, p: None if c is None else p.astype(dtype), like, params, is_leaf=_is_none)
+
+
+def model_params(state: TrainState):
+  """The params the model runs on: the compute copy where the state keeps one, else the masters."""
+  if state.compute_params is None:
+    return state.params
+  return jax.tree.map(lambda c, p: p if c is None else c, state.compute_params, state.params, is_leaf=_is_none)
+
+
+def with_compute_copy(state: TrainState, dtype, shardings: TrainState) -> TrainState:
+  """`state` as restored from a checkpoint (without it) with its compute copy, in `shardings`."""
+  if shardings.compute_params is None:
+    return state
+  copy = jax.jit(lambda p: compute_copy(shardings.compute_params, p, dtype),
+                 out_shardings=shardings.compute_params)(state.params)
+  return state.replace(compute_params=copy)
+
+
+def _kept_copy(abstract_params, master_sh, logical_sh, dtype):
+  """(abstract compute copy, its shardings): the masters' placement and `dtype` for each floating
+  master that changes dtype and is not sharded over data (its sharding is its logical axes');
+  None for the others, and None for both when no master keeps a copy."""
+  dtype = jnp.dtype(dtype)
+
+  def kept(a, master, logical):
+    return jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype and master == logical
+
+  sh = jax.tree.map(lambda a, m, l: m if kept(a, m, l) else None, abstract_params, master_sh, logical_sh)
+  if not jax.tree.leaves(sh):
+    return None, None
+  abstract = jax.tree.map(lambda s, a: None if s is None else jax.ShapeDtypeStruct(a.shape, dtype), sh,
+                          abstract_params, is_leaf=_is_none)
+  return abstract, sh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,18 +201,20 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules, layou
   with the distributed optimizer or FSDP: give `layout` and `cfg`), the optimizer state by the
   rules of moejax.parallel.sharding (offloaded in part with `optim.optimizer_cpu_offload`), the
   rest replicated."""
-  abstract_params, logical, param_sh, abstract_moe = _logical(model, seq_len, mesh, rules)
+  abstract_params, logical, logical_sh, abstract_moe = _logical(model, seq_len, mesh, rules)
+  param_sh = logical_sh
   if _distributed(cfg, layout):
     param_sh = jax.tree.map(lambda sh, a, spec: shard_over_data(sh, a.shape, tuple(spec), layout),
-                            param_sh, abstract_params, logical)
+                            logical_sh, abstract_params, logical)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   rep = replicated(mesh)
   host = cfg.optim.optimizer_cpu_offload if cfg is not None else 0.0
+  abstract_copy, copy_sh = _kept_copy(abstract_params, param_sh, logical_sh, model.spec.dtype)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
-                        moe_state=abstract_moe)
+                        moe_state=abstract_moe, compute_params=abstract_copy)
   shardings = TrainState(step=rep, params=param_sh,
                          opt_state=optimizer_state_shardings(optimizer, abstract_opt, param_sh, mesh, host),
-                         moe_state=jax.tree.map(lambda _: rep, abstract_moe))
+                         moe_state=jax.tree.map(lambda _: rep, abstract_moe), compute_params=copy_sh)
   return abstract, shardings
 
 
@@ -207,6 +268,8 @@ def init_state(model: GPTModel, optimizer: optax.GradientTransformation, seq_len
   def init(rng, given):
     boxed, moe_state = _init_boxed(model, seq_len, rng)
     params = nn.unbox(boxed) if given is None else given  # XLA drops the unused random init
+    copy = None if shardings.compute_params is None else compute_copy(shardings.compute_params, params,
+                                                                       model.spec.dtype)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      moe_state=moe_state)
+                      moe_state=moe_state, compute_params=copy)
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed), params)

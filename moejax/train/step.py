@@ -8,7 +8,7 @@ import optax
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import finish_step
 from moejax.train.schedule import ForwardBackward, gradient_accumulation
-from moejax.train.state import StatePlacement, TrainState
+from moejax.train.state import StatePlacement, TrainState, compute_copy, model_params
 
 
 def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -19,6 +19,10 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   Metrics are means over the micro-batches, except `tokens_per_expert` [L, E]:
   the sum over the step, which also drives the expert-bias update after the
   optimizer step (counts come from forward values, so recompute cannot count twice).
+
+  The model runs on `state.compute_params` where the state carries it (the previous update's
+  bf16 copy of the masters held whole); the next copy is cast from the new masters, which XLA
+  fuses into the update's pass over them (benchmarks/RESULTS.md, issue 18).
 
   With a `placement` (moejax.train.state), the model runs on its compute copy of the master
   params, gradients come back onto the masters' placement (a reduce-scatter with the distributed
@@ -37,11 +41,13 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
 
   def step(state: TrainState, batch_NBS1: jax.Array):
     rng = jax.random.fold_in(jax.random.key(0), state.step) if needs_rng else None
+    copy, params = state.compute_params, model_params(state)
     if placement is None:
-      out = forward_backward(model, state.params, state.moe_state, batch_NBS1, rng)
+      master_dtype = lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)  # noqa: E731
+      out = forward_backward(model, params, state.moe_state, batch_NBS1, rng, main_grads=master_dtype)
       grads, opt_state = out.grads, state.opt_state
     else:
-      out = forward_backward(model, placement.compute_params(state.params), state.moe_state, batch_NBS1, rng,
+      out = forward_backward(model, placement.compute_params(params), state.moe_state, batch_NBS1, rng,
                              main_grads=placement.main_grads)
       grads = jax.tree.map(lambda g, p: g.astype(jnp.promote_types(p.dtype, jnp.float32)), out.grads, state.params)
       opt_state = placement.opt_state_on_device(state.opt_state, after=grads)
@@ -59,8 +65,10 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
       old = (state.params, opt_state, state.moe_state)  # the optimizer state as the update saw it: on the device
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       skipped = 1.0 - finite.astype(jnp.float32)
+    # the next compute copy from the masters kept (not a select with the old copy: one read less)
+    new = (*new, None if copy is None else compute_copy(copy, new[0], model.spec.dtype))
     if placement is not None:  # an offloaded optimizer state goes home only after the last use on the device
-      new = (new[0], placement.opt_state_home(new[1]), new[2])
+      new = (new[0], placement.opt_state_home(new[1]), *new[2:])
     metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
     return TrainState(state.step + 1, *new), metrics
 

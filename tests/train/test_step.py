@@ -1,0 +1,94 @@
+"""The train step's compute copy (TrainState.compute_params, moejax/train/step.py): the bf16 masters
+the previous update wrote, read instead of casting every master at the start of each step. It is
+the masters cast, bit for bit, changes no number against the step that casts (one device, and
+ZeRO-1 with ep=8 on 8 devices), is kept only for masters each device holds whole (placed as they
+are), and is not checkpointed."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from moejax.parallel.sharding import batch_sharding, replicated
+from moejax.train.optim import lr_schedule
+from moejax.train.state import init_state, setup, with_compute_copy
+from moejax.train.step import make_train_step
+
+
+def _bf16(small_moe_config, **parallel):
+  cfg = small_moe_config(aux_loss_coeff=1e-2)
+  cfg.model.dtype = "bfloat16"
+  cfg.train.update(micro_batch_size=1, global_batch_size=8)
+  cfg.parallel.update(**parallel)
+  return cfg
+
+
+def _is_cast(copy, params):
+  """Each kept leaf is its master cast to bf16; returns how many are kept."""
+  kept = 0
+  for c, p in zip(jax.tree.leaves(copy, is_leaf=lambda x: x is None), jax.tree.leaves(params)):
+    if c is not None:
+      assert c.dtype == jnp.bfloat16 and c.sharding == p.sharding
+      np.testing.assert_array_equal(np.asarray(c, np.float32), np.asarray(p.astype(jnp.bfloat16), np.float32))
+      kept += 1
+  return kept
+
+
+def _three_steps(cfg, devices, carried: bool, tokens, placement=True):
+  parts = setup(cfg, devices)
+  mesh, rules = parts.layout.mesh, parts.rules
+  shardings = parts.shardings if carried else parts.shardings.checkpointed()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = init_state(parts.model, parts.optimizer, cfg.train.seq_length, 0, parts.shardings)
+    assert _is_cast(state.compute_params, state.params) > 0
+    if not carried:
+      state = state.checkpointed()
+    bsh = batch_sharding(mesh, rules, 3)
+    step = jax.jit(make_train_step(parts.model, parts.optimizer, lr_schedule(cfg),
+                                   placement=parts.placement if placement else None),
+                   in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)))
+    losses = []
+    for t in tokens:
+      state, metrics = step(state, jax.device_put(t, bsh))
+      losses.append(float(metrics["loss"]))
+  return losses, state, parts
+
+
+def _tokens(n=3):
+  return [jax.random.randint(jax.random.key(s), (1, 8, 33), 0, 257) for s in range(n)]
+
+
+def _same_run(small_moe_config, devices, placement=True, **parallel):
+  cfg = _bf16(small_moe_config, **parallel)
+  losses, state, parts = _three_steps(cfg, devices, True, _tokens(), placement)
+  ref_losses, ref, _ = _three_steps(cfg, devices, False, _tokens(), placement)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert ref.compute_params is None
+  return state, parts
+
+
+@pytest.mark.parametrize("placement", [True, False])
+def test_compute_copy_changes_no_number_on_one_device(small_moe_config, placement):
+  state, parts = _same_run(small_moe_config, jax.devices()[:1], placement)
+  floating = [p for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.floating)]
+  assert _is_cast(state.compute_params, state.params) == len(floating)  # written by the last update, every leaf
+  again = with_compute_copy(state.checkpointed(), "bfloat16", parts.shardings)  # as after a restore
+  assert _is_cast(again.compute_params, state.params) == len(floating)
+
+
+def test_compute_copy_only_for_whole_masters_under_zero1(small_moe_config):
+  """ep=8 on 8 devices (dp=8, edp=1): the experts' masters are whole on each device and keep a copy;
+  the dense masters are sharded over dp, cast on their shards each step, and keep none."""
+  state, parts = _same_run(small_moe_config, jax.devices(), ep=8)
+  with_path = jax.tree_util.tree_flatten_with_path
+  copies = with_path(state.compute_params, is_leaf=lambda x: x is None)[0]
+  masters, logical = dict(with_path(state.params)[0]), dict(with_path(parts.placement.compute)[0])
+  kept = {jax.tree_util.keystr(path) for path, c in copies if c is not None}
+  for path, _ in copies:
+    whole = masters[path].sharding.is_equivalent_to(logical[path], masters[path].ndim)
+    assert (jax.tree_util.keystr(path) in kept) == whole, jax.tree_util.keystr(path)
+  assert kept and all("experts" in k for k in kept)
+  assert len(kept) < len(copies)  # the dense masters are sharded: no copy
+  _is_cast(state.compute_params, state.params)
