@@ -50,8 +50,8 @@ class TrainState:
   params: Any
   opt_state: Any
   moe_state: Any = None  # the `moe_state` collection (expert bias, step counters); {} when unused
-  # the masters in `model.dtype`, written by the update (module docstring); None when model.dtype
-  # is the masters' dtype
+  # the masters held whole, in `model.dtype`, written by the update (module docstring): None for
+  # masters sharded over data, and None in all when no master keeps a copy
   compute_params: Any = None
 
   def checkpointed(self) -> TrainState:
