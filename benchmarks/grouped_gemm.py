@@ -3,6 +3,8 @@
 For each MoE shape (M = tokens*topk, E, H, F) and orientation (fc1: H -> 2F,
 fc2: F -> H) it prints forward and forward+backward TFLOP/s of
   pallas   moejax.kernels grouped_gemm(impl="pallas")
+  pallas_eq  the same on equal groups (m/E rows each): the gap to the einsum that is
+           not the part-filled last tile of each group
   xla      jax.lax.ragged_dot
   tokamax  tokamax.ragged_dot (when importable)
   torch    torch._grouped_mm (CUTLASS), autograd for fwd+bwd
@@ -155,6 +157,11 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
   del y, dx, dw
   row["pallas"] = (flops / seconds_per_call(f_ours, x, w, gs),
                    3 * flops / seconds_per_call(fb_ours, x, w, gs, dy))
+  # The same kernels on equal groups (m/e rows each, as the einsum column): what is left
+  # of the gap to the einsum once no group leaves a part-filled tile.
+  gs_eq = jnp.full((e,), m // e, jnp.int32)
+  row["pallas_eq"] = (flops / seconds_per_call(f_ours, x, w, gs_eq),
+                      3 * flops / seconds_per_call(fb_ours, x, w, gs_eq, dy))
 
   if not args.skip_xla:
     xla = lambda x_, w_, g_: jax.lax.ragged_dot(x_, w_, g_)
@@ -241,9 +248,11 @@ def main():
         r = {"case": name, "error": str(ex)[:300]}
       print(r, flush=True)
       rows.append(r)
-  cols = ["pallas", "xla", "tokamax", "torch", "einsum"]
-  print("\nTFLOP/s fwd | fwd+bwd; ratio = pallas/torch; err = rel. error vs fp32 (y, dx, dw)")
-  print(f"{'case':14s} " + " ".join(f"{c:>15s}" for c in cols) + f" {'ratio':>11s}  err")
+  cols = ["pallas", "pallas_eq", "xla", "tokamax", "torch", "einsum"]
+  print("\nTFLOP/s fwd | fwd+bwd; pallas_eq: ours on equal groups; ratio = pallas/torch; "
+        "/einsum = pallas/einsum (equal groups); err = rel. error vs fp32 (y, dx, dw)")
+  print(f"{'case':14s} " + " ".join(f"{c:>15s}" for c in cols)
+        + f" {'ratio':>11s} {'/einsum':>11s}  err")
   for r in rows:
     if "error" in r:
       print(f"{r['case']:14s} ERROR {r['error']}"); continue
@@ -251,11 +260,11 @@ def main():
     for c in cols:
       v = r.get(c)
       cells.append(f"{v[0] / 1e12:6.0f} | {v[1] / 1e12:6.0f}" if v else f"{'n/a':>15s}")
-    ratio = ""
-    if "torch" in r:
-      ratio = f"{r['pallas'][0] / r['torch'][0]:.2f} | {r['pallas'][1] / r['torch'][1]:.2f}"
+    vs = lambda c: (f"{r['pallas'][0] / r[c][0]:.2f} | {r['pallas'][1] / r[c][1]:.2f}"
+                    if c in r else "")
     err = " ".join(f"{v:.1e}" for v in r["err"]) + (" NaN!" if r["nan"] else "")
-    print(f"{r['case']:14s} " + " ".join(f"{c:>15s}" for c in cells) + f" {ratio:>11s}  {err}")
+    print(f"{r['case']:14s} " + " ".join(f"{c:>15s}" for c in cells)
+          + f" {vs('torch'):>11s} {vs('einsum'):>11s}  {err}")
 
 
 if __name__ == "__main__":

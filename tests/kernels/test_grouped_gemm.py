@@ -77,13 +77,14 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("tile_n,stages", [(64, 2), (128, 3)])
+@pytest.mark.parametrize("tile_n,stages", [(64, 2), (128, 3), (256, 2)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
 def test_ragged_mm_kernel_variants(tile_n, stages, transpose_rhs):
-  """Both rhs layouts, two tile widths and ring depths. Groups of 3, 5, 19 rows (one
-  consumer half idle), 120 and 61 rows (partial halves), 128 (one full tile), a
-  group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
-  more tiles than the 2 interpreted SMs hold, so the ring wraps several times."""
+  """Both rhs layouts, three tile widths and two ring depths. Groups of 3, 5, 19 and 61
+  rows (half tiles when tile_n >= 128: 64 rows, the consumers split the columns; with
+  tile_n=64 full tiles with one consumer idle), 120 rows (partial halves), 128 (one full
+  tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows,
+  and more tiles than the 2 interpreted SMs hold, so the ring wraps several times."""
   m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages)
@@ -167,7 +168,8 @@ def test_calls_of_one_shape_share_one_lowering():
 
 def test_tile_schedule_covers_every_row_once():
   """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
-  (gid == G), every row stored exactly once, every load inside x."""
+  (gid == G), every row stored exactly once, every load inside x; exactly a group's tiles whose
+  rows all lie in their first 64 are marked half."""
   rng = np.random.default_rng(0)
   for _ in range(30):
     g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
@@ -175,7 +177,8 @@ def test_tile_schedule_covers_every_row_once():
     sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
     sched = np.asarray(mosaic.tile_schedule(jnp.asarray(sizes, jnp.int32), m))
     owner = np.full(m, -1)
-    for gid, row0, lo, cnt in sched.T:
+    for gid, row0, lo, cnt, half in sched.T:
+      assert half == (cnt > 0 and gid < g and lo + cnt <= mosaic.ROWS)
       if cnt == 0:
         continue
       assert 0 <= row0 <= m - mosaic.BLOCK and row0 % 8 == 0 and lo + cnt <= mosaic.BLOCK
