@@ -7,6 +7,8 @@
       --alpha 100 --sweep tuned                   # the tuned tile of each call, near-equal groups
   python benchmarks/grouped_gemm_profile.py --shape mixtral --orient fc1 --op fwd --alpha 100 \
       --sweep "256,4,4,1 256,4,16,1" --min-time 3 --clocks   # tile orders, sustained (power-limited)
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1,fc2 --op fwd,dgrad,wgrad \
+      --sweep "tuned alternate_epilogues=0"       # the tuned tile with one field changed
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
@@ -60,8 +62,9 @@ def main():
   ap.add_argument("--alpha", type=float, default=1.0,
                   help="Dirichlet concentration of the group sizes (100: near-equal groups)")
   ap.add_argument("--sweep", default="",
-                  help="space-separated tile_n,stages[,grid_tile_width,grid_minor_dim] tiles to time, or "
-                       "'tuned' for the table's tile")
+                  help="space-separated tiles to time: 'tuned' (the table's tile) or comma-separated "
+                       "fields changed from it, positional (tile_n,stages,grid_tile_width,grid_minor_dim) "
+                       "or name=value (any TileConfig field)")
   ap.add_argument("--min-time", type=float, default=0.2,
                   help="seconds of back-to-back calls per timing (a few seconds: the sustained, power-limited speed)")
   ap.add_argument("--clocks", action="store_true", help="also print the mean SM clock and power while timing")
@@ -87,7 +90,8 @@ def main():
         cfg = tuned
         if item != "tuned":
           fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
-          cfg = dataclasses.replace(tuned, **dict(zip(fields, (int(v) for v in item.split(",")))))
+          vals = [v.split("=") if "=" in v else (fields[i], v) for i, v in enumerate(item.split(","))]
+          cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
         fn, args = kernel_call(op, cfg, *data)
         jax.block_until_ready(fn(*args))
         clk = {}

@@ -55,13 +55,15 @@ class TileConfig:
   """CTA tile 128 x tile_n, tile_k deep per pipeline step, `stages` ring slots.
 
   The CTA tiles are visited in `plgpu.planar_snake` order (grid_minor_dim,
-  grid_tile_width) for L2 reuse.
+  grid_tile_width) for L2 reuse. alternate_epilogues: the two consumers take turns
+  storing their tiles (see `_persistent_call`).
   """
   tile_n: int = 256
   tile_k: int = 64
   stages: int = 4
   grid_tile_width: int = 4
   grid_minor_dim: int = 1
+  alternate_epilogues: bool = True
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -244,6 +246,17 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
                      out_shape, out_dtype, cfg, interpret, args):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
+  With cfg.alternate_epilogues the consumers store their tiles in turns (consumer 0's
+  tile i, then consumer 1's tile i, then consumer 0's tile i + 1, ...; two barriers).
+  Both would otherwise finish a tile's wgmmas together and leave the tensor cores idle
+  for the whole epilogue. Taking turns, consumer 1 starts its first epilogue one
+  epilogue late, and from then on runs its last wgmmas of each tile alone at full rate
+  while consumer 0 stores, and stores while consumer 0 starts the next tile: the
+  epilogues hide under the other consumer's wgmmas (CUTLASS's ping-pong kernels do this
+  with one tile per consumer; here the two consumers still share a tile's operands, and
+  the ring's depth bounds how far apart they run). Small-K products, whose tiles are
+  short next to their epilogue (Qwen3's fc2 and wgrad), gain most.
+
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, wg, store, lin, step) -> step runs its wgmmas into an
   accumulator of its own (`_with_acc`) and calls store(acc_ref, dst, rows) (see
@@ -265,9 +278,10 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
             plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype)),
         produced=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
         consumed=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+        stored=plgpu.Barrier(num_arrivals=1, num_barriers=2),  # consumer wg's epilogue done
         collective_axes="wg",
     )
-    def _scope(a_smem, b_smem, out_smem, produced, consumed):
+    def _scope(a_smem, b_smem, out_smem, produced, consumed, stored):
       ring = _Ring(a_smem, b_smem, produced, consumed, stages)
       wg = lax.axis_index("wg")
       sm = lax.axis_index("sm")
@@ -284,8 +298,16 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
       @pl.when(wg < 2)
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
-        store = lambda acc_ref, dst, rows=None: _store_tile(acc_ref, tuple(out_smem), wg, dst,
-                                                            rows, out_dtype)
+
+        def store(acc_ref, dst, rows=None):  # called once per tile by each consumer
+          if cfg.alternate_epilogues:
+            plgpu.barrier_wait(stored.at[1 - wg])
+          _store_tile(acc_ref, tuple(out_smem), wg, dst, rows, out_dtype)
+          if cfg.alternate_epilogues:
+            plgpu.barrier_arrive(stored.at[wg])
+
+        if cfg.alternate_epilogues:  # consumer 0's first turn needs no wait
+          pl.when(wg == 1)(lambda: plgpu.barrier_arrive(stored.at[1]))
 
         lax.fori_loop(0, n_local,
                       lambda i, step: consume_unit(refs, ring, wg, store, sm + i * nsm, step),
@@ -388,7 +410,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
           0, n_steps,
           lambda ki, s: ring.consume(s, ki == 0, acc_ref, a_op, b_op, None, a, b, ROWS), step)
       ring.finish(s, n_steps > 0)
-      pl.when(cnt > 0)(lambda: store(acc_ref, dst, (a, b, (a == 0) & (b == ROWS))))
+      store(acc_ref, dst, (a, b, (a == 0) & (b == ROWS)))  # stores nothing when a == b
 
     @pl.when(jnp.logical_not(half))
     def _full():  # consumer wg: rows [64 wg, 64 wg + 64), all tn columns
