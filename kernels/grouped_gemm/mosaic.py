@@ -16,8 +16,9 @@ Both are one persistent CTA per SM with three warpgroups:
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
-the same k-loop, except that a group's last tile with at most 64 rows runs as a
-half tile (64 rows; each consumer takes half the columns) at half the cost. Equal tiles keep the statically assigned SMs in step, which keeps
+the same k-loop; a group's last tile with at most 64 rows is a half tile, and two
+half tiles share one slot (each consumer runs one), so padding costs half as much
+and every slot still costs the same. Equal tiles keep the statically assigned SMs in step, which keeps
 their joint working set inside L2 (tiles of unequal cost let the SMs drift apart:
 ncu showed 2-8x the DRAM traffic; benchmarks/RESULTS.md). Full tiles store
 through swizzled SMEM; the last tile of a group stores its rows with a ladder of
@@ -97,12 +98,15 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
 
   Group g is cut into 128-row tiles from its first row rounded down to a multiple
   of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
-  sum(group_sizes) into zero tiles (gid == G). Returns sched_5T, T = m/128 + G + 1
-  (a bound), with sched[:, t] = (gid, row0, lo, cnt, half): tile t reads x rows
-  [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
-  an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
-  half == 1 marks a group's tile whose rows all lie in [row0, row0 + 64): the
-  kernel runs it as a 64-row tile at half the cost (see `ragged_mm`).
+  sum(group_sizes) into zero tiles (gid == G). A group's last tile whose rows all
+  lie in its first 64 is a half tile; half tiles are paired in order, each pair in
+  one slot at the second one's place. Returns sched_9T, T = m/128 + G + 1 (a bound),
+  with sched[:, t] = (gid, row0, lo, cnt, gid2, row02, lo2, cnt2, paired):
+    paired == 0: slot t reads x rows [row0, row0 + 128) and stores rows
+                 [row0 + lo, row0 + lo + cnt); cnt == 0 marks an unused slot;
+    paired == 1: the same for the two half tiles (gid, row0, lo, cnt) and
+                 (gid2, row02, lo2, cnt2), each reading 64 rows from its row0.
+  row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
   """
   g = group_sizes_G.shape[0]
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
@@ -113,7 +117,8 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   base = starts // 8 * 8
   ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
   offs_incl = jnp.cumsum(ntiles)
-  t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
+  nt = m // BLOCK + g + 1
+  t = jnp.arange(nt, dtype=jnp.int32)
   # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
   # host round trip per iteration (~10 x 30 us here, more than the kernel on small
   # shapes); T x (G + 1) comparisons are one fused kernel.
@@ -125,8 +130,23 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   cnt = jnp.where(t < offs_incl[-1], cnt, 0)
   row0 = jnp.minimum(first, m - BLOCK)
   lo = lo_row - row0
+  fields = jnp.stack([gid, row0, lo, cnt])
+  # Pairing: half tile of rank r (in tile order) joins rank r + 1 when r is even; an
+  # odd count leaves the last one a tile of its own. Every tile but a pair's first
+  # opens a slot; the first goes to its partner's slot.
   half = (cnt > 0) & (gid < g) & (lo + cnt <= ROWS)
-  return jnp.stack([gid, row0, lo, cnt, half.astype(jnp.int32)]).astype(jnp.int32)
+  rank = jnp.cumsum(half) - half
+  lead = half & (rank % 2 == 0) & (rank + 1 < jnp.sum(half))
+  second = half & (rank % 2 == 1)
+  opens = (cnt > 0) & jnp.logical_not(lead)
+  slot = jnp.where(opens, jnp.cumsum(opens) - 1, nt)          # nt: dropped by the scatters
+  slot_of_rank = jnp.full((nt + 1,), nt, jnp.int32).at[jnp.where(half, rank, nt)].set(
+      slot, mode="drop")
+  part1 = jnp.where(lead, slot_of_rank[jnp.minimum(rank + 1, nt)], jnp.where(second, nt, slot))
+  sched = jnp.zeros((9, nt), jnp.int32)
+  sched = sched.at[0:4, part1].set(fields, mode="drop")
+  sched = sched.at[4:8, jnp.where(second, slot, nt)].set(fields, mode="drop")
+  return sched.at[8, jnp.where(second, slot, nt)].set(1, mode="drop")
 
 
 class _Ring:
@@ -150,20 +170,21 @@ class _Ring:
     plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self.produced.at[slot])
     return step + 1
 
-  def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
-    """Consumer: one k-step whose rows [lo, hi) of `nrows` count.
+  def consume(self, step, first, acc_ref, a_op, b_op, active, mask=None):
+    """Consumer: one k-step; its wgmma is skipped when not `active`.
 
-    With a `mask_ref`, rows outside [lo, hi) are zeroed in shared memory before the
-    wgmma (their products must not reach the accumulator); with no row in [lo, hi)
-    the wgmma is skipped. The previous step's slot is released once its
+    mask=(mask_ref, lo, hi, nrows): only rows [lo, hi) of the `nrows` in mask_ref
+    count; the others are zeroed in shared memory before the wgmma (their products
+    must not reach the accumulator). The previous step's slot is released once its
     wgmma is done (one wgmma group stays in flight); `first` marks a tile's first
     step, whose predecessor was released at the end of the previous tile.
     """
     slot = lax.rem(step, self.stages)
     plgpu.barrier_wait(self.produced.at[slot])
-    active = hi > lo
 
-    if mask_ref is not None:
+    if mask is not None:
+      mask_ref, lo, hi, nrows = mask
+
       @pl.when(active & ((lo > 0) | (hi < nrows)))
       def _():
         ref = mask_ref(slot)
@@ -258,9 +279,8 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
   short next to their epilogue (Qwen3's fc2 and wgrad), gain most.
 
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
-  consume_unit(refs, ring, wg, store, lin, step) -> step runs its wgmmas into an
-  accumulator of its own (`_with_acc`) and calls store(acc_ref, dst, rows) (see
-  `_store_tile`).
+  consume_unit(refs, ring, wg, acc_ref, store, lin, step) -> step runs its wgmmas and
+  calls store(acc_ref, dst, rows) (see `_store_tile`) once.
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -309,9 +329,12 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
         if cfg.alternate_epilogues:  # consumer 0's first turn needs no wait
           pl.when(wg == 1)(lambda: plgpu.barrier_arrive(stored.at[1]))
 
-        lax.fori_loop(0, n_local,
-                      lambda i, step: consume_unit(refs, ring, wg, store, sm + i * nsm, step),
-                      jnp.int32(0))
+        def tile(i, step):
+          return pl.run_scoped(
+              lambda acc_ref: consume_unit(refs, ring, wg, acc_ref, store, sm + i * nsm, step),
+              plgpu.ACC((ROWS, cfg.tile_n), jnp.float32))
+
+        lax.fori_loop(0, n_local, tile, jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   kw = dict(
@@ -328,11 +351,6 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
     # shows up in the tests; out-of-bounds reads raise.
     kw["interpret"] = plgpu.InterpretGPUParams(uninitialized_memory="nan")
   return plgpu.kernel(body, **kw)(*args)
-
-
-def _with_acc(cols, fn):
-  """fn(acc_ref) with a fresh fp32 64 x cols wgmma accumulator (zeros)."""
-  return pl.run_scoped(fn, plgpu.ACC((ROWS, cols), jnp.float32))
 
 
 def _check(cfg: TileConfig, itemsize: int):
@@ -364,36 +382,36 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
 
-  # A tile whose rows all lie in its first 64 (a group's last rows) runs as a half tile:
-  # only those 64 rows are loaded, and the consumers split the columns (64 x tn/2 each)
-  # instead of the rows, so it costs half a full tile. Groups of random size leave one
-  # part-filled tile each; this halves the padding work (12% -> ~6% of the rows at
-  # 512-row groups). tn/2 must stay a whole 128-byte swizzle span.
-  halves = tn % 128 == 0
-  hn = tn // 2
-
   def coords(sched_gmem, lin):
     t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n), cfg.grid_minor_dim,
                                cfg.grid_tile_width)
-    gid, row0, lo, cnt, half = (sched_gmem[r, t] for r in range(5))
-    row0 = pl.multiple_of(row0, 8)
-    n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
-    return ni, gid, row0, lo, cnt, (half > 0) & halves, n_steps
+    f = [sched_gmem[r, t] for r in range(9)]
+    paired = f[8] > 0
+    n_steps = jnp.where(paired, 2 * k_iters, jnp.where((f[3] > 0) & (f[0] < g), k_iters, 0))
+    return ni, f[0:4], f[4:8], paired, n_steps
 
+  # A pair of half tiles (see tile_schedule) costs one full tile: its ring steps
+  # alternate between the two (x's 64 rows and w[gid]'s block for the same k), and
+  # consumer p runs only the wgmmas of half p, into its 64 x tn accumulator. Every
+  # slot then costs the same, which keeps the SMs in step (see the module docstring).
   def produce_unit(refs, ring, lin, step):
     sched_gmem, x_gmem, w_gmem, _ = refs
-    ni, gid, row0, _, _, half, n_steps = coords(sched_gmem, lin)
-    w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
+    ni, (gid, row0, _, _), (gid2, row02, _, _), paired, n_steps = coords(sched_gmem, lin)
 
-    def k_step(ki, step):
-      x_src = lambda rows: x_gmem.at[pl.ds(row0, rows), pl.ds(ki * tk, tk)]
+    def k_step(i, step):
+      second = paired & (i % 2 == 1)
+      ki = jnp.where(paired, i // 2, i)
+      r0 = pl.multiple_of(jnp.where(second, row02, row0), 8)
+      w_g = w_gmem.at[jnp.minimum(jnp.where(second, gid2, gid), g - 1)]
+      x_src = lambda rows: x_gmem.at[pl.ds(r0, rows), pl.ds(ki * tk, tk)]
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      @pl.when(half)
+
+      @pl.when(paired)
       def _():
         ring.produce(step, x_src(ROWS), w_src, a_rows=ROWS)
 
-      @pl.when(jnp.logical_not(half))
+      @pl.when(jnp.logical_not(paired))
       def _():
         ring.produce(step, x_src(BLOCK), w_src)
 
@@ -401,40 +419,27 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
-  def consume_unit(refs, ring, wg, store, lin, step):
+  def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
     sched_gmem, _, _, o_gmem = refs
-    ni, _, row0, lo, cnt, half, n_steps = coords(sched_gmem, lin)
-
-    def run(acc_ref, a_op, b_op, a, b, dst):
-      s = lax.fori_loop(
-          0, n_steps,
-          lambda ki, s: ring.consume(s, ki == 0, acc_ref, a_op, b_op, None, a, b, ROWS), step)
-      ring.finish(s, n_steps > 0)
-      store(acc_ref, dst, (a, b, (a == 0) & (b == ROWS)))  # stores nothing when a == b
-
-    @pl.when(jnp.logical_not(half))
-    def _full():  # consumer wg: rows [64 wg, 64 wg + 64), all tn columns
-      r0 = wg * ROWS
-      b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
-              else (lambda slot: ring.b.at[slot]))
-      _with_acc(tn, lambda acc_ref: run(
-          acc_ref, lambda slot: ring.a.at[slot, pl.ds(r0, ROWS)], b_op,
-          jnp.clip(lo - r0, 0, ROWS), jnp.clip(lo + cnt - r0, 0, ROWS),
+    ni, one, two, paired, n_steps = coords(sched_gmem, lin)
+    # whole tile: rows [64 wg, 64 wg + 64); pair: rows [0, 64) of half tile wg
+    _, row0, lo, cnt = (jnp.where(paired & (wg == 1), b, a) for a, b in zip(one, two))
+    r0 = jnp.where(paired, 0, wg * ROWS)
+    a = jnp.clip(lo - r0, 0, ROWS)
+    b = jnp.clip(lo + cnt - r0, 0, ROWS)
+    a_op = lambda slot: ring.a.at[slot, pl.ds(r0, ROWS)]
+    b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
+            else (lambda slot: ring.b.at[slot]))
+    active = lambda i: jnp.where(paired, i % 2 == wg, b > a)
+    step = lax.fori_loop(
+        0, n_steps,
+        lambda i, step: ring.consume(step, i == 0, acc_ref, a_op, b_op, active(i)), step)
+    ring.finish(step, n_steps > 0)
+    store(acc_ref,  # stores nothing when a == b (an unused slot)
           lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + r0 + r, nr),
-                                              pl.ds(ni * tn + col, width)]))
-
-    if halves:
-      @pl.when(half)
-      def _half():  # consumer wg: rows [0, 64), columns [tn/2 wg, tn/2 wg + tn/2)
-        c0 = wg * hn
-        b_op = ((lambda slot: ring.b.at[slot, pl.ds(c0, hn)].transpose((1, 0)))
-                if transpose_rhs else (lambda slot: ring.b.at[slot, :, pl.ds(c0, hn)]))
-        _with_acc(hn, lambda acc_ref: run(
-            acc_ref, lambda slot: ring.a.at[slot, pl.ds(0, ROWS)], b_op, lo, lo + cnt,
-            lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + r, nr),
-                                                pl.ds(ni * tn + c0 + col, width)]))
-
-    return step + n_steps
+                                              pl.ds(ni * tn + col, width)],
+          (a, b, (a == 0) & (b == ROWS)))
+    return step
 
   return _persistent_call(
       produce_unit, consume_unit, num_units=num_tiles * grid_n,
@@ -484,10 +489,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     return lax.fori_loop(0, count, k_step, step)
 
-  def consume_unit(refs, ring, wg, store, lin, step):
-    return _with_acc(tn, lambda acc_ref: contract_unit(refs, ring, wg, acc_ref, store, lin, step))
-
-  def contract_unit(refs, ring, wg, acc_ref, store, lin, step):
+  def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
     info_gmem, _, _, o_gmem = refs
     gi, mi, ni, (start, end, count, first) = coords(info_gmem, lin)
     col0 = wg * ROWS
@@ -499,7 +501,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
       hi = jnp.clip(end - row, 0, tk)
       return ring.consume(step, j == 0, acc_ref,
                           lambda slot: x_cols(slot).transpose((1, 0)),
-                          lambda slot: ring.b.at[slot], x_cols, lo, hi, tk)
+                          lambda slot: ring.b.at[slot], hi > lo, mask=(x_cols, lo, hi, tk))
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)

@@ -1,0 +1,24 @@
+#!/bin/bash
+# Session 12, call b (c2_paired_half_tiles/): call a's half tiles (cost 0.5) made Qwen3's forward
+# slower (569 -> 537 TFLOP/s), as unequal tile costs let the SMs drift apart. Now two half tiles
+# share one slot (each consumer runs one; every slot costs a full tile). (1) the kernel check;
+# (2) twice, alternating: each Qwen3 kernel call (tuned tile, Dirichlet(1) groups) with the tree
+# before (.peers/base, HEAD 00fe3f5) and with this tree, consumers storing in turns and not;
+# (3) the benchmark table for Qwen3's shapes, this tree then the tree before.
+set -u
+O=$OUT/c2; mkdir -p $O
+source benchmarks/device_env.sh
+rm -rf /tmp/base && mkdir -p /tmp/base && cp -rL .peers/base/{moejax,configs,train.py,benchmarks} /tmp/base/
+cd /tmp
+F="^WARNING|bfc_allocator"
+timeout 100 python3 /tmp/pp/benchmarks/grouped_gemm.py --check-only 2>&1 | grep -vE "$F" | tee $O/check.log
+prof() { timeout 100 python3 /tmp/pp/benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1,fc2 \
+  --op fwd,dgrad,wgrad --sweep "$1" 2>&1 | grep -vE "$F"; }
+for rep in 1 2; do
+  PYTHONPATH=/tmp/base:/tmp/site prof tuned | sed "s/^/base /" | tee -a $O/sweep.log
+  prof "tuned alternate_epilogues=0" | sed "s/^/this /" | tee -a $O/sweep.log
+done
+timeout 110 python3 /tmp/pp/benchmarks/grouped_gemm.py --skip-check --shapes qwen3 --skip-xla 2>&1 \
+  | grep -vE "$F|^\{" | tee $O/bench.log
+PYTHONPATH=/tmp/base:/tmp/site timeout 100 python3 /tmp/pp/benchmarks/grouped_gemm.py --skip-check \
+  --shapes qwen3 --skip-xla --no-torch 2>&1 | grep -vE "$F|^\{" | tee $O/bench_base.log
