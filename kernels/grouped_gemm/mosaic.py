@@ -424,7 +424,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     ni, one, two, paired, n_steps = coords(sched_gmem, lin)
     # whole tile: rows [64 wg, 64 wg + 64); pair: rows [0, 64) of half tile wg
     _, row0, lo, cnt = (jnp.where(paired & (wg == 1), b, a) for a, b in zip(one, two))
-    r0 = jnp.where(paired, 0, wg * ROWS)
+    r0 = pl.multiple_of(jnp.where(paired, 0, wg * ROWS), ROWS)
+    row0 = pl.multiple_of(row0, 8)
     a = jnp.clip(lo - r0, 0, ROWS)
     b = jnp.clip(lo + cnt - r0, 0, ROWS)
     a_op = lambda slot: ring.a.at[slot, pl.ds(r0, ROWS)]

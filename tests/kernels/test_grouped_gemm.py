@@ -207,6 +207,24 @@ def test_tile_schedule_covers_every_row_once():
   assert pairs > 20  # the draws above do pair tiles
 
 
+@pytest.mark.parametrize("alternate", [True, False])
+def test_kernels_lower_for_cuda(alternate):
+  """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
+  runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
+  CI and not first on the GPU. Interpret mode (the other tests) never reaches that step."""
+  m, g, k, n = 1024, 8, 256, 512
+  x = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
+  gs = jax.ShapeDtypeStruct((g,), jnp.int32)
+  cfg = mosaic.TileConfig(tile_n=256, stages=4, alternate_epilogues=alternate)
+  for transpose_rhs in (False, True):
+    w = jax.ShapeDtypeStruct((g, n, k) if transpose_rhs else (g, k, n), jnp.bfloat16)
+    fwd = jax.jit(lambda a, b, c: mosaic.ragged_mm(a, b, c, cfg=cfg, transpose_rhs=transpose_rhs))
+    assert "mosaic_gpu" in fwd.trace(x, w, gs).lower(lowering_platforms=("cuda",)).as_text()
+  dy = jax.ShapeDtypeStruct((m, n), jnp.bfloat16)
+  wgrad = jax.jit(lambda a, b, c: mosaic.ragged_contract(a, b, c, cfg=cfg))
+  assert "mosaic_gpu" in wgrad.trace(x, dy, gs).lower(lowering_platforms=("cuda",)).as_text()
+
+
 def test_tile_schedule_has_no_loop():
   """The schedule runs before every kernel call; a loop in it would cost a host round trip
   per iteration on GPU (jnp.searchsorted's default method: ~300 us per call on an H100)."""
