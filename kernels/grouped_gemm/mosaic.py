@@ -16,9 +16,7 @@ Both are one persistent CTA per SM with three warpgroups:
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
-the same k-loop; a group's last tile with at most 64 rows is a half tile, and two
-half tiles share one slot (each consumer runs one), so padding costs half as much
-and every slot still costs the same. Equal tiles keep the statically assigned SMs in step, which keeps
+the same k-loop. Equal tiles keep the statically assigned SMs in step, which keeps
 their joint working set inside L2 (tiles of unequal cost let the SMs drift apart:
 ncu showed 2-8x the DRAM traffic; benchmarks/RESULTS.md). Full tiles store
 through swizzled SMEM; the last tile of a group stores its rows with a ladder of
@@ -98,15 +96,10 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
 
   Group g is cut into 128-row tiles from its first row rounded down to a multiple
   of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
-  sum(group_sizes) into zero tiles (gid == G). A group's last tile whose rows all
-  lie in its first 64 is a half tile; half tiles are paired in order, each pair in
-  one slot at the second one's place. Returns sched_9T, T = m/128 + G + 1 (a bound),
-  with sched[:, t] = (gid, row0, lo, cnt, gid2, row02, lo2, cnt2, paired):
-    paired == 0: slot t reads x rows [row0, row0 + 128) and stores rows
-                 [row0 + lo, row0 + lo + cnt); cnt == 0 marks an unused slot;
-    paired == 1: the same for the two half tiles (gid, row0, lo, cnt) and
-                 (gid2, row02, lo2, cnt2), each reading 64 rows from its row0.
-  row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
+  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/128 + G + 1
+  (a bound), with sched[:, t] = (gid, row0, lo, cnt): tile t reads x rows
+  [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
+  an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
   """
   g = group_sizes_G.shape[0]
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
@@ -117,8 +110,7 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   base = starts // 8 * 8
   ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
   offs_incl = jnp.cumsum(ntiles)
-  nt = m // BLOCK + g + 1
-  t = jnp.arange(nt, dtype=jnp.int32)
+  t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
   # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
   # host round trip per iteration (~10 x 30 us here, more than the kernel on small
   # shapes); T x (G + 1) comparisons are one fused kernel.
@@ -129,24 +121,7 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
   cnt = jnp.where(t < offs_incl[-1], cnt, 0)
   row0 = jnp.minimum(first, m - BLOCK)
-  lo = lo_row - row0
-  fields = jnp.stack([gid, row0, lo, cnt])
-  # Pairing: half tile of rank r (in tile order) joins rank r + 1 when r is even; an
-  # odd count leaves the last one a tile of its own. Every tile but a pair's first
-  # opens a slot; the first goes to its partner's slot.
-  half = (cnt > 0) & (gid < g) & (lo + cnt <= ROWS)
-  rank = jnp.cumsum(half) - half
-  lead = half & (rank % 2 == 0) & (rank + 1 < jnp.sum(half))
-  second = half & (rank % 2 == 1)
-  opens = (cnt > 0) & jnp.logical_not(lead)
-  slot = jnp.where(opens, jnp.cumsum(opens) - 1, nt)          # nt: dropped by the scatters
-  slot_of_rank = jnp.full((nt + 1,), nt, jnp.int32).at[jnp.where(half, rank, nt)].set(
-      slot, mode="drop")
-  part1 = jnp.where(lead, slot_of_rank[jnp.minimum(rank + 1, nt)], jnp.where(second, nt, slot))
-  sched = jnp.zeros((9, nt), jnp.int32)
-  sched = sched.at[0:4, part1].set(fields, mode="drop")
-  sched = sched.at[4:8, jnp.where(second, slot, nt)].set(fields, mode="drop")
-  return sched.at[8, jnp.where(second, slot, nt)].set(1, mode="drop")
+  return jnp.stack([gid, row0, lo_row - row0, cnt]).astype(jnp.int32)
 
 
 class _Ring:
@@ -156,35 +131,32 @@ class _Ring:
     self.a, self.b = a_smem, b_smem
     self.produced, self.consumed, self.stages = produced, consumed, stages
 
-  def produce(self, step, a_src, b_src, a_rows=None):
-    """Producer: load one k-step into slot step % stages once both consumers freed it
-    (a_rows: only the first a_rows rows of the slot's A block)."""
+  def produce(self, step, a_src, b_src):
+    """Producer: load one k-step into slot step % stages once both consumers freed it."""
     slot = lax.rem(step, self.stages)
 
     @pl.when(step >= self.stages)
     def _():
       plgpu.barrier_wait(self.consumed.at[slot])
 
-    a_dst = self.a.at[slot] if a_rows is None else self.a.at[slot, pl.ds(0, a_rows)]
-    plgpu.copy_gmem_to_smem(a_src, a_dst, self.produced.at[slot])
+    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self.produced.at[slot])
     plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self.produced.at[slot])
     return step + 1
 
-  def consume(self, step, first, acc_ref, a_op, b_op, active, mask=None):
-    """Consumer: one k-step; its wgmma is skipped when not `active`.
+  def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
+    """Consumer: one k-step whose rows [lo, hi) of `nrows` count.
 
-    mask=(mask_ref, lo, hi, nrows): only rows [lo, hi) of the `nrows` in mask_ref
-    count; the others are zeroed in shared memory before the wgmma (their products
-    must not reach the accumulator). The previous step's slot is released once its
+    With a `mask_ref`, rows outside [lo, hi) are zeroed in shared memory before the
+    wgmma (their products must not reach the accumulator); with no row in [lo, hi)
+    the wgmma is skipped. The previous step's slot is released once its
     wgmma is done (one wgmma group stays in flight); `first` marks a tile's first
     step, whose predecessor was released at the end of the previous tile.
     """
     slot = lax.rem(step, self.stages)
     plgpu.barrier_wait(self.produced.at[slot])
+    active = hi > lo
 
-    if mask is not None:
-      mask_ref, lo, hi, nrows = mask
-
+    if mask_ref is not None:
       @pl.when(active & ((lo > 0) | (hi < nrows)))
       def _():
         ref = mask_ref(slot)
@@ -271,16 +243,17 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
   tile i, then consumer 1's tile i, then consumer 0's tile i + 1, ...; two barriers).
   Both would otherwise finish a tile's wgmmas together and leave the tensor cores idle
   for the whole epilogue. Taking turns, consumer 1 starts its first epilogue one
-  epilogue late, and from then on runs its last wgmmas of each tile alone at full rate
-  while consumer 0 stores, and stores while consumer 0 starts the next tile: the
-  epilogues hide under the other consumer's wgmmas (CUTLASS's ping-pong kernels do this
-  with one tile per consumer; here the two consumers still share a tile's operands, and
-  the ring's depth bounds how far apart they run). Small-K products, whose tiles are
-  short next to their epilogue (Qwen3's fc2 and wgrad), gain most.
+  epilogue late, and from then on runs its last wgmmas of each tile alone while
+  consumer 0 stores, and stores while consumer 0 starts the next tile, so one
+  consumer's epilogue overlaps the other's wgmmas (CUTLASS's ping-pong kernels do this
+  with one tile per consumer; here the two still share a tile's operands, and the
+  ring's depth bounds how far apart they run). Measured on an H200: 0-2% faster on
+  Mixtral's six calls and Qwen3's wgrad, within +-2% on Qwen3's forward and dgrad
+  (benchmarks/RESULTS.md).
 
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, wg, acc_ref, store, lin, step) -> step runs its wgmmas and
-  calls store(acc_ref, dst, rows) (see `_store_tile`) once.
+  calls store(acc_ref, dst, rows) (see `_store_tile`) exactly once.
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -319,7 +292,7 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
 
-        def store(acc_ref, dst, rows=None):  # called once per tile by each consumer
+        def store(acc_ref, dst, rows=None):
           if cfg.alternate_epilogues:
             plgpu.barrier_wait(stored.at[1 - wg])
           _store_tile(acc_ref, tuple(out_smem), wg, dst, rows, out_dtype)
@@ -385,59 +358,40 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   def coords(sched_gmem, lin):
     t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n), cfg.grid_minor_dim,
                                cfg.grid_tile_width)
-    f = [sched_gmem[r, t] for r in range(9)]
-    paired = f[8] > 0
-    n_steps = jnp.where(paired, 2 * k_iters, jnp.where((f[3] > 0) & (f[0] < g), k_iters, 0))
-    return ni, f[0:4], f[4:8], paired, n_steps
+    gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
+    row0 = pl.multiple_of(row0, 8)
+    n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
+    return ni, gid, row0, lo, cnt, n_steps
 
-  # A pair of half tiles (see tile_schedule) costs one full tile: its ring steps
-  # alternate between the two (x's 64 rows and w[gid]'s block for the same k), and
-  # consumer p runs only the wgmmas of half p, into its 64 x tn accumulator. Every
-  # slot then costs the same, which keeps the SMs in step (see the module docstring).
   def produce_unit(refs, ring, lin, step):
     sched_gmem, x_gmem, w_gmem, _ = refs
-    ni, (gid, row0, _, _), (gid2, row02, _, _), paired, n_steps = coords(sched_gmem, lin)
+    ni, gid, row0, _, _, n_steps = coords(sched_gmem, lin)
+    w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
-    def k_step(i, step):
-      second = paired & (i % 2 == 1)
-      ki = jnp.where(paired, i // 2, i)
-      r0 = pl.multiple_of(jnp.where(second, row02, row0), 8)
-      w_g = w_gmem.at[jnp.minimum(jnp.where(second, gid2, gid), g - 1)]
-      x_src = lambda rows: x_gmem.at[pl.ds(r0, rows), pl.ds(ki * tk, tk)]
+    def k_step(ki, step):
+      x_src = x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)]
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-
-      @pl.when(paired)
-      def _():
-        ring.produce(step, x_src(ROWS), w_src, a_rows=ROWS)
-
-      @pl.when(jnp.logical_not(paired))
-      def _():
-        ring.produce(step, x_src(BLOCK), w_src)
-
-      return step + 1
+      return ring.produce(step, x_src, w_src)
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
   def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
     sched_gmem, _, _, o_gmem = refs
-    ni, one, two, paired, n_steps = coords(sched_gmem, lin)
-    # whole tile: rows [64 wg, 64 wg + 64); pair: rows [0, 64) of half tile wg
-    _, row0, lo, cnt = (jnp.where(paired & (wg == 1), b, a) for a, b in zip(one, two))
-    r0 = pl.multiple_of(jnp.where(paired, 0, wg * ROWS), ROWS)
-    row0 = pl.multiple_of(row0, 8)
-    a = jnp.clip(lo - r0, 0, ROWS)
-    b = jnp.clip(lo + cnt - r0, 0, ROWS)
-    a_op = lambda slot: ring.a.at[slot, pl.ds(r0, ROWS)]
+    ni, _, row0, lo, cnt, n_steps = coords(sched_gmem, lin)
+    half = wg * ROWS
+    a = jnp.clip(lo - half, 0, ROWS)
+    b = jnp.clip(lo + cnt - half, 0, ROWS)
+    a_op = lambda slot: ring.a.at[slot, pl.ds(half, ROWS)]
     b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
             else (lambda slot: ring.b.at[slot]))
-    active = lambda i: jnp.where(paired, i % 2 == wg, b > a)
     step = lax.fori_loop(
         0, n_steps,
-        lambda i, step: ring.consume(step, i == 0, acc_ref, a_op, b_op, active(i)), step)
+        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, ROWS),
+        step)
     ring.finish(step, n_steps > 0)
-    store(acc_ref,  # stores nothing when a == b (an unused slot)
-          lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + r0 + r, nr),
+    store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
+          lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + half + r, nr),
                                               pl.ds(ni * tn + col, width)],
           (a, b, (a == 0) & (b == ROWS)))
     return step
@@ -502,7 +456,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
       hi = jnp.clip(end - row, 0, tk)
       return ring.consume(step, j == 0, acc_ref,
                           lambda slot: x_cols(slot).transpose((1, 0)),
-                          lambda slot: ring.b.at[slot], hi > lo, mask=(x_cols, lo, hi, tk))
+                          lambda slot: ring.b.at[slot], x_cols, lo, hi, tk)
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
