@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on commit 588665d (the half-tile kernel, later dropped: `git show 588665d:kernels/grouped_gemm/mosaic.py`).
 # Session 12, call a (c1_half_tiles/): grouped GEMM with half tiles (a group's last tile of at most
 # 64 rows runs as a 64-row tile, the consumers splitting its columns) and alternating epilogues
 # (the two consumers store their tiles in turns). (1) the kernel check on small shapes; (2) each

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Ran on commit 44db5dd (the paired half-tile kernel, later dropped: `git show 44db5dd:kernels/grouped_gemm/mosaic.py`);
+# the first attempt (c2_lowering_error/) on a936c85.
 # Session 12, call b (c2_paired_half_tiles/): two half tiles now share one slot (each consumer
 # runs one; every slot costs a full tile), as half tiles at half cost can let the SMs drift apart.
 # Call a read Qwen3 fc1 forward 537 TFLOP/s for that tree and 569 for the tree before, in separate

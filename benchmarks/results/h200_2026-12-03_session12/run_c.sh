@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on commit 79d687e (this kernel state is the one kept).
 # Session 12, call c (c3_same_call_titan/): the paired half tiles measured no gain (call b) and were
 # dropped; what is kept is the consumers storing their tiles in turns (alternate_epilogues, on by
 # default). The acceptance measurement in one call: both proxies from the tree before (.peers/base,
