@@ -11,7 +11,11 @@ SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
   aside to `checkpoints/<step>.corrupt` (never deleted) and the next older one is tried;
 - a non-finite state is never saved;
 - retention keeps the last `max_to_keep`, every `keep_interval`-th, and the checkpoint this run
-  was restored from (the last one known to pass verification);
+  was restored from (the last one known to pass verification). Orbax removes a local step
+  directory file by file, so a crash in the middle leaves a half-removed checkpoint under the
+  step's own name, which Orbax then lists as complete; so Orbax renames old checkpoints into
+  `checkpoints/deleted/` instead (atomic), and the manager empties that directory at start, at
+  each save and at close;
 - a checkpoint whose arrays do not fit the config is refused in one line naming the keys.
 
 The async save (benchmarks/checkpoint_stall.py measures it): at a save step the training thread
@@ -30,6 +34,7 @@ import contextlib
 import gc
 import os
 import re
+import shutil
 import sys
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +51,7 @@ from moejax.config import RunError
 PARAMS_ITEM = "params"
 MOE_STATE_ITEM = "moe_state"  # beside the weights when they come with router state (an expert bias)
 CORRUPT = ".corrupt"
+TRASH = "deleted"  # retention renames old step directories into checkpoints/deleted/
 
 
 class Damaged(Exception):
@@ -265,12 +271,13 @@ class CheckpointManager:
       keep.append(policies.EveryNSteps(keep_interval))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
-        create=True, cleanup_tmp_directories=True)
+        create=True, cleanup_tmp_directories=True, todelete_subdir=TRASH)
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self._workdir, self._interval = workdir, save_interval
     handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
                     checksums=ocp.JsonCheckpointHandler())
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._empty_trash()
     self._saver = ThreadPoolExecutor(1, thread_name_prefix="moejax-save") if async_save else None
     self._pending: Future | None = None
     self._copy, self._fingerprint = _device_copy, checksum.fingerprint
@@ -288,6 +295,12 @@ class CheckpointManager:
     self._fingerprint = checksum.fingerprint.lower(target).compile()
     if staging.can_stage(target):
       staging.warm_up({d for t in jax.tree.leaves(target) for d in t.sharding.addressable_devices})
+
+  def _empty_trash(self) -> None:
+    """Removes the checkpoints retention renamed aside (a crash halfway through is harmless there:
+    nothing in it is taken for a checkpoint). Called when no Orbax deletion is in flight."""
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, TRASH), ignore_errors=True)
 
   def _wait_pending(self) -> None:
     """Waits for the background save call in flight (re-raising its error)."""
@@ -326,6 +339,7 @@ class CheckpointManager:
       return False
     if self._saver is not None and staging.can_stage(state):
       state = staging.to_host(state)
+    self._empty_trash()  # the previous save, and the retention after it, are finished
     return self._mngr.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {"step": step}),
         checksums=ocp.args.JsonSave(sums)))
@@ -398,6 +412,7 @@ class CheckpointManager:
     """Waits for the save in flight, then closes."""
     try:
       self.wait()
+      self._empty_trash()
     finally:
       if self._saver is not None:
         self._saver.shutdown()

@@ -140,6 +140,28 @@ def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tm
   assert sorted(map(int, os.listdir(workdir / "checkpoints"))) == [2, 4, 8, 9]
 
 
+def test_retention_renames_old_checkpoints_aside_before_removing_them(two_steps, tmp_path):
+  """Orbax removes a step directory file by file: killed halfway, what is left under the step's own
+  name is listed as a complete checkpoint (a kill -9 test caught one). Retention renames it into
+  checkpoints/deleted/ first, which the manager empties at each save and at close; a half-removed
+  leftover there is never taken for a checkpoint."""
+  base, abstract, shardings = two_steps
+  workdir = tmp_path / "run"
+  shutil.copytree(base, workdir)
+  ckdir = workdir / "checkpoints"
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=2, async_save=False) as ckpt:
+    state, _ = ckpt.restore(abstract, shardings)  # step 2 pinned
+    for step in (3, 4, 5):
+      ckpt.save(step, state.replace(step=state.step * 0 + step))
+    assert sorted(os.listdir(ckdir)) == ["2", "4", "5", "deleted"]
+    assert os.listdir(ckdir / "deleted") == ["3"]
+    shutil.rmtree(ckdir / "deleted" / "3" / "meta")  # a removal killed halfway
+    assert ckpt.all_steps() == [2, 4, 5]
+    ckpt.save(6, state.replace(step=state.step * 0 + 6))  # empties deleted/, then 4 goes there
+    assert os.listdir(ckdir / "deleted") == ["4"]
+  assert sorted(os.listdir(ckdir)) == ["2", "5", "6"]
+
+
 @pytest.mark.parametrize("async_save", [False, True])
 def test_a_state_holding_nan_is_not_saved(two_steps, tmp_path, capfd, async_save):
   base, abstract, shardings = two_steps
