@@ -1,5 +1,6 @@
 #!/bin/bash
 # Ran on commit 7175990 (the kept kernel state).
+# Its tiles.json copy is not kept in the results: the tuned tiles won every call.
 # Session 12, call d (c4_tiles_128_deep/): with the consumers storing in turns, how far apart they
 # can run is bounded by the ring's depth (4 stages at tile_n=256). 128-wide tiles fit 6 stages.
 # Each Qwen3 kernel call (Dirichlet(1) groups), same process: the tuned tile, 128-wide tiles with 6
