@@ -123,7 +123,7 @@ def run(mode: str, cfg, args) -> dict:
       ckpt = OrbaxOnly(os.path.join(directory, "checkpoints"), args.save_interval)
     else:
       ckpt = CheckpointManager(directory, args.save_interval, 2, async_save=mode.startswith("async"))
-      ckpt.prepare(abstract.checkpointed(), shardings.checkpointed())  # as the loop does after compiling the step
+      ckpt.prepare(abstract, shardings)  # as the loop does after compiling the step
     times, save_calls, split = [], [], []
     batch = device_batch(dataset[0], bsh)
     probe = GilProbe()
@@ -135,7 +135,7 @@ def run(mode: str, cfg, args) -> dict:
       jax.device_get(metrics)
       t0 = time.perf_counter()
       split.append((t_dispatch - start, t0 - t_dispatch, probe.take()))
-      ckpt.save(step + 1, state.checkpointed())
+      ckpt.save(step + 1, state)
       if (step + 1) % args.save_interval == 0:
         save_calls.append(time.perf_counter() - t0)
       batch = device_batch(dataset[step + 1], bsh)  # the loop reads the next batch here too

@@ -14,8 +14,8 @@ SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
   was restored from (the last one known to pass verification). Orbax removes a local step
   directory file by file, so a crash in the middle leaves a half-removed checkpoint under the
   step's own name, which Orbax then lists as complete; so Orbax renames old checkpoints into
-  `checkpoints/deleted/` instead (atomic), and the manager empties that directory at start, at
-  each save and at close;
+  `checkpoints/deleted/` instead (atomic), and the manager empties that directory at each save
+  and at close;
 - a checkpoint whose arrays do not fit the config is refused in one line naming the keys.
 
 The async save (benchmarks/checkpoint_stall.py measures it): at a save step the training thread
@@ -60,6 +60,14 @@ class Damaged(Exception):
 
 def _target(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _saved(tree):
+  """The part of a state that checkpoints hold: `tree.checkpointed()` where the state defines it
+  (moejax.train.state.TrainState leaves out its compute copy, derived from the masters), else
+  the tree itself. save, prepare and restore all go through it, so callers pass whole states."""
+  checkpointed = getattr(tree, "checkpointed", None)
+  return tree if checkpointed is None else checkpointed()
 
 
 def _short(e: Exception) -> str:
@@ -277,7 +285,6 @@ class CheckpointManager:
     handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
                     checksums=ocp.JsonCheckpointHandler())
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-    self._empty_trash()
     self._saver = ThreadPoolExecutor(1, thread_name_prefix="moejax-save") if async_save else None
     self._pending: Future | None = None
     self._copy, self._fingerprint = _device_copy, checksum.fingerprint
@@ -288,7 +295,7 @@ class CheckpointManager:
     pinned host memory of one staging block allocated (`staging.warm_up`)."""
     if self._saver is not None:
       self._wait_pending()
-      self._pending = self._saver.submit(self._prepare, _target(abstract, shardings))
+      self._pending = self._saver.submit(self._prepare, _target(_saved(abstract), _saved(shardings)))
 
   def _prepare(self, target) -> None:
     self._copy = _device_copy.lower(target).compile()
@@ -323,6 +330,7 @@ class CheckpointManager:
     if not force and step % self._interval:
       return False
     self.wait()  # the previous save committed: at most one in flight, as with Orbax alone
+    state = _saved(state)
     if self._saver is None:
       return self._checked_save(step, state, meta)
     self._pending = self._saver.submit(self._checked_save, step, self._copy(state), meta)
@@ -347,8 +355,10 @@ class CheckpointManager:
   def restore(self, abstract: Any, shardings: Any, step: int | None = None):
     """(state, meta) of the newest checkpoint that passes verification, restored into `shardings`
     (which may be another mesh than the one saved from); None when there is none. Damaged ones
-    are moved aside on the way. With `step`, exactly that one (Damaged if it fails)."""
+    are moved aside on the way. With `step`, exactly that one (Damaged if it fails). The state
+    comes back as checkpoints hold it (`_saved`: a TrainState without its compute copy)."""
     self._wait_pending()
+    abstract, shardings = _saved(abstract), _saved(shardings)
     if step is not None:
       return self._restore_verified(step, abstract, shardings)
     while (latest := self.latest_step()) is not None:

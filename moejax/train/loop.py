@@ -146,7 +146,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   with (lock, jax.set_mesh(mesh), nn.logical_axis_rules(rules),
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
     print(f"{describe_layout(layout)}; {describe_params(spec)}", file=sys.stderr)
-    restored = ckpt.restore(abstract.checkpointed(), shardings.checkpointed())  # the newest that verifies
+    restored = ckpt.restore(abstract, shardings)  # the newest checkpoint that verifies
     if restored is not None and int(restored[0].step) >= t.train_iters:
       print(f"already at step {int(restored[0].step)} (train.train_iters={t.train_iters}); nothing to do: raise "
             "train.train_iters to train further", file=sys.stderr)
@@ -169,7 +169,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     start = int(state.step)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
-    ckpt.prepare(abstract.checkpointed(), shardings.checkpointed())  # the save's own compile, off the first save
+    ckpt.prepare(abstract, shardings)  # the save's own compile, off the first save step
     eval_fn = None
     if eval_dataset is not None:
       eval_jit = jax.jit(make_eval_step(model, placement), in_shardings=(shardings.params, bsh, shardings.moe_state),
@@ -234,7 +234,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         finite = log(step, record)
         stopping = stop.set  # read once: a signal between save and check must not skip the save
         if finite:  # a state whose last step was not finite is never saved
-          ckpt.save(step + 1, state.checkpointed(), {"step": step + 1}, force=stopping)
+          ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
         if stopping:
           print(f"stopping at step {step + 1} on signal; " + ("checkpoint saved" if finite else
                 f"not saved (the step was not finite; the last checkpoint is step {ckpt.latest_step()})"),
@@ -242,7 +242,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
           break
       else:
         if nonfinite_run == 0 and ckpt.latest_step() != int(state.step):
-          ckpt.save(int(state.step), state.checkpointed(), {"step": int(state.step)}, force=True)
+          ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
     finally:
       profiler.close()
       writer.close()

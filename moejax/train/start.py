@@ -89,7 +89,7 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
   if moe_state is not None:
     state = state.replace(moe_state=moe_state)
   if cfg.moe.use_upcycling:
-    ckpt.save(0, state.checkpointed(), force=True)
+    ckpt.save(0, state, force=True)
     print(f"upcycled the dense weights of {src} into {model.spec.moe.num_experts} experts (granularity "
           f"{model.spec.moe.upcycling_granularity}); saved as checkpoint 0", file=sys.stderr)
   elif src:

@@ -19,8 +19,8 @@ distributed optimizer.
 it in its own pass over the masters, so no step starts with a pass that reads every such fp32
 master to cast it. Masters sharded over data are cast on their shard (1/dp of the work) and
 gathered, as before, and keep no copy (None in its tree). It costs 2 bytes per kept parameter
-between steps and is not checkpointed: `checkpointed()` drops it, `with_compute_copy` casts it
-again after a restore.
+between steps and is not checkpointed: `checkpointed()` drops it (the checkpoint manager saves and
+restores that view of a state), `with_compute_copy` casts it again after a restore.
 """
 from __future__ import annotations
 

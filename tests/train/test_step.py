@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from moejax.checkpoint.manager import CheckpointManager
 from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule
 from moejax.train.state import init_state, setup, with_compute_copy
@@ -70,11 +71,18 @@ def _same_run(small_moe_config, devices, placement=True, **parallel):
 
 
 @pytest.mark.parametrize("placement", [True, False])
-def test_compute_copy_changes_no_number_on_one_device(small_moe_config, placement):
+def test_compute_copy_changes_no_number_on_one_device(small_moe_config, placement, tmp_path):
   state, parts = _same_run(small_moe_config, jax.devices()[:1], placement)
   floating = [p for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.floating)]
   assert _is_cast(state.compute_params, state.params) == len(floating)  # written by the last update, every leaf
-  again = with_compute_copy(state.checkpointed(), "bfloat16", parts.shardings)  # as after a restore
+  # the whole state through a checkpoint: saved and restored without the copy, cast again after
+  with CheckpointManager(str(tmp_path), save_interval=1, max_to_keep=1, async_save=False) as ckpt:
+    ckpt.save(3, state)
+    restored, _ = ckpt.restore(parts.abstract, parts.shardings)
+  assert restored.compute_params is None
+  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  again = with_compute_copy(restored, "bfloat16", parts.shardings)
   assert _is_cast(again.compute_params, state.params) == len(floating)
 
 

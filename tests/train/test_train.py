@@ -99,7 +99,7 @@ def _complete_checkpoints_verify(cfg, workdir):
   abstract, shardings = parts.abstract, parts.shardings
   with CheckpointManager(str(workdir), cfg.checkpoint.save_interval, 100) as ckpt:
     for step in ckpt.all_steps():
-      state, _ = ckpt.restore(abstract.checkpointed(), shardings.checkpointed(), step=step)  # Damaged if not whole
+      state, _ = ckpt.restore(abstract, shardings, step=step)  # raises Damaged if it is not whole
       assert int(state.step) == step
     return ckpt.latest_step()
 
