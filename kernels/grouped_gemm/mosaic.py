@@ -54,8 +54,11 @@ class TileConfig:
   """CTA tile 128 x tile_n, tile_k deep per pipeline step, `stages` ring slots.
 
   The CTA tiles are visited in `plgpu.planar_snake` order (grid_minor_dim,
-  grid_tile_width) for L2 reuse. alternate_epilogues: the two consumers take turns
-  storing their tiles (see `_persistent_call`).
+  grid_tile_width) for L2 reuse. pingpong: each consumer warpgroup computes whole
+  128-row tiles of its own, every other tile of the SM (tile_n <= 128: a 128 x tile_n
+  fp32 accumulator per warpgroup); otherwise the two consumers split each tile's rows,
+  and alternate_epilogues makes them take turns storing their tiles (see
+  `_persistent_call`).
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -63,6 +66,7 @@ class TileConfig:
   grid_tile_width: int = 4
   grid_minor_dim: int = 1
   alternate_epilogues: bool = True
+  pingpong: bool = False
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -74,7 +78,8 @@ def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
 
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
-  return (k % cfg.tile_k == 0 and n % cfg.tile_n == 0 and cfg.tile_n <= 256
+  return (k % cfg.tile_k == 0 and n % cfg.tile_n == 0
+          and cfg.tile_n <= (128 if cfg.pingpong else 256)
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
 
 
@@ -125,22 +130,36 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
 
 
 class _Ring:
-  """The shared-memory ring between the producer and the two consumers."""
+  """The shared-memory ring between the producer and the consumers.
 
-  def __init__(self, a_smem, b_smem, produced, consumed, stages):
+  Shared tiles: both consumers read every step (`consumed` counts two arrivals).
+  Ping-pong: each step belongs to the consumer that owns its tile; `produced` has a
+  barrier per (owner, slot), because a barrier's wait tracks its phase per warpgroup
+  and a consumer must wait on every phase of the barriers it waits on.
+  """
+
+  def __init__(self, a_smem, b_smem, produced, consumed, stages, owner=0):
     self.a, self.b = a_smem, b_smem
     self.produced, self.consumed, self.stages = produced, consumed, stages
+    self.owner = owner
+
+  def of(self, owner):
+    """The ring as seen by the steps of `owner`'s tiles (ping-pong)."""
+    return _Ring(self.a, self.b, self.produced, self.consumed, self.stages, owner)
+
+  def _produced(self, slot):
+    return self.produced.at[self.owner * self.stages + slot]
 
   def produce(self, step, a_src, b_src):
-    """Producer: load one k-step into slot step % stages once both consumers freed it."""
+    """Producer: load one k-step into slot step % stages once its consumers freed it."""
     slot = lax.rem(step, self.stages)
 
     @pl.when(step >= self.stages)
     def _():
       plgpu.barrier_wait(self.consumed.at[slot])
 
-    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self.produced.at[slot])
-    plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self.produced.at[slot])
+    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self._produced(slot))
+    plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self._produced(slot))
     return step + 1
 
   def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
@@ -153,7 +172,7 @@ class _Ring:
     step, whose predecessor was released at the end of the previous tile.
     """
     slot = lax.rem(step, self.stages)
-    plgpu.barrier_wait(self.produced.at[slot])
+    plgpu.barrier_wait(self._produced(slot))
     active = hi > lo
 
     if mask_ref is not None:
@@ -191,72 +210,87 @@ class _Ring:
 
 
 def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
-  """Write a consumer's 64 x tile_n accumulator to dst(row, n_rows, col, width).
+  """Write a consumer's accumulator (64 or 128 rows x tile_n) to dst(row, n_rows, col, width).
 
-  rows=None: all 64 rows, as 64 x (128 bytes) sub-tiles through two swizzled SMEM
-  slots (one TMA store in flight while the next slot fills). rows=(lo, hi, full):
-  the same when `full`, else only rows [lo, hi), staged unswizzled (TMA boxes of
-  static size need arbitrary row offsets) and stored as a ladder of power-of-two
-  row slices. `out` is the (swizzled, unswizzled) pair of aliased SMEM buffers.
+  Each 64-row chunk is stored as 64 x (128 bytes) sub-tiles through the warpgroup's two
+  swizzled SMEM slots (one TMA store in flight while the next slot fills). rows=(lo, hi):
+  only rows [lo, hi) are stored; a chunk they cover partly is staged unswizzled (TMA
+  boxes of static size need arbitrary row offsets) and stored as a ladder of
+  power-of-two row slices. `out` is the (swizzled, unswizzled) pair of aliased SMEM buffers.
   """
   swizzled, plain = out
   acc = acc_ref[...].astype(out_dtype)
   epi_n = swizzled.shape[-1]
   n_sub = acc.shape[1] // epi_n
+  n_chunks = acc.shape[0] // ROWS
 
-  def all_rows():
-    for j in range(n_sub):
-      # An odd sub-tile count restarts at slot 0 on the next tile: drain first.
-      plgpu.wait_smem_to_gmem(1 if n_sub % 2 == 0 else 0, wait_read_only=True)
-      swizzled[wg, j % 2] = acc[:, j * epi_n:(j + 1) * epi_n]
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(swizzled.at[wg, j % 2], dst(0, ROWS, j * epi_n, epi_n))
+  for h in range(n_chunks):
+    part = acc[h * ROWS:(h + 1) * ROWS]
 
-  if rows is None:
-    return all_rows()
-  lo, hi, full = rows
-  pl.when(full)(all_rows)
+    def all_rows(h=h, part=part):
+      for j in range(n_sub):
+        # An odd sub-tile count restarts at slot 0 on the next tile: drain first.
+        plgpu.wait_smem_to_gmem(1 if n_sub * n_chunks % 2 == 0 else 0, wait_read_only=True)
+        slot = (h * n_sub + j) % 2
+        swizzled[wg, slot] = part[:, j * epi_n:(j + 1) * epi_n]
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(swizzled.at[wg, slot], dst(h * ROWS, ROWS, j * epi_n, epi_n))
 
-  @pl.when(jnp.logical_not(full) & (hi > lo))
-  def _():
-    cnt = hi - lo
-    for j in range(n_sub):
+    if rows is None:
+      all_rows()
+      continue
+    lo = jnp.clip(rows[0] - h * ROWS, 0, ROWS)
+    hi = jnp.clip(rows[1] - h * ROWS, 0, ROWS)
+    full = (lo == 0) & (hi == ROWS)
+    pl.when(full)(all_rows)
+
+    @pl.when(jnp.logical_not(full) & (hi > lo))
+    def _(h=h, part=part, lo=lo, hi=hi):
+      cnt = hi - lo
+      for j in range(n_sub):
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plain[wg, 0] = part[:, j * epi_n:(j + 1) * epi_n]
+        plgpu.commit_smem()
+        start, size = lo, ROWS
+        while size >= 1:
+          @pl.when(cnt & size != 0)
+          def _():
+            plgpu.copy_smem_to_gmem(plain.at[wg, 0, pl.ds(start, size)],
+                                    dst(h * ROWS + start, size, j * epi_n, epi_n))
+          start = start + (cnt & size)
+          size //= 2
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-      plain[wg, 0] = acc[:, j * epi_n:(j + 1) * epi_n]
-      plgpu.commit_smem()
-      start, size = lo, ROWS
-      while size >= 1:
-        @pl.when(cnt & size != 0)
-        def _():
-          plgpu.copy_smem_to_gmem(plain.at[wg, 0, pl.ds(start, size)],
-                                  dst(start, size, j * epi_n, epi_n))
-        start = start + (cnt & size)
-        size //= 2
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block, dtype,
-                     out_shape, out_dtype, cfg, interpret, args):
+def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_block, b_block,
+                     dtype, out_shape, out_dtype, cfg, interpret, args):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
+  Shared tiles (cfg.pingpong off): each consumer computes 64 of the tile's 128 rows.
   With cfg.alternate_epilogues the consumers store their tiles in turns (consumer 0's
   tile i, then consumer 1's tile i, then consumer 0's tile i + 1, ...; two barriers).
   Both would otherwise finish a tile's wgmmas together and leave the tensor cores idle
   for the whole epilogue. Taking turns, consumer 1 starts its first epilogue one
   epilogue late, and from then on runs its last wgmmas of each tile alone while
   consumer 0 stores, and stores while consumer 0 starts the next tile, so one
-  consumer's epilogue overlaps the other's wgmmas (CUTLASS's ping-pong kernels do this
-  with one tile per consumer; here the two still share a tile's operands, and the
-  ring's depth bounds how far apart they run). Measured on an H200: 0-2% faster on
-  Mixtral's six calls and Qwen3's wgrad, within +-2% on Qwen3's forward and dgrad
-  (benchmarks/RESULTS.md).
+  consumer's epilogue overlaps the other's wgmmas; the ring's depth bounds how far
+  apart they run. Measured on an H200: 0-2% faster on Mixtral's six calls and Qwen3's
+  wgrad, within +-2% on Qwen3's forward and dgrad (benchmarks/RESULTS.md).
+
+  Ping-pong (CUTLASS's name): consumer c computes the SM's tiles i with i % 2 == c,
+  all 128 rows of each. The producer still loads the tiles in order, so consumer 1
+  starts a tile as consumer 0 ends its own, and each epilogue runs under the other
+  consumer's wgmmas, however long the tile.
 
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
-  consume_unit(refs, ring, wg, acc_ref, store, lin, step) -> step runs its wgmmas and
-  calls store(acc_ref, dst, rows) (see `_store_tile`) exactly once.
+  consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
+  rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
+  `_store_tile`) exactly once; unit_steps(refs, lin) is tile lin's number of ring steps.
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
+  pingpong = cfg.pingpong
+  alternate = cfg.alternate_epilogues and not pingpong
 
   def body(*refs):
     @functools.partial(
@@ -269,8 +303,8 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
             # offset 0, so plain[wg, 0] lies inside swizzled[wg] and never in the
             # other warpgroup's half.
             plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype)),
-        produced=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-        consumed=plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+        produced=plgpu.Barrier(num_arrivals=2, num_barriers=(2 if pingpong else 1) * stages),
+        consumed=plgpu.Barrier(num_arrivals=1 if pingpong else 2, num_barriers=stages),
         stored=plgpu.Barrier(num_arrivals=1, num_barriers=2),  # consumer wg's epilogue done
         collective_axes="wg",
     )
@@ -284,30 +318,44 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
       @pl.when(wg == 2)
       def _producer():
         plgpu.set_max_registers(40, action="decrease")
-        lax.fori_loop(0, n_local,
-                      lambda i, step: produce_unit(refs, ring, sm + i * nsm, step),
-                      jnp.int32(0))
+
+        def unit(i, step):
+          return produce_unit(refs, ring.of(lax.rem(i, 2)) if pingpong else ring,
+                              sm + i * nsm, step)
+
+        lax.fori_loop(0, n_local, unit, jnp.int32(0))
 
       @pl.when(wg < 2)
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
 
         def store(acc_ref, dst, rows=None):
-          if cfg.alternate_epilogues:
+          if alternate:
             plgpu.barrier_wait(stored.at[1 - wg])
           _store_tile(acc_ref, tuple(out_smem), wg, dst, rows, out_dtype)
-          if cfg.alternate_epilogues:
+          if alternate:
             plgpu.barrier_arrive(stored.at[wg])
 
-        if cfg.alternate_epilogues:  # consumer 0's first turn needs no wait
+        if alternate:  # consumer 0's first turn needs no wait
           pl.when(wg == 1)(lambda: plgpu.barrier_arrive(stored.at[1]))
 
-        def tile(i, step):
+        def run(i, step, my_ring, off, rows):
           return pl.run_scoped(
-              lambda acc_ref: consume_unit(refs, ring, wg, acc_ref, store, sm + i * nsm, step),
-              plgpu.ACC((ROWS, cfg.tile_n), jnp.float32))
+              lambda acc_ref: consume_unit(refs, my_ring, off, acc_ref, store, sm + i * nsm, step),
+              plgpu.ACC((rows, cfg.tile_n), jnp.float32))
 
-        lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        if pingpong:
+          def own_tile(j, step):
+            i = 2 * j + wg
+            # The ring steps of the other consumer's tile just before this one.
+            prev = jnp.maximum(i - 1, 0)
+            step = step + jnp.where(i >= 1, unit_steps(refs, sm + prev * nsm), 0)
+            return run(i, step, ring.of(wg), 0, BLOCK)
+
+          lax.fori_loop(0, lax.div(n_local - wg + 1, 2), own_tile, jnp.int32(0))
+        else:
+          lax.fori_loop(0, n_local, lambda i, step: run(i, step, ring, wg * ROWS, ROWS),
+                        jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   kw = dict(
@@ -327,6 +375,9 @@ def _persistent_call(produce_unit, consume_unit, *, num_units, a_block, b_block,
 
 
 def _check(cfg: TileConfig, itemsize: int):
+  if cfg.pingpong and cfg.tile_n > 128:
+    raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
+                     f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
   need = smem_bytes(cfg, itemsize) + 1024
   if need > SMEM_BYTES:
     raise ValueError(f"{cfg} needs {need} bytes of shared memory (> {SMEM_BYTES}); "
@@ -376,28 +427,29 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
-  def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
+  def consume_unit(refs, ring, off, acc_ref, store, lin, step):
     sched_gmem, _, _, o_gmem = refs
     ni, _, row0, lo, cnt, n_steps = coords(sched_gmem, lin)
-    half = wg * ROWS
-    a = jnp.clip(lo - half, 0, ROWS)
-    b = jnp.clip(lo + cnt - half, 0, ROWS)
-    a_op = lambda slot: ring.a.at[slot, pl.ds(half, ROWS)]
+    rows = acc_ref.shape[0]
+    a = jnp.clip(lo - off, 0, rows)
+    b = jnp.clip(lo + cnt - off, 0, rows)
+    a_op = lambda slot: ring.a.at[slot, pl.ds(off, rows)]
     b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
             else (lambda slot: ring.b.at[slot]))
     step = lax.fori_loop(
         0, n_steps,
-        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, ROWS),
+        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, rows),
         step)
     ring.finish(step, n_steps > 0)
     store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
-          lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + half + r, nr),
+          lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + off + r, nr),
                                               pl.ds(ni * tn + col, width)],
-          (a, b, (a == 0) & (b == ROWS)))
+          (a, b))
     return step
 
   return _persistent_call(
-      produce_unit, consume_unit, num_units=num_tiles * grid_n,
+      produce_unit, consume_unit, lambda refs, lin: coords(refs[0], lin)[-1],
+      num_units=num_tiles * grid_n,
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN))
@@ -444,11 +496,11 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     return lax.fori_loop(0, count, k_step, step)
 
-  def consume_unit(refs, ring, wg, acc_ref, store, lin, step):
+  def consume_unit(refs, ring, off, acc_ref, store, lin, step):
     info_gmem, _, _, o_gmem = refs
     gi, mi, ni, (start, end, count, first) = coords(info_gmem, lin)
-    col0 = wg * ROWS
-    x_cols = lambda slot: ring.a.at[slot, :, pl.ds(col0, ROWS)]
+    cols = acc_ref.shape[0]
+    x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
 
     def k_step(j, step):
       row = (first + j) * tk
@@ -460,11 +512,12 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
-    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + col0 + r, nr),
+    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + off + r, nr),
                                                        pl.ds(ni * tn + col, width)])
     return step
 
   return _persistent_call(
-      produce_unit, consume_unit, num_units=g * per_group,
+      produce_unit, consume_unit, lambda refs, lin: coords(refs[0], lin)[3][2],
+      num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_4G, x_MK, dy_MN))
