@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -28,7 +29,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from moejax.kernels.grouped_gemm import grouped_gemm
+from moejax.kernels.grouped_gemm import api, grouped_gemm, mosaic
 from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes, seconds_per_call
 
 SHAPES = {
@@ -106,11 +107,21 @@ def poison_device_memory(nbytes):
   del p
 
 
+def pingpong_gemm(k, n):
+  """grouped_gemm with ping-pong tiles for all three calls (128 wide where the width allows)."""
+  tile = lambda width: mosaic.TileConfig(tile_n=128 if width % 128 == 0 else 64, stages=6,
+                                         pingpong=True)
+  plan = (tile(n), tile(k), tile(n))
+  return lambda a, b, g: api._pallas_gg(a, b, g, a.dtype, plan, api.pallas_interpreted("pallas"))
+
+
 def smoke_check():
-  """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64:
-  a wrong kernel stops the run before any timing. Returns True when all pass."""
+  """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
+  table's tiles and with ping-pong tiles: a wrong kernel stops the run before any timing.
+  Returns True when all pass."""
   ok = True
-  for m, e, k, n, seed in ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)):
+  for (m, e, k, n, seed), variant in itertools.product(
+      ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)), ("table", "pingpong")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0
@@ -118,8 +129,9 @@ def smoke_check():
     w = (rng.standard_normal((e, k, n)) / np.sqrt(k)).astype(np.float32)
     dy = rng.standard_normal((m, n)).astype(np.float32)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)
-    y, dx, dw = fwd_bwd_fn(lambda a, b, g: grouped_gemm(a, b, g, impl="pallas"))(
-        bf(x), bf(w), jnp.asarray(sizes), bf(dy))
+    gemm = (pingpong_gemm(k, n) if variant == "pingpong"
+            else lambda a, b, g: grouped_gemm(a, b, g, impl="pallas"))
+    y, dx, dw = fwd_bwd_fn(gemm)(bf(x), bf(w), jnp.asarray(sizes), bf(dy))
     x, w, dy = (np.asarray(bf(a), np.float64) for a in (x, w, dy))
     ry, rdx, rdw = np.zeros((m, n)), np.zeros((m, k)), np.zeros((e, k, n))
     off = 0
@@ -130,7 +142,7 @@ def smoke_check():
     errs = [rel(o, r) for o, r in ((y, ry), (dx, rdx), (dw, rdw))]
     good = all(np.isfinite(errs)) and max(errs) <= 5e-3
     ok &= good
-    print(f"check m={m} e={e} k={k} n={n}: rel err y/dx/dw " +
+    print(f"check {variant} m={m} e={e} k={k} n={n}: rel err y/dx/dw " +
           " ".join(f"{v:.1e}" for v in errs) + ("" if good else "  WRONG"), flush=True)
   return ok
 
