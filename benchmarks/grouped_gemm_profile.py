@@ -9,6 +9,8 @@
       --sweep "256,4,4,1 256,4,16,1" --min-time 3 --clocks   # tile orders, sustained (power-limited)
   python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1,fc2 --op fwd,dgrad,wgrad \
       --sweep "tuned alternate_epilogues=0"       # the tuned tile with one field changed
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1 --op fwd --min-time 3 --clocks \
+      --sweep "tuned einsum"                      # against the equal-groups einsum (cuBLAS), clocks
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
@@ -27,6 +29,7 @@ import tempfile
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
+import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import configs
 from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
@@ -54,6 +57,17 @@ def gpu_clocks(out: dict):
         out.update(sm_mhz=sum(r[0] for r in rows) / len(rows), watts=sum(r[1] for r in rows) / len(rows))
 
 
+def einsum_call(op, e, x, dy, w):
+  """(jitted batched einsum, its args): the kernel call `op` on e equal groups."""
+  m, k = x.shape
+  xe, dye = x.reshape(e, m // e, k), dy.reshape(e, m // e, -1)
+  if op == "fwd":
+    return jax.jit(lambda a, b: jnp.einsum("emk,ekn->emn", a, b)), (xe, w)
+  if op == "dgrad":
+    return jax.jit(lambda a, b: jnp.einsum("emn,ekn->emk", a, b)), (dye, w)
+  return jax.jit(lambda a, b: jnp.einsum("emk,emn->ekn", a, b)), (xe, dye)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen3")
@@ -64,7 +78,8 @@ def main():
   ap.add_argument("--sweep", default="",
                   help="space-separated tiles to time: 'tuned' (the table's tile) or comma-separated "
                        "fields changed from it, positional (tile_n,stages,grid_tile_width,grid_minor_dim) "
-                       "or name=value (any TileConfig field)")
+                       "or name=value (any TileConfig field); 'einsum' times the batched einsum of the "
+                       "same call on equal groups (what cuBLAS reaches without ragged groups)")
   ap.add_argument("--min-time", type=float, default=0.2,
                   help="seconds of back-to-back calls per timing (a few seconds: the sustained, power-limited speed)")
   ap.add_argument("--clocks", action="store_true", help="also print the mean SM clock and power while timing")
@@ -88,11 +103,14 @@ def main():
       best = None
       for item in items:
         cfg = tuned
-        if item != "tuned":
-          fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
-          vals = [v.split("=") if "=" in v else (fields[i], v) for i, v in enumerate(item.split(","))]
-          cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
-        fn, args = kernel_call(op, cfg, *data)
+        if item == "einsum":
+          cfg, (fn, args) = "einsum (equal groups)", einsum_call(op, e, *data[1:])
+        else:
+          if item != "tuned":
+            fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
+            vals = [v.split("=") if "=" in v else (fields[i], v) for i, v in enumerate(item.split(","))]
+            cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
+          fn, args = kernel_call(op, cfg, *data)
         jax.block_until_ready(fn(*args))
         clk = {}
         with gpu_clocks(clk) if a.clocks else contextlib.nullcontext():
@@ -100,7 +118,7 @@ def main():
         extra = f" {clk['sm_mhz']:.0f} MHz {clk['watts']:.0f} W" if clk else ""
         print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
               f"{flops / t / 1e12:.0f} TFLOP/s{extra}", flush=True)
-        if best is None or t < best[0]:
+        if item != "einsum" and (best is None or t < best[0]):
           best = (t, cfg)
       if a.write_best and best is not None:
         configs.write_entries([{"op": op, "m": m, "g": e, "k": ck, "n": cn, "cfg": dataclasses.asdict(best[1]),

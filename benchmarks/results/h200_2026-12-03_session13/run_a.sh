@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on commit 98aef05+1 (ping-pong consumers, TileConfig.pingpong).
+# Ran on commit 59e30a6 (ping-pong consumers, TileConfig.pingpong).
 # Session 13, call a (a1_pingpong/): (1) the kernel check on small shapes with the table's tiles and
 # with ping-pong tiles (stops here if any is wrong); (2) each Qwen3 kernel call (Dirichlet(1) groups),
 # same process: the tuned tile against ping-pong 128x128 tiles with a 6-stage ring in six tile
