@@ -48,14 +48,16 @@ def seconds_per_call(fn, *args, min_time=0.2, max_calls=50, reps=5):
 def candidates(k, n, quick=False):
   """Tile configs that fit a kernel call contracting k into n columns."""
   out = []
-  for tn, st, gw, gm in itertools.product((256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1)):
+  for tn, st, gw, gm, pp in itertools.product((256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1),
+                                              (False, True)):
     cfg = mosaic.TileConfig(tile_n=tn, tile_k=64, stages=st, grid_tile_width=gw,
-                            grid_minor_dim=gm)
+                            grid_minor_dim=gm, pingpong=pp)
     if mosaic.fits(cfg, k, n):
       out.append(cfg)
-  if quick:  # the widest tile with its deepest ring, in every tile order
-    best = max((c.tile_n, c.stages) for c in out) if out else None
-    out = [c for c in out if (c.tile_n, c.stages) == best]
+  if quick:  # per form (shared tiles, ping-pong): its widest tile, deepest ring, every tile order
+    best = {pp: max(((c.tile_n, c.stages) for c in out if c.pingpong == pp), default=None)
+            for pp in (False, True)}
+    out = [c for c in out if (c.tile_n, c.stages) == best[c.pingpong]]
   return out
 
 

@@ -12,7 +12,9 @@ Both are one persistent CTA per SM with three warpgroups:
     arrive while the consumers still finish the current one;
   * two consumers each own 64 rows of the 128-row output tile (wgmma m64 x
     tile_n, one wgmma group kept in flight), then write their rows through a
-    swizzled shared-memory buffer with 64-row TMA stores.
+    swizzled shared-memory buffer with 64-row TMA stores; or, with
+    `TileConfig.pingpong`, each consumer computes every other tile whole, so one
+    consumer's epilogue runs under the other's wgmmas.
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs

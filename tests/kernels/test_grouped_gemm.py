@@ -238,11 +238,12 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
 
 def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
   """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
-  widest tile with its deepest ring; tuning sizes are imbalanced and sum to m."""
+  widest tile with its deepest ring, shared and ping-pong; tuning sizes are imbalanced and sum
+  to m."""
   from moejax.kernels.grouped_gemm import autotune
   quick = autotune.candidates(768, 2048, quick=True)
-  assert {(c.tile_n, c.stages) for c in quick} == {(256, 4)}
-  assert len({(c.grid_tile_width, c.grid_minor_dim) for c in quick}) == len(quick) == 6
+  assert {(c.tile_n, c.stages, c.pingpong) for c in quick} == {(256, 4, False), (128, 6, True)}
+  assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong) for c in quick}) == len(quick) == 12
   assert all(mosaic.fits(c, 768, 2048) for c in autotune.candidates(768, 2048))
   sizes = autotune.dirichlet_sizes(1000, 16)
   assert sizes.sum() == 1000 and sizes.min() >= 0 and sizes.max() > 2 * 1000 // 16
