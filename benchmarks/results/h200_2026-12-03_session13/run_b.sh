@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on commit COMMIT (tiles.json as before this session: no ping-pong entry).
+# Ran on commit eb06473 (tiles.json as before this session: no ping-pong entry).
 # Session 13, call b (b1_pingpong_ab/): is call a's ping-pong gain real, and where is the gap to the
 # einsum? (1) each Qwen3 kernel call, Dirichlet(1) groups, same process, twice in turn: the tuned
 # tile, ping-pong 128x128 tiles with 6 stages in two orders, and the batched einsum of the same call
