@@ -449,9 +449,11 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
           (a, b))
     return step
 
+  def unit_steps(refs, lin):
+    return coords(refs[0], lin)[-1]
+
   return _persistent_call(
-      produce_unit, consume_unit, lambda refs, lin: coords(refs[0], lin)[-1],
-      num_units=num_tiles * grid_n,
+      produce_unit, consume_unit, unit_steps, num_units=num_tiles * grid_n,
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN))
@@ -518,8 +520,11 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
                                                        pl.ds(ni * tn + col, width)])
     return step
 
+  def unit_steps(refs, lin):
+    _, _, _, (_, _, count, _) = coords(refs[0], lin)
+    return count
+
   return _persistent_call(
-      produce_unit, consume_unit, lambda refs, lin: coords(refs[0], lin)[3][2],
-      num_units=g * per_group,
+      produce_unit, consume_unit, unit_steps, num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_4G, x_MK, dy_MN))
