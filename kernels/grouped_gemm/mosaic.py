@@ -282,7 +282,9 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   Ping-pong (CUTLASS's name): consumer c computes the SM's tiles i with i % 2 == c,
   all 128 rows of each. The producer still loads the tiles in order, so consumer 1
   starts a tile as consumer 0 ends its own, and each epilogue runs under the other
-  consumer's wgmmas, however long the tile.
+  consumer's wgmmas, however long the tile. Its 128 x 128 tiles load a third more bytes
+  per flop than 128 x 256; on an H200 it won 2-3% on three of Qwen3's six calls and lost
+  8% on one (benchmarks/RESULTS.md), so the tile table picks it per call.
 
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
