@@ -431,8 +431,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   assert kk == k, (x_MK.shape, w_GKN.shape, transpose_rhs)
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
-  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize)
+  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
   if sched is None:
     sched = tile_schedule(group_sizes_G, m)
@@ -503,8 +503,8 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   g = group_sizes_G.shape[0]
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
-  assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize)
+  assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
