@@ -1,6 +1,5 @@
 #!/bin/bash
-# Ran on the working tree of commit a311028 plus the 2-CTA cluster kernels (TileConfig.cluster), which
-# were committed with this script.
+# Ran on commit d7ffc1f (2-CTA cluster kernels, TileConfig.cluster; not in the tile table).
 # Session 13, call e (e1_cluster/): 2-CTA clusters with the row operand multicast (the lever ncu
 # showed in call d). (1) the kernel check with cluster tiles (stops here if any is wrong); (2) Qwen3's
 # fc1/fc2 forward and wgrad and fc1's dgrad, same process: the shared 128x256 tile without and with
