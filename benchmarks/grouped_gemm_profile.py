@@ -29,13 +29,12 @@ import tempfile
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
-import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import configs
 from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
 
 sys.path.insert(0, os.path.dirname(__file__))
-from grouped_gemm import SHAPES  # noqa: E402
+from grouped_gemm import SHAPES, einsum_call  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -55,17 +54,6 @@ def gpu_clocks(out: dict):
       rows = [[float(v) for v in line.split(",")] for line in f if line.count(",") == 1]
       if rows:
         out.update(sm_mhz=sum(r[0] for r in rows) / len(rows), watts=sum(r[1] for r in rows) / len(rows))
-
-
-def einsum_call(op, e, x, dy, w):
-  """(jitted batched einsum, its args): the kernel call `op` on e equal groups."""
-  m, k = x.shape
-  xe, dye = x.reshape(e, m // e, k), dy.reshape(e, m // e, -1)
-  if op == "fwd":
-    return jax.jit(lambda a, b: jnp.einsum("emk,ekn->emn", a, b)), (xe, w)
-  if op == "dgrad":
-    return jax.jit(lambda a, b: jnp.einsum("emn,ekn->emk", a, b)), (dye, w)
-  return jax.jit(lambda a, b: jnp.einsum("emk,emn->ekn", a, b)), (xe, dye)
 
 
 def main():
