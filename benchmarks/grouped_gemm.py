@@ -118,21 +118,25 @@ def poison_device_memory(nbytes):
   del p
 
 
-def pingpong_gemm(k, n):
-  """grouped_gemm with ping-pong tiles for all three calls (128 wide where the width allows)."""
-  tile = lambda width: mosaic.TileConfig(tile_n=128 if width % 128 == 0 else 64, stages=6,
-                                         pingpong=True)
+def variant_gemm(k, n, variant):
+  """grouped_gemm with ping-pong or 2-CTA cluster tiles for all three calls (as wide as each
+  call's width allows; a call whose column tiles cannot pair runs without the cluster)."""
+  def tile(width):
+    if variant == "pingpong":
+      return mosaic.TileConfig(tile_n=128 if width % 128 == 0 else 64, stages=6, pingpong=True)
+    tn = next((t for t in (256, 128, 64) if width % (2 * t) == 0), 64)
+    return mosaic.TileConfig(tile_n=tn, stages=4, cluster=2 if width % (2 * tn) == 0 else 1)
   plan = (tile(n), tile(k), tile(n))
   return lambda a, b, g: api._pallas_gg(a, b, g, a.dtype, plan, api.pallas_interpreted("pallas"))
 
 
 def smoke_check():
   """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
-  table's tiles and with ping-pong tiles: a wrong kernel stops the run before any timing.
+  table's tiles, ping-pong tiles and 2-CTA cluster tiles: a wrong kernel stops the run before any timing.
   Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
-      ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)), ("table", "pingpong")):
+      ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)), ("table", "pingpong", "cluster")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0
@@ -140,8 +144,8 @@ def smoke_check():
     w = (rng.standard_normal((e, k, n)) / np.sqrt(k)).astype(np.float32)
     dy = rng.standard_normal((m, n)).astype(np.float32)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)
-    gemm = (pingpong_gemm(k, n) if variant == "pingpong"
-            else lambda a, b, g: grouped_gemm(a, b, g, impl="pallas"))
+    gemm = (lambda a, b, g: grouped_gemm(a, b, g, impl="pallas")) if variant == "table" \
+        else variant_gemm(k, n, variant)
     y, dx, dw = fwd_bwd_fn(gemm)(bf(x), bf(w), jnp.asarray(sizes), bf(dy))
     x, w, dy = (np.asarray(bf(a), np.float64) for a in (x, w, dy))
     ry, rdx, rdw = np.zeros((m, n)), np.zeros((m, k)), np.zeros((e, k, n))

@@ -60,7 +60,9 @@ class TileConfig:
   128-row tiles of its own, every other tile of the SM (tile_n <= 128: a 128 x tile_n
   fp32 accumulator per warpgroup); otherwise the two consumers split each tile's rows,
   and alternate_epilogues makes them take turns storing their tiles (see
-  `_persistent_call`).
+  `_persistent_call`). cluster=2: pairs of CTAs compute two neighbouring column tiles of
+  one row block and load its rows once for both (TMA multicast), cutting the L2 traffic
+  of the row operand by half (shared tiles only; the column tiles must pair up).
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -69,6 +71,7 @@ class TileConfig:
   grid_minor_dim: int = 1
   alternate_epilogues: bool = True
   pingpong: bool = False
+  cluster: int = 1
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -80,7 +83,8 @@ def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
 
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
-  return (k % cfg.tile_k == 0 and n % cfg.tile_n == 0
+  return (k % cfg.tile_k == 0 and n % (cfg.tile_n * cfg.cluster) == 0
+          and cfg.cluster in (1, 2) and not (cfg.pingpong and cfg.cluster > 1)
           and cfg.tile_n <= (128 if cfg.pingpong else 256)
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
 
@@ -140,14 +144,15 @@ class _Ring:
   and a consumer must wait on every phase of the barriers it waits on.
   """
 
-  def __init__(self, a_smem, b_smem, produced, consumed, stages, owner=0):
+  def __init__(self, a_smem, b_smem, produced, consumed, stages, owner=0, multicast=False):
     self.a, self.b = a_smem, b_smem
     self.produced, self.consumed, self.stages = produced, consumed, stages
-    self.owner = owner
+    self.owner, self.multicast = owner, multicast
 
   def of(self, owner):
     """The ring as seen by the steps of `owner`'s tiles (ping-pong)."""
-    return _Ring(self.a, self.b, self.produced, self.consumed, self.stages, owner)
+    return _Ring(self.a, self.b, self.produced, self.consumed, self.stages, owner,
+                 self.multicast)
 
   def _produced(self, slot):
     return self.produced.at[self.owner * self.stages + slot]
@@ -160,7 +165,10 @@ class _Ring:
     def _():
       plgpu.barrier_wait(self.consumed.at[slot])
 
-    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self._produced(slot))
+    # multicast: both CTAs of the cluster load the same rows; each issues half of them
+    # into both CTAs' slots, so `consumed` must count the consumers of both.
+    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self._produced(slot),
+                            collective_axes="cluster" if self.multicast else None)
     plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self._produced(slot))
     return step + 1
 
@@ -295,6 +303,13 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
   pingpong = cfg.pingpong
   alternate = cfg.alternate_epilogues and not pingpong
+  multicast = cfg.cluster > 1
+  # A slot is refilled (in both CTAs, multicast) once the consumers of both CTAs freed it.
+  consumed = (plgpu.ClusterBarrier(collective_axes=("cluster",), num_arrivals=2, num_barriers=stages)
+              if multicast else
+              plgpu.Barrier(num_arrivals=1 if pingpong else 2, num_barriers=stages))
+  # multicast: no CTA may exit while the other still arrives on its barriers.
+  done = {"done": plgpu.ClusterBarrier(collective_axes=("cluster",), num_arrivals=2)} if multicast else {}
 
   def body(*refs):
     @functools.partial(
@@ -308,12 +323,13 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
             # other warpgroup's half.
             plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype)),
         produced=plgpu.Barrier(num_arrivals=2, num_barriers=(2 if pingpong else 1) * stages),
-        consumed=plgpu.Barrier(num_arrivals=1 if pingpong else 2, num_barriers=stages),
+        consumed=consumed,
         stored=plgpu.Barrier(num_arrivals=1, num_barriers=2),  # consumer wg's epilogue done
+        **done,
         collective_axes="wg",
     )
-    def _scope(a_smem, b_smem, out_smem, produced, consumed, stored):
-      ring = _Ring(a_smem, b_smem, produced, consumed, stages)
+    def _scope(a_smem, b_smem, out_smem, produced, consumed, stored, done=None):
+      ring = _Ring(a_smem, b_smem, produced, consumed, stages, multicast=multicast)
       wg = lax.axis_index("wg")
       sm = lax.axis_index("sm")
       nsm = lax.axis_size("sm")
@@ -361,16 +377,21 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
           lax.fori_loop(0, n_local, lambda i, step: run(i, step, ring, wg * ROWS, ROWS),
                         jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        if multicast:
+          plgpu.barrier_arrive(done)
+          plgpu.barrier_wait(done)
 
   kw = dict(
       out_type=jax.ShapeDtypeStruct(out_shape, out_dtype),
-      grid=(_num_sms(interpret),),
+      grid=(_num_sms(interpret) // cfg.cluster,),  # "sm" counts clusters of cfg.cluster CTAs
       grid_names=("sm",),
       num_threads=3,
       thread_name="wg",
       compiler_params=plgpu.CompilerParams(
           lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
   )
+  if multicast:
+    kw.update(cluster=(cfg.cluster,), cluster_names=("cluster",))
   if interpret:
     # Fresh buffers start as NaN, so an output element the kernel never writes
     # shows up in the tests; out-of-bounds reads raise.
@@ -378,7 +399,14 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   return plgpu.kernel(body, **kw)(*args)
 
 
+def _cluster_rank(cfg: TileConfig):
+  """This CTA's index in its cluster: the column tile it takes of its cluster's pair."""
+  return lax.axis_index("cluster") if cfg.cluster > 1 else 0
+
+
 def _check(cfg: TileConfig, itemsize: int):
+  if cfg.cluster not in (1, 2) or (cfg.pingpong and cfg.cluster > 1):
+    raise ValueError(f"{cfg}: cluster must be 1 or 2, and 1 with pingpong=True")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
@@ -403,16 +431,17 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   assert kk == k, (x_MK.shape, w_GKN.shape, transpose_rhs)
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
-  assert m % BLOCK == 0 and k % tk == 0 and n % tn == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize)
+  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
   if sched is None:
     sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
 
   def coords(sched_gmem, lin):
-    t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n), cfg.grid_minor_dim,
+    t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n // cfg.cluster), cfg.grid_minor_dim,
                                cfg.grid_tile_width)
+    ni = ni * cfg.cluster + _cluster_rank(cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
     row0 = pl.multiple_of(row0, 8)
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
@@ -455,7 +484,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     return coords(refs[0], lin)[-1]
 
   return _persistent_call(
-      produce_unit, consume_unit, unit_steps, num_units=num_tiles * grid_n,
+      produce_unit, consume_unit, unit_steps, num_units=num_tiles * grid_n // cfg.cluster,
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN))
@@ -474,8 +503,8 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   g = group_sizes_G.shape[0]
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
-  assert m % tk == 0 and k % BLOCK == 0 and n % tn == 0, (m, k, n, cfg)
   _check(cfg, x_MK.dtype.itemsize)
+  assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
@@ -483,12 +512,13 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   nblk = jnp.where(ends > starts, pl.cdiv(ends, tk) - blk0, 0)
   info_4G = jnp.stack([starts, ends, nblk, blk0]).astype(jnp.int32)
   grid_m, grid_n = k // BLOCK, n // tn
-  per_group = grid_m * grid_n
+  per_group = grid_m * grid_n // cfg.cluster
 
   def coords(info_gmem, lin):
     gi = lax.div(lin, per_group)
-    mi, ni = plgpu.planar_snake(lax.rem(lin, per_group), (grid_m, grid_n),
+    mi, ni = plgpu.planar_snake(lax.rem(lin, per_group), (grid_m, grid_n // cfg.cluster),
                                 cfg.grid_minor_dim, cfg.grid_tile_width)
+    ni = ni * cfg.cluster + _cluster_rank(cfg)
     return gi, mi, ni, [info_gmem[r, gi] for r in range(4)]
 
   def produce_unit(refs, ring, lin, step):

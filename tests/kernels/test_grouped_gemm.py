@@ -77,11 +77,12 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("tile_n,stages,pingpong", [(64, 2, False), (128, 3, False),
-                                                    (256, 2, False), (128, 3, True)])
+@pytest.mark.parametrize("tile_n,stages,pingpong,cluster", [
+    (64, 2, False, 1), (128, 3, False, 1), (256, 2, False, 1), (128, 3, True, 1), (64, 3, False, 2)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
-def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, transpose_rhs):
-  """Both rhs layouts, three tile widths, two ring depths, shared tiles and ping-pong. Groups
+def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, transpose_rhs):
+  """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong and 2-CTA
+  clusters (the row operand multicast to a pair of column tiles). Groups
   of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128 (one full
   tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
   more tiles than the 2 interpreted SMs hold, so the ring wraps several times and each
@@ -90,7 +91,7 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, transpose_rhs):
   m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages,
-                          alternate_epilogues=stages == 3, pingpong=pingpong)
+                          alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
   y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
                        out_dtype=jnp.float32, interpret=True)
@@ -111,11 +112,11 @@ def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
   assert np.all(np.asarray(y[100:]) == 0)
 
 
-@pytest.mark.parametrize("pingpong", [False, True])
-def test_ragged_contract_empty_groups_exact_zero(pingpong):
+@pytest.mark.parametrize("pingpong,cluster", [(False, 1), (True, 1), (False, 2)])
+def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster):
   m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0, 7, 100]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
-  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong)
+  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong, cluster=cluster)
   dw = mosaic.ragged_contract(x, dy, gs, cfg=cfg, out_dtype=jnp.float32, interpret=True)
   _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
   dw = np.asarray(dw)
@@ -199,7 +200,8 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=256, stages=4, alternate_epilogues=True),
     mosaic.TileConfig(tile_n=256, stages=4, alternate_epilogues=False),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True),
-], ids=["turns", "together", "pingpong"])
+    mosaic.TileConfig(tile_n=256, stages=4, cluster=2),
+], ids=["turns", "together", "pingpong", "cluster"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
@@ -290,6 +292,8 @@ def test_bad_inputs_raise_clear_errors():
     grouped_gemm(x.astype(jnp.float32), w.astype(jnp.float32), gs, impl="pallas")
   with pytest.raises(ValueError, match="multiples of 64"):
     grouped_gemm(x[:, :48], w[:, :48], gs, impl="pallas")
+  with pytest.raises(ValueError, match="cluster must be 1 or 2"):
+    mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=64, cluster=4), interpret=True)
   with pytest.raises(ValueError, match="pingpong=True needs tile_n <= 128"):
     mosaic.ragged_mm(x, jnp.zeros((2, 64, 256), x.dtype), gs,
                      cfg=mosaic.TileConfig(tile_n=256, pingpong=True), interpret=True)
