@@ -11,6 +11,8 @@
       --sweep "tuned alternate_epilogues=0"       # the tuned tile with one field changed
   python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1 --op fwd --min-time 3 --clocks \
       --sweep "tuned einsum"                      # against the equal-groups einsum (cuBLAS), clocks
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc2 --op fwd --sweep "tuned einsum" \
+      --trace                                     # device time per call: the GEMM, the rest, the gaps
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
@@ -20,7 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import collections
 import dataclasses
+import glob
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +62,35 @@ def gpu_clocks(out: dict):
         out.update(sm_mhz=sum(r[0] for r in rows) / len(rows), watts=sum(r[1] for r in rows) / len(rows))
 
 
+def device_time_per_call(fn, args, calls=20):
+  """Traces `calls` back-to-back calls (jax.profiler) and returns per call: {kernel: µs} of the
+  device's kernels and the µs the device sat idle between the first kernel and the last. The
+  grouped GEMM's call also runs the tile schedule's small XLA kernels before the GEMM; this shows
+  what they and the gaps around them cost next to the GEMM itself."""
+  jax.block_until_ready(fn(*args))
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d)
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    jax.profiler.stop_trace()
+    events = json.load(gzip.open(glob.glob(os.path.join(d, "plugins/profile/*/*.trace.json.gz"))[0]))["traceEvents"]
+  gpu = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+         and "GPU:0" in e["args"]["name"]}
+  ks = sorted((e["ts"], e["dur"], e["name"]) for e in events
+              if e.get("ph") == "X" and e["pid"] in gpu and "hlo_op" in e.get("args", {}))
+  per = collections.Counter()
+  if not ks:  # no GPU in the trace (a CPU run)
+    return per, 0.0
+  for _, dur, name in ks:
+    per[name[:48]] += dur / calls
+  busy, end = 0.0, ks[0][0]
+  for ts, dur, _ in ks:
+    busy += max(0.0, ts + dur - max(ts, end))
+    end = max(end, ts + dur)
+  return per, (end - ks[0][0] - busy) / calls
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen3")
@@ -71,6 +106,8 @@ def main():
   ap.add_argument("--min-time", type=float, default=0.2,
                   help="seconds of back-to-back calls per timing (a few seconds: the sustained, power-limited speed)")
   ap.add_argument("--clocks", action="store_true", help="also print the mean SM clock and power while timing")
+  ap.add_argument("--trace", action="store_true",
+                  help="also trace 20 calls of each and print the device time per call by kernel, and the idle gaps")
   ap.add_argument("--write-best", action="store_true",
                   help="store the fastest swept tile of each call in tiles.json for this device kind")
   a = ap.parse_args()
@@ -106,6 +143,10 @@ def main():
         extra = f" {clk['sm_mhz']:.0f} MHz {clk['watts']:.0f} W" if clk else ""
         print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
               f"{flops / t / 1e12:.0f} TFLOP/s{extra}", flush=True)
+        if a.trace:
+          per, idle = device_time_per_call(fn, args)
+          print("  per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in per.most_common())
+                + f"; idle between kernels {idle:.1f} us; wall {t * 1e6:.1f} us", flush=True)
         if item != "einsum" and (best is None or t < best[0]):
           best = (t, cfg)
       if a.write_best and best is not None:

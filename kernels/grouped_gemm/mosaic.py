@@ -62,7 +62,8 @@ class TileConfig:
   and alternate_epilogues makes them take turns storing their tiles (see
   `_persistent_call`). cluster=2: pairs of CTAs compute two neighbouring column tiles of
   one row block and load its rows once for both (TMA multicast), cutting the L2 traffic
-  of the row operand by half (shared tiles only; the column tiles must pair up).
+  of the row operand by half (the column tiles must pair up); with pingpong, the two
+  CTAs' consumers c share their tiles' rows.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -84,7 +85,7 @@ def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
   return (k % cfg.tile_k == 0 and n % (cfg.tile_n * cfg.cluster) == 0
-          and cfg.cluster in (1, 2) and not (cfg.pingpong and cfg.cluster > 1)
+          and cfg.cluster in (1, 2)
           and cfg.tile_n <= (128 if cfg.pingpong else 256)
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
 
@@ -305,9 +306,10 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   alternate = cfg.alternate_epilogues and not pingpong
   multicast = cfg.cluster > 1
   # A slot is refilled (in both CTAs, multicast) once the consumers of both CTAs freed it.
-  consumed = (plgpu.ClusterBarrier(collective_axes=("cluster",), num_arrivals=2, num_barriers=stages)
-              if multicast else
-              plgpu.Barrier(num_arrivals=1 if pingpong else 2, num_barriers=stages))
+  consumers_per_step = 1 if pingpong else 2
+  consumed = (plgpu.ClusterBarrier(collective_axes=("cluster",), num_arrivals=consumers_per_step,
+                                   num_barriers=stages)
+              if multicast else plgpu.Barrier(num_arrivals=consumers_per_step, num_barriers=stages))
   # multicast: no CTA may exit while the other still arrives on its barriers.
   done = {"done": plgpu.ClusterBarrier(collective_axes=("cluster",), num_arrivals=2)} if multicast else {}
 
@@ -405,8 +407,8 @@ def _cluster_rank(cfg: TileConfig):
 
 
 def _check(cfg: TileConfig, itemsize: int):
-  if cfg.cluster not in (1, 2) or (cfg.pingpong and cfg.cluster > 1):
-    raise ValueError(f"{cfg}: cluster must be 1 or 2, and 1 with pingpong=True")
+  if cfg.cluster not in (1, 2):
+    raise ValueError(f"{cfg}: cluster must be 1 or 2")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")

@@ -78,7 +78,8 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
 
 
 @pytest.mark.parametrize("tile_n,stages,pingpong,cluster", [
-    (64, 2, False, 1), (128, 3, False, 1), (256, 2, False, 1), (128, 3, True, 1), (64, 3, False, 2)])
+    (64, 2, False, 1), (128, 3, False, 1), (256, 2, False, 1), (128, 3, True, 1), (64, 3, False, 2),
+    (64, 3, True, 2)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
 def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, transpose_rhs):
   """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong and 2-CTA
@@ -112,7 +113,7 @@ def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
   assert np.all(np.asarray(y[100:]) == 0)
 
 
-@pytest.mark.parametrize("pingpong,cluster", [(False, 1), (True, 1), (False, 2)])
+@pytest.mark.parametrize("pingpong,cluster", [(False, 1), (True, 1), (False, 2), (True, 2)])
 def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster):
   m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0, 7, 100]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
@@ -201,7 +202,8 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=256, stages=4, alternate_epilogues=False),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True),
     mosaic.TileConfig(tile_n=256, stages=4, cluster=2),
-], ids=["turns", "together", "pingpong", "cluster"])
+    mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2),
+], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
