@@ -496,8 +496,10 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
                     interpret=False):
   """dw[g] = x[rows of g]^T @ dy[rows of g]  ->  [G, K, N]; empty groups give 0.
 
-  tile_k rows of the group are contracted per step. Needs M % tile_k == 0,
-  K % 128 == 0 and N % tile_n == 0 (the wrapper pads M and K).
+  tile_k rows of the group are contracted per step, from its first row rounded down to
+  a multiple of 8 (as the forward's tiles; rounding down to tile_k would cost half a
+  step more per tile on average), the last step pulled back inside x. Needs
+  M % tile_k == 0, K % 128 == 0 and N % tile_n == 0 (the wrapper pads M and K).
   """
   m, k = x_MK.shape
   m2, n = dy_MN.shape
@@ -510,11 +512,15 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
-  blk0 = starts // tk
-  nblk = jnp.where(ends > starts, pl.cdiv(ends, tk) - blk0, 0)
-  info_4G = jnp.stack([starts, ends, nblk, blk0]).astype(jnp.int32)
+  base = starts // 8 * 8
+  nblk = jnp.where(ends > starts, pl.cdiv(ends - base, tk), 0)
+  info_4G = jnp.stack([starts, ends, nblk, base]).astype(jnp.int32)
   grid_m, grid_n = k // BLOCK, n // tn
   per_group = grid_m * grid_n // cfg.cluster
+
+  def step_row(first, j):
+    """x row of a group's step j: the last step of a group ending near M is pulled back."""
+    return pl.multiple_of(jnp.minimum(first + j * tk, m - tk), 8)
 
   def coords(info_gmem, lin):
     gi = lax.div(lin, per_group)
@@ -528,7 +534,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
     _, mi, ni, (_, _, count, first) = coords(info_gmem, lin)
 
     def k_step(j, step):
-      rows = pl.ds((first + j) * tk, tk)
+      rows = pl.ds(step_row(first, j), tk)
       return ring.produce(step, x_gmem.at[rows, pl.ds(mi * BLOCK, BLOCK)],
                           dy_gmem.at[rows, pl.ds(ni * tn, tn)])
 
@@ -541,8 +547,9 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
 
     def k_step(j, step):
-      row = (first + j) * tk
-      lo = jnp.clip(start - row, 0, tk)
+      # step j counts rows [first + j * tk, +tk) of the group, read from x at `row`
+      row = step_row(first, j)
+      lo = jnp.clip(jnp.maximum(start, first + j * tk) - row, 0, tk)
       hi = jnp.clip(end - row, 0, tk)
       return ring.consume(step, j == 0, acc_ref,
                           lambda slot: x_cols(slot).transpose((1, 0)),

@@ -127,6 +127,19 @@ def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster):
     assert np.all(dw[g] == 0)
 
 
+@pytest.mark.parametrize("pingpong", [False, True])
+def test_ragged_contract_steps_from_the_8_row_grid(pingpong):
+  """wgrad steps start at a group's first row rounded down to 8: groups starting off that
+  grid (rows of the group before masked out of the first step) and a last group ending at M
+  whose last step is pulled back inside x (rows it shares with the step before counted once)."""
+  m, k, n, sizes = 256, 128, 128, [5, 118, 133]
+  x, _, dy, gs = _inputs(m, k, n, sizes, seed=5)
+  cfg = mosaic.TileConfig(tile_n=64, stages=3, pingpong=pingpong)
+  dw = mosaic.ragged_contract(x, dy, gs, cfg=cfg, out_dtype=jnp.float32, interpret=True)
+  _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
+  assert _rel(np.asarray(dw), ref) <= 1e-5
+
+
 def test_gated_expert_mlp_fc1_fused_and_fc2():
   """Fused gate/up w1 [E, H, 2F] then down w2 [E, F, H]: values and grads."""
   e, h, f, m = 3, 64, 64, 192
