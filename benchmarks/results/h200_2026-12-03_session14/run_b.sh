@@ -20,7 +20,7 @@ timeout 240 $P --orient fc1,fc2 --op fwd,dgrad,wgrad --sweep "tuned 128,6,16,1,p
   2>&1 | grep -vE "$F" | $S | tee $O/sweep.log
 timeout 120 $P --orient fc1,fc2 --op fwd,wgrad --sweep "tuned einsum" --trace \
   2>&1 | grep -vE "$F" | $S | tee $O/trace.log
-rm -rf /tmp/base && mkdir -p /tmp/base && cp -rL .peers/base/{moejax,benchmarks} /tmp/base/
+rm -rf /tmp/base && mkdir -p /tmp/base && cp -rL "$R"/.peers/base/{moejax,benchmarks} /tmp/base/
 for r in 1 2; do
   for t in base pp; do
     echo "tree $t" | tee -a $O/wgrad_ab.log
