@@ -48,16 +48,19 @@ def seconds_per_call(fn, *args, min_time=0.2, max_calls=50, reps=5):
 def candidates(k, n, quick=False):
   """Tile configs that fit a kernel call contracting k into n columns."""
   out = []
-  for tn, st, gw, gm, pp in itertools.product((256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1),
-                                              (False, True)):
+  for tn, st, gw, gm, pp, cl in itertools.product((256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1),
+                                                  (False, True), (1, 2)):
     cfg = mosaic.TileConfig(tile_n=tn, tile_k=64, stages=st, grid_tile_width=gw,
-                            grid_minor_dim=gm, pingpong=pp)
+                            grid_minor_dim=gm, pingpong=pp, cluster=cl)
     if mosaic.fits(cfg, k, n):
       out.append(cfg)
-  if quick:  # per form (shared tiles, ping-pong): its widest tile, deepest ring, every tile order
-    best = {pp: max(((c.tile_n, c.stages) for c in out if c.pingpong == pp), default=None)
-            for pp in (False, True)}
-    out = [c for c in out if (c.tile_n, c.stages) == best[c.pingpong]]
+  if quick:  # per form (shared or ping-pong, 2-CTA cluster or not): its widest tile, deepest
+    # ring, every tile order
+    form = lambda c: (c.pingpong, c.cluster)
+    best = {}
+    for c in out:
+      best[form(c)] = max(best.get(form(c), (0, 0)), (c.tile_n, c.stages))
+    out = [c for c in out if (c.tile_n, c.stages) == best[form(c)]]
   return out
 
 

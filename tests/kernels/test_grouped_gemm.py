@@ -255,12 +255,16 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
 
 def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
   """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
-  widest tile with its deepest ring, shared and ping-pong; tuning sizes are imbalanced and sum
-  to m."""
+  widest tile with its deepest ring, shared and ping-pong, each with and without 2-CTA clusters;
+  tuning sizes are imbalanced and sum to m."""
   from moejax.kernels.grouped_gemm import autotune
   quick = autotune.candidates(768, 2048, quick=True)
-  assert {(c.tile_n, c.stages, c.pingpong) for c in quick} == {(256, 4, False), (128, 6, True)}
-  assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong) for c in quick}) == len(quick) == 12
+  assert {(c.tile_n, c.stages, c.pingpong, c.cluster) for c in quick} == {
+      (256, 4, False, 1), (256, 4, False, 2), (128, 6, True, 1), (128, 6, True, 2)}
+  assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong, c.cluster) for c in quick}) == len(quick) == 24
+  # 768 columns pair up as 128-wide tiles only
+  assert {(c.tile_n, c.cluster) for c in autotune.candidates(2048, 768, quick=True)} >= {(128, 2), (256, 1)}
+  assert not any(c.tile_n == 256 and c.cluster == 2 for c in autotune.candidates(2048, 768))
   assert all(mosaic.fits(c, 768, 2048) for c in autotune.candidates(768, 2048))
   sizes = autotune.dirichlet_sizes(1000, 16)
   assert sizes.sum() == 1000 and sizes.min() >= 0 and sizes.max() > 2 * 1000 // 16
