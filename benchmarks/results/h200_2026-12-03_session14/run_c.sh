@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on commit 6b630d3. Session 14, call c (c1_tiles/): (1) the kernel check; (2) each Qwen3 call,
+# Ran on commit 165cb5e. Session 14, call c (c1_tiles/): (1) the kernel check; (2) each Qwen3 call,
 # same process: the tuned tile against ping-pong with 2-CTA clusters in two tile orders, twice in
 # turn; the fastest of each call goes into a copy of tiles.json (--write-best), copied out; (3) the
 # Qwen3 benchmark with those tiles (torch._grouped_mm, ours on equal groups, the equal-groups einsum).
