@@ -14,7 +14,8 @@ Both are one persistent CTA per SM with three warpgroups:
     tile_n, one wgmma group kept in flight), then write their rows through a
     swizzled shared-memory buffer with 64-row TMA stores; or, with
     `TileConfig.pingpong`, each consumer computes every other tile whole, so one
-    consumer's epilogue runs under the other's wgmmas.
+    consumer's epilogue runs under the other's wgmmas. With `TileConfig.cluster=2`
+    pairs of CTAs compute neighbouring column tiles and multicast the rows they share.
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
