@@ -298,6 +298,12 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   per flop than 128 x 256; on an H200 it won 2-3% on three of Qwen3's six calls and lost
   8% on one (benchmarks/RESULTS.md), so the tile table picks it per call.
 
+  2-CTA clusters (cfg.cluster=2): the two CTAs of a cluster take the same units, each its
+  own column tile of a pair, and load the rows they share once (multicast); `consumed`
+  then counts the consumers of both CTAs, and neither CTA exits before the other is done
+  with its barriers. Ping-pong in clusters loads as many bytes per flop as the shared
+  128 x 256 tile; on an H200 it won 0-4% on four of Qwen3's six calls.
+
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
   rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
