@@ -139,7 +139,8 @@ def smoke_check():
   Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
-      ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)), ("table", "pingpong", "cluster", "pingpong+cluster")):
+      ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),
+      ("table", "pingpong", "cluster", "pingpong+cluster")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0

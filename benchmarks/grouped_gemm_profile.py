@@ -24,9 +24,6 @@ import argparse
 import contextlib
 import collections
 import dataclasses
-import glob
-import gzip
-import json
 import os
 import subprocess
 import sys
@@ -41,6 +38,7 @@ from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_pe
 
 sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES, einsum_call  # noqa: E402
+from profile_breakdown import busy_and_idle, kernel_events  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -74,21 +72,11 @@ def device_time_per_call(fn, args, calls=20):
       out = fn(*args)
     jax.block_until_ready(out)
     jax.profiler.stop_trace()
-    events = json.load(gzip.open(glob.glob(os.path.join(d, "plugins/profile/*/*.trace.json.gz"))[0]))["traceEvents"]
-  gpu = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-         and "GPU:0" in e["args"]["name"]}
-  ks = sorted((e["ts"], e["dur"], e["name"]) for e in events
-              if e.get("ph") == "X" and e["pid"] in gpu and "hlo_op" in e.get("args", {}))
+    kernels = kernel_events(d)
   per = collections.Counter()
-  if not ks:  # no GPU in the trace (a CPU run)
-    return per, 0.0
-  for _, dur, name in ks:
-    per[name[:48]] += dur / calls
-  busy, end = 0.0, ks[0][0]
-  for ts, dur, _ in ks:
-    busy += max(0.0, ts + dur - max(ts, end))
-    end = max(end, ts + dur)
-  return per, (end - ks[0][0] - busy) / calls
+  for e in kernels:
+    per[e["name"][:48]] += e["dur"] / calls
+  return per, busy_and_idle(kernels)[1] / calls
 
 
 def main():

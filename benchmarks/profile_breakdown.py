@@ -61,26 +61,20 @@ def categorize(op_name: str, kernel: str) -> str:
   return "other"
 
 
-def breakdown(profile_dir: str, steps: int, host: bool = False):
+def kernel_events(profile_dir: str, host: bool = False) -> list[dict]:
+  """The kernel events of the newest jax.profiler trace under profile_dir: GPU 0's (with
+  host=True, the CPU's XLA thunks), each naming its HLO instruction (`hlo_op`)."""
   trace = sorted(glob.glob(os.path.join(profile_dir, "plugins/profile/*/*.trace.json.gz")))[-1]
   events = json.load(gzip.open(trace))["traceEvents"]
-  names = hlo_op_names(os.path.join(profile_dir, "step.hlo.txt"))
   procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
   gpu = {pid for pid, n in procs.items() if ("/host:CPU" in n if host else "GPU:0" in n)}
-  kernels = [e for e in events if e.get("ph") == "X" and e["pid"] in gpu and "hlo_op" in e.get("args", {})]
-  per_cat = collections.Counter()
-  per_op = collections.Counter()
-  intervals = []
-  for e in kernels:
-    op = names.get(e["args"]["hlo_op"], "")
-    cat = categorize(op, e["name"])
-    direction = "bwd" if "transpose(" in op else "fwd"
-    per_cat[(cat, direction if cat != "optimizer + step glue" else "")] += e["dur"]
-    per_op[(cat, e["args"]["hlo_op"], e["name"][:40], op[-90:])] += e["dur"]
-    intervals.append((e["ts"], e["ts"] + e["dur"]))
-  intervals.sort()
+  return [e for e in events if e.get("ph") == "X" and e["pid"] in gpu and "hlo_op" in e.get("args", {})]
+
+
+def busy_and_idle(kernels: list[dict]) -> tuple[float, float]:
+  """(µs some kernel ran, µs none did) between the first kernel's start and the last's end."""
+  intervals = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
   busy, end = 0.0, None
-  start = intervals[0][0] if intervals else 0.0
   for a, b in intervals:
     if end is None or a > end:
       busy += b - a
@@ -88,8 +82,23 @@ def breakdown(profile_dir: str, steps: int, host: bool = False):
     elif b > end:
       busy += b - end
       end = b
-  wall = (end - start) if intervals else 0.0
-  return per_cat, per_op, busy / steps / 1e3, (wall - busy) / steps / 1e3
+  wall = (end - intervals[0][0]) if intervals else 0.0
+  return busy, wall - busy
+
+
+def breakdown(profile_dir: str, steps: int, host: bool = False):
+  kernels = kernel_events(profile_dir, host)
+  names = hlo_op_names(os.path.join(profile_dir, "step.hlo.txt"))
+  per_cat = collections.Counter()
+  per_op = collections.Counter()
+  for e in kernels:
+    op = names.get(e["args"]["hlo_op"], "")
+    cat = categorize(op, e["name"])
+    direction = "bwd" if "transpose(" in op else "fwd"
+    per_cat[(cat, direction if cat != "optimizer + step glue" else "")] += e["dur"]
+    per_op[(cat, e["args"]["hlo_op"], e["name"][:40], op[-90:])] += e["dur"]
+  busy, idle = busy_and_idle(kernels)
+  return per_cat, per_op, busy / steps / 1e3, idle / steps / 1e3
 
 
 def main():

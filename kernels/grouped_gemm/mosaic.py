@@ -410,9 +410,15 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   return plgpu.kernel(body, **kw)(*args)
 
 
-def _cluster_rank(cfg: TileConfig):
-  """This CTA's index in its cluster: the column tile it takes of its cluster's pair."""
-  return lax.axis_index("cluster") if cfg.cluster > 1 else 0
+def _snake(lin, rows, cols, cfg: TileConfig):
+  """(row, column) tile of unit `lin` of a rows x cols tile grid, in cfg's planar-snake
+  order. With 2-CTA clusters a unit is a pair of neighbouring column tiles, and this CTA
+  takes its own of the pair."""
+  r, c = plgpu.planar_snake(lin, (rows, cols // cfg.cluster), cfg.grid_minor_dim,
+                            cfg.grid_tile_width)
+  if cfg.cluster > 1:
+    c = c * cfg.cluster + lax.axis_index("cluster")
+  return r, c
 
 
 def _check(cfg: TileConfig, itemsize: int):
@@ -450,9 +456,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   num_tiles = sched.shape[1]
 
   def coords(sched_gmem, lin):
-    t, ni = plgpu.planar_snake(lin, (num_tiles, grid_n // cfg.cluster), cfg.grid_minor_dim,
-                               cfg.grid_tile_width)
-    ni = ni * cfg.cluster + _cluster_rank(cfg)
+    t, ni = _snake(lin, num_tiles, grid_n, cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
     row0 = pl.multiple_of(row0, 8)
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
@@ -533,9 +537,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
   def coords(info_gmem, lin):
     gi = lax.div(lin, per_group)
-    mi, ni = plgpu.planar_snake(lax.rem(lin, per_group), (grid_m, grid_n // cfg.cluster),
-                                cfg.grid_minor_dim, cfg.grid_tile_width)
-    ni = ni * cfg.cluster + _cluster_rank(cfg)
+    mi, ni = _snake(lax.rem(lin, per_group), grid_m, grid_n, cfg)
     return gi, mi, ni, [info_gmem[r, gi] for r in range(4)]
 
   def produce_unit(refs, ring, lin, step):

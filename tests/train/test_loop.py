@@ -64,6 +64,8 @@ def test_chosen_steps_are_profiled(good_run):
   assert "HloModule" in open(os.path.join(profile, "step.hlo.txt")).read()
   per_cat, per_op, busy_ms, _ = tool.breakdown(profile, steps=2, host=True)
   assert busy_ms > 0 and per_op
+  # overlapping kernels (two streams) count once; the gap between them is idle
+  assert tool.busy_and_idle([dict(ts=0, dur=5), dict(ts=3, dur=4), dict(ts=10, dur=2)]) == (9.0, 3.0)
   assert {"attention projections + rotary", "LM head + loss"} <= {c for c, _ in per_cat}
   concat = "jit(step)/transpose(jvp(GPTModel))/decoder/concatenate"  # as in an H200 Mixtral-proxy trace
   assert tool.categorize(concat, "input_concatenate_fusion_8") == "layer-stack gradient concatenation"
