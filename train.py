@@ -70,7 +70,10 @@ def check_workdir(workdir: str) -> None:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:  # absl would otherwise drop them silently
+    hint = f"--config.{argv[1]}" if "=" in argv[1] else "--config.SECTION.KEY=VALUE"
+    raise SystemExit(f"train.py takes no positional arguments (got {' '.join(argv[1:])!r}): "
+                     f"a setting is a flag, e.g. {hint}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it renames at INFO
   check_workdir(_WORKDIR.value)
   from moejax.train import distributed

@@ -38,6 +38,8 @@ def test_no_python_312_is_one_line(tmp_path, repo_root):
     (["--config", "configs/tiny_moe.py", "--config.checkpoint.save_interval=0"],
      "invalid config: checkpoint.save_interval=0 must be a positive integer"),
     (["--config", "configs/tiny_moe.py", "--config.optim.lr=-0.1"], "invalid config: optim.lr=-0.1 must be > 0"),
+    (["--config", "configs/tiny_moe.py", "parallel.ep=4"],
+     "train.py takes no positional arguments (got 'parallel.ep=4'): a setting is a flag, e.g. --config.parallel.ep=4"),
 ])
 def test_bad_recipe_or_setting(repo_root, tmp_path, args, needle):
   if "NOGET" in args:
