@@ -437,7 +437,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
               out_dtype=None, interpret=False, sched=None):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
-  Needs M % 128 == 0, K % tile_k == 0, N % tile_n == 0 (the wrapper pads M).
+  Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
   `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
   and dgrad share one).
   """
@@ -512,7 +512,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   tile_k rows of the group are contracted per step, from its first row rounded down to
   a multiple of 8 (as the forward's tiles; rounding down to tile_k would cost half a
   step more per tile on average), the last step pulled back inside x. Needs
-  M % tile_k == 0, K % 128 == 0 and N % tile_n == 0 (the wrapper pads M and K).
+  M % tile_k == 0, K % 128 == 0 and N % (tile_n * cluster) == 0 (the wrapper pads M and K).
   """
   m, k = x_MK.shape
   m2, n = dy_MN.shape
