@@ -66,7 +66,11 @@ class TileConfig:
   `_persistent_call`). cluster=2: pairs of CTAs compute two neighbouring column tiles of
   one row block and load its rows once for both (TMA multicast), cutting the L2 traffic
   of the row operand by half (the column tiles must pair up); with pingpong, the two
-  CTAs' consumers c share their tiles' rows.
+  CTAs' consumers c share their tiles' rows. half_tiles (forward/dgrad): a tile whose
+  rows fit in one 64-row half costs half (ping-pong runs it with a 64-row accumulator;
+  shared tiles already skip the empty half's wgmmas), and the tiles are reordered within
+  each wave of one tile per SM so every SM gets the same number of half tiles, which keeps
+  the statically assigned SMs in step (`_balanced_order`).
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -76,6 +80,7 @@ class TileConfig:
   alternate_epilogues: bool = True
   pingpong: bool = False
   cluster: int = 1
+  half_tiles: bool = False
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -277,7 +282,7 @@ def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
 
 
 def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_block, b_block,
-                     dtype, out_shape, out_dtype, cfg, interpret, args):
+                     dtype, out_shape, out_dtype, cfg, interpret, args, unit_half=None):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
   Shared tiles (cfg.pingpong off): each consumer computes 64 of the tile's 128 rows.
@@ -307,7 +312,9 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
   consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
   rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
-  `_store_tile`) exactly once; unit_steps(refs, lin) is tile lin's number of ring steps.
+  `_store_tile`) exactly once; unit_steps(refs, lin) is tile lin's number of ring steps;
+  unit_half(refs, lin) -> (half, off): ping-pong runs tile lin with a 64-row accumulator
+  for rows [off, off + 64) where `half`.
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -381,7 +388,11 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
             # The ring steps of the other consumer's tile just before this one.
             prev = jnp.maximum(i - 1, 0)
             step = step + jnp.where(i >= 1, unit_steps(refs, sm + prev * nsm), 0)
-            return run(i, step, ring.of(wg), 0, BLOCK)
+            if unit_half is None:
+              return run(i, step, ring.of(wg), 0, BLOCK)
+            half, off = unit_half(refs, sm + i * nsm)
+            return lax.cond(half, lambda st: run(i, st, ring.of(wg), off, ROWS),
+                            lambda st: run(i, st, ring.of(wg), 0, BLOCK), step)
 
           lax.fori_loop(0, lax.div(n_local - wg + 1, 2), own_tile, jnp.int32(0))
         else:
@@ -433,6 +444,38 @@ def _check(cfg: TileConfig, itemsize: int):
                      "use fewer stages or a smaller tile_n")
 
 
+def _is_half(lo, cnt):
+  """Whether a tile's rows [lo, lo + cnt) lie in one 64-row half of it."""
+  return (cnt > 0) & ((lo >= ROWS) | (lo + cnt <= ROWS))
+
+
+def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int):
+  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles.
+
+  Program p (an SM, or a cluster) computes units p, p + programs, ...: wave w is units
+  [w * programs, (w + 1) * programs). Within each wave the half tiles come first and the
+  wave is rotated so its half tiles go to the programs after those that took the later
+  waves' half tiles (counted from the last wave, which may be partial and so starts at
+  program 0): every program gets the same number of half tiles (+-1), and a wave keeps
+  its units, so the SMs' joint working set in L2 is unchanged.
+  """
+  num = units[0] * units[1]
+  lin = jnp.arange(num, dtype=jnp.int32)
+  t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
+                                               cfg.grid_tile_width))(lin)
+  h = _is_half(sched_4T[2], sched_4T[3])[t].astype(jnp.int32)
+  wave0 = lin // programs * programs
+  size = jnp.minimum(programs, num - wave0)
+  incl = jnp.cumsum(h)
+  before = (incl - h)[wave0]                       # half tiles in the waves before
+  rank_half = incl - h - before                    # among the wave's half tiles
+  rank_rest = lin - wave0 - rank_half              # among its other units
+  halves = incl[jnp.minimum(wave0 + programs, num) - 1] - before
+  rot = (incl[-1] - before - halves) % programs    # half tiles in the waves after
+  pos = jnp.where(h == 1, rot + rank_half, rot + halves + rank_rest) % size
+  return jnp.zeros((num,), jnp.int32).at[wave0 + pos].set(lin)
+
+
 def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=False,
               out_dtype=None, interpret=False, sched=None):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
@@ -454,8 +497,15 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   if sched is None:
     sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
+  units = (num_tiles, grid_n // cfg.cluster)
+  # half_tiles: unit lin of the kernel is unit order[lin] of the planar-snake order
+  extra = (_balanced_order(sched, units, cfg, _num_sms(interpret) // cfg.cluster),) \
+      if cfg.half_tiles else ()
 
-  def coords(sched_gmem, lin):
+  def coords(refs, lin):
+    sched_gmem = refs[0]
+    if cfg.half_tiles:
+      lin = refs[3][lin]
     t, ni = _snake(lin, num_tiles, grid_n, cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
     row0 = pl.multiple_of(row0, 8)
@@ -463,8 +513,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     return ni, gid, row0, lo, cnt, n_steps
 
   def produce_unit(refs, ring, lin, step):
-    sched_gmem, x_gmem, w_gmem, _ = refs
-    ni, gid, row0, _, _, n_steps = coords(sched_gmem, lin)
+    _, x_gmem, w_gmem = refs[:3]
+    ni, gid, row0, _, _, n_steps = coords(refs, lin)
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
     def k_step(ki, step):
@@ -476,8 +526,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     return lax.fori_loop(0, n_steps, k_step, step)
 
   def consume_unit(refs, ring, off, acc_ref, store, lin, step):
-    sched_gmem, _, _, o_gmem = refs
-    ni, _, row0, lo, cnt, n_steps = coords(sched_gmem, lin)
+    o_gmem = refs[-1]
+    ni, _, row0, lo, cnt, n_steps = coords(refs, lin)
     rows = acc_ref.shape[0]
     a = jnp.clip(lo - off, 0, rows)
     b = jnp.clip(lo + cnt - off, 0, rows)
@@ -496,13 +546,18 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     return step
 
   def unit_steps(refs, lin):
-    return coords(refs[0], lin)[-1]
+    return coords(refs, lin)[-1]
+
+  def unit_half(refs, lin):
+    _, _, _, lo, cnt, _ = coords(refs, lin)
+    return _is_half(lo, cnt), jnp.where(lo >= ROWS, ROWS, 0)
 
   return _persistent_call(
-      produce_unit, consume_unit, unit_steps, num_units=num_tiles * grid_n // cfg.cluster,
+      produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
-      interpret=interpret, args=(sched, x_MK, w_GKN))
+      interpret=interpret, args=(sched, x_MK, w_GKN, *extra),
+      unit_half=unit_half if cfg.half_tiles and cfg.pingpong else None)
 
 
 def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=None,

@@ -13,6 +13,8 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
 from moejax.kernels.grouped_gemm import api, configs, grouped_gemm, mosaic
 
 ON_CPU = jax.devices()[0].platform == "cpu"
@@ -77,13 +79,15 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("tile_n,stages,pingpong,cluster", [
-    (64, 2, False, 1), (128, 3, False, 1), (256, 2, False, 1), (128, 3, True, 1), (64, 3, False, 2),
-    (64, 3, True, 2)])
+@pytest.mark.parametrize("tile_n,stages,pingpong,cluster,half", [
+    (64, 2, False, 1, False), (128, 3, False, 1, False), (256, 2, False, 1, False),
+    (128, 3, True, 1, False), (64, 3, False, 2, False), (64, 3, True, 2, False),
+    (128, 3, True, 1, True), (64, 3, True, 2, True), (128, 3, False, 1, True)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
-def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, transpose_rhs):
-  """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong and 2-CTA
-  clusters (the row operand multicast to a pair of column tiles). Groups
+def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, transpose_rhs):
+  """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong, 2-CTA
+  clusters (the row operand multicast to a pair of column tiles) and half tiles (64-row
+  accumulators for ping-pong, the balanced unit order). Groups
   of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128 (one full
   tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
   more tiles than the 2 interpreted SMs hold, so the ring wraps several times and each
@@ -92,13 +96,38 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, transpose_
   m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages,
-                          alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster)
+                          alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster,
+                          half_tiles=half)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
   y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
                        out_dtype=jnp.float32, interpret=True)
   ref = jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32)
   assert not np.isnan(np.asarray(y)).any()
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("programs,width,minor", [(132, 12, 1), (66, 8, 0), (7, 4, 1)])
+def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
+  """half_tiles' unit order is a permutation that keeps every wave's units in its wave and
+  gives each program (SM or cluster) the same number of half tiles, +-1; the plain
+  planar-snake order, over the benchmark's Dirichlet groups, does not."""
+  from moejax.kernels.grouped_gemm import autotune
+  m, g = 65536, 128
+  sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m)
+  units = (sched.shape[1], width)
+  cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, grid_minor_dim=minor, half_tiles=True)
+  order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs))
+  num = units[0] * units[1]
+  assert sorted(order.tolist()) == list(range(num))
+  assert np.all(order // programs == np.arange(num) // programs)
+  t = np.asarray(jax.vmap(lambda i: plgpu.planar_snake(i, units, minor, 8))(jnp.arange(num))[0])
+  half = np.asarray(mosaic._is_half(sched[2], sched[3]))[t]
+  assert 0.05 < half.mean() < 0.2   # the benchmark's groups leave this many half tiles
+  per_program = lambda h: np.bincount(np.arange(num) % programs, weights=h, minlength=programs)
+  balanced = per_program(half[order])
+  assert balanced.max() - balanced.min() <= 1
+  plain = per_program(half)
+  assert plain.max() - plain.min() > 1
 
 
 def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
@@ -216,7 +245,8 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True),
     mosaic.TileConfig(tile_n=256, stages=4, cluster=2),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2),
-], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster"])
+    mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
+], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
