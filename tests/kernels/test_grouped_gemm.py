@@ -130,6 +130,26 @@ def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
   assert plain.max() - plain.min() > 1
 
 
+@pytest.mark.parametrize("programs,per_group", [(132, 96), (66, 96), (132, 48), (7, 5)])
+def test_dealt_balances_wgrad_units(programs, per_group):
+  """wgrad's deal is a permutation that keeps every wave's units in its wave; over the
+  benchmark's Dirichlet groups (a unit costs its group's 64-row steps, groups sorted
+  heaviest first as ragged_contract sorts them) no program gets more than one unit's cost
+  above another, while round-robin over the groups in order leaves a wider spread."""
+  from moejax.kernels.grouped_gemm import autotune
+  sizes = autotune.dirichlet_sizes(65536, 128)
+  steps = -(-sizes // 64)
+  num = len(steps) * per_group
+  q = np.asarray(mosaic._dealt(jnp.arange(num), num, programs))
+  assert sorted(q.tolist()) == list(range(num))
+  assert np.all(q // programs == np.arange(num) // programs)
+  load = lambda cost: np.bincount(np.arange(num) % programs, weights=cost, minlength=programs)
+  dealt = load(np.repeat(np.sort(steps)[::-1], per_group)[q])
+  assert dealt.max() - dealt.min() <= steps.max()
+  plain = load(np.repeat(steps, per_group))
+  assert plain.max() - plain.min() > 2 * (dealt.max() - dealt.min())
+
+
 def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
   """Rows past sum(group_sizes) are zero tiles written without any wgmma: NaN there stays out."""
   m, k, n, sizes = 256, 64, 128, [30, 70]
