@@ -45,18 +45,20 @@ def seconds_per_call(fn, *args, min_time=0.2, max_calls=50, reps=5):
   return float(np.median(ts))
 
 
-def candidates(k, n, quick=False):
-  """Tile configs that fit a kernel call contracting k into n columns."""
+def candidates(k, n, quick=False, half_tiles=False):
+  """Tile configs that fit a kernel call contracting k into n columns; with half_tiles
+  (forward and dgrad: `ragged_mm`) each also with `TileConfig.half_tiles`."""
   out = []
-  for tn, st, gw, gm, pp, cl in itertools.product((256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1),
-                                                  (False, True), (1, 2)):
+  for tn, st, gw, gm, pp, cl, half in itertools.product(
+      (256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1), (False, True), (1, 2),
+      (False, True) if half_tiles else (False,)):
     cfg = mosaic.TileConfig(tile_n=tn, tile_k=64, stages=st, grid_tile_width=gw,
-                            grid_minor_dim=gm, pingpong=pp, cluster=cl)
+                            grid_minor_dim=gm, pingpong=pp, cluster=cl, half_tiles=half)
     if mosaic.fits(cfg, k, n):
       out.append(cfg)
-  if quick:  # per form (shared or ping-pong, 2-CTA cluster or not): its widest tile, deepest
-    # ring, every tile order
-    form = lambda c: (c.pingpong, c.cluster)
+  if quick:  # per form (shared or ping-pong, 2-CTA cluster or not, half tiles or not): its
+    # widest tile, deepest ring, every tile order
+    form = lambda c: (c.pingpong, c.cluster, c.half_tiles)
     best = {}
     for c in out:
       best[form(c)] = max(best.get(form(c), (0, 0)), (c.tile_n, c.stages))
@@ -98,7 +100,7 @@ def tune_shape(m, e, k, n, quick=False, alpha=1.0, log=print):
   for op, ck, cn in calls:
     best = None
     ref_out = None  # candidates must agree with the first; the benchmark checks vs fp32
-    for cfg in candidates(ck, cn, quick):
+    for cfg in candidates(ck, cn, quick, half_tiles=op != "wgrad"):
       try:
         fn, args = kernel_call(op, cfg, *data)
         out = fn(*args)

@@ -305,13 +305,17 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
 
 def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
   """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
-  widest tile with its deepest ring, shared and ping-pong, each with and without 2-CTA clusters;
-  tuning sizes are imbalanced and sum to m."""
+  widest tile with its deepest ring, shared and ping-pong, each with and without 2-CTA clusters
+  (and, for forward and dgrad, with and without half tiles); tuning sizes are imbalanced and sum to m."""
   from moejax.kernels.grouped_gemm import autotune
   quick = autotune.candidates(768, 2048, quick=True)
   assert {(c.tile_n, c.stages, c.pingpong, c.cluster) for c in quick} == {
       (256, 4, False, 1), (256, 4, False, 2), (128, 6, True, 1), (128, 6, True, 2)}
   assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong, c.cluster) for c in quick}) == len(quick) == 24
+  assert not any(c.half_tiles for c in quick)
+  halves = autotune.candidates(768, 2048, quick=True, half_tiles=True)
+  assert {dataclasses.replace(c, half_tiles=False) for c in halves} == set(quick)
+  assert sum(c.half_tiles for c in halves) == len(halves) // 2 == 24
   # 768 columns pair up as 128-wide tiles only
   assert {(c.tile_n, c.cluster) for c in autotune.candidates(2048, 768, quick=True)} >= {(128, 2), (256, 1)}
   assert not any(c.tile_n == 256 and c.cluster == 2 for c in autotune.candidates(2048, 768))
