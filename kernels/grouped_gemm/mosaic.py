@@ -107,6 +107,11 @@ def _num_sms(interpret) -> int:
   return getattr(dev, "core_count", None) or 132
 
 
+def _programs(cfg: TileConfig, interpret) -> int:
+  """Persistent programs of a launch: one per SM, or per cluster of cfg.cluster SMs."""
+  return _num_sms(interpret) // cfg.cluster
+
+
 def _transforms(minor: int, dtype):
   swizzle = plgpu.find_swizzle(minor * jnp.dtype(dtype).itemsize * 8)
   swizzle_elems = swizzle // jnp.dtype(dtype).itemsize
@@ -407,7 +412,7 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
 
   kw = dict(
       out_type=jax.ShapeDtypeStruct(out_shape, out_dtype),
-      grid=(_num_sms(interpret) // cfg.cluster,),  # "sm" counts clusters of cfg.cluster CTAs
+      grid=(_programs(cfg, interpret),),  # "sm" counts clusters of cfg.cluster CTAs
       grid_names=("sm",),
       num_threads=3,
       thread_name="wg",
@@ -451,23 +456,30 @@ def _is_half(lo, cnt):
   return (cnt > 0) & ((lo >= ROWS) | (lo + cnt <= ROWS))
 
 
+def _wave(lin, num, programs):
+  """(w, first, size): the wave of kernel unit lin. Program p (an SM, or a cluster)
+  computes units p, p + programs, ... of `num`, so wave w is the `size` units from
+  `first` = w * programs (the last wave may be partial). The unit orders below permute
+  units within their wave, so the SMs' joint working set in L2 is unchanged."""
+  w = lax.div(lin, programs)
+  first = w * programs
+  return w, first, jnp.minimum(programs, num - first)
+
+
 def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int):
   """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles.
 
-  Program p (an SM, or a cluster) computes units p, p + programs, ...: wave w is units
-  [w * programs, (w + 1) * programs). Within each wave the half tiles come first and the
+  Within each wave (`_wave`) the half tiles come first and the
   wave is rotated so its half tiles go to the programs after those that took the later
   waves' half tiles (counted from the last wave, which may be partial and so starts at
-  program 0): every program gets the same number of half tiles (+-1), and a wave keeps
-  its units, so the SMs' joint working set in L2 is unchanged.
+  program 0): every program gets the same number of half tiles (+-1).
   """
   num = units[0] * units[1]
   lin = jnp.arange(num, dtype=jnp.int32)
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
   h = _is_half(sched_4T[2], sched_4T[3])[t].astype(jnp.int32)
-  wave0 = lin // programs * programs
-  size = jnp.minimum(programs, num - wave0)
+  _, wave0, size = _wave(lin, num, programs)
   incl = jnp.cumsum(h)
   before = (incl - h)[wave0]                       # half tiles in the waves before
   rank_half = incl - h - before                    # among the wave's half tiles
@@ -481,18 +493,14 @@ def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int):
 def _dealt(lin, num, programs):
   """The unit (in heaviest-first order) that kernel unit lin computes.
 
-  Program p computes units p, p + programs, ... of `num`: wave w is units
-  [w * programs, (w + 1) * programs). Dealing the sorted units forwards in even waves
-  and backwards in odd ones (a boustrophedon deal) keeps every program's total within
-  about one unit's cost of the others'; dealt round-robin, wgrad's units of unequal
-  cost (a group's steps) leave one SM 4-11% more work than the mean on Qwen3's
-  Dirichlet(1) groups. A wave keeps its units, so the SMs' joint working set in L2 is
-  unchanged.
+  Dealing the sorted units forwards in even waves (`_wave`) and backwards in odd ones
+  (a boustrophedon deal) keeps every program's total within about one unit's cost of
+  the others'; dealt round-robin, wgrad's units of unequal cost (a group's steps)
+  leave one SM 4-11% more work than the mean on Qwen3's Dirichlet(1) groups.
   """
-  w = lax.div(lin, programs)
-  j = lax.rem(lin, programs)
-  size = jnp.minimum(programs, num - w * programs)
-  return w * programs + jnp.where(lax.rem(w, 2) == 0, j, size - 1 - j)
+  w, first, size = _wave(lin, num, programs)
+  j = lin - first
+  return first + jnp.where(lax.rem(w, 2) == 0, j, size - 1 - j)
 
 
 def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=False,
@@ -518,7 +526,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   num_tiles = sched.shape[1]
   units = (num_tiles, grid_n // cfg.cluster)
   # half_tiles: unit lin of the kernel is unit order[lin] of the planar-snake order
-  extra = (_balanced_order(sched, units, cfg, _num_sms(interpret) // cfg.cluster),) \
+  extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret)),) \
       if cfg.half_tiles else ()
 
   def coords(refs, lin):
@@ -607,7 +615,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   info_5G = jnp.stack([starts, ends, nblk, base, jnp.arange(g)])[:, heavy].astype(jnp.int32)
   grid_m, grid_n = k // BLOCK, n // tn
   per_group = grid_m * grid_n // cfg.cluster
-  programs = _num_sms(interpret) // cfg.cluster
+  programs = _programs(cfg, interpret)
 
   def step_row(first, j):
     """x row of a group's step j: the last step of a group ending near M is pulled back."""

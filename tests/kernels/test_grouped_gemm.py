@@ -106,6 +106,15 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, tran
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+def _per_program(order, programs):
+  """Checks that `order` permutes the kernel's units within their waves (program p computes
+  units p, p + programs, ...); returns cost -> each program's total cost."""
+  num = len(order)
+  assert sorted(order.tolist()) == list(range(num))
+  assert np.all(order // programs == np.arange(num) // programs)
+  return lambda cost: np.bincount(np.arange(num) % programs, weights=cost, minlength=programs)
+
+
 @pytest.mark.parametrize("programs,width,minor", [(132, 12, 1), (66, 8, 0), (7, 4, 1)])
 def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
   """half_tiles' unit order is a permutation that keeps every wave's units in its wave and
@@ -118,12 +127,10 @@ def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
   cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, grid_minor_dim=minor, half_tiles=True)
   order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs))
   num = units[0] * units[1]
-  assert sorted(order.tolist()) == list(range(num))
-  assert np.all(order // programs == np.arange(num) // programs)
+  per_program = _per_program(order, programs)
   t = np.asarray(jax.vmap(lambda i: plgpu.planar_snake(i, units, minor, 8))(jnp.arange(num))[0])
   half = np.asarray(mosaic._is_half(sched[2], sched[3]))[t]
   assert 0.05 < half.mean() < 0.2   # the benchmark's groups leave this many half tiles
-  per_program = lambda h: np.bincount(np.arange(num) % programs, weights=h, minlength=programs)
   balanced = per_program(half[order])
   assert balanced.max() - balanced.min() <= 1
   plain = per_program(half)
@@ -141,9 +148,7 @@ def test_dealt_balances_wgrad_units(programs, per_group):
   steps = -(-sizes // 64)
   num = len(steps) * per_group
   q = np.asarray(mosaic._dealt(jnp.arange(num), num, programs))
-  assert sorted(q.tolist()) == list(range(num))
-  assert np.all(q // programs == np.arange(num) // programs)
-  load = lambda cost: np.bincount(np.arange(num) % programs, weights=cost, minlength=programs)
+  load = _per_program(q, programs)
   dealt = load(np.repeat(np.sort(steps)[::-1], per_group)[q])
   assert dealt.max() - dealt.min() <= steps.max()
   plain = load(np.repeat(steps, per_group))
