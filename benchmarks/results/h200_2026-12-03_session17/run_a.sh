@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on commit COMMIT (TileConfig.tile_m=256: cooperative 256 x 128 tiles, each consumer 128 rows).
+# Ran on commit 1da92fd (TileConfig.tile_m=256: cooperative 256 x 128 tiles, each consumer 128 rows).
 # Session 17, call a (a1_tile_m256/): (1) the kernel check incl. 256-row tiles in clusters with half
 # tiles (stops here if any is wrong); (2) each Qwen3 forward/dgrad call, same process: the tuned tile,
 # 256-row tiles with and without the 2-CTA cluster, two tile orders, with and without half tiles, the
