@@ -22,9 +22,9 @@ print(len(rows), "rows;", head)
 col = next(i for i, h in enumerate(head) if "Warp Stall Sampling (All" in h)
 num = lambda v: float(v.replace(",", "") or 0)
 total = sum(num(r[col]) for r in rows)
-stall_cols = [i for i, h in enumerate(head) if h.startswith("stall_") or "Stall" in h]
+src = head.index("Source") if "Source" in head else 1
 for r in sorted(rows, key=lambda r: -num(r[col]))[:40]:
-  print(f"{100 * num(r[col]) / total:5.1f}%", " | ".join(r[:3]))
+  print(f"{100 * num(r[col]) / total:5.1f}%", r[0], r[src])
 PY
   gzip -f $O/qwen3_${o}_sass.csv
 done
