@@ -119,18 +119,15 @@ def poison_device_memory(nbytes):
 
 
 def variant_gemm(k, n, variant):
-  """grouped_gemm with ping-pong or 256-row tiles, and/or 2-CTA cluster tiles, and/or half
-  tiles ("pingpong", "m256", "cluster", "pingpong+cluster+half", ...) for all three calls, as
-  wide as each call's width allows (a call whose column tiles cannot pair runs without the
-  cluster)."""
+  """grouped_gemm with ping-pong and/or 2-CTA cluster tiles, and/or half tiles ("pingpong",
+  "cluster", "pingpong+cluster+half", ...) for all three calls, as wide as each call's width
+  allows (a call whose column tiles cannot pair runs without the cluster)."""
   pingpong, cluster, half = ("pingpong" in variant, "cluster" in variant, "half" in variant)
-  tile_m = 256 if "m256" in variant else 128
 
   def tile(width):
-    widths = (128, 64) if pingpong or tile_m == 256 else (256, 128, 64)
+    widths = (128, 64) if pingpong else (256, 128, 64)
     tn = next((t for t in widths if width % ((2 if cluster else 1) * t) == 0), 64)
-    return mosaic.TileConfig(tile_m=tile_m, tile_n=tn, stages=6 if pingpong else 4,
-                             pingpong=pingpong,
+    return mosaic.TileConfig(tile_n=tn, stages=6 if pingpong else 4, pingpong=pingpong,
                              cluster=2 if cluster and width % (2 * tn) == 0 else 1,
                              half_tiles=half)
   plan = (tile(n), tile(k), tile(n))
@@ -139,14 +136,12 @@ def variant_gemm(k, n, variant):
 
 def smoke_check():
   """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
-  table's tiles, ping-pong, 2-CTA cluster, both, both with half tiles, and 256-row tiles in
-  clusters with half tiles: a wrong kernel stops the run before any timing.
+  table's tiles, ping-pong, 2-CTA cluster, both, and both with half tiles: a wrong kernel stops the run before any timing.
   Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
       ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),
-      ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half",
-       "m256+cluster+half")):
+      ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0

@@ -60,16 +60,11 @@ def _pallas_gg(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   return _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret)[0]
 
 
-def _rows_block(plan):
-  """The multiple of rows every kernel of the plan tiles M by (the wrapper pads M to it)."""
-  return max(cfg.tile_m for cfg in plan)
-
-
 def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
-  xp = _pad(x_MK, 0, _rows_block(plan))
-  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0], plan[0].tile_m)
+  xp = _pad(x_MK, 0, mosaic.BLOCK)
+  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0])  # dgrad reuses it
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret, sched=sched)
   return vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
@@ -79,13 +74,11 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   from moejax.kernels.grouped_gemm import mosaic
   x_MK, w_GKN, group_sizes_G, sched = res
   m, k = x_MK.shape
-  dy = _pad(dy_MN.astype(x_MK.dtype), 0, _rows_block(plan))
-  same_rows = plan[1].tile_m == plan[0].tile_m  # then dgrad reuses the forward's schedule
+  dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
-                        out_dtype=x_MK.dtype, interpret=interpret,
-                        sched=sched if same_rows else None)[:m]
-  # wgrad tiles K by tile_m (the consumers' rows of dw): pad x's columns if needed.
-  xp = _pad(_pad(x_MK, 0, _rows_block(plan)), 1, plan[2].tile_m)
+                        out_dtype=x_MK.dtype, interpret=interpret, sched=sched)[:m]
+  # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.
+  xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,
                               interpret=interpret)[:, :k]
   return vary_like(dx, x_MK), vary_like(dw, w_GKN), None

@@ -10,14 +10,14 @@ Both are one persistent CTA per SM with three warpgroups:
     owns into a ring of `stages` shared-memory slots. The ring runs on across
     tiles (one step counter for the whole kernel), so the next tile's operands
     arrive while the consumers still finish the current one;
-  * two consumers each own half the rows of the output tile (64 of 128, or 128 of
-    256 with `TileConfig.tile_m`; one wgmma group kept in flight), then write their
-    rows through a swizzled shared-memory buffer with 64-row TMA stores; or, with
+  * two consumers each own 64 rows of the 128-row output tile (wgmma m64 x
+    tile_n, one wgmma group kept in flight), then write their rows through a
+    swizzled shared-memory buffer with 64-row TMA stores; or, with
     `TileConfig.pingpong`, each consumer computes every other tile whole, so one
     consumer's epilogue runs under the other's wgmmas. With `TileConfig.cluster=2`
     pairs of CTAs compute neighbouring column tiles and multicast the rows they share.
 
-`ragged_mm` cuts each group into tile_m-row tiles from the group's first row (as
+`ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
 the same k-loop. Equal tiles keep the statically assigned SMs in step, which keeps
 their joint working set inside L2 (tiles of unequal cost let the SMs drift apart:
@@ -50,15 +50,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-ROWS = 64            # rows of one wgmma (its M)
-BLOCK = 2 * ROWS     # output rows per CTA tile by default (TileConfig.tile_m)
+ROWS = 64            # output rows per consumer warpgroup (wgmma M)
+BLOCK = 2 * ROWS     # output rows per CTA tile
 SMEM_BYTES = 232448  # dynamic shared memory per block on Hopper (227 KiB)
 _EPI_BYTES = 128     # epilogue sub-tile row width in bytes (one 128-byte swizzle span)
 
 
 @dataclasses.dataclass(frozen=True)
 class TileConfig:
-  """CTA tile tile_m x tile_n, tile_k deep per pipeline step, `stages` ring slots.
+  """CTA tile 128 x tile_n, tile_k deep per pipeline step, `stages` ring slots.
 
   The CTA tiles are visited in `plgpu.planar_snake` order (grid_minor_dim,
   grid_tile_width) for L2 reuse. pingpong: each consumer warpgroup computes whole
@@ -72,14 +72,8 @@ class TileConfig:
   rows fit in one 64-row half costs half (ping-pong runs it with a 64-row accumulator;
   shared tiles already skip the empty half's wgmmas), and the tiles are reordered within
   each wave of one tile per SM so every SM gets the same number of half tiles, which keeps
-  the statically assigned SMs in step (`_balanced_order`). tile_m=256 (shared tiles,
-  tile_n <= 128): each consumer computes 128 of the tile's 256 rows and both read one
-  weight block per k-step, cuBLAS's cooperative 256 x 128 tile; in 2-CTA clusters a CTA
-  then loads 32 KB per k-step of 4.2 MFLOP (the 128-row forms: 48 KB or 40 KB). With
-  half_tiles a consumer whose rows fit in one 64-row half of its 128 runs a 64-row
-  accumulator, and a "half tile" (for the unit order) is one whose rows fit in one consumer.
+  the statically assigned SMs in step (`_balanced_order`).
   """
-  tile_m: int = BLOCK
   tile_n: int = 256
   tile_k: int = 64
   stages: int = 4
@@ -94,21 +88,16 @@ class TileConfig:
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
   """Shared memory the kernels allocate for `cfg` (ring + epilogue buffers, which are
   128 bytes wide for every output dtype)."""
-  ring = cfg.stages * (cfg.tile_m * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
+  ring = cfg.stages * (BLOCK * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
   return ring + 2 * 2 * ROWS * _EPI_BYTES
 
 
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
   return (k % cfg.tile_k == 0 and n % (cfg.tile_n * cfg.cluster) == 0
-          and cfg.cluster in (1, 2) and _consumer_rows(cfg) in (ROWS, BLOCK)
-          and cfg.tile_n <= (256 if _consumer_rows(cfg) == ROWS else 128)
+          and cfg.cluster in (1, 2)
+          and cfg.tile_n <= (128 if cfg.pingpong else 256)
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
-
-
-def _consumer_rows(cfg: TileConfig) -> int:
-  """Accumulator rows of a consumer warpgroup: a whole tile with ping-pong, else half of one."""
-  return cfg.tile_m if cfg.pingpong else cfg.tile_m // 2
 
 
 def _num_sms(interpret) -> int:
@@ -129,15 +118,15 @@ def _transforms(minor: int, dtype):
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
 
-def tile_schedule(group_sizes_G: jax.Array, m: int, block: int = BLOCK):
-  """Row tiles of a ragged-M product, computed by XLA (m % block == 0).
+def tile_schedule(group_sizes_G: jax.Array, m: int):
+  """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0).
 
-  Group g is cut into `block`-row tiles from its first row rounded down to a multiple
+  Group g is cut into 128-row tiles from its first row rounded down to a multiple
   of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
-  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/block + G + 1
+  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/128 + G + 1
   (a bound), with sched[:, t] = (gid, row0, lo, cnt): tile t reads x rows
-  [row0, row0 + block) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
-  an unused slot. row0 is a multiple of 8 and <= m - block, so loads stay inside x.
+  [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
+  an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
   """
   g = group_sizes_G.shape[0]
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
@@ -146,19 +135,19 @@ def tile_schedule(group_sizes_G: jax.Array, m: int, block: int = BLOCK):
   starts = jnp.concatenate([starts, ends[-1:]])  # the tail as pseudo-group G
   ends = jnp.concatenate([ends, jnp.full((1,), m, jnp.int32)])
   base = starts // 8 * 8
-  ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, block), 0)
+  ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
   offs_incl = jnp.cumsum(ntiles)
-  t = jnp.arange(m // block + g + 1, dtype=jnp.int32)
+  t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
   # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
   # host round trip per iteration (~10 x 30 us here, more than the kernel on small
   # shapes); T x (G + 1) comparisons are one fused kernel.
   gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right", method="compare_all"),
                     g).astype(jnp.int32)
-  first = base[gid] + (t - (offs_incl - ntiles)[gid]) * block
+  first = base[gid] + (t - (offs_incl - ntiles)[gid]) * BLOCK
   lo_row = jnp.maximum(starts[gid], first)
-  cnt = jnp.minimum(ends[gid], first + block) - lo_row
+  cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
   cnt = jnp.where(t < offs_incl[-1], cnt, 0)
-  row0 = jnp.minimum(first, m - block)
+  row0 = jnp.minimum(first, m - BLOCK)
   return jnp.stack([gid, row0, lo_row - row0, cnt]).astype(jnp.int32)
 
 
@@ -331,9 +320,8 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
   rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
   `_store_tile`) exactly once; unit_steps(refs, lin) is tile lin's number of ring steps;
-  unit_half(refs, lin, off, rows) -> (half, sub): a consumer runs its rows [off, off + rows)
-  of tile lin with a 64-row accumulator for rows [sub, sub + 64) where `half` (ping-pong, or
-  tile_m=256; see TileConfig.half_tiles).
+  unit_half(refs, lin) -> (half, off): ping-pong runs tile lin with a 64-row accumulator
+  for rows [off, off + 64) where `half`.
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -401,28 +389,21 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
               lambda acc_ref: consume_unit(refs, my_ring, off, acc_ref, store, sm + i * nsm, step),
               plgpu.ACC((rows, cfg.tile_n), jnp.float32))
 
-        rows = _consumer_rows(cfg)
-
-        def tile(i, step, my_ring, off):
-          """This consumer's rows [off, off + rows) of tile i; with unit_half, a 64-row
-          accumulator where the tile's rows there fit in one 64-row half."""
-          if unit_half is None:
-            return run(i, step, my_ring, off, rows)
-          half, sub = unit_half(refs, sm + i * nsm, off, rows)
-          return lax.cond(half, lambda st: run(i, st, my_ring, sub, ROWS),
-                          lambda st: run(i, st, my_ring, off, rows), step)
-
         if pingpong:
           def own_tile(j, step):
             i = 2 * j + wg
             # The ring steps of the other consumer's tile just before this one.
             prev = jnp.maximum(i - 1, 0)
             step = step + jnp.where(i >= 1, unit_steps(refs, sm + prev * nsm), 0)
-            return tile(i, step, ring.of(wg), 0)
+            if unit_half is None:
+              return run(i, step, ring.of(wg), 0, BLOCK)
+            half, off = unit_half(refs, sm + i * nsm)
+            return lax.cond(half, lambda st: run(i, st, ring.of(wg), off, ROWS),
+                            lambda st: run(i, st, ring.of(wg), 0, BLOCK), step)
 
           lax.fori_loop(0, lax.div(n_local - wg + 1, 2), own_tile, jnp.int32(0))
         else:
-          lax.fori_loop(0, n_local, lambda i, step: tile(i, step, ring, wg * rows),
+          lax.fori_loop(0, n_local, lambda i, step: run(i, step, ring, wg * ROWS, ROWS),
                         jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         if multicast:
@@ -461,22 +442,18 @@ def _snake(lin, rows, cols, cfg: TileConfig):
 def _check(cfg: TileConfig, itemsize: int):
   if cfg.cluster not in (1, 2):
     raise ValueError(f"{cfg}: cluster must be 1 or 2")
-  rows = _consumer_rows(cfg)
-  if rows not in (ROWS, BLOCK):
-    raise ValueError(f"{cfg}: tile_m must be 128 (or 256 with pingpong=False), giving each "
-                     f"consumer 64 or 128 rows; got {rows} rows per consumer")
-  if rows == BLOCK and cfg.tile_n > 128:
-    raise ValueError(f"{cfg}: pingpong=True or tile_m=256 needs tile_n <= 128 (each consumer "
-                     f"holds a 128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
+  if cfg.pingpong and cfg.tile_n > 128:
+    raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
+                     f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
   need = smem_bytes(cfg, itemsize) + 1024
   if need > SMEM_BYTES:
     raise ValueError(f"{cfg} needs {need} bytes of shared memory (> {SMEM_BYTES}); "
                      "use fewer stages or a smaller tile_n")
 
 
-def _is_half(lo, cnt, rows):
-  """Whether rows [lo, lo + cnt) of a `rows`-row span lie in one half of it."""
-  return (cnt > 0) & ((lo >= rows // 2) | (lo + cnt <= rows // 2))
+def _is_half(lo, cnt):
+  """Whether a tile's rows [lo, lo + cnt) lie in one 64-row half of it."""
+  return (cnt > 0) & ((lo >= ROWS) | (lo + cnt <= ROWS))
 
 
 def _wave(lin, num, programs):
@@ -501,7 +478,7 @@ def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int):
   lin = jnp.arange(num, dtype=jnp.int32)
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
-  h = _is_half(sched_4T[2], sched_4T[3], cfg.tile_m)[t].astype(jnp.int32)
+  h = _is_half(sched_4T[2], sched_4T[3])[t].astype(jnp.int32)
   _, wave0, size = _wave(lin, num, programs)
   incl = jnp.cumsum(h)
   before = (incl - h)[wave0]                       # half tiles in the waves before
@@ -530,9 +507,9 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
               out_dtype=None, interpret=False, sched=None):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
-  Needs M % tile_m == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
-  `sched`: tile_schedule(group_sizes_G, M, tile_m) when the caller already has it (forward
-  and dgrad share one when their tile_m agree).
+  Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
+  `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
+  and dgrad share one).
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -540,13 +517,12 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   kk = w_GKN.shape[2] if transpose_rhs else w_GKN.shape[1]
   assert kk == k, (x_MK.shape, w_GKN.shape, transpose_rhs)
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
-  tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+  tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
-  assert m % tm == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
+  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
   if sched is None:
-    sched = tile_schedule(group_sizes_G, m, tm)
-  assert sched.shape == (4, m // tm + g + 1), ("sched was built for another tile_m", sched.shape)
+    sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
   units = (num_tiles, grid_n // cfg.cluster)
   # half_tiles: unit lin of the kernel is unit order[lin] of the planar-snake order
@@ -569,7 +545,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
     def k_step(ki, step):
-      x_src = x_gmem.at[pl.ds(row0, tm), pl.ds(ki * tk, tk)]
+      x_src = x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)]
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
       return ring.produce(step, x_src, w_src)
@@ -599,18 +575,16 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   def unit_steps(refs, lin):
     return coords(refs, lin)[-1]
 
-  def unit_half(refs, lin, off, rows):
+  def unit_half(refs, lin):
     _, _, _, lo, cnt, _ = coords(refs, lin)
-    a = jnp.clip(lo - off, 0, rows)
-    b = jnp.clip(lo + cnt - off, 0, rows)
-    return _is_half(a, b - a, rows), off + jnp.where(a >= ROWS, ROWS, 0)
+    return _is_half(lo, cnt), jnp.where(lo >= ROWS, ROWS, 0)
 
   return _persistent_call(
       produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
-      a_block=(tm, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
+      a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN, *extra),
-      unit_half=unit_half if cfg.half_tiles and _consumer_rows(cfg) == BLOCK else None)
+      unit_half=unit_half if cfg.half_tiles and cfg.pingpong else None)
 
 
 def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=None,
@@ -620,16 +594,16 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   tile_k rows of the group are contracted per step, from its first row rounded down to
   a multiple of 8 (as the forward's tiles; rounding down to tile_k would cost half a
   step more per tile on average), the last step pulled back inside x. Needs
-  M % tile_k == 0, K % tile_m == 0 and N % (tile_n * cluster) == 0 (the wrapper pads M and K).
+  M % tile_k == 0, K % 128 == 0 and N % (tile_n * cluster) == 0 (the wrapper pads M and K).
   """
   m, k = x_MK.shape
   m2, n = dy_MN.shape
   assert m == m2
   g = group_sizes_G.shape[0]
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
-  tm, tn, tk = cfg.tile_m, cfg.tile_n, cfg.tile_k
+  tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
-  assert m % tk == 0 and k % tm == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
+  assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
@@ -639,7 +613,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   # units are dealt to the SMs by `_dealt` (column 4: the group's index in dw).
   heavy = jnp.argsort(-nblk, stable=True)
   info_5G = jnp.stack([starts, ends, nblk, base, jnp.arange(g)])[:, heavy].astype(jnp.int32)
-  grid_m, grid_n = k // tm, n // tn
+  grid_m, grid_n = k // BLOCK, n // tn
   per_group = grid_m * grid_n // cfg.cluster
   programs = _programs(cfg, interpret)
 
@@ -659,7 +633,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     def k_step(j, step):
       rows = pl.ds(step_row(first, j), tk)
-      return ring.produce(step, x_gmem.at[rows, pl.ds(mi * tm, tm)],
+      return ring.produce(step, x_gmem.at[rows, pl.ds(mi * BLOCK, BLOCK)],
                           dy_gmem.at[rows, pl.ds(ni * tn, tn)])
 
     return lax.fori_loop(0, count, k_step, step)
@@ -681,7 +655,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
-    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * tm + off + r, nr),
+    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + off + r, nr),
                                                        pl.ds(ni * tn + col, width)])
     return step
 
@@ -691,5 +665,5 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
   return _persistent_call(
       produce_unit, consume_unit, unit_steps, num_units=g * per_group,
-      a_block=(tk, tm), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
+      a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN))
