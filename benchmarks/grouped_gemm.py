@@ -119,34 +119,29 @@ def poison_device_memory(nbytes):
 
 
 def variant_gemm(k, n, variant):
-  """grouped_gemm with ping-pong and/or 2-CTA cluster tiles on column pairs ("cluster") or row
-  pairs ("mcluster"), and/or half tiles ("pingpong", "pingpong+cluster+half", ...) for all
-  three calls, as wide as each call's width allows (a call whose column tiles cannot pair
-  runs without the cluster)."""
+  """grouped_gemm with ping-pong and/or 2-CTA cluster tiles, and/or half tiles ("pingpong",
+  "cluster", "pingpong+cluster+half", ...) for all three calls, as wide as each call's width
+  allows (a call whose column tiles cannot pair runs without the cluster)."""
   pingpong, cluster, half = ("pingpong" in variant, "cluster" in variant, "half" in variant)
-  axis = "m" if "mcluster" in variant else "n"
 
   def tile(width):
     widths = (128, 64) if pingpong else (256, 128, 64)
-    pair = 2 if cluster and axis == "n" else 1
-    tn = next((t for t in widths if width % (pair * t) == 0), 64)
+    tn = next((t for t in widths if width % ((2 if cluster else 1) * t) == 0), 64)
     return mosaic.TileConfig(tile_n=tn, stages=6 if pingpong else 4, pingpong=pingpong,
-                             cluster=2 if cluster and width % (pair * tn) == 0 else 1,
-                             cluster_axis=axis, half_tiles=half)
+                             cluster=2 if cluster and width % (2 * tn) == 0 else 1,
+                             half_tiles=half)
   plan = (tile(n), tile(k), tile(n))
   return lambda a, b, g: api._pallas_gg(a, b, g, a.dtype, plan, api.pallas_interpreted("pallas"))
 
 
 def smoke_check():
   """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
-  table's tiles, ping-pong, 2-CTA cluster, both, both with half tiles, and 2-CTA clusters on
-  row pairs with and without ping-pong: a wrong kernel stops the run before any timing.
+  table's tiles, ping-pong, 2-CTA cluster, both, and both with half tiles: a wrong kernel stops the run before any timing.
   Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
       ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),
-      ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half",
-       "mcluster", "pingpong+mcluster")):
+      ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0

@@ -122,8 +122,7 @@ def main():
           if item != "tuned":
             fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
             vals = [v.split("=") if "=" in v else (fields[i], v) for i, v in enumerate(item.split(","))]
-            cast = lambda f, v: v if isinstance(getattr(tuned, f), str) else type(getattr(tuned, f))(int(v))
-            cfg = dataclasses.replace(tuned, **{f: cast(f, v) for f, v in vals})
+            cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
           fn, args = kernel_call(op, cfg, *data)
         jax.block_until_ready(fn(*args))
         clk = {}

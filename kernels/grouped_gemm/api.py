@@ -77,9 +77,8 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
                         out_dtype=x_MK.dtype, interpret=interpret, sched=sched)[:m]
-  # wgrad tiles K by 128 (two 64-row consumer halves; in pairs for cluster_axis="m"): pad
-  # x's columns if needed.
-  xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.contract_k_multiple(plan[2]))
+  # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.
+  xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,
                               interpret=interpret)[:, :k]
   return vary_like(dx, x_MK), vary_like(dw, w_GKN), None

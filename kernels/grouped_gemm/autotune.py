@@ -49,18 +49,16 @@ def candidates(k, n, quick=False, half_tiles=False):
   """Tile configs that fit a kernel call contracting k into n columns; with half_tiles
   (forward and dgrad: `ragged_mm`) each also with `TileConfig.half_tiles`."""
   out = []
-  clusters = ((1, "n"), (2, "n"), (2, "m"))  # (cluster, cluster_axis)
-  for tn, st, gw, gm, pp, (cl, axis), half in itertools.product(
-      (256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1), (False, True), clusters,
+  for tn, st, gw, gm, pp, cl, half in itertools.product(
+      (256, 128), (3, 4, 5, 6), (4, 8, 16), (0, 1), (False, True), (1, 2),
       (False, True) if half_tiles else (False,)):
     cfg = mosaic.TileConfig(tile_n=tn, tile_k=64, stages=st, grid_tile_width=gw,
-                            grid_minor_dim=gm, pingpong=pp, cluster=cl, cluster_axis=axis,
-                            half_tiles=half)
+                            grid_minor_dim=gm, pingpong=pp, cluster=cl, half_tiles=half)
     if mosaic.fits(cfg, k, n):
       out.append(cfg)
-  if quick:  # per form (shared or ping-pong, no cluster or a 2-CTA cluster on column or row
-    # pairs, half tiles or not): its widest tile, deepest ring, every tile order
-    form = lambda c: (c.pingpong, c.cluster, c.cluster_axis, c.half_tiles)
+  if quick:  # per form (shared or ping-pong, 2-CTA cluster or not, half tiles or not): its
+    # widest tile, deepest ring, every tile order
+    form = lambda c: (c.pingpong, c.cluster, c.half_tiles)
     best = {}
     for c in out:
       best[form(c)] = max(best.get(form(c), (0, 0)), (c.tile_n, c.stages))

@@ -15,8 +15,7 @@ Both are one persistent CTA per SM with three warpgroups:
     swizzled shared-memory buffer with 64-row TMA stores; or, with
     `TileConfig.pingpong`, each consumer computes every other tile whole, so one
     consumer's epilogue runs under the other's wgmmas. With `TileConfig.cluster=2`
-    pairs of CTAs compute neighbouring column tiles and multicast the rows they share,
-    or (`cluster_axis="m"`) neighbouring row tiles and multicast the weights they share.
+    pairs of CTAs compute neighbouring column tiles and multicast the rows they share.
 
 `ragged_mm` cuts each group into 128-row tiles from the group's first row (as
 CUTLASS grouped GEMMs do; rounded down to 8 rows for TMA), so every tile costs
@@ -69,14 +68,7 @@ class TileConfig:
   `_persistent_call`). cluster=2: pairs of CTAs compute two neighbouring column tiles of
   one row block and load its rows once for both (TMA multicast), cutting the L2 traffic
   of the row operand by half (the column tiles must pair up); with pingpong, the two
-  CTAs' consumers c share their tiles' rows. cluster_axis="m" pairs the CTAs along the
-  other axis: two neighbouring row tiles of one column tile, loading the column operand
-  once (the weights in forward/dgrad, dy in wgrad): with the shared 128 x 256 tile a CTA
-  loads 32 KB per k-step of 4.2 MFLOP, as cuBLAS's 2-CTA 256 x 128 tiles do (rows paired:
-  40 KB; no cluster: 48 KB). Forward/dgrad pair consecutive tiles of the schedule; a pair
-  whose tiles lie in different groups loads each its own weights, and both CTAs run
-  every unit's k-steps if either has rows (a zero tile's steps skip their wgmmas; the
-  ring's slots stay in step across the pair). half_tiles (forward/dgrad): a tile whose
+  CTAs' consumers c share their tiles' rows. half_tiles (forward/dgrad): a tile whose
   rows fit in one 64-row half costs half (ping-pong runs it with a 64-row accumulator;
   shared tiles already skip the empty half's wgmmas), and the tiles are reordered within
   each wave of one tile per SM so every SM gets the same number of half tiles, which keeps
@@ -91,7 +83,6 @@ class TileConfig:
   pingpong: bool = False
   cluster: int = 1
   half_tiles: bool = False
-  cluster_axis: str = "n"
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -103,22 +94,10 @@ def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
 
 def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   """Whether `cfg` tiles a product contracting k into n columns and fits in SMEM."""
-  return (k % cfg.tile_k == 0 and n % (cfg.tile_n * _pairs(cfg, "n")) == 0
-          and cfg.cluster in (1, 2) and cfg.cluster_axis in ("n", "m")
-          and not (cfg.half_tiles and _pairs(cfg, "m") > 1)
+  return (k % cfg.tile_k == 0 and n % (cfg.tile_n * cfg.cluster) == 0
+          and cfg.cluster in (1, 2)
           and cfg.tile_n <= (128 if cfg.pingpong else 256)
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
-
-
-def _pairs(cfg: TileConfig, axis: str) -> int:
-  """How many neighbouring tiles along `axis` ("m" rows, "n" columns) a cluster computes."""
-  return cfg.cluster if cfg.cluster_axis == axis else 1
-
-
-def contract_k_multiple(cfg: TileConfig) -> int:
-  """What wgrad's K (the rows of dw) must be a multiple of: its row tiles, in pairs when the
-  cluster pairs them (the wrapper pads K)."""
-  return BLOCK * _pairs(cfg, "m")
 
 
 def _num_sms(interpret) -> int:
@@ -181,7 +160,7 @@ class _Ring:
   and a consumer must wait on every phase of the barriers it waits on.
   """
 
-  def __init__(self, a_smem, b_smem, produced, consumed, stages, owner=0, multicast=None):
+  def __init__(self, a_smem, b_smem, produced, consumed, stages, owner=0, multicast=False):
     self.a, self.b = a_smem, b_smem
     self.produced, self.consumed, self.stages = produced, consumed, stages
     self.owner, self.multicast = owner, multicast
@@ -194,32 +173,19 @@ class _Ring:
   def _produced(self, slot):
     return self.produced.at[self.owner * self.stages + slot]
 
-  def produce(self, step, a_src, b_src, shared=True):
-    """Producer: load one k-step into slot step % stages once its consumers freed it.
-
-    multicast ("a" or "b"): both CTAs of the cluster load that operand's same block; each
-    issues half of it into both CTAs' slots, so `consumed` must count the consumers of
-    both. `shared` (traced, "b" only): whether this unit's two CTAs read one block; where
-    not, each loads its own.
-    """
+  def produce(self, step, a_src, b_src):
+    """Producer: load one k-step into slot step % stages once its consumers freed it."""
     slot = lax.rem(step, self.stages)
 
     @pl.when(step >= self.stages)
     def _():
       plgpu.barrier_wait(self.consumed.at[slot])
 
-    def load(src, dst, together):
-      plgpu.copy_gmem_to_smem(src, dst.at[slot], self._produced(slot),
-                              collective_axes="cluster" if together else None)
-
-    load(a_src, self.a, self.multicast == "a")
-    if self.multicast != "b":
-      load(b_src, self.b, False)
-    elif shared is True:
-      load(b_src, self.b, True)
-    else:
-      pl.when(shared)(lambda: load(b_src, self.b, True))
-      pl.when(jnp.logical_not(shared))(lambda: load(b_src, self.b, False))
+    # multicast: both CTAs of the cluster load the same rows; each issues half of them
+    # into both CTAs' slots, so `consumed` must count the consumers of both.
+    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self._produced(slot),
+                            collective_axes="cluster" if self.multicast else None)
+    plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self._produced(slot))
     return step + 1
 
   def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
@@ -388,8 +354,7 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
         collective_axes="wg",
     )
     def _scope(a_smem, b_smem, out_smem, produced, consumed, stored, done=None):
-      ring = _Ring(a_smem, b_smem, produced, consumed, stages,
-                   multicast=("b" if cfg.cluster_axis == "m" else "a") if multicast else None)
+      ring = _Ring(a_smem, b_smem, produced, consumed, stages, multicast=multicast)
       wg = lax.axis_index("wg")
       sm = lax.axis_index("sm")
       nsm = lax.axis_size("sm")
@@ -463,33 +428,20 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   return plgpu.kernel(body, **kw)(*args)
 
 
-def _units(rows, cols, cfg: TileConfig):
-  """The grid of kernel units over a rows x cols tile grid: a unit is a cluster's tiles."""
-  return rows // _pairs(cfg, "m"), cols // _pairs(cfg, "n")
-
-
 def _snake(lin, rows, cols, cfg: TileConfig):
   """(row, column) tile of unit `lin` of a rows x cols tile grid, in cfg's planar-snake
-  order. With 2-CTA clusters a unit is a pair of neighbouring column (or, cluster_axis="m",
-  row) tiles, and this CTA takes its own of the pair."""
-  r, c = plgpu.planar_snake(lin, _units(rows, cols, cfg), cfg.grid_minor_dim,
+  order. With 2-CTA clusters a unit is a pair of neighbouring column tiles, and this CTA
+  takes its own of the pair."""
+  r, c = plgpu.planar_snake(lin, (rows, cols // cfg.cluster), cfg.grid_minor_dim,
                             cfg.grid_tile_width)
-  if _pairs(cfg, "n") > 1:
+  if cfg.cluster > 1:
     c = c * cfg.cluster + lax.axis_index("cluster")
-  if _pairs(cfg, "m") > 1:
-    r = r * cfg.cluster + lax.axis_index("cluster")
   return r, c
 
 
 def _check(cfg: TileConfig, itemsize: int):
   if cfg.cluster not in (1, 2):
     raise ValueError(f"{cfg}: cluster must be 1 or 2")
-  if cfg.cluster_axis not in ("n", "m"):
-    raise ValueError(f"{cfg}: cluster_axis must be 'n' (pairs of column tiles) or 'm' (pairs "
-                     f"of row tiles), got {cfg.cluster_axis!r}")
-  if cfg.half_tiles and _pairs(cfg, "m") > 1:
-    raise ValueError(f"{cfg}: half_tiles needs cluster_axis='n' (or cluster=1): the row "
-                     "tiles of a pair run in step, so a half tile would not run faster")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
@@ -555,10 +507,9 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
               out_dtype=None, interpret=False, sched=None):
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
-  Needs M % 128 == 0, K % tile_k == 0, N % tile_n == 0, and with 2-CTA clusters on
-  column pairs N % (2 * tile_n) == 0 (the wrapper pads M). `sched`:
-  tile_schedule(group_sizes_G, M) when the caller already has it (forward and dgrad
-  share one).
+  Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
+  `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
+  and dgrad share one).
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -568,67 +519,51 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
-  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * _pairs(cfg, "n")) == 0, (m, k, n, cfg)
+  assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
   if sched is None:
     sched = tile_schedule(group_sizes_G, m)
-  pair_rows = _pairs(cfg, "m") > 1
-  if pair_rows and sched.shape[1] % 2:  # an unused slot (cnt == 0) completes the last pair
-    sched = jnp.pad(sched, ((0, 0), (0, 1)))
   num_tiles = sched.shape[1]
-  units = _units(num_tiles, grid_n, cfg)
+  units = (num_tiles, grid_n // cfg.cluster)
   # half_tiles: unit lin of the kernel is unit order[lin] of the planar-snake order
   extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret)),) \
       if cfg.half_tiles else ()
 
   def coords(refs, lin):
-    """(column tile, group, row0, lo, cnt, k-steps, whether the pair shares its weights,
-    whether this tile has rows to multiply) of this CTA's tile of unit lin."""
     sched_gmem = refs[0]
     if cfg.half_tiles:
       lin = refs[3][lin]
     t, ni = _snake(lin, num_tiles, grid_n, cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
     row0 = pl.multiple_of(row0, 8)
-    real = (cnt > 0) & (gid < g)
-    n_steps = jnp.where(real, k_iters, 0)
-    shared = real
-    if pair_rows:  # the partner CTA's tile: both run the unit's steps if either has rows
-      tp = t + 1 - 2 * lax.rem(t, 2)
-      gid_p, cnt_p = sched_gmem[0, tp], sched_gmem[3, tp]
-      real_p = (cnt_p > 0) & (gid_p < g)
-      n_steps = jnp.where(real | real_p, k_iters, 0)
-      shared = real & real_p & (gid == gid_p)
-    return ni, gid, row0, lo, cnt, n_steps, shared, real
+    n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
+    return ni, gid, row0, lo, cnt, n_steps
 
   def produce_unit(refs, ring, lin, step):
     _, x_gmem, w_gmem = refs[:3]
-    ni, gid, row0, _, _, n_steps, shared, _ = coords(refs, lin)
+    ni, gid, row0, _, _, n_steps = coords(refs, lin)
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
     def k_step(ki, step):
       x_src = x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)]
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      return ring.produce(step, x_src, w_src, shared)
+      return ring.produce(step, x_src, w_src)
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
   def consume_unit(refs, ring, off, acc_ref, store, lin, step):
     o_gmem = refs[-1]
-    ni, _, row0, lo, cnt, n_steps, _, real = coords(refs, lin)
+    ni, _, row0, lo, cnt, n_steps = coords(refs, lin)
     rows = acc_ref.shape[0]
     a = jnp.clip(lo - off, 0, rows)
     b = jnp.clip(lo + cnt - off, 0, rows)
-    # rows [a, b_mma) are multiplied: none in a zero tile (the tail rows) or an unused slot
-    # whose partner's steps it runs along (pair_rows); rows [a, b) are stored
-    b_mma = jnp.where(real, b, a)
     a_op = lambda slot: ring.a.at[slot, pl.ds(off, rows)]
     b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
             else (lambda slot: ring.b.at[slot]))
     step = lax.fori_loop(
         0, n_steps,
-        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b_mma, rows),
+        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, rows),
         step)
     ring.finish(step, n_steps > 0)
     store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
@@ -638,10 +573,10 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     return step
 
   def unit_steps(refs, lin):
-    return coords(refs, lin)[5]
+    return coords(refs, lin)[-1]
 
   def unit_half(refs, lin):
-    _, _, _, lo, cnt = coords(refs, lin)[:5]
+    _, _, _, lo, cnt, _ = coords(refs, lin)
     return _is_half(lo, cnt), jnp.where(lo >= ROWS, ROWS, 0)
 
   return _persistent_call(
@@ -659,9 +594,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   tile_k rows of the group are contracted per step, from its first row rounded down to
   a multiple of 8 (as the forward's tiles; rounding down to tile_k would cost half a
   step more per tile on average), the last step pulled back inside x. Needs
-  M % tile_k == 0, K % contract_k_multiple(cfg) == 0, N % tile_n == 0 and with 2-CTA
-  clusters on column pairs N % (2 * tile_n) == 0 (the wrapper pads M and K). Both CTAs of a
-  cluster contract the same group's rows, so a cluster always shares its loads.
+  M % tile_k == 0, K % 128 == 0 and N % (tile_n * cluster) == 0 (the wrapper pads M and K).
   """
   m, k = x_MK.shape
   m2, n = dy_MN.shape
@@ -670,8 +603,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
   tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
-  assert m % tk == 0 and k % contract_k_multiple(cfg) == 0, (m, k, cfg)
-  assert n % (tn * _pairs(cfg, "n")) == 0, (n, cfg)
+  assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
   ends = jnp.minimum(jnp.cumsum(sizes), m).astype(jnp.int32)
   starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
@@ -682,7 +614,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   heavy = jnp.argsort(-nblk, stable=True)
   info_5G = jnp.stack([starts, ends, nblk, base, jnp.arange(g)])[:, heavy].astype(jnp.int32)
   grid_m, grid_n = k // BLOCK, n // tn
-  per_group = grid_m * grid_n // cfg.cluster  # units per group
+  per_group = grid_m * grid_n // cfg.cluster
   programs = _programs(cfg, interpret)
 
   def step_row(first, j):

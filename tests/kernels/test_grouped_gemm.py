@@ -79,31 +79,25 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("tile_n,stages,pingpong,cluster,axis,half", [
-    (64, 2, False, 1, "n", False), (128, 3, False, 1, "n", False),
-    (256, 2, False, 1, "n", False), (128, 3, True, 1, "n", False),
-    (64, 3, False, 2, "n", False), (64, 3, True, 2, "n", False), (128, 3, True, 1, "n", True),
-    (64, 3, True, 2, "n", True), (128, 3, False, 1, "n", True), (256, 2, False, 2, "m", False),
-    (128, 3, False, 2, "m", False), (64, 3, True, 2, "m", False)])
+@pytest.mark.parametrize("tile_n,stages,pingpong,cluster,half", [
+    (64, 2, False, 1, False), (128, 3, False, 1, False), (256, 2, False, 1, False),
+    (128, 3, True, 1, False), (64, 3, False, 2, False), (64, 3, True, 2, False),
+    (128, 3, True, 1, True), (64, 3, True, 2, True), (128, 3, False, 1, True)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
-def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, axis, half, transpose_rhs):
+def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, transpose_rhs):
   """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong, 2-CTA
-  clusters (the row operand multicast to a pair of column tiles, or the weights to a pair of
-  row tiles) and half tiles (64-row accumulators for ping-pong, the balanced unit order).
-  Groups of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128
-  (one full tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail
-  rows, and more tiles than the 2 interpreted SMs hold, so the ring wraps several times and
-  each ping-pong consumer gets several tiles. Row pairs run on more groups: pairs of tiles
-  of one group (the weights multicast), of two groups (each loads its own), and a real tile
-  paired with the tail's zero tile (which runs its partner's steps without wgmmas). The
-  consumers of shared tiles store in turns with the 3-stage ring only (both ways tested)."""
+  clusters (the row operand multicast to a pair of column tiles) and half tiles (64-row
+  accumulators for ping-pong, the balanced unit order). Groups
+  of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128 (one full
+  tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
+  more tiles than the 2 interpreted SMs hold, so the ring wraps several times and each
+  ping-pong consumer gets several tiles. The consumers of shared tiles store in turns with
+  the 3-stage ring only (both ways tested)."""
   m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
-  if axis == "m":
-    m, sizes = 768, sizes + [300, 60, 40]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages,
                           alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster,
-                          cluster_axis=axis, half_tiles=half)
+                          half_tiles=half)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
   y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
                        out_dtype=jnp.float32, interpret=True)
@@ -173,16 +167,11 @@ def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
   assert np.all(np.asarray(y[100:]) == 0)
 
 
-@pytest.mark.parametrize("pingpong,cluster,axis", [
-    (False, 1, "n"), (True, 1, "n"), (False, 2, "n"), (True, 2, "n"), (False, 2, "m"),
-    (True, 2, "m")])
-def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster, axis):
-  """dw of every group, with 2-CTA clusters sharing x (column pairs) or dy (row pairs of
-  dw); empty groups get exact zeros."""
-  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong, cluster=cluster,
-                          cluster_axis=axis)
-  m, k, n, sizes = 256, mosaic.contract_k_multiple(cfg), 128, [0, 64, 0, 65, 0, 7, 100]
+@pytest.mark.parametrize("pingpong,cluster", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster):
+  m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0, 7, 100]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
+  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong, cluster=cluster)
   dw = mosaic.ragged_contract(x, dy, gs, cfg=cfg, out_dtype=jnp.float32, interpret=True)
   _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
   dw = np.asarray(dw)
@@ -282,10 +271,7 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=256, stages=4, cluster=2),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
-    mosaic.TileConfig(tile_n=256, stages=4, cluster=2, cluster_axis="m"),
-    mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, cluster_axis="m"),
-], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
-        "row-pairs", "pingpong-row-pairs"])
+], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
@@ -324,26 +310,20 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
 
 def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
   """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
-  widest tile with its deepest ring, shared and ping-pong, each with no cluster and with 2-CTA
-  clusters on column pairs and on row pairs (and, for forward and dgrad, with and without
-  half tiles, which row pairs do not take); tuning sizes are imbalanced and sum to m."""
+  widest tile with its deepest ring, shared and ping-pong, each with and without 2-CTA clusters
+  (and, for forward and dgrad, with and without half tiles); tuning sizes are imbalanced and sum to m."""
   from moejax.kernels.grouped_gemm import autotune
   quick = autotune.candidates(768, 2048, quick=True)
-  forms = {(c.tile_n, c.stages, c.pingpong, c.cluster, c.cluster_axis) for c in quick}
-  assert forms == {(256, 4, False, 1, "n"), (256, 4, False, 2, "n"), (256, 4, False, 2, "m"),
-                   (128, 6, True, 1, "n"), (128, 6, True, 2, "n"), (128, 6, True, 2, "m")}
-  assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong, c.cluster, c.cluster_axis)
-              for c in quick}) == len(quick) == 36
+  assert {(c.tile_n, c.stages, c.pingpong, c.cluster) for c in quick} == {
+      (256, 4, False, 1), (256, 4, False, 2), (128, 6, True, 1), (128, 6, True, 2)}
+  assert len({(c.grid_tile_width, c.grid_minor_dim, c.pingpong, c.cluster) for c in quick}) == len(quick) == 24
   assert not any(c.half_tiles for c in quick)
   halves = autotune.candidates(768, 2048, quick=True, half_tiles=True)
   assert {dataclasses.replace(c, half_tiles=False) for c in halves} == set(quick)
-  assert sum(c.half_tiles for c in halves) == 24 and len(halves) == 60
-  assert not any(c.half_tiles and c.cluster_axis == "m" for c in halves)
-  # 768 columns pair up as 128-wide tiles only (row pairs take any width)
+  assert sum(c.half_tiles for c in halves) == len(halves) // 2 == 24
+  # 768 columns pair up as 128-wide tiles only
   assert {(c.tile_n, c.cluster) for c in autotune.candidates(2048, 768, quick=True)} >= {(128, 2), (256, 1)}
-  narrow = autotune.candidates(2048, 768)
-  assert not any(c.tile_n == 256 and c.cluster == 2 and c.cluster_axis == "n" for c in narrow)
-  assert any(c.tile_n == 256 and c.cluster == 2 and c.cluster_axis == "m" for c in narrow)
+  assert not any(c.tile_n == 256 and c.cluster == 2 for c in autotune.candidates(2048, 768))
   assert all(mosaic.fits(c, 768, 2048) for c in autotune.candidates(768, 2048))
   sizes = autotune.dirichlet_sizes(1000, 16)
   assert sizes.sum() == 1000 and sizes.min() >= 0 and sizes.max() > 2 * 1000 // 16
@@ -392,12 +372,6 @@ def test_bad_inputs_raise_clear_errors():
     grouped_gemm(x[:, :48], w[:, :48], gs, impl="pallas")
   with pytest.raises(ValueError, match="cluster must be 1 or 2"):
     mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=64, cluster=4), interpret=True)
-  with pytest.raises(ValueError, match="cluster_axis must be 'n'"):
-    mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=64, cluster=2, cluster_axis="k"),
-                     interpret=True)
-  with pytest.raises(ValueError, match="half_tiles needs cluster_axis='n'"):
-    mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=64, cluster=2, cluster_axis="m",
-                                                     half_tiles=True), interpret=True)
   with pytest.raises(ValueError, match="pingpong=True needs tile_n <= 128"):
     mosaic.ragged_mm(x, jnp.zeros((2, 64, 256), x.dtype), gs,
                      cfg=mosaic.TileConfig(tile_n=256, pingpong=True), interpret=True)
