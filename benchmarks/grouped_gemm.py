@@ -136,8 +136,8 @@ def variant_gemm(k, n, variant):
 
 def smoke_check():
   """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
-  table's tiles, ping-pong, 2-CTA cluster, both, and both with half tiles: a wrong kernel stops the run before any timing.
-  Returns True when all pass."""
+  table's tiles, ping-pong, 2-CTA cluster, both, and both with half tiles: a wrong kernel stops
+  the run before any timing. Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
       ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),

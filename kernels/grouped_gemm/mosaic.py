@@ -288,8 +288,8 @@ def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_block, b_block,
-                     dtype, out_shape, out_dtype, cfg, interpret, args, unit_half=None):
+def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_units, a_block,
+                     b_block, dtype, out_shape, out_dtype, cfg, interpret, args, unit_half=None):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
   Shared tiles (cfg.pingpong off): each consumer computes 64 of the tile's 128 rows.
@@ -316,11 +316,12 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
   with its barriers. Ping-pong in clusters loads as many bytes per flop as the shared
   128 x 256 tile; on an H200 it won 0-4% on four of Qwen3's six calls.
 
-  produce_unit(refs, ring, lin, step) -> step issues the loads of output tile `lin`;
-  consume_unit(refs, ring, off, acc_ref, store, lin, step) -> step runs the wgmmas of
+  coords(refs, lin) -> info reads where output tile `lin` lies (once per tile and warpgroup);
+  produce_unit(refs, ring, info, step) -> step issues the tile's loads;
+  consume_unit(refs, ring, off, acc_ref, store, info, step) -> step runs the wgmmas of
   rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
-  `_store_tile`) exactly once; unit_steps(refs, lin) is tile lin's number of ring steps;
-  unit_half(refs, lin) -> (half, off): ping-pong runs tile lin with a 64-row accumulator
+  `_store_tile`) exactly once; unit_steps(info) is the tile's number of ring steps;
+  unit_half(info) -> (half, off): ping-pong runs the tile with a 64-row accumulator
   for rows [off, off + 64) where `half`.
   """
   stages = cfg.stages
@@ -366,7 +367,7 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
 
         def unit(i, step):
           return produce_unit(refs, ring.of(lax.rem(i, 2)) if pingpong else ring,
-                              sm + i * nsm, step)
+                              coords(refs, sm + i * nsm), step)
 
         lax.fori_loop(0, n_local, unit, jnp.int32(0))
 
@@ -384,9 +385,9 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
         if alternate:  # consumer 0's first turn needs no wait
           pl.when(wg == 1)(lambda: plgpu.barrier_arrive(stored.at[1]))
 
-        def run(i, step, my_ring, off, rows):
+        def run(info, step, my_ring, off, rows):
           return pl.run_scoped(
-              lambda acc_ref: consume_unit(refs, my_ring, off, acc_ref, store, sm + i * nsm, step),
+              lambda acc_ref: consume_unit(refs, my_ring, off, acc_ref, store, info, step),
               plgpu.ACC((rows, cfg.tile_n), jnp.float32))
 
         if pingpong:
@@ -394,17 +395,20 @@ def _persistent_call(produce_unit, consume_unit, unit_steps, *, num_units, a_blo
             i = 2 * j + wg
             # The ring steps of the other consumer's tile just before this one.
             prev = jnp.maximum(i - 1, 0)
-            step = step + jnp.where(i >= 1, unit_steps(refs, sm + prev * nsm), 0)
+            step = step + jnp.where(i >= 1, unit_steps(coords(refs, sm + prev * nsm)), 0)
+            info = coords(refs, sm + i * nsm)
             if unit_half is None:
-              return run(i, step, ring.of(wg), 0, BLOCK)
-            half, off = unit_half(refs, sm + i * nsm)
-            return lax.cond(half, lambda st: run(i, st, ring.of(wg), off, ROWS),
-                            lambda st: run(i, st, ring.of(wg), 0, BLOCK), step)
+              return run(info, step, ring.of(wg), 0, BLOCK)
+            half, off = unit_half(info)
+            return lax.cond(half, lambda st: run(info, st, ring.of(wg), off, ROWS),
+                            lambda st: run(info, st, ring.of(wg), 0, BLOCK), step)
 
           lax.fori_loop(0, lax.div(n_local - wg + 1, 2), own_tile, jnp.int32(0))
         else:
-          lax.fori_loop(0, n_local, lambda i, step: run(i, step, ring, wg * ROWS, ROWS),
-                        jnp.int32(0))
+          lax.fori_loop(
+              0, n_local,
+              lambda i, step: run(coords(refs, sm + i * nsm), step, ring, wg * ROWS, ROWS),
+              jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         if multicast:
           plgpu.barrier_arrive(done)
@@ -539,9 +543,9 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
     return ni, gid, row0, lo, cnt, n_steps
 
-  def produce_unit(refs, ring, lin, step):
+  def produce_unit(refs, ring, info, step):
     _, x_gmem, w_gmem = refs[:3]
-    ni, gid, row0, _, _, n_steps = coords(refs, lin)
+    ni, gid, row0, _, _, n_steps = info
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
 
     def k_step(ki, step):
@@ -552,9 +556,9 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
-  def consume_unit(refs, ring, off, acc_ref, store, lin, step):
+  def consume_unit(refs, ring, off, acc_ref, store, info, step):
     o_gmem = refs[-1]
-    ni, _, row0, lo, cnt, n_steps = coords(refs, lin)
+    ni, _, row0, lo, cnt, n_steps = info
     rows = acc_ref.shape[0]
     a = jnp.clip(lo - off, 0, rows)
     b = jnp.clip(lo + cnt - off, 0, rows)
@@ -572,15 +576,15 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
           (a, b))
     return step
 
-  def unit_steps(refs, lin):
-    return coords(refs, lin)[-1]
+  def unit_steps(info):
+    return info[-1]
 
-  def unit_half(refs, lin):
-    _, _, _, lo, cnt, _ = coords(refs, lin)
+  def unit_half(info):
+    _, _, _, lo, cnt, _ = info
     return _is_half(lo, cnt), jnp.where(lo >= ROWS, ROWS, 0)
 
   return _persistent_call(
-      produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
+      coords, produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN, *extra),
@@ -621,15 +625,16 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
     """x row of a group's step j: the last step of a group ending near M is pulled back."""
     return pl.multiple_of(jnp.minimum(first + j * tk, m - tk), 8)
 
-  def coords(info_gmem, lin):
+  def coords(refs, lin):
+    info_gmem = refs[0]
     q = _dealt(lin, g * per_group, programs)
     r = lax.div(q, per_group)
     mi, ni = _snake(lax.rem(q, per_group), grid_m, grid_n, cfg)
     return info_gmem[4, r], mi, ni, [info_gmem[i, r] for i in range(4)]
 
-  def produce_unit(refs, ring, lin, step):
-    info_gmem, x_gmem, dy_gmem, _ = refs
-    _, mi, ni, (_, _, count, first) = coords(info_gmem, lin)
+  def produce_unit(refs, ring, info, step):
+    _, x_gmem, dy_gmem, _ = refs
+    _, mi, ni, (_, _, count, first) = info
 
     def k_step(j, step):
       rows = pl.ds(step_row(first, j), tk)
@@ -638,9 +643,9 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     return lax.fori_loop(0, count, k_step, step)
 
-  def consume_unit(refs, ring, off, acc_ref, store, lin, step):
-    info_gmem, _, _, o_gmem = refs
-    gi, mi, ni, (start, end, count, first) = coords(info_gmem, lin)
+  def consume_unit(refs, ring, off, acc_ref, store, info, step):
+    o_gmem = refs[-1]
+    gi, mi, ni, (start, end, count, first) = info
     cols = acc_ref.shape[0]
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
 
@@ -659,11 +664,11 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
                                                        pl.ds(ni * tn + col, width)])
     return step
 
-  def unit_steps(refs, lin):
-    _, _, _, (_, _, count, _) = coords(refs[0], lin)
+  def unit_steps(info):
+    _, _, _, (_, _, count, _) = info
     return count
 
   return _persistent_call(
-      produce_unit, consume_unit, unit_steps, num_units=g * per_group,
+      coords, produce_unit, consume_unit, unit_steps, num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN))

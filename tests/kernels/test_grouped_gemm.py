@@ -311,7 +311,8 @@ def test_auto_picks_xla_off_hopper_and_table_lookup():
 def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
   """What `autotune` writes is what `lookup` returns; --quick tries every tile order of the
   widest tile with its deepest ring, shared and ping-pong, each with and without 2-CTA clusters
-  (and, for forward and dgrad, with and without half tiles); tuning sizes are imbalanced and sum to m."""
+  (and, for forward and dgrad, with and without half tiles); tuning sizes are imbalanced and
+  sum to m."""
   from moejax.kernels.grouped_gemm import autotune
   quick = autotune.candidates(768, 2048, quick=True)
   assert {(c.tile_n, c.stages, c.pingpong, c.cluster) for c in quick} == {
