@@ -1,5 +1,5 @@
 #!/bin/bash
-# NOT RUN: session 17's device time ran out before it (prepared on commit cc4808d, kernels as in 662e539), with peel_first_step.py applied to the device's copy
+# NOT RUN in session 17 (ran in session 18 as call a2, h200_2026-12-03_session18/run_a.sh): session 17's device time ran out before it (prepared on commit cc4808d, kernels as in 662e539), with peel_first_step.py applied to the device's copy
 # of mosaic.py only: the first k-step of each ragged_mm tile peeled out of the loop (same numbers).
 # Session 17, call g (g1_first_step_waits/): do the consumers' waits for data (call d) fall on a
 # tile's first k-step or inside the tile? ncu warp-stall samples per SASS instruction on Qwen3 fc2's
