@@ -6,6 +6,8 @@ r in {0, 32, 64, 96} (so every group has the same part-filled last tile, with th
 then on the Dirichlet sizes themselves and on equal groups; the equal-groups einsum beside them.
 TFLOP/s count the rows in groups only. "last tile costs" is the time of one part-filled tile in
 full tiles: (t - F * t0 / F0) / P for F full and P part-filled tiles, t0 and F0 of the r = 0 run.
+
+  python3 remainders.py [SECONDS]   # seconds of back-to-back calls per timing (default 0.3)
 """
 import dataclasses
 import sys
@@ -20,13 +22,14 @@ from moejax.kernels.grouped_gemm import configs  # noqa: E402
 from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes, inputs, kernel_call, seconds_per_call  # noqa: E402
 
 m, e, h, f = SHAPES["qwen3"]
+min_time = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
 d = dirichlet_sizes(m, e)
 for orient in ("fc2", "fc1"):
   k, n = (h, 2 * f) if orient == "fc1" else (f, h)
   _, x, dy, w = inputs(m, e, k, n)
   tuned = configs.lookup("fwd", m, e, k, n)
   fn, args = einsum_call("fwd", e, x, dy, w)
-  t = seconds_per_call(fn, *args, min_time=0.3, max_calls=10**6)
+  t = seconds_per_call(fn, *args, min_time=min_time, max_calls=10**6)
   print(f"qwen3 {orient} fwd einsum, equal groups: {t * 1e3:.3f} ms {2.0 * m * k * n / t / 1e12:.0f} TFLOP/s", flush=True)
   for half in (tuned.half_tiles, not tuned.half_tiles):
     cfg = dataclasses.replace(tuned, half_tiles=half)
@@ -39,7 +42,7 @@ for orient in ("fc2", "fc1"):
         sizes[np.argmax(sizes)] -= 128
       full, part = int(np.sum(sizes // 128)), int(np.sum(sizes % 128 > 0))
       fn, args = kernel_call("fwd", cfg, jnp.asarray(sizes), x, dy, w)
-      t = seconds_per_call(fn, *args, min_time=0.3, max_calls=10**6)
+      t = seconds_per_call(fn, *args, min_time=min_time, max_calls=10**6)
       base = base or t / full
       cost = f"{(t - full * base) / part / base:.2f}" if part else "-"
       print(f"qwen3 {orient} fwd half_tiles={half} {name}: rows {sizes.sum()} full tiles {full} "
