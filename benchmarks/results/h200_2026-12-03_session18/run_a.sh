@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on commit b52aed3 (coords-once refactor: its first run on a GPU).
+# Ran on commit 8152256 (kernels as in b52aed3: the coords-once refactor's first run on a GPU).
 # Session 18, call a (runs session 17's prepared call g, run_g.sh, as a2).
 #  a1_speed/: Qwen3 fc1/fc2 fwd/dgrad/wgrad, the table's tiles against the equal-groups einsum, to see
 #    that b52aed3 kept session 17's speed.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the commit that adds it (kernels as in b52aed3).
+# Ran on commit 2d43d63 (kernels as in b52aed3).
 # Session 18, call b (b1_zero_rows/): does the power-limited MMA run faster on zero rows?
 # zero_rows.py: Qwen3 fc2/fc1 forward, the equal-groups einsum with 0 / 12.5% / 50% of each group's
 # rows zero, and ours on Dirichlet(1) and on equal groups, sustained, clocks and power sampled.

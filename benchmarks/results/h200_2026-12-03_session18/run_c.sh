@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the commit that adds it (kernels as in b52aed3).
+# Ran on commit 9dbafea (kernels as in b52aed3).
 # Session 18, call c (c1_remainders/): what a group's part-filled last tile costs, in full tiles
 # (remainders.py: Qwen3 fc2/fc1 forward, every group given the same remainder of 0/32/64/96 rows,
 # with and without half tiles; the Dirichlet sizes and equal groups beside them).

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the commit that adds it (kernels as in b52aed3).
+# Ran on commit 8c43ee1 (kernels as in b52aed3).
 # Session 18, call d (d1_remainders_sustained/): call c again with 1 s of back-to-back calls per
 # timing (the sustained, power-limited speed), to see that the part-filled tiles' costs and the
 # r = 0 ratio to the einsum hold there too.

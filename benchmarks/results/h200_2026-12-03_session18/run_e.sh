@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the commit that adds it (kernels as in b52aed3).
+# Ran on commit 5a7cb4e (kernels as in b52aed3).
 # Session 18, call e (e1_swap_ab_probe/): does a swap-AB tile (a group's last rows as wgmma's N,
 # the weight block as its M, the accumulator stored transposed) compile and compute right on the
 # GPU? swap_ab_probe.py at 8, 16, 32, 64, 96 and 128 rows (it lowers and runs in interpret mode on a CPU).

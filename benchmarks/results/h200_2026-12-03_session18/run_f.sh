@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the commit that adds it (kernels as in b52aed3).
+# Ran on commit 017e740 (kernels as in b52aed3).
 # Session 18, call f (f1_remainders_bwd/): call c's probe (0.3 s timings) for dgrad and wgrad,
 # remainders.py with OPS=dgrad,wgrad, so the breakdown covers all three calls.
 set -u -o pipefail
