@@ -16,7 +16,6 @@ import dataclasses
 import sys
 
 import numpy as np
-import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, "/tmp/pp/benchmarks")

@@ -6,7 +6,6 @@ Qwen3 fc2 and fc1 forward, sustained timings with the SM clock and board power s
 the equal-groups einsum on random x, then with the last 12.5% / 50% of each group's rows zero;
 our kernel (the table's tile) on Dirichlet(1) groups and on equal groups.
 """
-import os
 import sys
 
 import jax
