@@ -54,6 +54,7 @@ ROWS = 64            # output rows per consumer warpgroup (wgmma M)
 BLOCK = 2 * ROWS     # output rows per CTA tile
 SMEM_BYTES = 232448  # dynamic shared memory per block on Hopper (227 KiB)
 _EPI_BYTES = 128     # epilogue sub-tile row width in bytes (one 128-byte swizzle span)
+SWAP_ROWS = (32, 64)  # heights of swap-AB tiles (TileConfig.swap_ab): wgmma's N
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,12 @@ class TileConfig:
   rows fit in one 64-row half costs half (ping-pong runs it with a 64-row accumulator;
   shared tiles already skip the empty half's wgmmas), and the tiles are reordered within
   each wave of one tile per SM so every SM gets the same number of half tiles, which keeps
-  the statically assigned SMs in step (`_balanced_order`).
+  the statically assigned SMs in step (`_balanced_order`). swap_ab (forward/dgrad, 16-bit
+  outputs; shared tiles need tile_n >= 128): a tile whose rows end within its first 96 runs
+  swapped, CUTLASS's swap-AB: the weight block's columns are wgmma's M and the tile's rows,
+  rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
+  rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
+  transposed (`_store_swapped`), and these tiles are spread as half tiles are.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -83,6 +89,7 @@ class TileConfig:
   pingpong: bool = False
   cluster: int = 1
   half_tiles: bool = False
+  swap_ab: bool = False
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -173,23 +180,25 @@ class _Ring:
   def _produced(self, slot):
     return self.produced.at[self.owner * self.stages + slot]
 
-  def produce(self, step, a_src, b_src):
-    """Producer: load one k-step into slot step % stages once its consumers freed it."""
+  def produce(self, step, a_src, b_src, a_rows=None):
+    """Producer: load one k-step into slot step % stages once its consumers freed it
+    (with `a_rows`, only the first a_rows rows of the a slot: a_src is that tall)."""
     slot = lax.rem(step, self.stages)
 
     @pl.when(step >= self.stages)
     def _():
       plgpu.barrier_wait(self.consumed.at[slot])
 
+    a_dst = self.a.at[slot] if a_rows is None else self.a.at[slot, pl.ds(0, a_rows)]
     # multicast: both CTAs of the cluster load the same rows; each issues half of them
     # into both CTAs' slots, so `consumed` must count the consumers of both.
-    plgpu.copy_gmem_to_smem(a_src, self.a.at[slot], self._produced(slot),
+    plgpu.copy_gmem_to_smem(a_src, a_dst, self._produced(slot),
                             collective_axes="cluster" if self.multicast else None)
     plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self._produced(slot))
     return step + 1
 
-  def consume(self, step, first, acc_ref, a_op, b_op, mask_ref, lo, hi, nrows):
-    """Consumer: one k-step whose rows [lo, hi) of `nrows` count.
+  def consume(self, step, first, mma, mask_ref, lo, hi, nrows):
+    """Consumer: one k-step whose rows [lo, hi) of `nrows` count; mma(slot) issues its wgmma.
 
     With a `mask_ref`, rows outside [lo, hi) are zeroed in shared memory before the
     wgmma (their products must not reach the accumulator); with no row in [lo, hi)
@@ -213,7 +222,7 @@ class _Ring:
 
     @pl.when(active)
     def _():
-      plgpu.wgmma(acc_ref, a_op(slot), b_op(slot))
+      mma(slot)
       plgpu.wgmma_wait(1)
 
     @pl.when(jnp.logical_not(active))
@@ -235,14 +244,26 @@ class _Ring:
       plgpu.barrier_arrive(self.consumed.at[lax.rem(step + self.stages - 1, self.stages)])
 
 
+def _store_rows(src, lo, cnt, dst):
+  """TMA-store rows [lo, lo + cnt) of `src` (unswizzled SMEM, committed) as a ladder of
+  power-of-two row slices (TMA boxes have a static size); dst(row, n_rows) is the target."""
+  start, size = lo, 1 << (src.shape[0].bit_length() - 1)
+  while size >= 1:
+    @pl.when(cnt & size != 0)
+    def _(start=start, size=size):
+      plgpu.copy_smem_to_gmem(src.at[pl.ds(start, size)], dst(start, size))
+    start = start + (cnt & size)
+    size //= 2
+
+
 def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
   """Write a consumer's accumulator (64 or 128 rows x tile_n) to dst(row, n_rows, col, width).
 
   Each 64-row chunk is stored as 64 x (128 bytes) sub-tiles through the warpgroup's two
   swizzled SMEM slots (one TMA store in flight while the next slot fills). rows=(lo, hi):
   only rows [lo, hi) are stored; a chunk they cover partly is staged unswizzled (TMA
-  boxes of static size need arbitrary row offsets) and stored as a ladder of
-  power-of-two row slices. `out` is the (swizzled, unswizzled) pair of aliased SMEM buffers.
+  boxes of static size need arbitrary row offsets) and stored by `_store_rows`. `out` is
+  the (swizzled, unswizzled) pair of aliased SMEM buffers.
   """
   swizzled, plain = out
   acc = acc_ref[...].astype(out_dtype)
@@ -272,24 +293,41 @@ def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
 
     @pl.when(jnp.logical_not(full) & (hi > lo))
     def _(h=h, part=part, lo=lo, hi=hi):
-      cnt = hi - lo
       for j in range(n_sub):
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         plain[wg, 0] = part[:, j * epi_n:(j + 1) * epi_n]
         plgpu.commit_smem()
-        start, size = lo, ROWS
-        while size >= 1:
-          @pl.when(cnt & size != 0)
-          def _():
-            plgpu.copy_smem_to_gmem(plain.at[wg, 0, pl.ds(start, size)],
-                                    dst(h * ROWS + start, size, j * epi_n, epi_n))
-          start = start + (cnt & size)
-          size //= 2
+        _store_rows(plain.at[wg, 0], lo, hi - lo, lambda r, nr, j=j: dst(h * ROWS + r, nr,
+                                                                           j * epi_n, epi_n))
       plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
+def _store_swapped(acc_ref, out, wg, dst, rows, out_dtype):
+  """Write a swap-AB accumulator (columns x rows: [cols, R], R <= 64) transposed: rows
+  [lo, hi) of the tile to dst(row, n_rows, col, width). Each 64 columns are written
+  transposed into the warpgroup's first swizzled slot, copied through registers to its
+  second, unswizzled slot and stored from there by `_store_rows`: a TMA store at a dynamic
+  row offset needs an unswizzled buffer, and Mosaic writes transposed only into swizzled
+  ones."""
+  swizzled, plain = out
+  acc = acc_ref[...].astype(out_dtype)
+  cols, r = acc.shape
+  assert swizzled.shape[-2:] == (ROWS, ROWS) and r <= ROWS, (swizzled.shape, r)  # 16-bit
+  staged, unswizzled = swizzled.at[wg, 0], plain.at[wg, 1]
+  lo, hi = rows
+  for j in range(cols // ROWS):
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    staged.at[pl.ds(0, r)].T[...] = acc[j * ROWS:(j + 1) * ROWS]
+    plgpu.commit_smem()
+    unswizzled[...] = plgpu.load(staged, layout=plgpu.Layout.WGMMA)
+    plgpu.commit_smem()
+    _store_rows(unswizzled, lo, hi - lo, lambda row, nr, j=j: dst(row, nr, j * ROWS, ROWS))
+  plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
 def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_units, a_block,
-                     b_block, dtype, out_shape, out_dtype, cfg, interpret, args, unit_half=None):
+                     b_block, dtype, out_shape, out_dtype, cfg, interpret, args, forms,
+                     unit_form=None):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
   Shared tiles (cfg.pingpong off): each consumer computes 64 of the tile's 128 rows.
@@ -318,11 +356,12 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
 
   coords(refs, lin) -> info reads where output tile `lin` lies (once per tile and warpgroup);
   produce_unit(refs, ring, info, step) -> step issues the tile's loads;
-  consume_unit(refs, ring, off, acc_ref, store, info, step) -> step runs the wgmmas of
-  rows [off, off + acc rows) of the tile and calls store(acc_ref, dst, rows) (see
-  `_store_tile`) exactly once; unit_steps(info) is the tile's number of ring steps;
-  unit_half(info) -> (half, off): ping-pong runs the tile with a 64-row accumulator
-  for rows [off, off + 64) where `half`.
+  consume_unit(refs, ring, part, form, acc_ref, store, info, step) -> step runs this
+  consumer's wgmmas of the tile (part: None in ping-pong, where it owns the tile, else its
+  warpgroup index, the half of the tile it shares) into an accumulator of shape
+  forms[form], and calls store(acc_ref, dst, rows, swapped) (`_store_tile`,
+  `_store_swapped`) exactly once; unit_steps(info) is the tile's number of ring steps;
+  unit_form(info) picks the form of a tile (the first when None).
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -375,20 +414,27 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
 
-        def store(acc_ref, dst, rows=None):
+        def store(acc_ref, dst, rows=None, swapped=False):
           if alternate:
             plgpu.barrier_wait(stored.at[1 - wg])
-          _store_tile(acc_ref, tuple(out_smem), wg, dst, rows, out_dtype)
+          (_store_swapped if swapped else _store_tile)(acc_ref, tuple(out_smem), wg, dst, rows,
+                                                       out_dtype)
           if alternate:
             plgpu.barrier_arrive(stored.at[wg])
 
         if alternate:  # consumer 0's first turn needs no wait
           pl.when(wg == 1)(lambda: plgpu.barrier_arrive(stored.at[1]))
 
-        def run(info, step, my_ring, off, rows):
-          return pl.run_scoped(
-              lambda acc_ref: consume_unit(refs, my_ring, off, acc_ref, store, info, step),
-              plgpu.ACC((rows, cfg.tile_n), jnp.float32))
+        def run(info, step, my_ring, part):
+          def form_run(form, step):
+            return pl.run_scoped(
+                lambda acc_ref: consume_unit(refs, my_ring, part, form, acc_ref, store, info,
+                                             step),
+                plgpu.ACC(forms[form], jnp.float32))
+          if unit_form is None:
+            return form_run(0, step)
+          return lax.switch(unit_form(info),
+                            [functools.partial(form_run, f) for f in range(len(forms))], step)
 
         if pingpong:
           def own_tile(j, step):
@@ -396,19 +442,13 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
             # The ring steps of the other consumer's tile just before this one.
             prev = jnp.maximum(i - 1, 0)
             step = step + jnp.where(i >= 1, unit_steps(coords(refs, sm + prev * nsm)), 0)
-            info = coords(refs, sm + i * nsm)
-            if unit_half is None:
-              return run(info, step, ring.of(wg), 0, BLOCK)
-            half, off = unit_half(info)
-            return lax.cond(half, lambda st: run(info, st, ring.of(wg), off, ROWS),
-                            lambda st: run(info, st, ring.of(wg), 0, BLOCK), step)
+            return run(coords(refs, sm + i * nsm), step, ring.of(wg), None)
 
           lax.fori_loop(0, lax.div(n_local - wg + 1, 2), own_tile, jnp.int32(0))
         else:
-          lax.fori_loop(
-              0, n_local,
-              lambda i, step: run(coords(refs, sm + i * nsm), step, ring, wg * ROWS, ROWS),
-              jnp.int32(0))
+          lax.fori_loop(0, n_local,
+                        lambda i, step: run(coords(refs, sm + i * nsm), step, ring, wg),
+                        jnp.int32(0))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         if multicast:
           plgpu.barrier_arrive(done)
@@ -446,6 +486,9 @@ def _snake(lin, rows, cols, cfg: TileConfig):
 def _check(cfg: TileConfig, itemsize: int):
   if cfg.cluster not in (1, 2):
     raise ValueError(f"{cfg}: cluster must be 1 or 2")
+  if cfg.swap_ab and not cfg.pingpong and cfg.tile_n < 2 * ROWS:
+    raise ValueError(f"{cfg}: swap_ab with shared tiles needs tile_n >= 128 (each consumer's "
+                     f"half of the columns is a 64-row wgmma M); got tile_n={cfg.tile_n}")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
@@ -460,6 +503,12 @@ def _is_half(lo, cnt):
   return (cnt > 0) & ((lo >= ROWS) | (lo + cnt <= ROWS))
 
 
+def _swap_rows(lo, cnt):
+  """0, or i where a tile's rows [lo, lo + cnt) end within its first SWAP_ROWS[i - 1] rows."""
+  return jnp.where((cnt > 0) & (lo + cnt <= SWAP_ROWS[-1]),
+                   pl.cdiv(lo + cnt, SWAP_ROWS[0]), 0)
+
+
 def _wave(lin, num, programs):
   """(w, first, size): the wave of kernel unit lin. Program p (an SM, or a cluster)
   computes units p, p + programs, ... of `num`, so wave w is the `size` units from
@@ -470,27 +519,34 @@ def _wave(lin, num, programs):
   return w, first, jnp.minimum(programs, num - first)
 
 
-def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int):
-  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles.
+def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int, swap=False):
+  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles and
+  swap_ab: light tiles are the half tiles (half_tiles) and the swapped ones (`swap`).
 
-  Within each wave (`_wave`) the half tiles come first and the
-  wave is rotated so its half tiles go to the programs after those that took the later
-  waves' half tiles (counted from the last wave, which may be partial and so starts at
-  program 0): every program gets the same number of half tiles (+-1).
+  Within each wave (`_wave`) the light tiles come first and the
+  wave is rotated so its light tiles go to the programs after those that took the later
+  waves' light tiles (counted from the last wave, which may be partial and so starts at
+  program 0): every program gets the same number of light tiles (+-1).
   """
   num = units[0] * units[1]
   lin = jnp.arange(num, dtype=jnp.int32)
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
-  h = _is_half(sched_4T[2], sched_4T[3])[t].astype(jnp.int32)
+  lo, cnt = sched_4T[2], sched_4T[3]
+  light = jnp.zeros(lo.shape, bool)
+  if cfg.half_tiles:
+    light = light | _is_half(lo, cnt)
+  if swap:
+    light = light | (_swap_rows(lo, cnt) > 0)
+  h = light[t].astype(jnp.int32)
   _, wave0, size = _wave(lin, num, programs)
   incl = jnp.cumsum(h)
-  before = (incl - h)[wave0]                       # half tiles in the waves before
-  rank_half = incl - h - before                    # among the wave's half tiles
-  rank_rest = lin - wave0 - rank_half              # among its other units
-  halves = incl[jnp.minimum(wave0 + programs, num) - 1] - before
-  rot = (incl[-1] - before - halves) % programs    # half tiles in the waves after
-  pos = jnp.where(h == 1, rot + rank_half, rot + halves + rank_rest) % size
+  before = (incl - h)[wave0]                       # light tiles in the waves before
+  rank_light = incl - h - before                   # among the wave's light tiles
+  rank_rest = lin - wave0 - rank_light             # among its other units
+  lights = incl[jnp.minimum(wave0 + programs, num) - 1] - before
+  rot = (incl[-1] - before - lights) % programs    # light tiles in the waves after
+  pos = jnp.where(h == 1, rot + rank_light, rot + lights + rank_rest) % size
   return jnp.zeros((num,), jnp.int32).at[wave0 + pos].set(lin)
 
 
@@ -529,13 +585,23 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
   units = (num_tiles, grid_n // cfg.cluster)
-  # half_tiles: unit lin of the kernel is unit order[lin] of the planar-snake order
-  extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret)),) \
-      if cfg.half_tiles else ()
+  swap = cfg.swap_ab and out_dtype.itemsize == 2  # `_store_swapped` stores 64-column chunks
+  # The accumulator forms a tile may take (`_persistent_call`): all its rows (a consumer's
+  # half of them in shared tiles), one 64-row half (ping-pong half tiles), or swap-AB with
+  # its rows as wgmma's N (a consumer's columns as M: the whole tile_n in ping-pong).
+  kinds = (["rows"] + (["half"] if cfg.half_tiles and cfg.pingpong else [])
+           + (list(SWAP_ROWS) if swap else []))
+  cols = tn if cfg.pingpong else tn // 2
+  forms = tuple((BLOCK if cfg.pingpong else ROWS, tn) if kd == "rows" else
+                (ROWS, tn) if kd == "half" else (cols, kd) for kd in kinds)
+  # half_tiles or swap_ab: unit lin of the kernel is unit order[lin] of the planar-snake order
+  reorder = cfg.half_tiles or swap
+  extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret), swap),) \
+      if reorder else ()
 
   def coords(refs, lin):
     sched_gmem = refs[0]
-    if cfg.half_tiles:
+    if reorder:
       lin = refs[3][lin]
     t, ni = _snake(lin, num_tiles, grid_n, cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
@@ -543,52 +609,75 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
     return ni, gid, row0, lo, cnt, n_steps
 
+  def unit_form(info):
+    _, _, _, lo, cnt, _ = info
+    form = jnp.int32(0)
+    if "half" in kinds:
+      form = jnp.where(_is_half(lo, cnt), kinds.index("half"), form)
+    if swap:
+      r = _swap_rows(lo, cnt)
+      form = jnp.where(r > 0, kinds.index(SWAP_ROWS[0]) + r - 1, form)
+    return form
+
   def produce_unit(refs, ring, info, step):
     _, x_gmem, w_gmem = refs[:3]
-    ni, gid, row0, _, _, n_steps = info
+    ni, gid, row0, lo, cnt, n_steps = info
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
+    # a swap-AB tile loads only the rows it multiplies
+    n_rows = jnp.where(_swap_rows(lo, cnt) > 0, _swap_rows(lo, cnt) * SWAP_ROWS[0],
+                       BLOCK) if swap else BLOCK
 
     def k_step(ki, step):
-      x_src = x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)]
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      return ring.produce(step, x_src, w_src)
+      for r in (BLOCK, *SWAP_ROWS) if swap else (BLOCK,):
+        @pl.when(n_rows == r)
+        def _(r=r):
+          ring.produce(step, x_gmem.at[pl.ds(row0, r), pl.ds(ki * tk, tk)], w_src,
+                       a_rows=None if r == BLOCK else r)
+      return step + 1
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
-  def consume_unit(refs, ring, off, acc_ref, store, info, step):
+  def consume_unit(refs, ring, part, form, acc_ref, store, info, step):
     o_gmem = refs[-1]
     ni, _, row0, lo, cnt, n_steps = info
-    rows = acc_ref.shape[0]
-    a = jnp.clip(lo - off, 0, rows)
-    b = jnp.clip(lo + cnt - off, 0, rows)
-    a_op = lambda slot: ring.a.at[slot, pl.ds(off, rows)]
-    b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
-            else (lambda slot: ring.b.at[slot]))
+    kind = kinds[form]
+    if kind in SWAP_ROWS:  # acc[cols, r] = w_block[:, my columns]^T @ x[r rows]^T
+      c0 = 0 if part is None else part * cols
+      a_op = ((lambda slot: ring.b.at[slot, pl.ds(c0, cols)]) if transpose_rhs
+              else (lambda slot: ring.b.at[slot, :, pl.ds(c0, cols)].transpose((1, 0))))
+      b_op = lambda slot: ring.a.at[slot, pl.ds(0, kind)].transpose((1, 0))
+      off, a, b, rows = 0, lo, lo + cnt, kind
+    else:
+      rows = acc_ref.shape[0]
+      c0 = 0
+      off = (jnp.where(lo >= ROWS, ROWS, 0) if kind == "half"
+             else 0 if part is None else part * ROWS)
+      a = jnp.clip(lo - off, 0, rows)
+      b = jnp.clip(lo + cnt - off, 0, rows)
+      a_op = lambda slot: ring.a.at[slot, pl.ds(off, rows)]
+      b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
+              else (lambda slot: ring.b.at[slot]))
+    mma = lambda slot: plgpu.wgmma(acc_ref, a_op(slot), b_op(slot))
     step = lax.fori_loop(
-        0, n_steps,
-        lambda ki, step: ring.consume(step, ki == 0, acc_ref, a_op, b_op, None, a, b, rows),
-        step)
+        0, n_steps, lambda ki, step: ring.consume(step, ki == 0, mma, None, a, b, rows), step)
     ring.finish(step, n_steps > 0)
     store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
           lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + off + r, nr),
-                                              pl.ds(ni * tn + col, width)],
-          (a, b))
+                                              pl.ds(ni * tn + c0 + col, width)],
+          (a, b), swapped=kind in SWAP_ROWS)
     return step
 
   def unit_steps(info):
     return info[-1]
 
-  def unit_half(info):
-    _, _, _, lo, cnt, _ = info
-    return _is_half(lo, cnt), jnp.where(lo >= ROWS, ROWS, 0)
-
   return _persistent_call(
       coords, produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
       a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
-      interpret=interpret, args=(sched, x_MK, w_GKN, *extra),
-      unit_half=unit_half if cfg.half_tiles and cfg.pingpong else None)
+      interpret=interpret, args=(sched, x_MK, w_GKN, *extra), forms=forms,
+      unit_form=unit_form if len(forms) > 1 else None)
 
 
 def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=None,
@@ -643,20 +732,21 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     return lax.fori_loop(0, count, k_step, step)
 
-  def consume_unit(refs, ring, off, acc_ref, store, info, step):
+  def consume_unit(refs, ring, part, form, acc_ref, store, info, step):
     o_gmem = refs[-1]
     gi, mi, ni, (start, end, count, first) = info
     cols = acc_ref.shape[0]
+    off = 0 if part is None else part * cols
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
+
+    mma = lambda slot: plgpu.wgmma(acc_ref, x_cols(slot).transpose((1, 0)), ring.b.at[slot])
 
     def k_step(j, step):
       # step j counts rows [first + j * tk, +tk) of the group, read from x at `row`
       row = step_row(first, j)
       lo = jnp.clip(jnp.maximum(start, first + j * tk) - row, 0, tk)
       hi = jnp.clip(end - row, 0, tk)
-      return ring.consume(step, j == 0, acc_ref,
-                          lambda slot: x_cols(slot).transpose((1, 0)),
-                          lambda slot: ring.b.at[slot], x_cols, lo, hi, tk)
+      return ring.consume(step, j == 0, mma, x_cols, lo, hi, tk)
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
@@ -671,4 +761,5 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   return _persistent_call(
       coords, produce_unit, consume_unit, unit_steps, num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
-      out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN))
+      out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN),
+      forms=((BLOCK if cfg.pingpong else ROWS, tn),))
