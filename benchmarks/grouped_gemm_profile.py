@@ -13,6 +13,8 @@
       --sweep "tuned einsum"                      # against the equal-groups einsum (cuBLAS), clocks
   python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc2 --op fwd --sweep "tuned einsum" \
       --trace                                     # device time per call: the GEMM, the rest, the gaps
+  python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1,fc2 --op fwd,dgrad \
+      --sweep "tuned swap_ab=1 einsum" --repeat 5 # in turns, 5 times: each one's median
 
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
@@ -25,6 +27,7 @@ import contextlib
 import collections
 import dataclasses
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,6 +96,9 @@ def main():
                        "same call on equal groups (what cuBLAS reaches without ragged groups)")
   ap.add_argument("--min-time", type=float, default=0.2,
                   help="seconds of back-to-back calls per timing (a few seconds: the sustained, power-limited speed)")
+  ap.add_argument("--repeat", type=int, default=1,
+                  help="time the swept items in turns this many times; prints each item's median, "
+                       "which --write-best then compares")
   ap.add_argument("--clocks", action="store_true", help="also print the mean SM clock and power while timing")
   ap.add_argument("--trace", action="store_true",
                   help="also trace 20 calls of each and print the device time per call by kernel, and the idle gaps")
@@ -113,7 +119,7 @@ def main():
         print(a.shape, orient, op, tuned)
         continue
       items = ["tuned"] if a.sweep == "tuned" else a.sweep.split()
-      best = None
+      calls = []
       for item in items:
         cfg = tuned
         if item == "einsum":
@@ -125,16 +131,26 @@ def main():
             cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
           fn, args = kernel_call(op, cfg, *data)
         jax.block_until_ready(fn(*args))
-        clk = {}
-        with gpu_clocks(clk) if a.clocks else contextlib.nullcontext():
-          t = seconds_per_call(fn, *args, min_time=a.min_time, max_calls=10**6)
-        extra = f" {clk['sm_mhz']:.0f} MHz {clk['watts']:.0f} W" if clk else ""
-        print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
-              f"{flops / t / 1e12:.0f} TFLOP/s{extra}", flush=True)
-        if a.trace:
-          per, idle = device_time_per_call(fn, args)
-          print("  per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in per.most_common())
-                + f"; idle between kernels {idle:.1f} us; wall {t * 1e6:.1f} us", flush=True)
+        calls.append((item, cfg, fn, args, []))
+      for _ in range(a.repeat):  # items in turns: a drift of the clock hits them alike
+        for item, cfg, fn, args, times in calls:
+          clk = {}
+          with gpu_clocks(clk) if a.clocks else contextlib.nullcontext():
+            t = seconds_per_call(fn, *args, min_time=a.min_time, max_calls=10**6)
+          times.append(t)
+          extra = f" {clk['sm_mhz']:.0f} MHz {clk['watts']:.0f} W" if clk else ""
+          print(f"{a.shape} {orient} {op} alpha={a.alpha:g} {cfg}: {t * 1e3:.3f} ms "
+                f"{flops / t / 1e12:.0f} TFLOP/s{extra}", flush=True)
+          if a.trace:
+            per, idle = device_time_per_call(fn, args)
+            print("  per call: " + ", ".join(f"{k} {v:.1f} us" for k, v in per.most_common())
+                  + f"; idle between kernels {idle:.1f} us; wall {t * 1e6:.1f} us", flush=True)
+      best = None
+      for item, cfg, _, _, times in calls:
+        t = statistics.median(times)
+        if a.repeat > 1:
+          print(f"median of {a.repeat}: {a.shape} {orient} {op} {item}: {t * 1e3:.3f} ms "
+                f"{flops / t / 1e12:.0f} TFLOP/s", flush=True)
         if item != "einsum" and (best is None or t < best[0]):
           best = (t, cfg)
       if a.write_best and best is not None:

@@ -9,8 +9,10 @@ the time of a group's last part-filled 128 rows in full 128-row blocks: (t - F *
 F full and P part-filled blocks, t0 and F0 of the r = 0 run (in wgrad a block is two 64-row
 k-steps of each of the group's output tiles).
 
-  python3 remainders.py [SECONDS [OPS]]   # seconds of back-to-back calls per timing (default 0.3);
-                                          # OPS: comma list of fwd, dgrad, wgrad (default fwd)
+  python3 remainders.py [SECONDS [OPS [FIELDS]]]  # seconds of back-to-back calls per timing
+                                          # (default 0.3); OPS: comma list of fwd, dgrad, wgrad
+                                          # (default fwd); FIELDS: TileConfig fields set on the
+                                          # table's tile, e.g. swap_ab=1 (session 19)
 """
 import dataclasses
 import sys
@@ -26,12 +28,14 @@ from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes, inputs, kernel
 m, e, h, f = SHAPES["qwen3"]
 min_time = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
 ops = sys.argv[2].split(",") if len(sys.argv) > 2 else ["fwd"]
+fields = dict(v.split("=") for v in sys.argv[3].split(",")) if len(sys.argv) > 3 else {}
 d = dirichlet_sizes(m, e)
 for orient in ("fc2", "fc1"):
   k, n = (h, 2 * f) if orient == "fc1" else (f, h)
   _, x, dy, w = inputs(m, e, k, n)
   for op in ops:
     tuned = configs.lookup(op, m, e, *((n, k) if op == "dgrad" else (k, n)))
+    tuned = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in fields.items()})
     fn, args = einsum_call(op, e, x, dy, w)
     t = seconds_per_call(fn, *args, min_time=min_time, max_calls=10**6)
     print(f"qwen3 {orient} {op} einsum, equal groups: {t * 1e3:.3f} ms {2.0 * m * k * n / t / 1e12:.0f} TFLOP/s",

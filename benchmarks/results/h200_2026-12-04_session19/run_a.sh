@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on commit eb93c84.
 # Session 19, call a: swap-AB remainder tiles (TileConfig.swap_ab) on the GPU.
 #  a1_check/: the small-shape check vs float64, now also with swap-AB tiles (shared, and
 #    ping-pong + cluster + half tiles); a wrong kernel stops the call.
