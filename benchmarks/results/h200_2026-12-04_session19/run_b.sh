@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on commit 24dec83.
 # Session 19, call b: is swap-AB worth turning on, and what does a swapped remainder tile cost?
 #  b1_ab/: the table's tile with and without swap_ab, forward and dgrad, timed in turns 5 times
 #    (Qwen3, with the equal-groups einsum) or 3 times (DeepSeek-V3, Mixtral), medians last.
