@@ -10,7 +10,7 @@ source "$R/benchmarks/device_env.sh"   # carried wheels, the package in /tmp/pp 
 cd /tmp
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
 MODE=${1:-bench}; shift; BENCH_ARGS=("$@")
-timeout 120 python3 "$R/benchmarks/grouped_gemm.py" --check-only 2>&1 | grep -vE "^WARNING|bfc_allocator" || exit 1
+timeout 240 python3 "$R/benchmarks/grouped_gemm.py" --check-only 2>&1 | grep -vE "^WARNING|bfc_allocator" || exit 1
 for step in ${MODE//+/ }; do
   if [ "$step" = tune ]; then
     # (m, experts, k, n) of fc1 (H -> 2F) and fc2 (F -> H): Qwen3-30B-A3B, DeepSeek-V3 EP32,
