@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on commit 788cbfe.
 # Session 19, call c: the six grouped GEMM shapes with the table as now (swap_ab on for Qwen3's
 # and Mixtral's forward and dgrad, from call b) against torch._grouped_mm and the equal-groups
 # einsum. The kernels are call a's (its small-shape check passed, a1_check/), so --skip-check: the
