@@ -106,6 +106,27 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, tran
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tile_n,pingpong,cluster,half", [
+    (128, True, 1, False), (128, False, 1, False), (64, True, 2, True), (256, False, 1, True)])
+@pytest.mark.parametrize("transpose_rhs", [False, True])
+def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
+  """swap_ab: the 3-, 5-, 19- and 61-row last tiles run swapped (32 or 64 rows as wgmma's N,
+  stored transposed) next to full and half tiles; bf16 output (the swapped store's case)
+  equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten."""
+  m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
+  x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
+  cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
+                          half_tiles=half, swap_ab=True)
+  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
+  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
+                       out_dtype=jnp.bfloat16, interpret=True)
+  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
+  y = np.asarray(y, np.float32)
+  assert not np.isnan(y).any()
+  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
+  assert np.all(y[sum(sizes):] == 0)
+
+
 def _per_program(order, programs):
   """Checks that `order` permutes the kernel's units within their waves (program p computes
   units p, p + programs, ...); returns cost -> each program's total cost."""
@@ -271,7 +292,10 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=256, stages=4, cluster=2),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
-], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles"])
+    mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, swap_ab=True),
+    mosaic.TileConfig(tile_n=256, stages=4, swap_ab=True),
+], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
+        "swap-ab-pingpong", "swap-ab-shared"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
