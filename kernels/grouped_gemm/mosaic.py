@@ -74,7 +74,7 @@ class TileConfig:
   shared tiles already skip the empty half's wgmmas), and the tiles are reordered within
   each wave of one tile per SM so every SM gets the same number of half tiles, which keeps
   the statically assigned SMs in step (`_balanced_order`). swap_ab (forward/dgrad, 16-bit
-  outputs; shared tiles need tile_n >= 128): a tile whose rows end within its first 96 runs
+  outputs; shared tiles need tile_n >= 128): a tile whose rows end within its first 64 runs
   swapped, CUTLASS's swap-AB: the weight block's columns are wgmma's M and the tile's rows,
   rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
   rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
@@ -623,14 +623,16 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     _, x_gmem, w_gmem = refs[:3]
     ni, gid, row0, lo, cnt, n_steps = info
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
-    # a swap-AB tile loads only the rows it multiplies
-    n_rows = jnp.where(_swap_rows(lo, cnt) > 0, _swap_rows(lo, cnt) * SWAP_ROWS[0],
-                       BLOCK) if swap else BLOCK
+    if swap:  # a swap-AB tile loads only the rows it multiplies
+      r = _swap_rows(lo, cnt)
+      n_rows = jnp.where(r > 0, r * SWAP_ROWS[0], BLOCK)
 
     def k_step(ki, step):
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      for r in (BLOCK, *SWAP_ROWS) if swap else (BLOCK,):
+      if not swap:
+        return ring.produce(step, x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)], w_src)
+      for r in (BLOCK, *SWAP_ROWS):
         @pl.when(n_rows == r)
         def _(r=r):
           ring.produce(step, x_gmem.at[pl.ds(row0, r), pl.ds(ki * tk, tk)], w_src,
@@ -738,7 +740,6 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
     cols = acc_ref.shape[0]
     off = 0 if part is None else part * cols
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
-
     mma = lambda slot: plgpu.wgmma(acc_ref, x_cols(slot).transpose((1, 0)), ring.b.at[slot])
 
     def k_step(j, step):

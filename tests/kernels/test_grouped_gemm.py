@@ -369,6 +369,23 @@ def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
     configs.clear_cache()
 
 
+def test_autotune_tries_swap_ab_on_the_forward_and_dgrad_winners(monkeypatch):
+  """tune_shape times every candidate, then the forward's and dgrad's winner with swap_ab,
+  and keeps whichever is faster (kernel calls and timings stubbed: no GPU here)."""
+  from moejax.kernels.grouped_gemm import autotune
+  out = jnp.ones((4, 4), jnp.float32)
+  monkeypatch.setattr(autotune, "kernel_call", lambda op, cfg, *data: ((lambda c: out), (cfg,)))
+  # the 256-wide shared tile is fastest; swap-AB makes it faster still
+  speed = lambda c: (2.0 if c.tile_n == 256 and not c.pingpong else 1.0) + 0.5 * c.swap_ab
+  monkeypatch.setattr(autotune, "seconds_per_call", lambda fn, cfg, **kw: 1.0 / speed(cfg))
+  tried = []
+  entries = autotune.tune_shape(256, 4, 768, 2048, quick=True, log=tried.append)
+  best = {e["op"]: mosaic.TileConfig(**e["cfg"]) for e in entries}
+  assert best["fwd"].swap_ab and best["dgrad"].swap_ab and not best["wgrad"].swap_ab
+  assert best["fwd"].tile_n == 256 and not best["fwd"].pingpong
+  assert sum("swap_ab=True" in t for t in tried) == 2
+
+
 def test_auto_picks_pallas_on_hopper(monkeypatch):
   """On a Hopper GPU `auto` (the MoE layer's default) takes the Pallas kernels for
   16-bit operands whose dims fit the tiles, and ragged_dot otherwise."""
