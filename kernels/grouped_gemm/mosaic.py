@@ -55,7 +55,9 @@ BLOCK = 2 * ROWS     # output rows per CTA tile
 SMEM_BYTES = 232448  # dynamic shared memory per block on Hopper (227 KiB)
 _EPI_BYTES = 128     # epilogue sub-tile row width in bytes (one 128-byte swizzle span)
 SWAP_ROWS = (32, 64)  # heights of swap-AB tiles (TileConfig.swap_ab): wgmma's N
-TALL_ROWS = tuple(range(32, 2 * BLOCK + 1, 32))  # heights of TileConfig.swap_all's tiles
+# heights of TileConfig.swap_all's tiles; at 32-row steps (8 accumulator forms) ptxas
+# serializes the kernel's wgmmas for lack of registers
+TALL_ROWS = tuple(range(64, 2 * BLOCK + 1, 64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,7 @@ class TileConfig:
   transposed (`_store_swapped`), and these tiles are spread as half tiles are.
   swap_all (forward/dgrad, 16-bit outputs, shared tiles with tile_n = 128): every tile runs
   swapped, 256 rows tall: the rows are wgmma's N (a 64 x 256 accumulator per consumer, as
-  the 128 x 256 shared tile's), so a group's last tile is only its rows rounded up to 32
+  the 128 x 256 shared tile's), so a group's last tile is only its rows rounded up to 64
   (`TALL_ROWS`) and streams no weight block for rows it does not have; tiles of 128 rows or
   fewer are spread as half tiles are. Calls with fewer than 256 rows run unswapped tiles.
   """

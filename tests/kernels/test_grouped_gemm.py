@@ -131,7 +131,7 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
 @pytest.mark.parametrize("transpose_rhs", [False, True])
 def test_ragged_mm_swap_all(cluster, transpose_rhs):
   """swap_all: 256-row swapped tiles (rows as wgmma's N, stored transposed) and last tiles of
-  3, 5, 19, 61, 100 and 44 (300 = 256 + 44) rows, rounded up to 32; a group of exactly 256; a
+  3, 5, 19, 61, 100 and 44 (300 = 256 + 44) rows, rounded up to 64; a group of exactly 256; a
   last tile pulled back inside x; tail rows; bf16 output equals ragged_dot's fp32 product to
   bf16 rounding, no row left unwritten. With fewer than 256 rows the call runs unswapped tiles."""
   m, k, n, sizes = 768, 128, 256, [3, 300, 0, 5, 0, 256, 61, 19, 100]
