@@ -64,9 +64,7 @@ def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
   xp = _pad(x_MK, 0, mosaic.BLOCK)
-  # dgrad reuses the schedule when its tiles have as many rows
-  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0],
-                               mosaic.tile_rows(plan[0], xp.shape[0], out_dtype))
+  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0])  # dgrad reuses it
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret, sched=sched)
   return vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
@@ -77,9 +75,6 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   x_MK, w_GKN, group_sizes_G, sched = res
   m, k = x_MK.shape
   dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
-  mp = dy.shape[0]
-  if mosaic.tile_rows(plan[1], mp, x_MK.dtype) != mosaic.tile_rows(plan[0], mp, out_dtype):
-    sched = None
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
                         out_dtype=x_MK.dtype, interpret=interpret, sched=sched)[:m]
   # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.

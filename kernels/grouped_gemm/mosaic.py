@@ -55,9 +55,6 @@ BLOCK = 2 * ROWS     # output rows per CTA tile
 SMEM_BYTES = 232448  # dynamic shared memory per block on Hopper (227 KiB)
 _EPI_BYTES = 128     # epilogue sub-tile row width in bytes (one 128-byte swizzle span)
 SWAP_ROWS = (32, 64)  # heights of swap-AB tiles (TileConfig.swap_ab): wgmma's N
-# heights of TileConfig.swap_all's tiles; at 32-row steps (8 accumulator forms) ptxas
-# serializes the kernel's wgmmas for lack of registers
-TALL_ROWS = tuple(range(64, 2 * BLOCK + 1, 64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +79,6 @@ class TileConfig:
   rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
   rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
   transposed (`_store_swapped`), and these tiles are spread as half tiles are.
-  swap_all (forward/dgrad, 16-bit outputs, shared tiles with tile_n = 128): every tile runs
-  swapped, 256 rows tall: the rows are wgmma's N (a 64 x 256 accumulator per consumer, as
-  the 128 x 256 shared tile's), so a group's last tile is only its rows rounded up to 64
-  (`TALL_ROWS`) and streams no weight block for rows it does not have; tiles of 128 rows or
-  fewer are spread as half tiles are. Calls with fewer than 256 rows run unswapped tiles.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -98,24 +90,12 @@ class TileConfig:
   cluster: int = 1
   half_tiles: bool = False
   swap_ab: bool = False
-  swap_all: bool = False
-
-
-def _a_rows(cfg: TileConfig) -> int:
-  """Rows of a ring slot's row operand: a tile's rows."""
-  return 2 * BLOCK if cfg.swap_all else BLOCK
-
-
-def tile_rows(cfg: TileConfig, m: int, out_dtype) -> int:
-  """Rows per tile `ragged_mm` cuts the groups into (`tile_schedule`'s block) for cfg."""
-  tall = cfg.swap_all and m >= 2 * BLOCK and jnp.dtype(out_dtype).itemsize == 2
-  return 2 * BLOCK if tall else BLOCK
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
   """Shared memory the kernels allocate for `cfg` (ring + epilogue buffers, which are
   128 bytes wide for every output dtype)."""
-  ring = cfg.stages * (_a_rows(cfg) * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
+  ring = cfg.stages * (BLOCK * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
   return ring + 2 * 2 * ROWS * _EPI_BYTES
 
 
@@ -124,7 +104,6 @@ def fits(cfg: TileConfig, k: int, n: int, itemsize: int = 2) -> bool:
   return (k % cfg.tile_k == 0 and n % (cfg.tile_n * cfg.cluster) == 0
           and cfg.cluster in (1, 2)
           and cfg.tile_n <= (128 if cfg.pingpong else 256)
-          and (not cfg.swap_all or (cfg.tile_n == 2 * ROWS and not cfg.pingpong))
           and smem_bytes(cfg, itemsize) + 1024 <= SMEM_BYTES)
 
 
@@ -146,15 +125,15 @@ def _transforms(minor: int, dtype):
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
 
-def tile_schedule(group_sizes_G: jax.Array, m: int, block: int = BLOCK):
-  """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0, m >= block).
+def tile_schedule(group_sizes_G: jax.Array, m: int):
+  """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0).
 
-  Group g is cut into `block`-row tiles (`tile_rows`) from its first row rounded down
-  to a multiple of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
-  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/block + G + 1
+  Group g is cut into 128-row tiles from its first row rounded down to a multiple
+  of 8 (TMA into swizzled SMEM needs 8-aligned rows); the tail rows past
+  sum(group_sizes) into zero tiles (gid == G). Returns sched_4T, T = m/128 + G + 1
   (a bound), with sched[:, t] = (gid, row0, lo, cnt): tile t reads x rows
-  [row0, row0 + block) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
-  an unused slot. row0 is a multiple of 8 and <= m - block, so loads stay inside x.
+  [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
+  an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
   """
   g = group_sizes_G.shape[0]
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
@@ -163,19 +142,19 @@ def tile_schedule(group_sizes_G: jax.Array, m: int, block: int = BLOCK):
   starts = jnp.concatenate([starts, ends[-1:]])  # the tail as pseudo-group G
   ends = jnp.concatenate([ends, jnp.full((1,), m, jnp.int32)])
   base = starts // 8 * 8
-  ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, block), 0)
+  ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
   offs_incl = jnp.cumsum(ntiles)
-  t = jnp.arange(m // block + g + 1, dtype=jnp.int32)
+  t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
   # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
   # host round trip per iteration (~10 x 30 us here, more than the kernel on small
   # shapes); T x (G + 1) comparisons are one fused kernel.
   gid = jnp.minimum(jnp.searchsorted(offs_incl, t, side="right", method="compare_all"),
                     g).astype(jnp.int32)
-  first = base[gid] + (t - (offs_incl - ntiles)[gid]) * block
+  first = base[gid] + (t - (offs_incl - ntiles)[gid]) * BLOCK
   lo_row = jnp.maximum(starts[gid], first)
-  cnt = jnp.minimum(ends[gid], first + block) - lo_row
+  cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
   cnt = jnp.where(t < offs_incl[-1], cnt, 0)
-  row0 = jnp.minimum(first, m - block)
+  row0 = jnp.minimum(first, m - BLOCK)
   return jnp.stack([gid, row0, lo_row - row0, cnt]).astype(jnp.int32)
 
 
@@ -324,45 +303,25 @@ def _store_tile(acc_ref, out, wg, dst, rows, out_dtype):
 
 
 def _store_swapped(acc_ref, out, wg, dst, rows, out_dtype):
-  """Write a swap-AB accumulator (columns x rows: [cols, R]) transposed: rows [lo, hi) of
-  the tile to dst(row, n_rows, col, width), in 64 x 64 chunks. A chunk whose 64 rows are
-  all stored is written transposed into a swizzled slot (the two taking turns) and stored
-  by one TMA; any other is written transposed into the warpgroup's first swizzled slot,
-  copied through registers to its second, unswizzled slot and stored from there by
-  `_store_rows`: a TMA store at a dynamic row offset needs an unswizzled buffer, and
-  Mosaic writes transposed only into swizzled ones."""
+  """Write a swap-AB accumulator (columns x rows: [cols, R], R <= 64) transposed: rows
+  [lo, hi) of the tile to dst(row, n_rows, col, width). Each 64 columns are written
+  transposed into the warpgroup's first swizzled slot, copied through registers to its
+  second, unswizzled slot and stored from there by `_store_rows`: a TMA store at a dynamic
+  row offset needs an unswizzled buffer, and Mosaic writes transposed only into swizzled
+  ones."""
   swizzled, plain = out
   acc = acc_ref[...].astype(out_dtype)
   cols, r = acc.shape
-  assert swizzled.shape[-2:] == (ROWS, ROWS), swizzled.shape  # 16-bit
+  assert swizzled.shape[-2:] == (ROWS, ROWS) and r <= ROWS, (swizzled.shape, r)  # 16-bit
   staged, unswizzled = swizzled.at[wg, 0], plain.at[wg, 1]
-  chunk = 0
+  lo, hi = rows
   for j in range(cols // ROWS):
-    for h in range(pl.cdiv(r, ROWS)):
-      rr = min(ROWS, r - h * ROWS)
-      part = acc[j * ROWS:(j + 1) * ROWS, h * ROWS:h * ROWS + rr]
-      lo = jnp.clip(rows[0] - h * ROWS, 0, rr)
-      hi = jnp.clip(rows[1] - h * ROWS, 0, rr)
-      to = lambda row, nr, j=j, h=h: dst(h * ROWS + row, nr, j * ROWS, ROWS)
-      full = (lo == 0) & (hi == ROWS)
-      if rr == ROWS:
-        @pl.when(full)
-        def _(part=part, to=to, slot=chunk % 2):
-          plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-          swizzled.at[wg, slot].T[...] = part
-          plgpu.commit_smem()
-          plgpu.copy_smem_to_gmem(swizzled.at[wg, slot], to(0, ROWS))
-
-      @pl.when(jnp.logical_not(full) & (hi > lo))
-      def _(part=part, to=to, rr=rr, lo=lo, hi=hi):
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-        staged.at[pl.ds(0, rr)].T[...] = part
-        plgpu.commit_smem()
-        unswizzled[...] = plgpu.load(staged, layout=plgpu.Layout.WGMMA)
-        plgpu.commit_smem()
-        _store_rows(unswizzled, lo, hi - lo, to)
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-      chunk += 1
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    staged.at[pl.ds(0, r)].T[...] = acc[j * ROWS:(j + 1) * ROWS]
+    plgpu.commit_smem()
+    unswizzled[...] = plgpu.load(staged, layout=plgpu.Layout.WGMMA)
+    plgpu.commit_smem()
+    _store_rows(unswizzled, lo, hi - lo, lambda row, nr, j=j: dst(row, nr, j * ROWS, ROWS))
   plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
@@ -530,9 +489,6 @@ def _check(cfg: TileConfig, itemsize: int):
   if cfg.swap_ab and not cfg.pingpong and cfg.tile_n < 2 * ROWS:
     raise ValueError(f"{cfg}: swap_ab with shared tiles needs tile_n >= 128 (each consumer's "
                      f"half of the columns is a 64-row wgmma M); got tile_n={cfg.tile_n}")
-  if cfg.swap_all and (cfg.pingpong or cfg.tile_n != 2 * ROWS):
-    raise ValueError(f"{cfg}: swap_all needs shared tiles (pingpong=False) with tile_n=128 "
-                     f"(each consumer's 64 columns x up to 256 rows)")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
@@ -547,6 +503,12 @@ def _is_half(lo, cnt):
   return (cnt > 0) & ((lo >= ROWS) | (lo + cnt <= ROWS))
 
 
+def _swap_rows(lo, cnt):
+  """0, or i where a tile's rows [lo, lo + cnt) end within its first SWAP_ROWS[i - 1] rows."""
+  return jnp.where((cnt > 0) & (lo + cnt <= SWAP_ROWS[-1]),
+                   pl.cdiv(lo + cnt, SWAP_ROWS[0]), 0)
+
+
 def _wave(lin, num, programs):
   """(w, first, size): the wave of kernel unit lin. Program p (an SM, or a cluster)
   computes units p, p + programs, ... of `num`, so wave w is the `size` units from
@@ -557,10 +519,9 @@ def _wave(lin, num, programs):
   return w, first, jnp.minimum(programs, num - first)
 
 
-def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int, half=False, light_rows=0):
-  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles,
-  swap_ab and swap_all: light tiles are the half tiles (`half`) and those whose rows end
-  within their first `light_rows`.
+def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int, swap=False):
+  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles and
+  swap_ab: light tiles are the half tiles (half_tiles) and the swapped ones (`swap`).
 
   Within each wave (`_wave`) the light tiles come first and the
   wave is rotated so its light tiles go to the programs after those that took the later
@@ -572,9 +533,11 @@ def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int, half=False,
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
   lo, cnt = sched_4T[2], sched_4T[3]
-  light = (cnt > 0) & (lo + cnt <= light_rows)
-  if half:
+  light = jnp.zeros(lo.shape, bool)
+  if cfg.half_tiles:
     light = light | _is_half(lo, cnt)
+  if swap:
+    light = light | (_swap_rows(lo, cnt) > 0)
   h = light[t].astype(jnp.int32)
   _, wave0, size = _wave(lin, num, programs)
   incl = jnp.cumsum(h)
@@ -605,8 +568,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
   Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
-  `sched`: tile_schedule(group_sizes_G, M, tile_rows(cfg, M, out_dtype)) when the caller
-  already has it (forward and dgrad share one when their tiles have as many rows).
+  `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
+  and dgrad share one).
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -618,29 +581,22 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   _check(cfg, x_MK.dtype.itemsize)
   assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
-  block = tile_rows(cfg, m, out_dtype)
-  tall = block > BLOCK  # every tile swapped (swap_all)
   if sched is None:
-    sched = tile_schedule(group_sizes_G, m, block)
+    sched = tile_schedule(group_sizes_G, m)
   num_tiles = sched.shape[1]
-  assert num_tiles == m // block + g + 1, (sched.shape, m, block, g)
   units = (num_tiles, grid_n // cfg.cluster)
-  swap = cfg.swap_ab and out_dtype.itemsize == 2 and not tall  # `_store_swapped`: 64-column chunks
+  swap = cfg.swap_ab and out_dtype.itemsize == 2  # `_store_swapped` stores 64-column chunks
   # The accumulator forms a tile may take (`_persistent_call`): all its rows (a consumer's
   # half of them in shared tiles), one 64-row half (ping-pong half tiles), or swap-AB with
   # its rows as wgmma's N (a consumer's columns as M: the whole tile_n in ping-pong).
-  heights = TALL_ROWS if tall else SWAP_ROWS if swap else ()
-  kinds = ([] if tall else ["rows"]) + (["half"] if cfg.half_tiles and cfg.pingpong and not tall
-                                        else []) + list(heights)
+  kinds = (["rows"] + (["half"] if cfg.half_tiles and cfg.pingpong else [])
+           + (list(SWAP_ROWS) if swap else []))
   cols = tn if cfg.pingpong else tn // 2
   forms = tuple((BLOCK if cfg.pingpong else ROWS, tn) if kd == "rows" else
                 (ROWS, tn) if kd == "half" else (cols, kd) for kd in kinds)
-  # Light tiles spread evenly over the SMs: unit lin of the kernel is unit order[lin] of
-  # the planar-snake order.
-  half = cfg.half_tiles and not tall
-  light_rows = heights[-1] // 2 if tall else heights[-1] if swap else 0
-  reorder = half or light_rows > 0
-  extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret), half, light_rows),) \
+  # half_tiles or swap_ab: unit lin of the kernel is unit order[lin] of the planar-snake order
+  reorder = cfg.half_tiles or swap
+  extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret), swap),) \
       if reorder else ()
 
   def coords(refs, lin):
@@ -653,40 +609,34 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
     return ni, gid, row0, lo, cnt, n_steps
 
-  def height(lo, cnt):
-    """0, or i where a swapped tile's rows end within its first heights[i - 1] rows."""
-    return jnp.where((cnt > 0) & (lo + cnt <= heights[-1]), pl.cdiv(lo + cnt, heights[0]), 0)
-
   def unit_form(info):
     _, _, _, lo, cnt, _ = info
-    if tall:
-      return jnp.maximum(height(lo, cnt) - 1, 0)
     form = jnp.int32(0)
     if "half" in kinds:
       form = jnp.where(_is_half(lo, cnt), kinds.index("half"), form)
     if swap:
-      r = height(lo, cnt)
-      form = jnp.where(r > 0, kinds.index(heights[0]) + r - 1, form)
+      r = _swap_rows(lo, cnt)
+      form = jnp.where(r > 0, kinds.index(SWAP_ROWS[0]) + r - 1, form)
     return form
 
   def produce_unit(refs, ring, info, step):
     _, x_gmem, w_gmem = refs[:3]
     ni, gid, row0, lo, cnt, n_steps = info
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
-    if heights:  # a swapped tile loads only the rows it multiplies
-      r = height(lo, cnt)
-      n_rows = jnp.where(r > 0, r * heights[0], block)
+    if swap:  # a swap-AB tile loads only the rows it multiplies
+      r = _swap_rows(lo, cnt)
+      n_rows = jnp.where(r > 0, r * SWAP_ROWS[0], BLOCK)
 
     def k_step(ki, step):
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      if not heights:
+      if not swap:
         return ring.produce(step, x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)], w_src)
-      for r in sorted({block, *heights}):
+      for r in (BLOCK, *SWAP_ROWS):
         @pl.when(n_rows == r)
         def _(r=r):
           ring.produce(step, x_gmem.at[pl.ds(row0, r), pl.ds(ki * tk, tk)], w_src,
-                       a_rows=None if r == block else r)
+                       a_rows=None if r == BLOCK else r)
       return step + 1
 
     return lax.fori_loop(0, n_steps, k_step, step)
@@ -695,8 +645,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     o_gmem = refs[-1]
     ni, _, row0, lo, cnt, n_steps = info
     kind = kinds[form]
-    swapped = kind in heights
-    if swapped:  # acc[cols, r] = w_block[:, my columns]^T @ x[r rows]^T
+    if kind in SWAP_ROWS:  # acc[cols, r] = w_block[:, my columns]^T @ x[r rows]^T
       c0 = 0 if part is None else part * cols
       a_op = ((lambda slot: ring.b.at[slot, pl.ds(c0, cols)]) if transpose_rhs
               else (lambda slot: ring.b.at[slot, :, pl.ds(c0, cols)].transpose((1, 0))))
@@ -719,7 +668,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
           lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + off + r, nr),
                                               pl.ds(ni * tn + c0 + col, width)],
-          (a, b), swapped=swapped)
+          (a, b), swapped=kind in SWAP_ROWS)
     return step
 
   def unit_steps(info):
@@ -727,7 +676,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
 
   return _persistent_call(
       coords, produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
-      a_block=(block, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
+      a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN, *extra), forms=forms,
       unit_form=unit_form if len(forms) > 1 else None)

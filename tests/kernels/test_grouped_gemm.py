@@ -127,34 +127,6 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   assert np.all(y[sum(sizes):] == 0)
 
 
-@pytest.mark.parametrize("cluster", [1, 2])
-@pytest.mark.parametrize("transpose_rhs", [False, True])
-def test_ragged_mm_swap_all(cluster, transpose_rhs):
-  """swap_all: 256-row swapped tiles (rows as wgmma's N, stored transposed) and last tiles of
-  3, 5, 19, 61, 100 and 44 (300 = 256 + 44) rows, rounded up to 64; a group of exactly 256; a
-  last tile pulled back inside x; tail rows; bf16 output equals ragged_dot's fp32 product to
-  bf16 rounding, no row left unwritten. With fewer than 256 rows the call runs unswapped tiles."""
-  m, k, n, sizes = 768, 128, 256, [3, 300, 0, 5, 0, 256, 61, 19, 100]
-  x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
-  cfg = mosaic.TileConfig(tile_n=128, tile_k=64, stages=3, cluster=cluster, swap_all=True)
-  assert mosaic.tile_rows(cfg, m, jnp.bfloat16) == 256
-  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
-  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
-                       out_dtype=jnp.bfloat16, interpret=True)
-  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
-  y = np.asarray(y, np.float32)
-  assert not np.isnan(y).any()
-  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
-  assert np.all(y[sum(sizes):] == 0)
-  assert mosaic.tile_rows(cfg, 128, jnp.bfloat16) == mosaic.tile_rows(cfg, m, jnp.float32) == 128
-  small = mosaic.ragged_mm(x[:128], w_in, jnp.asarray([100, 28] + [0] * 7, jnp.int32), cfg=cfg,
-                           transpose_rhs=transpose_rhs, out_dtype=jnp.bfloat16, interpret=True)
-  ref = jax.lax.ragged_dot(x[:128], w, jnp.asarray([100, 28] + [0] * 7, jnp.int32),
-                           preferred_element_type=jnp.float32)
-  np.testing.assert_allclose(np.asarray(small, np.float32), np.asarray(ref), rtol=2 ** -7,
-                             atol=2 ** -7)
-
-
 def _per_program(order, programs):
   """Checks that `order` permutes the kernel's units within their waves (program p computes
   units p, p + programs, ...); returns cost -> each program's total cost."""
@@ -174,7 +146,7 @@ def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
   sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m)
   units = (sched.shape[1], width)
   cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, grid_minor_dim=minor, half_tiles=True)
-  order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs, half=True))
+  order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs))
   num = units[0] * units[1]
   per_program = _per_program(order, programs)
   t = np.asarray(jax.vmap(lambda i: plgpu.planar_snake(i, units, minor, 8))(jnp.arange(num))[0])
@@ -288,21 +260,20 @@ def test_calls_of_one_shape_share_one_lowering():
   assert re.findall(r"call @(_pallas_gg\w*)", text) == ["_pallas_gg"] * 2
 
 
-@pytest.mark.parametrize("block", [128, 256])
-def test_tile_schedule_covers_every_row_once(block):
-  """Each group in `block`-row tiles (128, or swap_all's 256) from its first row (rounded down
-  to 8), tail rows in zero tiles (gid == G), every row stored exactly once, every load inside x."""
+def test_tile_schedule_covers_every_row_once():
+  """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
+  (gid == G), every row stored exactly once, every load inside x."""
   rng = np.random.default_rng(0)
   for _ in range(30):
-    g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(block // 128, 6))
+    g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
     cuts = np.sort(rng.integers(0, m + 1, g))
     sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
-    sched = np.asarray(mosaic.tile_schedule(jnp.asarray(sizes, jnp.int32), m, block))
+    sched = np.asarray(mosaic.tile_schedule(jnp.asarray(sizes, jnp.int32), m))
     owner = np.full(m, -1)
     for gid, row0, lo, cnt in sched.T:
       if cnt == 0:
         continue
-      assert 0 <= row0 <= m - block and row0 % 8 == 0 and lo + cnt <= block
+      assert 0 <= row0 <= m - mosaic.BLOCK and row0 % 8 == 0 and lo + cnt <= mosaic.BLOCK
       rows = np.arange(row0 + lo, row0 + lo + cnt)
       assert np.all(owner[rows] == -1)
       owner[rows] = gid
@@ -311,7 +282,7 @@ def test_tile_schedule_covers_every_row_once(block):
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     span = np.where(sizes > 0, starts + sizes - starts // 8 * 8, 0)
     per_group = np.bincount(sched[0][sched[3] > 0], minlength=g + 1)[:g]
-    np.testing.assert_array_equal(per_group, -(-span // block))
+    np.testing.assert_array_equal(per_group, -(-span // mosaic.BLOCK))
 
 
 @pytest.mark.parametrize("cfg", [
@@ -323,10 +294,8 @@ def test_tile_schedule_covers_every_row_once(block):
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, swap_ab=True),
     mosaic.TileConfig(tile_n=256, stages=4, swap_ab=True),
-    mosaic.TileConfig(tile_n=128, stages=4, swap_all=True),
-    mosaic.TileConfig(tile_n=128, stages=4, swap_all=True, cluster=2),
 ], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
-        "swap-ab-pingpong", "swap-ab-shared", "swap-all", "swap-all-cluster"])
+        "swap-ab-pingpong", "swap-ab-shared"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
