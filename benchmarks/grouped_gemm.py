@@ -9,7 +9,9 @@ fc2: F -> H) it prints forward and forward+backward TFLOP/s of
   tokamax  tokamax.ragged_dot (when importable)
   torch    torch._grouped_mm (CUTLASS), autograd for fwd+bwd
   einsum   batched einsum with equal groups (the ceiling)
-on the same Dirichlet-imbalanced group sizes (seed fixed), plus the relative
+on the same Dirichlet-imbalanced group sizes (seed fixed); pallas, pallas_eq, torch and einsum
+are timed in turns (--turns times, medians), each for --min-time seconds of back-to-back calls, so a
+drift of the power-limited clock hits them alike; plus the relative
 error of our fwd / dgrad / wgrad against an fp32 reference (HIGHEST precision
 per-group matmuls) on fresh random inputs, with the device memory poisoned by
 NaNs first so unwritten output elements show up.
@@ -190,13 +192,14 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
   row["nan"] = bool(jnp.isnan(y).any() | jnp.isnan(dx).any() | jnp.isnan(dw).any())
   row["err"] = rel_errors(x, w, dy, y, dx, dw, sizes)
   del y, dx, dw
-  row["pallas"] = (flops / seconds_per_call(f_ours, x, w, gs),
-                   3 * flops / seconds_per_call(fb_ours, x, w, gs, dy))
+  # name -> (fwd, fwd+bwd) timers (() -> seconds per call), timed in turns at the end
+  sustained = dict(min_time=args.min_time, max_calls=10**6, reps=1)
+  jax_timer = lambda fn, *a: functools.partial(seconds_per_call, fn, *a, **sustained)
+  timers = {"pallas": (jax_timer(f_ours, x, w, gs), jax_timer(fb_ours, x, w, gs, dy))}
   # The same kernels on equal groups (m/e rows each, as the einsum column): what is left
   # of the gap to the einsum once no group leaves a part-filled tile.
   gs_eq = jnp.full((e,), m // e, jnp.int32)
-  row["pallas_eq"] = (flops / seconds_per_call(f_ours, x, w, gs_eq),
-                      3 * flops / seconds_per_call(fb_ours, x, w, gs_eq, dy))
+  timers["pallas_eq"] = (jax_timer(f_ours, x, w, gs_eq), jax_timer(fb_ours, x, w, gs_eq, dy))
 
   if not args.skip_xla:
     xla = lambda x_, w_, g_: jax.lax.ragged_dot(x_, w_, g_)
@@ -221,8 +224,7 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
   def ein_fb(x_, w_, dy_):
     y_, vjp = jax.vjp(ein, x_, w_)
     return (y_,) + vjp(dy_)
-  row["einsum"] = (flops / seconds_per_call(ein, xe, w),
-                   3 * flops / seconds_per_call(jax.jit(ein_fb), xe, w, dye))
+  timers["einsum"] = (jax_timer(ein, xe, w), jax_timer(jax.jit(ein_fb), xe, w, dye))
 
   if torch_mod is not None:
     torch = torch_mod
@@ -237,9 +239,18 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
       yy = torch._grouped_mm(txr, twr, offs=offs)
       gx, gw = torch.autograd.grad(yy, (txr, twr), tdy)
       return gx, gw
-    row["torch"] = (flops / torch_seconds_per_call(tf), 3 * flops / torch_seconds_per_call(tfb))
-    del tx, tw, tdy, txr, twr
-    torch.cuda.empty_cache()
+    timers["torch"] = (functools.partial(torch_seconds_per_call, tf, **sustained),
+                       functools.partial(torch_seconds_per_call, tfb, **sustained))
+  times = {name: ([], []) for name in timers}
+  for _ in range(args.turns):
+    for name, pair in timers.items():
+      for timer, ts in zip(pair, times[name]):
+        ts.append(timer())
+  for name, (t_fwd, t_fb) in times.items():
+    row[name] = (flops / np.median(t_fwd), 3 * flops / np.median(t_fb))
+  timers.clear()  # the torch timers hold its tensors
+  if torch_mod is not None:
+    torch_mod.cuda.empty_cache()
   return row
 
 
@@ -250,6 +261,9 @@ def main():
   ap.add_argument("--no-torch", action="store_true")
   ap.add_argument("--check-only", action="store_true", help="only the small-shape check")
   ap.add_argument("--skip-check", action="store_true", help="the caller already ran --check-only")
+  ap.add_argument("--turns", type=int, default=3, help="timing turns (medians are printed)")
+  ap.add_argument("--min-time", type=float, default=0.5,
+                  help="seconds of back-to-back calls per timing (sustained: the power-limited clock)")
   args = ap.parse_args()
   print("jax", jax.__version__, "device", jax.devices()[0].device_kind)
   if not args.skip_check and not smoke_check():
