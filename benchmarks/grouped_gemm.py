@@ -241,13 +241,13 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
       return gx, gw
     timers["torch"] = (functools.partial(torch_seconds_per_call, tf, **sustained),
                        functools.partial(torch_seconds_per_call, tfb, **sustained))
-  times = {name: ([], []) for name in timers}
+  times = {col: ([], []) for col in timers}
   for _ in range(args.turns):
-    for name, pair in timers.items():
-      for timer, ts in zip(pair, times[name]):
+    for col, pair in timers.items():
+      for timer, ts in zip(pair, times[col]):
         ts.append(timer())
-  for name, (t_fwd, t_fb) in times.items():
-    row[name] = (flops / np.median(t_fwd), 3 * flops / np.median(t_fb))
+  for col, (t_fwd, t_fb) in times.items():
+    row[col] = (flops / np.median(t_fwd), 3 * flops / np.median(t_fb))
   timers.clear()  # the torch timers hold its tensors
   if torch_mod is not None:
     torch_mod.cuda.empty_cache()
