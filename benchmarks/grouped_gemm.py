@@ -9,7 +9,7 @@ fc2: F -> H) it prints forward and forward+backward TFLOP/s of
   tokamax  tokamax.ragged_dot (when importable)
   torch    torch._grouped_mm (CUTLASS), autograd for fwd+bwd
   einsum   batched einsum with equal groups (the ceiling)
-on the same Dirichlet-imbalanced group sizes (seed fixed); pallas, pallas_eq, torch and einsum
+on the same Dirichlet-imbalanced group sizes (seed fixed); all but xla (slow: a few calls once)
 are timed in turns (--turns times, medians), each for --min-time seconds of back-to-back calls, so a
 drift of the power-limited clock hits them alike; plus the relative
 error of our fwd / dgrad / wgrad against an fp32 reference (HIGHEST precision
@@ -213,9 +213,10 @@ def run_case(name, m, e, k, n, args, torch_mod, tokamax_mod):
       print(name, "xla failed:", str(ex)[:120])
   if tokamax_mod is not None:
     tk = lambda x_, w_, g_: tokamax_mod.ragged_dot(x_, w_, g_)
-    try:
-      row["tokamax"] = (flops / seconds_per_call(jax.jit(tk), x, w, gs),
-                        3 * flops / seconds_per_call(fwd_bwd_fn(tk), x, w, gs, dy))
+    f_tk, fb_tk = jax.jit(tk), fwd_bwd_fn(tk)
+    try:  # compiled and run once here, so a failure is reported before the timing turns
+      jax.block_until_ready((f_tk(x, w, gs), fb_tk(x, w, gs, dy)))
+      timers["tokamax"] = (jax_timer(f_tk, x, w, gs), jax_timer(fb_tk, x, w, gs, dy))
     except Exception as ex:  # noqa: BLE001
       row["tokamax"] = (float("nan"), float("nan")); print(name, "tokamax failed:", str(ex)[:200])
 

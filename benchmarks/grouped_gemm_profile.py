@@ -63,6 +63,16 @@ def gpu_clocks(out: dict):
         out.update(sm_mhz=sum(r[0] for r in rows) / len(rows), watts=sum(r[1] for r in rows) / len(rows))
 
 
+POSITIONAL = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
+
+
+def changed(cfg, item):
+  """cfg with the fields of a sweep item changed: comma-separated values, positional
+  (`POSITIONAL`) or name=value (any TileConfig field)."""
+  vals = [v.split("=") if "=" in v else (POSITIONAL[i], v) for i, v in enumerate(item.split(","))]
+  return dataclasses.replace(cfg, **{f: type(getattr(cfg, f))(int(v)) for f, v in vals})
+
+
 def device_time_per_call(fn, args, calls=20):
   """Traces `calls` back-to-back calls (jax.profiler) and returns per call: {kernel: µs} of the
   device's kernels and the µs the device sat idle between the first kernel and the last. The
@@ -126,9 +136,7 @@ def main():
           cfg, (fn, args) = "einsum (equal groups)", einsum_call(op, e, *data[1:])
         else:
           if item != "tuned":
-            fields = ("tile_n", "stages", "grid_tile_width", "grid_minor_dim")
-            vals = [v.split("=") if "=" in v else (fields[i], v) for i, v in enumerate(item.split(","))]
-            cfg = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in vals})
+            cfg = changed(tuned, item)
           fn, args = kernel_call(op, cfg, *data)
         jax.block_until_ready(fn(*args))
         calls.append((item, cfg, fn, args, []))

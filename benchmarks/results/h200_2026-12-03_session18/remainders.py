@@ -22,20 +22,21 @@ import jax.numpy as jnp
 
 sys.path.insert(0, "/tmp/pp/benchmarks")
 from grouped_gemm import SHAPES, einsum_call  # noqa: E402
+from grouped_gemm_profile import changed  # noqa: E402
 from moejax.kernels.grouped_gemm import configs  # noqa: E402
 from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes, inputs, kernel_call, seconds_per_call  # noqa: E402
 
 m, e, h, f = SHAPES["qwen3"]
 min_time = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
 ops = sys.argv[2].split(",") if len(sys.argv) > 2 else ["fwd"]
-fields = dict(v.split("=") for v in sys.argv[3].split(",")) if len(sys.argv) > 3 else {}
+fields = sys.argv[3] if len(sys.argv) > 3 else ""
 d = dirichlet_sizes(m, e)
 for orient in ("fc2", "fc1"):
   k, n = (h, 2 * f) if orient == "fc1" else (f, h)
   _, x, dy, w = inputs(m, e, k, n)
   for op in ops:
     tuned = configs.lookup(op, m, e, *((n, k) if op == "dgrad" else (k, n)))
-    tuned = dataclasses.replace(tuned, **{f: type(getattr(tuned, f))(int(v)) for f, v in fields.items()})
+    tuned = changed(tuned, fields) if fields else tuned
     fn, args = einsum_call(op, e, x, dy, w)
     t = seconds_per_call(fn, *args, min_time=min_time, max_calls=10**6)
     print(f"qwen3 {orient} {op} einsum, equal groups: {t * 1e3:.3f} ms {2.0 * m * k * n / t / 1e12:.0f} TFLOP/s",
