@@ -78,10 +78,7 @@ class TileConfig:
   swapped, CUTLASS's swap-AB: the weight block's columns are wgmma's M and the tile's rows,
   rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
   rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
-  transposed (`_store_swapped`), and these tiles are spread as half tiles are. half_steps
-  (wgrad): the ring's slots in 64-byte instead of 128-byte swizzle, so wgmma's K may be 32
-  rows (K comes in swizzle-wide groups), and a step whose rows of the group fit in one
-  32-row half of it (a group's last step, half the time) runs that half only.
+  transposed (`_store_swapped`), and these tiles are spread as half tiles are.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -93,7 +90,6 @@ class TileConfig:
   cluster: int = 1
   half_tiles: bool = False
   swap_ab: bool = False
-  half_steps: bool = False
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -123,9 +119,8 @@ def _programs(cfg: TileConfig, interpret) -> int:
   return _num_sms(interpret) // cfg.cluster
 
 
-def _transforms(minor: int, dtype, swizzle=None):
-  """SMEM tiling and swizzle of a [..., minor] buffer: the widest swizzle unless given (bytes)."""
-  swizzle = swizzle or plgpu.find_swizzle(minor * jnp.dtype(dtype).itemsize * 8)
+def _transforms(minor: int, dtype):
+  swizzle = plgpu.find_swizzle(minor * jnp.dtype(dtype).itemsize * 8)
   swizzle_elems = swizzle // jnp.dtype(dtype).itemsize
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
@@ -332,7 +327,7 @@ def _store_swapped(acc_ref, out, wg, dst, rows, out_dtype):
 
 def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_units, a_block,
                      b_block, dtype, out_shape, out_dtype, cfg, interpret, args, forms,
-                     unit_form=None, swizzle=None):
+                     unit_form=None):
   """Launch one CTA per SM: warpgroup 2 produces, warpgroups 0 and 1 consume.
 
   Shared tiles (cfg.pingpong off): each consumer computes 64 of the tile's 128 rows.
@@ -366,8 +361,7 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
   warpgroup index, the half of the tile it shares) into an accumulator of shape
   forms[form], and calls store(acc_ref, dst, rows, swapped) (`_store_tile`,
   `_store_swapped`) exactly once; unit_steps(info) is the tile's number of ring steps;
-  unit_form(info) picks the form of a tile (the first when None); swizzle (bytes) is the
-  ring slots' swizzle, the widest their rows allow when None.
+  unit_form(info) picks the form of a tile (the first when None).
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -385,10 +379,8 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
   def body(*refs):
     @functools.partial(
         pl.run_scoped,
-        a_smem=plgpu.SMEM((stages, *a_block), dtype,
-                          transforms=_transforms(a_block[1], dtype, swizzle)),
-        b_smem=plgpu.SMEM((stages, *b_block), dtype,
-                          transforms=_transforms(b_block[1], dtype, swizzle)),
+        a_smem=plgpu.SMEM((stages, *a_block), dtype, transforms=_transforms(a_block[1], dtype)),
+        b_smem=plgpu.SMEM((stages, *b_block), dtype, transforms=_transforms(b_block[1], dtype)),
         out_smem=plgpu.RefUnion(
             plgpu.SMEM((2, 2, ROWS, epi_n), out_dtype, transforms=_transforms(epi_n, out_dtype)),
             # Same leading (warpgroup, slot) dims: each ref of a union starts at
@@ -748,25 +740,13 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
     cols = acc_ref.shape[0]
     off = 0 if part is None else part * cols
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
-
-    def mma_rows(slot, r0, nr):  # the slot's rows [r0, r0 + nr) as wgmma's K
-      rows = pl.ds(r0, nr)
-      plgpu.wgmma(acc_ref, ring.a.at[slot, rows, pl.ds(off, cols)].transpose((1, 0)),
-                  ring.b.at[slot, rows])
+    mma = lambda slot: plgpu.wgmma(acc_ref, x_cols(slot).transpose((1, 0)), ring.b.at[slot])
 
     def k_step(j, step):
       # step j counts rows [first + j * tk, +tk) of the group, read from x at `row`
       row = step_row(first, j)
       lo = jnp.clip(jnp.maximum(start, first + j * tk) - row, 0, tk)
       hi = jnp.clip(end - row, 0, tk)
-      mma = functools.partial(mma_rows, r0=0, nr=tk)
-      if cfg.half_steps:
-        half = tk // 2
-
-        def mma(slot):  # one wgmma group, over the half that holds the rows if one does
-          pl.when(hi <= half)(lambda: mma_rows(slot, 0, half))
-          pl.when(lo >= half)(lambda: mma_rows(slot, half, half))
-          pl.when((lo < half) & (hi > half))(lambda: mma_rows(slot, 0, tk))
       return ring.consume(step, j == 0, mma, x_cols, lo, hi, tk)
 
     step = lax.fori_loop(0, count, k_step, step)
@@ -783,5 +763,4 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
       coords, produce_unit, consume_unit, unit_steps, num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN),
-      forms=((BLOCK if cfg.pingpong else ROWS, tn),),
-      swizzle=tk // 2 * x_MK.dtype.itemsize if cfg.half_steps else None)
+      forms=((BLOCK if cfg.pingpong else ROWS, tn),))

@@ -188,14 +188,11 @@ def test_ragged_mm_tail_rows_are_exact_zeros_even_for_nan_inputs():
   assert np.all(np.asarray(y[100:]) == 0)
 
 
-@pytest.mark.parametrize("pingpong,cluster,half_steps",
-                         [(False, 1, False), (True, 1, False), (False, 2, False), (True, 2, False),
-                          (False, 1, True), (True, 2, True)])
-def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster, half_steps):
+@pytest.mark.parametrize("pingpong,cluster", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster):
   m, k, n, sizes = 256, 128, 128, [0, 64, 0, 65, 0, 7, 100]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=3)
-  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong, cluster=cluster,
-                          half_steps=half_steps)
+  cfg = mosaic.TileConfig(tile_n=64, stages=2, pingpong=pingpong, cluster=cluster)
   dw = mosaic.ragged_contract(x, dy, gs, cfg=cfg, out_dtype=jnp.float32, interpret=True)
   _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
   dw = np.asarray(dw)
@@ -205,17 +202,14 @@ def test_ragged_contract_empty_groups_exact_zero(pingpong, cluster, half_steps):
     assert np.all(dw[g] == 0)
 
 
-@pytest.mark.parametrize("pingpong,half_steps", [(False, False), (True, False), (False, True),
-                                                 (True, True)])
-def test_ragged_contract_steps_from_the_8_row_grid(pingpong, half_steps):
+@pytest.mark.parametrize("pingpong", [False, True])
+def test_ragged_contract_steps_from_the_8_row_grid(pingpong):
   """wgrad steps start at a group's first row rounded down to 8: groups starting off that
   grid (rows of the group before masked out of the first step) and a last group ending at M
-  whose last step is pulled back inside x (rows it shares with the step before counted once).
-  With half steps, a step whose rows lie in one 32-row half runs that half: group 0's only step
-  (rows 0-4) in its first half, the last group's pulled-back last step in its second half."""
+  whose last step is pulled back inside x (rows it shares with the step before counted once)."""
   m, k, n, sizes = 256, 128, 128, [5, 118, 133]
   x, _, dy, gs = _inputs(m, k, n, sizes, seed=5)
-  cfg = mosaic.TileConfig(tile_n=64, stages=3, pingpong=pingpong, half_steps=half_steps)
+  cfg = mosaic.TileConfig(tile_n=64, stages=3, pingpong=pingpong)
   dw = mosaic.ragged_contract(x, dy, gs, cfg=cfg, out_dtype=jnp.float32, interpret=True)
   _, _, ref = _np_ref(x, jnp.zeros((len(sizes), k, n), jnp.bfloat16), dy, gs)
   assert _rel(np.asarray(dw), ref) <= 1e-5
@@ -300,10 +294,8 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, swap_ab=True),
     mosaic.TileConfig(tile_n=256, stages=4, swap_ab=True),
-    mosaic.TileConfig(tile_n=256, stages=4, half_steps=True),
-    mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_steps=True),
 ], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
-        "swap-ab-pingpong", "swap-ab-shared", "half-steps", "half-steps-pingpong-cluster"])
+        "swap-ab-pingpong", "swap-ab-shared"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
