@@ -44,7 +44,7 @@ try:
       if f.endswith(".ptxas"):
         txt = open(os.path.join(d, f)).read()
         rep.append(f"{f}: serialized={'serialized' in txt} spill={'spilled' in txt}")
-      elif not f.endswith(".ptxas"):
+      else:
         os.remove(os.path.join(d, f))
     print(f"== {name}: " + "; ".join(rep), *med, r.stderr[-300:] if r.returncode else "", sep="\n  ", flush=True)
 finally:

@@ -6,7 +6,6 @@
 set -u -o pipefail
 source benchmarks/device_env.sh
 cd /tmp
-F='^WARNING|bfc_allocator'
 P=/tmp/pp/benchmarks/grouped_gemm_profile.py
 O=$OUT/c1_ptxas; mkdir -p $O/tuned $O/swap_all
 for item in tuned "tile_n=128,pingpong=0,stages=4,swap_all=1,cluster=2"; do
