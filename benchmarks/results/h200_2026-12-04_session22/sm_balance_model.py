@@ -12,7 +12,6 @@ for wgrad, a longest-first greedy deal (each unit to the least loaded SM: a loop
   .venv/bin/python benchmarks/results/h200_2026-12-04_session22/sm_balance_model.py
 """
 import heapq
-import json
 
 import jax
 import jax.numpy as jnp
@@ -26,21 +25,27 @@ M, G, SMS = 65536, 128, 132
 
 
 def h200_cfg(op, k, n):
-  entries = json.load(open(configs.TABLE_PATH))["entries"]
-  e = next(e for e in entries if e.get("device") == "NVIDIA H200" and e["op"] == op
-           and (e["g"], e["k"], e["n"]) == (G, k, n))
+  """The table's H200 entry (configs.lookup prefers the running device's kind, here the CPU)."""
+  e = next(e for e in configs._load_table() if e.get("device") == "NVIDIA H200"
+           and e["op"] == op and (e["g"], e["k"], e["n"]) == (G, k, n))
   return mosaic.TileConfig(**e["cfg"])
 
 
 def tile_costs(sched, cfg):
+  """Each tile's cost, told apart by the kernel's own predicates (`_is_half`, `_swap_rows`)."""
   lo, cnt = sched[2], sched[3]
   c = np.where(cnt > 0, 1.0, 0.0)
   if cfg.half_tiles:
-    c[(cnt > 0) & ((lo >= 64) | (lo + cnt <= 64))] = 0.7
+    c[np.asarray(mosaic._is_half(lo, cnt))] = 0.7
   if cfg.swap_ab:
-    c[(cnt > 0) & (lo + cnt <= 64)] = 0.68
-    c[(cnt > 0) & (lo + cnt <= 32)] = 0.55
+    swap = np.asarray(mosaic._swap_rows(lo, cnt))
+    c[swap == 2] = 0.68
+    c[swap == 1] = 0.55
   return c
+
+
+def imbalance(load):
+  return load.max() / load.mean()
 
 
 def swap_fixup(cost_lin, programs, rounds):
@@ -75,8 +80,8 @@ def main():
     order = mosaic._balanced_order(sched, units, cfg, programs, cfg.swap_ab)
     t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                  cfg.grid_tile_width))(order)
-    c = tile_costs(np.asarray(sched), cfg)[np.asarray(t)]
-    ratios = [(lambda l: l.max() / l.mean())(swap_fixup(c, programs, r)) for r in (0, 1, 3)]
+    c = tile_costs(sched, cfg)[np.asarray(t)]
+    ratios = [imbalance(swap_fixup(c, programs, r)) for r in (0, 1, 3)]
     print(f"  {name:10s} programs {programs:3d} units {len(c)}: " +
           ", ".join(f"{x:.4f}" for x in ratios))
   print("wgrad (`_dealt`, max/mean; epilogue 0.5 / 1 / 2 steps; then a longest-first greedy deal, 1 step)")
@@ -89,18 +94,18 @@ def main():
     per_group = (k // 128) * (n // 256)
     num = G * per_group
     lin = np.arange(num)
-    q = np.asarray(mosaic._dealt(jnp.asarray(lin), num, SMS))
+    dealt = steps[np.asarray(mosaic._dealt(jnp.asarray(lin), num, SMS)) // per_group]
     out = []
     for epi in (0.5, 1.0, 2.0):
-      c = steps[q // per_group] + epi * (steps[q // per_group] > 0)
       load = np.zeros(SMS)
-      np.add.at(load, lin % SMS, c)
-      out.append(load.max() / load.mean())
+      np.add.at(load, lin % SMS, dealt + epi * (dealt > 0))
+      out.append(imbalance(load))
+    units = np.repeat(steps, per_group)  # heaviest first
     heap = [(0.0, p) for p in range(SMS)]  # longest first: each unit to the least loaded SM
-    for x in np.repeat(steps, per_group) + 1.0 * (np.repeat(steps, per_group) > 0):
-      heapq.heappush(heap, (heapq.heappop(heap)[0] + x, 0))
-    greedy = np.array([h[0] for h in heap])
-    out.append(greedy.max() / greedy.mean())
+    for x in units + 1.0 * (units > 0):
+      load, p = heapq.heappop(heap)
+      heapq.heappush(heap, (load + x, p))
+    out.append(imbalance(np.array([h[0] for h in heap])))
     print(f"  {name:10s} units {num}: " + ", ".join(f"{x:.4f}" for x in out))
 
 
