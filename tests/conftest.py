@@ -4,13 +4,13 @@ import os
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
-  flags += " --xla_force_host_platform_device_count=8"
 # LLVM at -O0 for the CPU executables: compiling dominates these small tests, and -O0 takes about a
 # third off the suite (numbers are the same IEEE operations; both sides of every comparison use it).
 if "xla_backend_optimization_level" not in flags:
   flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = flags.strip()
+# The subprocesses the tests start (train.py, a notebook kernel) inherit both: they set their own
+# JAX_NUM_CPU_DEVICES and keep XLA_FLAGS, so they compile at -O0 too (a quarter off a train.py run).
 
 # One persistent XLA cache per test session, shared with the subprocesses it starts (train.py runs):
 # a config compiled twice (a run and its resume, a layout run again) compiles once.

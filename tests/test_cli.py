@@ -7,7 +7,7 @@ import pytest
 
 
 def _train(repo, tmp_path, *args, workdir=None):
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
   cmd = [sys.executable, "train.py", "--workdir", str(workdir or tmp_path / "w"), *args]
   return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 

@@ -26,8 +26,7 @@ def _overrides(prefix, workdir_cache):
 
 
 def _train(repo, workdir, overrides):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
     proc = subprocess.run([sys.executable, str(repo / "train.py"), "--config",
                            str(repo / "configs" / "tiny_moe.py"), "--workdir", str(workdir), *overrides],
                           capture_output=True, text=True, timeout=600, env=env, cwd=repo)

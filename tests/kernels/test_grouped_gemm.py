@@ -79,11 +79,17 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
-@pytest.mark.parametrize("tile_n,stages,pingpong,cluster,half", [
-    (64, 2, False, 1, False), (128, 3, False, 1, False), (256, 2, False, 1, False),
-    (128, 3, True, 1, False), (64, 3, False, 2, False), (64, 3, True, 2, False),
-    (128, 3, True, 1, True), (64, 3, True, 2, True), (128, 3, False, 1, True)])
-@pytest.mark.parametrize("transpose_rhs", [False, True])
+VARIANTS = [(64, 2, False, 1, False), (128, 3, False, 1, False), (256, 2, False, 1, False),
+            (128, 3, True, 1, False), (64, 3, False, 2, False), (64, 3, True, 2, False),
+            (128, 3, True, 1, True), (64, 3, True, 2, True), (128, 3, False, 1, True)]
+# transpose_rhs changes only how the weight block is read, the same for every tile form: by default
+# it runs with shared tiles in turns, ping-pong half tiles and ping-pong clusters; the rest are slow.
+TRANSPOSED_BY_DEFAULT = [(128, 3, False, 1, False), (128, 3, True, 1, True), (64, 3, True, 2, True)]
+
+
+@pytest.mark.parametrize("tile_n,stages,pingpong,cluster,half,transpose_rhs", [
+    pytest.param(*v, t, marks=pytest.mark.slow if t and v not in TRANSPOSED_BY_DEFAULT else ())
+    for t in (False, True) for v in VARIANTS])
 def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, transpose_rhs):
   """Both rhs layouts, three tile widths, two ring depths, shared tiles, ping-pong, 2-CTA
   clusters (the row operand multicast to a pair of column tiles) and half tiles (64-row
@@ -264,11 +270,12 @@ def test_tile_schedule_covers_every_row_once():
   """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
   (gid == G), every row stored exactly once, every load inside x."""
   rng = np.random.default_rng(0)
+  schedule = jax.jit(mosaic.tile_schedule, static_argnums=1)  # one compile per shape, not per op
   for _ in range(30):
     g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
     cuts = np.sort(rng.integers(0, m + 1, g))
     sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
-    sched = np.asarray(mosaic.tile_schedule(jnp.asarray(sizes, jnp.int32), m))
+    sched = np.asarray(schedule(jnp.asarray(sizes, jnp.int32), m))
     owner = np.full(m, -1)
     for gid, row0, lo, cnt in sched.T:
       if cnt == 0:

@@ -46,7 +46,7 @@ def residual_bytes(spec, params):
 
 @pytest.fixture(scope="module")
 def params():
-  return nn.unbox(GPTModel(SPEC).init(jax.random.key(0), TOKENS[:, :-1])["params"])
+  return nn.unbox(jax.jit(GPTModel(SPEC).init)(jax.random.key(0), TOKENS[:, :-1])["params"])
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def test_reset_masks_isolate_documents():
   doc_b = rng.integers(8, 32, 6)
   row = jnp.asarray(np.concatenate([doc_a, doc_b]))[None]
   model = GPTModel(spec)
-  params = model.init(jax.random.key(0), row)
+  params = jax.jit(model.init)(jax.random.key(0), row)
   packed, _ = model.apply(params, row)
   alone_a, _ = model.apply(params, jnp.asarray(doc_a)[None])
   alone_b, _ = model.apply(params, jnp.asarray(doc_b)[None])
@@ -53,7 +53,7 @@ def test_reset_masks_isolate_documents():
 def test_eod_mask_loss_skips_positions_whose_input_is_eod():
   spec = SPEC.replace(eod_mask_loss=True)
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 10, size=(3, 17)))
-  params = GPTModel(spec).init(jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.jit(GPTModel(spec).init)(jax.random.key(0), tokens[:, :-1])["params"]
   loss, (metrics, _) = loss_fn(GPTModel(spec), params, tokens)
   logits, _ = GPTModel(spec).apply({"params": params}, tokens[:, :-1])
   ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
@@ -76,7 +76,7 @@ def test_unrolled_layer_loop_equals_the_scan():
   layers per iteration or not at all (0: one forward and one backward while loop fewer)."""
   spec = SPEC.replace(num_layers=4, layer_freq=1)
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, 32, size=(2, 17)))
-  params = GPTModel(spec).init(jax.random.key(0), tokens[:, :-1])["params"]
+  params = jax.jit(GPTModel(spec).init)(jax.random.key(0), tokens[:, :-1])["params"]
 
   def run(unroll):
     model = GPTModel(spec.replace(scan_unroll=unroll))
@@ -98,11 +98,11 @@ def test_per_layer_params_equal_the_scanned_stacks():
   spec = SPEC.replace(num_layers=5, layer_freq=(0, 1, 1, 0, 1), router_score_function="sigmoid",
                       router_enable_expert_bias=True)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 32, size=(2, 17)))
-  variables = nn.unbox(GPTModel(spec).init(jax.random.key(0), tokens[:, :-1]))
+  variables = nn.unbox(jax.jit(GPTModel(spec).init)(jax.random.key(0), tokens[:, :-1]))
   per_layer = GPTModel(spec.replace(scan_layers=False))
   unstack = lambda tree: {**tree, "decoder": relayout(tree["decoder"], spec.moe_pattern, False)}  # noqa: E731
   flat = {c: unstack(v) for c, v in variables.items()}
-  boxed = per_layer.init(jax.random.key(0), tokens[:, :-1])
+  boxed = jax.jit(per_layer.init)(jax.random.key(0), tokens[:, :-1])
   assert jax.tree.map(jnp.shape, flat) == jax.tree.map(jnp.shape, nn.unbox(boxed))
   names = nn.get_partition_spec(boxed)["params"]["decoder"]["layer_2"]["moe"]["experts"]["w1"]
   assert tuple(names) == ("expert", "expert_embed", "expert_mlp")  # the stacks' names without "layers"
@@ -110,8 +110,9 @@ def test_per_layer_params_equal_the_scanned_stacks():
 
   def run(model, params, moe_state):
     fn = lambda p: loss_fn(model, p, tokens, moe_state)  # noqa: E731
-    (loss, (metrics, _)), grads = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
-    return loss, metrics["tokens_per_expert"], grads, jax.jit(jax.grad(lambda p: fn(p)[0])).lower(params).as_text()
+    lowered = jax.jit(jax.value_and_grad(fn, has_aux=True)).lower(params)
+    (loss, (metrics, _)), grads = lowered.compile()(params)
+    return loss, metrics["tokens_per_expert"], grads, lowered.as_text()
 
   loss, counts, grads, hlo_scanned = run(GPTModel(spec), variables["params"], variables["moe_state"])
   loss_l, counts_l, grads_l, hlo = run(per_layer, flat["params"], flat["moe_state"])

@@ -20,7 +20,7 @@ def _plan_and_params(layout, layer_freq):
   c.parallel.update(pp=2, pipeline_layout=layout)
   spec = model_spec(c)
   def init():
-    variables = GPTModel(spec).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    variables = jax.jit(GPTModel(spec).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(1), a.shape),  # no two rows alike
                           nn.unbox(variables["params"]))
     return params, variables["moe_state"]

@@ -32,7 +32,7 @@ def _reference(spec, params, x):
 def test_expert_with_zero_tokens_gets_zero_gradient(kind):
   spec = SPEC.replace(token_dispatcher_type=kind)
   x = jax.random.normal(jax.random.key(1), (2, 8, spec.hidden_size))
-  params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(spec).init)(jax.random.key(0), x)["params"])
   x = x.at[..., 0].set(jnp.abs(x[..., 0]) + 1.0)
   params["router"]["kernel"] = params["router"]["kernel"].at[:, 5].set(0.0).at[0, 5].set(-100.0)
   out = MoELayer(spec).apply({"params": params}, x)[0]
@@ -49,7 +49,7 @@ def test_capacity_drops_are_the_routers_and_both_dispatchers_agree(policy):
   """With expert_capacity_factor, dispatch skips exactly the pairs the router dropped."""
   base = SPEC.replace(expert_capacity_factor=0.5, token_drop_policy=policy)
   x = jax.random.normal(jax.random.key(11), (2, 16, base.hidden_size))
-  params = nn.unbox(MoELayer(base).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(base).init)(jax.random.key(0), x)["params"])
   cot = jax.random.normal(jax.random.key(12), x.shape)
   ref, route = _reference(base, params, x)
   kept = np.asarray(jnp.take_along_axis(route.routing_map_TE, route.idx_TK, axis=1))
@@ -69,7 +69,7 @@ def test_capacity_drops_are_the_routers_and_both_dispatchers_agree(policy):
 def test_shared_experts_gate_and_overlap(gate):
   spec = SPEC.replace(shared_expert_intermediate_size=12, shared_expert_gate=gate)
   x = jax.random.normal(jax.random.key(21), (2, 4, spec.hidden_size))
-  params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(spec).init)(jax.random.key(0), x)["params"])
   assert ("gate_weight" in params["shared_experts"]) == gate
   routed, _ = _reference(spec, params, x)
   from moejax.layers.mlp import MLP
@@ -94,7 +94,7 @@ def test_layer_fwd_bwd_has_no_loops(kind):
   iteration with a host round trip (jnp.searchsorted's default method is such a loop)."""
   spec = SPEC.replace(token_dispatcher_type=kind)
   x = jax.random.normal(jax.random.key(31), (2, 8, spec.hidden_size))
-  params = nn.unbox(MoELayer(spec).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(spec).init)(jax.random.key(0), x)["params"])
   grad = jax.jit(lambda p, x_, c: jax.grad(_layer_loss, argnums=(1, 2))(spec, p, x_, c))
   text = grad.lower(params, x, jnp.ones_like(x)).as_text()
   assert "stablehlo.while" not in text

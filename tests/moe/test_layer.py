@@ -25,7 +25,7 @@ def _reference(params, x_BSH, spec):
 @pytest.mark.parametrize("starve_expert", [False, True])
 def test_moe_layer_matches_sequential_mlp(starve_expert):
   x = jax.random.normal(jax.random.key(1), (2, 8, SPEC.hidden_size))
-  params = nn.unbox(MoELayer(SPEC).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(SPEC).init)(jax.random.key(0), x)["params"])
   if starve_expert:  # expert 3 receives no token: its gradient must be exactly zero, not NaN
     x = x.at[..., 0].set(jnp.abs(x[..., 0]) + 1.0)
     params["router"]["kernel"] = params["router"]["kernel"].at[:, 3].set(0.0).at[0, 3].set(-100.0)
@@ -51,6 +51,6 @@ def test_moe_layer_matches_sequential_mlp(starve_expert):
 
 def test_tokens_per_expert_counts_every_routed_pair():
   x = jax.random.normal(jax.random.key(3), (3, 5, SPEC.hidden_size))
-  variables = MoELayer(SPEC).init(jax.random.key(0), x)
+  variables = jax.jit(MoELayer(SPEC).init)(jax.random.key(0), x)
   _, stats = MoELayer(SPEC).apply(variables, x)
   assert float(stats.tokens_per_expert_E.sum()) == 3 * 5 * SPEC.moe.router.router_topk

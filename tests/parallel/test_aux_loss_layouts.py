@@ -43,7 +43,7 @@ def _run(mesh_and_rules, cfg, devices, variables, x_BSH):
 def single(mesh_and_rules):
   cfg = _cfg()
   x = jax.random.normal(jax.random.key(3), (B, S, H))
-  variables = nn.unbox(MoELayer(model_spec(cfg)).init(jax.random.key(0), x))
+  variables = nn.unbox(jax.jit(MoELayer(model_spec(cfg)).init)(jax.random.key(0), x))
   return variables, x, _run(mesh_and_rules, cfg, jax.devices()[:1], variables, x)
 
 

@@ -67,7 +67,7 @@ def _close(a, b, tol):
 @pytest.fixture(scope="module")
 def layer_case():
   x = jax.random.normal(jax.random.key(1), (8, 8, SPEC.hidden_size))
-  params = nn.unbox(MoELayer(SPEC).init(jax.random.key(0), x)["params"])
+  params = nn.unbox(jax.jit(MoELayer(SPEC).init)(jax.random.key(0), x)["params"])
   cot = jax.random.normal(jax.random.key(2), x.shape)
   return params, x, cot, _layer_value_and_grads(SPEC, params, x, cot)
 
@@ -163,7 +163,7 @@ def _three_steps(mesh_and_rules, cfg, devices, params0, batches):
 def model_case(mesh_and_rules):
   cfg = _model_cfg("allgather")
   batches = [jax.random.randint(jax.random.key(s), (1, 8, 17), 0, 64) for s in range(3)]
-  params = nn.unbox(GPTModel(model_spec(cfg)).init(jax.random.key(0), batches[0][0, :, :-1])["params"])
+  params = nn.unbox(jax.jit(GPTModel(model_spec(cfg)).init)(jax.random.key(0), batches[0][0, :, :-1])["params"])
   return params, batches, _three_steps(mesh_and_rules, cfg, jax.devices()[:1], params, batches)
 
 

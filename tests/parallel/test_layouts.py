@@ -40,7 +40,7 @@ def _loss_and_grads(mesh_and_rules, cfg, devices, params, tokens):
 def single_device(mesh_and_rules):
   cfg = _cfg()
   tokens = jax.random.randint(jax.random.key(7), (8, cfg.train.seq_length + 1), 0, cfg.model.vocab_size)
-  params = nn.unbox(GPTModel(model_spec(cfg)).init(jax.random.key(0), tokens[:, :-1])["params"])
+  params = nn.unbox(jax.jit(GPTModel(model_spec(cfg)).init)(jax.random.key(0), tokens[:, :-1])["params"])
   loss, grads = _loss_and_grads(mesh_and_rules, cfg, jax.devices()[:1], params, tokens)
   return params, tokens, loss, grads
 

@@ -41,7 +41,7 @@ def test_partial_launch_values_name_what_is_missing():
 
 
 def _train(repo, workdir, devices, extra=()):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
   return subprocess.Popen([sys.executable, "train.py", *TINY, "--workdir", str(workdir), *extra], cwd=repo, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

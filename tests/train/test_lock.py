@@ -65,7 +65,7 @@ def test_a_lock_from_another_host_is_not_taken_over(tmp_path):
 
 def test_train_py_exits_non_zero_with_one_line(repo_root, tmp_path, other_trainer):
   _hold(tmp_path, other_trainer.pid)
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
   out = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny_moe.py", "--workdir", str(tmp_path)],
                        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
   lines = [ln for ln in out.stderr.splitlines() if ln.strip()]

@@ -32,7 +32,7 @@ def test_weights_of_either_layer_layout_load_into_the_other(tmp_path):
   pattern = model_spec(_cfg(True)).moe_pattern
   for saved_scan, run_scan in ((True, False), (False, True)):
     spec = model_spec(_cfg(saved_scan))
-    variables = GPTModel(spec).init(jax.random.key(saved_scan), np.zeros((1, 16), np.int32))
+    variables = jax.jit(GPTModel(spec).init)(jax.random.key(saved_scan), np.zeros((1, 16), np.int32))
     params, moe_state = nn.unbox(variables["params"]), variables["moe_state"]
     moe_state = jax.tree.map(lambda a: a + 0.25, moe_state)  # biases that are not the init's zeros
     src = tmp_path / f"saved_scan_{saved_scan}"

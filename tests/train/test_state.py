@@ -74,7 +74,7 @@ def one_device(small_moe_config):
   cfg = _cfg(small_moe_config)
   cfg.train.micro_batch_size = 8
   model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, cfg.train.seq_length), jnp.int32))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.train.seq_length), jnp.int32))["params"])
   state0 = jax.device_get(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                                      moe_state={}))  # eagerly: no compile
   batches = [np.asarray(jax.random.randint(jax.random.key(s), (1, 8, 17), 0, 257)) for s in range(3)]

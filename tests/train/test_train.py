@@ -21,7 +21,7 @@ SMALL = ["--config.train.train_iters=24", "--config.checkpoint.save_interval=8",
 def _run(repo, workdir, extra=(), wait=True, devices=1):
   recipe = [] if "--config" in extra else ["--config", "configs/tiny_moe.py"]
   cmd = [sys.executable, "train.py", *recipe, "--workdir", str(workdir), *extra]
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}
   proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   if not wait:
     return proc
