@@ -97,9 +97,10 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, tran
   of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128 (one full
   tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
   more tiles than the 2 interpreted SMs hold, so the ring wraps several times and each
-  ping-pong consumer gets several tiles. The consumers of shared tiles store in turns with
+  ping-pong consumer gets several tiles (N is one or two column tiles, one pair with clusters:
+  the rows are what vary). The consumers of shared tiles store in turns with
   the 3-stage ring only (both ways tested)."""
-  m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
+  m, k, n, sizes = 384, 128, max(128, tile_n * cluster), [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages,
                           alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster,
@@ -119,7 +120,7 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   """swap_ab: the 3-, 5-, 19- and 61-row last tiles run swapped (32 or 64 rows as wgmma's N,
   stored transposed) next to full and half tiles; bf16 output (the swapped store's case)
   equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten."""
-  m, k, n, sizes = 384, 128, 256, [3, 120, 0, 5, 0, 128, 61, 19]
+  m, k, n, sizes = 384, 128, max(128, tile_n * cluster), [3, 120, 0, 5, 0, 128, 61, 19]
   x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
                           half_tiles=half, swap_ab=True)
