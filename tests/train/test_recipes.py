@@ -25,10 +25,11 @@ def one_device(repo_root, tmp_path_factory):
   return train(_recipe(repo_root), str(tmp_path_factory.mktemp("one")), devices=jax.devices()[:1])
 
 
-@pytest.mark.parametrize("devices,parallel", [  # by default 8 devices with tp=2+SP (dp=4); the rest slow
-    pytest.param(2, {}, marks=pytest.mark.slow), pytest.param(4, {}, marks=pytest.mark.slow),
-    pytest.param(8, {}, marks=pytest.mark.slow), (8, dict(tp=2, sequence_parallel=True))],
-    ids=["2", "4", "8", "8-tp2-sp"])
+# All slow: the default run covers the recipe training (`make train`, the notebook) and tp=2+SP
+# against one device on the full model (tests/parallel/test_resume_layouts.py, test_layouts.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("devices,parallel", [
+    (2, {}), (4, {}), (8, {}), (8, dict(tp=2, sequence_parallel=True))], ids=["2", "4", "8", "8-tp2-sp"])
 def test_tiny_recipe_trains_on_any_device_count(repo_root, tmp_path, one_device, devices, parallel):
   cfg = _recipe(repo_root)
   cfg.parallel.update(**parallel)
