@@ -79,6 +79,15 @@ def test_pallas_equals_ragged_dot_and_vjp(m, k, n, sizes):
       assert np.all(np.asarray(ours[2][g], np.float32) == 0), f"dw of empty group {g}"
 
 
+VARIANT_SIZES = np.array([3, 120, 0, 5, 0, 128, 61, 19])
+
+
+def _variant_inputs(tile_n, cluster):
+  """The kernel-variant cases' operands: M=384 rows in VARIANT_SIZES, K=128, and N one or two
+  column tiles (one pair with clusters): the rows are what vary."""
+  return _inputs(384, 128, max(128, tile_n * cluster), VARIANT_SIZES, seed=7)
+
+
 VARIANTS = [(64, 2, False, 1, False), (128, 3, False, 1, False), (256, 2, False, 1, False),
             (128, 3, True, 1, False), (64, 3, False, 2, False), (64, 3, True, 2, False),
             (128, 3, True, 1, True), (64, 3, True, 2, True), (128, 3, False, 1, True)]
@@ -97,11 +106,9 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, tran
   of 3, 5, 19 rows (one consumer half idle), 120 and 61 rows (partial halves), 128 (one full
   tile), a group whose last tile is pulled back inside x (row0 = m - 128), tail rows, and
   more tiles than the 2 interpreted SMs hold, so the ring wraps several times and each
-  ping-pong consumer gets several tiles (N is one or two column tiles, one pair with clusters:
-  the rows are what vary). The consumers of shared tiles store in turns with
+  ping-pong consumer gets several tiles. The consumers of shared tiles store in turns with
   the 3-stage ring only (both ways tested)."""
-  m, k, n, sizes = 384, 128, max(128, tile_n * cluster), [3, 120, 0, 5, 0, 128, 61, 19]
-  x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
+  x, w, _, gs = _variant_inputs(tile_n, cluster)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=stages,
                           alternate_epilogues=stages == 3, pingpong=pingpong, cluster=cluster,
                           half_tiles=half)
@@ -120,8 +127,7 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   """swap_ab: the 3-, 5-, 19- and 61-row last tiles run swapped (32 or 64 rows as wgmma's N,
   stored transposed) next to full and half tiles; bf16 output (the swapped store's case)
   equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten."""
-  m, k, n, sizes = 384, 128, max(128, tile_n * cluster), [3, 120, 0, 5, 0, 128, 61, 19]
-  x, w, _, gs = _inputs(m, k, n, sizes, seed=7)
+  x, w, _, gs = _variant_inputs(tile_n, cluster)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
                           half_tiles=half, swap_ab=True)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
@@ -131,7 +137,7 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   y = np.asarray(y, np.float32)
   assert not np.isnan(y).any()
   np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
-  assert np.all(y[sum(sizes):] == 0)
+  assert np.all(y[VARIANT_SIZES.sum():] == 0)
 
 
 def _per_program(order, programs):
