@@ -2,10 +2,12 @@
 
 Rows of `x` are sorted by group; rows of group g are multiplied by `w[g]`.
 Rows past `sum(group_sizes)` produce zeros. Backends are swapped here only:
-  impl="xla"     jax.lax.ragged_dot (everywhere; slow on GPU)
+  impl="xla"     jax.lax.ragged_dot (everywhere; slow on GPU, and on CPU it multiplies every
+                 row by every group's weight)
+  impl="tiled"   row tiles through XLA, each multiplied by its group's weight only (tiled.py)
   impl="pallas"  Mosaic GPU kernels (Hopper); on CPU they run interpreted (tests)
   impl="tokamax" tokamax.ragged_dot, when tokamax is installed
-  impl="auto"    pallas on a Hopper GPU when the shape fits its tiles, else xla
+  impl="auto"    pallas on a Hopper GPU when the shape fits its tiles, tiled on CPU, else xla
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import GroupedGemmImpl
+from moejax.kernels.grouped_gemm.tiled import tiled_mm
 from moejax.kernels.vma import vary_like
 
 IMPLS = typing.get_args(GroupedGemmImpl)
@@ -120,12 +123,13 @@ def resolve_impl(x_MK, w_GKN, impl: str = "auto") -> str:
   """The backend `grouped_gemm` uses for these operands."""
   if impl != "auto":
     return impl
-  if _is_hopper() and x_MK.dtype == w_GKN.dtype:
-    plan, _ = _pallas_plan(x_MK.shape[0], w_GKN.shape[0], w_GKN.shape[1],
-                           w_GKN.shape[2], x_MK.dtype)
-    if plan is not None:
-      return "pallas"
-  return "xla"
+  if _is_hopper():
+    plan = None
+    if x_MK.dtype == w_GKN.dtype:
+      plan, _ = _pallas_plan(x_MK.shape[0], w_GKN.shape[0], w_GKN.shape[1],
+                             w_GKN.shape[2], x_MK.dtype)
+    return "xla" if plan is None else "pallas"
+  return "tiled" if jax.devices()[0].platform == "cpu" else "xla"
 
 
 def grouped_gemm(x_MK: jax.Array, w_GKN: jax.Array, group_sizes_G: jax.Array,
@@ -134,9 +138,17 @@ def grouped_gemm(x_MK: jax.Array, w_GKN: jax.Array, group_sizes_G: jax.Array,
   _check_args(x_MK, w_GKN, group_sizes_G, impl)
   impl = resolve_impl(x_MK, w_GKN, impl)
   group_sizes_G = group_sizes_G.astype(jnp.int32)
+  if impl in ("tiled", "pallas"):
+    # Their custom VJPs must return each gradient typed as its operand. Inside shard_map the
+    # experts' weights do not vary over the axes the tokens vary over (expert data parallelism),
+    # so both operands are cast to vary over the union first (pvary): its transpose sums the
+    # weights' gradient over those axes, as autodiff does for ragged_dot.
+    x_MK, w_GKN = vary_like(x_MK, w_GKN), vary_like(w_GKN, x_MK)
   if impl == "xla":
     return jax.lax.ragged_dot(x_MK, w_GKN, group_sizes_G,
                               preferred_element_type=preferred_element_type)
+  if impl == "tiled":
+    return tiled_mm(x_MK, w_GKN, group_sizes_G, preferred_element_type=preferred_element_type)
   if impl == "tokamax":
     try:
       import tokamax

@@ -17,7 +17,7 @@ from moejax.config.spec import Spec
 frozen = dataclasses.dataclass(frozen=True)
 
 LoadBalancingType = Literal["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"]
-GroupedGemmImpl = Literal["auto", "pallas", "xla", "tokamax"]
+GroupedGemmImpl = Literal["auto", "pallas", "tiled", "xla", "tokamax"]
 CrossEntropyImpl = Literal["auto", "pallas", "xla"]
 
 
