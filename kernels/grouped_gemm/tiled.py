@@ -5,8 +5,8 @@ all G weights, the others masked to zero): G times the work, 8x on the tiny reci
 group is cut into tiles of `b` rows from its first row, the tiles are gathered into [T, b, K]
 (rows outside the tile's group zero) and multiplied by their groups' weights in one batched
 matmul, and each output row is gathered back from its tile. The work is the rows rounded up to
-whole tiles per group. The backward pass keeps only the operands (no gathered copy of the
-weights per layer): dgrad is the same product with each weight transposed, wgrad the tiles'
+whole tiles per group. The backward pass keeps the operands and the tiles' indices (no gathered
+copy of the weights per layer): dgrad is the same product with each weight transposed, wgrad the tiles'
 x^T dy summed per group.
 
 Written here because XLA has no ragged dot on CPU that skips other groups' weights; the Pallas
@@ -76,17 +76,17 @@ def _product(a_MK, w_GKN, tiles: _Tiles, out_dtype):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _tiled(x_MK, w_GKN, group_sizes_G, out_dtype):
-  return _product(x_MK, w_GKN, _tiles(group_sizes_G, x_MK.shape[0], w_GKN.shape[0]), out_dtype)
+  return _tiled_fwd(x_MK, w_GKN, group_sizes_G, out_dtype)[0]
 
 
 def _tiled_fwd(x_MK, w_GKN, group_sizes_G, out_dtype):
-  return _tiled(x_MK, w_GKN, group_sizes_G, out_dtype), (x_MK, w_GKN, group_sizes_G)
+  tiles = _tiles(group_sizes_G, x_MK.shape[0], w_GKN.shape[0])
+  return _product(x_MK, w_GKN, tiles, out_dtype), (x_MK, w_GKN, tiles)
 
 
 def _tiled_bwd(out_dtype, res, dy_MN):
-  x_MK, w_GKN, group_sizes_G = res
+  x_MK, w_GKN, tiles = res  # the tiles' integer indices, not a gathered copy of x or w
   g = w_GKN.shape[0]
-  tiles = _tiles(group_sizes_G, x_MK.shape[0], g)
   dx = _product(dy_MN, jnp.swapaxes(w_GKN, 1, 2), tiles, x_MK.dtype)
   dw_TKN = jnp.einsum("tbk,tbn->tkn", _gather_rows(x_MK, tiles), _gather_rows(dy_MN, tiles),
                       preferred_element_type=jnp.float32)
