@@ -68,6 +68,7 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_g
     r = None if rng is None else jax.random.fold_in(rng, 0)
     (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], r)
     return StepResult(loss, metrics, main_grads(_materialized(grads)), moe_state)
+  grad_fn = jax.jit(grad_fn)  # traced once: eval_shape's trace is reused in the scan body (~1 s less per build)
   (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
   loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                          (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
