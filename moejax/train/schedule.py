@@ -56,24 +56,26 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_g
   def grad_fn(p, m, t, r):
     return jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
 
-  def micro(carry, inp):
+  def micro(carry, i):
     acc, moe_state = carry
-    i, tokens_BS1 = inp
-    r = None if rng is None else jax.random.fold_in(rng, i)
-    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, tokens_BS1, r)
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, micro_batch(i), micro_rng(i))
     return (jax.tree.map(jnp.add, acc, (loss, metrics, main_grads(grads))), moe_state), None
 
   moe_state = moe_state or {}
+  micro_rng = lambda i: None if rng is None else jax.random.fold_in(rng, i)  # noqa: E731
   if n == 1:  # no accumulators: a pass over every gradient saved
-    r = None if rng is None else jax.random.fold_in(rng, 0)
-    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], r)
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], micro_rng(0))
     return StepResult(loss, metrics, main_grads(_materialized(grads)), moe_state)
-  grad_fn = jax.jit(grad_fn)  # traced once: eval_shape's trace is reused in the scan body (~1 s less per build)
-  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, batch_NBS1[0], rng)
+  # One trace of forward+backward (~1 s less per build): jitted, grad_fn's trace for eval_shape is
+  # reused in the scan body, whose micro-batch and key are made by the same ops (so of the same types).
+  grad_fn = jax.jit(grad_fn)
+  micro_batch = lambda i: jax.lax.dynamic_index_in_dim(batch_NBS1, i, keepdims=False)  # noqa: E731
+  i0 = jnp.int32(0)
+  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, micro_batch(i0), micro_rng(i0))
   loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                          (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
   zeros = (loss0, metrics0, main_grads(grads0))  # the buffer where main_grads places it
-  (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), (jnp.arange(n), batch_NBS1))
+  (acc, moe_state), _ = jax.lax.scan(micro, (zeros, moe_state), jnp.arange(n, dtype=jnp.int32))
   loss, metrics, grads = jax.tree.map(lambda v: v / n, acc)
   metrics["tokens_per_expert"] = acc[1]["tokens_per_expert"]  # summed over the step
   return StepResult(loss, metrics, grads, moe_state)

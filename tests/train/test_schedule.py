@@ -3,6 +3,7 @@ of the loss, one micro-batch at a time."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from moejax.train.loss import loss_fn
@@ -49,3 +50,22 @@ def test_one_micro_batch_writes_each_gradient_out_once(small_moe_config, single_
   barriers = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "optimization_barrier"]
   assert len(barriers) == len(jax.tree.leaves(state.params))
   assert all(len(e.invars) == 1 for e in barriers)
+
+
+@pytest.mark.parametrize("moe", [{}, dict(router_score_function="sigmoid", router_enable_expert_bias=True,
+                                          input_jitter_eps=0.01)], ids=["plain", "expert_bias_and_rng"])
+def test_micro_batches_trace_the_loss_once(small_moe_config, single_device_setup, small_moe_tokens, monkeypatch,
+                                           moe):
+  """The accumulators' shapes come from the same trace of forward+backward as the scan body
+  (grad_fn is jitted, so eval_shape's trace is reused): one trace of the model per step build, also
+  with the MoE state carried (expert bias) and a random key per micro-batch (jitter)."""
+  import moejax.train.schedule as schedule
+  traced = []
+  monkeypatch.setattr(schedule, "loss_fn", lambda *a, **k: traced.append(1) or loss_fn(*a, **k))
+  layout, rules, model, _, _, state, _, _ = single_device_setup(small_moe_config(**moe))
+  assert bool(state.moe_state) == bool(moe)
+  rng = jax.random.key(3) if moe else None
+  with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
+    jax.make_jaxpr(lambda p, m, t: gradient_accumulation(model, p, m, t, rng).loss)(state.params, state.moe_state,
+                                                                                   small_moe_tokens)
+  assert len(traced) == 1
