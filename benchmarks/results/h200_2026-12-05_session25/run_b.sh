@@ -1,5 +1,5 @@
 #!/bin/bash
-# Ran on the tree of the commit that last changed it (gradient_accumulation's grad_fn jitted, so
+# Ran in session 26 on fbaccf1's tree, on an H100 (gradient_accumulation's grad_fn jitted, so
 # eval_shape's trace is reused in the micro-batch scan; micro-batches cut by dynamic_index_in_dim).
 # Session 25, call b (b1_grad_fn_jit/): both proxies with 2 micro-batches of 2 sequences (the
 # path the change touches; the proxies' own 1 micro-batch does not reach it), from 4c54bb9's tree
