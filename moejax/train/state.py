@@ -201,7 +201,12 @@ def state_shardings(model: GPTModel, optimizer, seq_len: int, mesh, rules, layou
   with the distributed optimizer or FSDP: give `layout` and `cfg`), the optimizer state by the
   rules of moejax.parallel.sharding (offloaded in part with `optim.optimizer_cpu_offload`), the
   rest replicated."""
-  abstract_params, logical, logical_sh, abstract_moe = _logical(model, seq_len, mesh, rules)
+  return _state_shardings(model, optimizer, _logical(model, seq_len, mesh, rules), mesh, layout, cfg)
+
+
+def _state_shardings(model: GPTModel, optimizer, logical_parts, mesh, layout: MeshLayout | None, cfg):
+  """`state_shardings` from `_logical`'s result."""
+  abstract_params, logical, logical_sh, abstract_moe = logical_parts
   param_sh = logical_sh
   if _distributed(cfg, layout):
     param_sh = jax.tree.map(lambda sh, a, spec: shard_over_data(sh, a.shape, tuple(spec), layout),
@@ -224,14 +229,13 @@ def init_params(model: GPTModel, seq_len: int, seed: int, shardings):
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
-def state_placement(model: GPTModel, seq_len: int, mesh, rules, shardings: TrainState,
-                    layout: MeshLayout | None = None, cfg=None) -> StatePlacement:
-  """How the step gets the compute copy of `shardings.params`, gives gradients back and reaches
-  an offloaded optimizer state."""
-  _, logical, compute, _ = _logical(model, seq_len, mesh, rules)
+def _placement(model: GPTModel, logical_parts, shardings: TrainState, cfg) -> StatePlacement:
+  """How the step gets the compute copy of `shardings.params` (placed by the logical axes of
+  `_logical`'s result), gives gradients back and reaches an offloaded optimizer state."""
+  _, logical, compute, _ = logical_parts
   return StatePlacement(master=shardings.params, compute=compute,
                         logical=logical, compute_dtype=model.spec.dtype,
-                        main_grads_dtype=cfg.optim.main_grads_dtype if cfg is not None else "fp32",
+                        main_grads_dtype=cfg.optim.main_grads_dtype,
                         fsdp=model.spec.sharding.fsdp,
                         opt_state=shardings.opt_state)
 
@@ -254,10 +258,10 @@ def setup(cfg, devices) -> Setup:
   layout = make_mesh(cfg, devices)
   rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
   model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  seq = cfg.train.seq_length
   with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, seq, layout.mesh, rules, layout, cfg)
-    placement = state_placement(model, seq, layout.mesh, rules, shardings, layout, cfg)
+    parts = _logical(model, cfg.train.seq_length, layout.mesh, rules)  # one trace of the model's init for both
+    abstract, shardings = _state_shardings(model, optimizer, parts, layout.mesh, layout, cfg)
+    placement = _placement(model, parts, shardings, cfg)
   return Setup(layout, rules, model, optimizer, abstract, shardings, placement)
 
 

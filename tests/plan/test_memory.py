@@ -22,12 +22,11 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec, MoESpec, RouterSpec, base_config, model_spec
 from moejax.metrics.flops import num_params
-from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import ParallelSizes, make_mesh
-from moejax.parallel.sharding import batch_sharding, logical_axis_rules, replicated
+from moejax.parallel.mesh import ParallelSizes
+from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.plan.memory import expert_rows, layout_memory, state_bytes
-from moejax.train.optim import lr_schedule, make_optimizer
-from moejax.train.state import state_placement, state_shardings
+from moejax.train.optim import lr_schedule
+from moejax.train.state import setup
 from moejax.train.step import make_train_step
 from moejax.train.validate import validate
 
@@ -54,12 +53,9 @@ def _cfg(parallel, optim):
 def _compiled_step(cfg):
   """The train step as train.py builds it (state donated), compiled for abstract inputs."""
   validate(cfg, 8)
-  layout = make_mesh(cfg, jax.devices())
-  rules = logical_axis_rules(layout, cfg.parallel.sequence_parallel)
-  model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  with nn.logical_axis_rules(rules):
-    abstract, shardings = state_shardings(model, optimizer, cfg.train.seq_length, layout.mesh, rules, layout, cfg)
-    placement = state_placement(model, cfg.train.seq_length, layout.mesh, rules, shardings, layout, cfg)
+  parts = setup(cfg, jax.devices())
+  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
+  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
     bsh = batch_sharding(layout.mesh, rules, 3)
     step = jax.jit(make_train_step(model, optimizer, lr_schedule(cfg), placement=placement),
