@@ -1,5 +1,6 @@
 #!/bin/bash
-# Session 26, call a (a1_mixtral_micro_batches/), on 253c57f's tree, H200 asked for (needs_h200: Mixtral
+# Session 26, call a (a1_mixtral_micro_batches/): NOT RUN yet (no H200 could be started later in session 26).
+# For any tree after 253c57f; ask for an H200 (needs_h200: Mixtral
 # width at two micro-batches does not fit an H100's 80 GB): session 25's call b for the Mixtral
 # proxy, which ran out of memory on the H100 that call got. 4c54bb9's tree (.peers/base, before
 # gradient_accumulation's grad_fn was jitted) against this one, step times only.
