@@ -3,16 +3,18 @@
 # consumer warpgroup more than the launch's 168 registers per thread after `setmaxnreg.inc 232`
 # (3 warpgroups of 128 threads: 65536 / 384 = 170, rounded down to 168)? A kernel whose consumer
 # branch keeps N fp32 values live across a loop, compiled for sm_90a with and without the
-# setmaxnreg pair (producer 40, consumers 232, as kernels/grouped_gemm/mosaic.py sets them); ptxas's
+# setmaxnreg pair (producer 40, consumers 232, as kernels/grouped_gemm/mosaic.py sets them), and with
+# an explicit .maxnreg 168 in place of the launch bounds; ptxas's
 # spill counts tell whether the branch got the registers. Output: ptxas_setmaxnreg.txt.
 set -u
 d=$(mktemp -d)
 for n in 120 160 200 224; do
-  for mode in setmaxnreg none; do
-    if [ $mode = setmaxnreg ]; then dec='asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");'
+  for mode in setmaxnreg setmaxnreg+maxnreg168 none; do
+    bounds='__launch_bounds__(384, 1)'; [ $mode = setmaxnreg+maxnreg168 ] && bounds='__maxnreg__(168)'  # .maxnreg, as a cap
+    if [ $mode != none ]; then dec='asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");'
       inc='asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");'; else dec=''; inc=''; fi
     cat > "$d/k.cu" <<CU
-__global__ void __launch_bounds__(384, 1) k(float* out, const float* in, int iters) {
+__global__ void $bounds k(float* out, const float* in, int iters) {
   if (threadIdx.x / 128 == 0) {
     $dec
     out[threadIdx.x] = in[threadIdx.x];
