@@ -12,12 +12,12 @@ from moejax.train.schedule import compute_params, gradient_accumulation
 
 def _reference(model, params, moe_state, tokens_NBS1):
   """Mean loss and gradients over the micro-batches, each by jax.grad of loss_fn (the MoE state
-  threaded through in order)."""
+  threaded through in order; one jitted micro-batch, called once per micro-batch)."""
   compute = compute_params(params, model.spec.dtype)
+  grad = jax.jit(jax.value_and_grad(lambda p, t, m: loss_fn(model, p, t, m), has_aux=True))
   losses, grads = [], []
   for tokens in tokens_NBS1:
-    (loss, (_, moe_state)), g = jax.value_and_grad(lambda p: loss_fn(model, p, tokens, moe_state),
-                                                   has_aux=True)(compute)
+    (loss, (_, moe_state)), g = grad(compute, tokens, moe_state)
     losses.append(loss)
     grads.append(g)
   return jnp.mean(jnp.stack(losses)), jax.tree.map(lambda *g: sum(g) / len(g), *grads)
@@ -30,8 +30,7 @@ def test_gradient_accumulation_matches_jax_grad(small_moe_config, single_device_
     for n in (1, 2):  # one micro-batch: gradients written out for the optimizer; two: summed in a scan
       tokens = small_moe_tokens[:n]
       out = jax.jit(lambda p, m, t: gradient_accumulation(model, p, m, t))(state.params, state.moe_state, tokens)
-      ref_loss, ref_grads = jax.jit(lambda p, m, t: _reference(model, p, m, t))(state.params, state.moe_state,
-                                                                               tokens)
+      ref_loss, ref_grads = _reference(model, state.params, state.moe_state, tokens)
       np.testing.assert_allclose(out.loss, ref_loss, rtol=1e-6)
       for g, r in zip(jax.tree.leaves(out.grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(g, r, rtol=2e-5, atol=1e-7)
