@@ -1,5 +1,7 @@
 """Forward-backward schedules (moejax/train/schedule.py): gradient accumulation against jax.grad
 of the loss, one micro-batch at a time."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,14 +12,18 @@ from moejax.train.loss import loss_fn
 from moejax.train.schedule import compute_params, gradient_accumulation
 
 
+@functools.partial(jax.jit, static_argnums=0)  # compiled once for every micro-batch count
+def _micro_batch_grad(model, params, tokens, moe_state):
+  return jax.value_and_grad(lambda p: loss_fn(model, p, tokens, moe_state), has_aux=True)(params)
+
+
 def _reference(model, params, moe_state, tokens_NBS1):
   """Mean loss and gradients over the micro-batches, each by jax.grad of loss_fn (the MoE state
-  threaded through in order; one jitted micro-batch, called once per micro-batch)."""
+  threaded through in order)."""
   compute = compute_params(params, model.spec.dtype)
-  grad = jax.jit(jax.value_and_grad(lambda p, t, m: loss_fn(model, p, t, m), has_aux=True))
   losses, grads = [], []
   for tokens in tokens_NBS1:
-    (loss, (_, moe_state)), g = grad(compute, tokens, moe_state)
+    (loss, (_, moe_state)), g = _micro_batch_grad(model, compute, tokens, moe_state)
     losses.append(loss)
     grads.append(g)
   return jnp.mean(jnp.stack(losses)), jax.tree.map(lambda *g: sum(g) / len(g), *grads)
