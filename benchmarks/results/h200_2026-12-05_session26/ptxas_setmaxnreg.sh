@@ -7,7 +7,7 @@
 # an explicit .maxnreg 168 in place of the launch bounds; ptxas's
 # spill counts tell whether the branch got the registers. Output: ptxas_setmaxnreg.txt.
 set -u
-d=$(mktemp -d)
+d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
 for n in 120 160 200 224; do
   for mode in setmaxnreg setmaxnreg+maxnreg168 none; do
     bounds='__launch_bounds__(384, 1)'; [ $mode = setmaxnreg+maxnreg168 ] && bounds='__maxnreg__(168)'  # .maxnreg, as a cap
