@@ -21,6 +21,7 @@ NaNs first so unwritten output elements show up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import os
@@ -122,31 +123,37 @@ def poison_device_memory(nbytes):
 
 def variant_gemm(k, n, variant):
   """grouped_gemm with ping-pong and/or 2-CTA cluster tiles, and/or half tiles, and/or swap-AB
-  remainder tiles ("pingpong", "cluster", "pingpong+cluster+half", "swap", ...) for all three
-  calls, as wide as each call's width allows (a call whose column tiles cannot pair runs
-  without the cluster)."""
-  pingpong, cluster, half, swap = (v in variant for v in ("pingpong", "cluster", "half", "swap"))
+  remainder tiles, and/or merged tails ("pingpong", "cluster", "pingpong+cluster+half", "swap",
+  "merge", ...) for all three calls, as wide as each call's width allows (a call whose column
+  tiles cannot pair runs without the cluster), with as many stages as fit."""
+  pingpong, cluster, half, swap, merge = (v in variant for v in
+                                          ("pingpong", "cluster", "half", "swap", "merge"))
 
   def tile(width):
     widths = (128, 64) if pingpong else (256, 128, 64)
     tn = next((t for t in widths if width % ((2 if cluster else 1) * t) == 0), 64)
-    return mosaic.TileConfig(tile_n=tn, stages=6 if pingpong else 4, pingpong=pingpong,
-                             cluster=2 if cluster and width % (2 * tn) == 0 else 1,
-                             half_tiles=half, swap_ab=swap and (pingpong or tn >= 128))
+    cfg = mosaic.TileConfig(tile_n=tn, stages=6 if pingpong else 4, pingpong=pingpong,
+                            cluster=2 if cluster and width % (2 * tn) == 0 else 1,
+                            half_tiles=half, swap_ab=swap and (pingpong or tn >= 128),
+                            merge_tail=merge and (pingpong or tn >= 128))
+    while cfg.stages > 2 and not mosaic.fits(cfg, 64, width):
+      cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
+    return cfg
   plan = (tile(n), tile(k), tile(n))
   return lambda a, b, g: api._pallas_gg(a, b, g, a.dtype, plan, api.pallas_interpreted("pallas"))
 
 
 def smoke_check():
   """Small random shapes (empty groups, tail rows, edges inside a tile) vs float64, with the
-  table's tiles, ping-pong, 2-CTA cluster, both, both with half tiles, and swap-AB tiles
-  (shared, and ping-pong with the rest): a wrong kernel stops the run before any timing.
+  table's tiles, ping-pong, 2-CTA cluster, both, both with half tiles, swap-AB tiles and
+  merged tails (shared, and ping-pong with the rest): a wrong kernel stops the run before any
+  timing.
   Returns True when all pass."""
   ok = True
   for (m, e, k, n, seed), variant in itertools.product(
       ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),
       ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half", "swap",
-       "pingpong+cluster+half+swap")):
+       "pingpong+cluster+half+swap", "swap+merge", "pingpong+cluster+half+swap+merge")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0

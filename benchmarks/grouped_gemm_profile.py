@@ -16,6 +16,9 @@
   python benchmarks/grouped_gemm_profile.py --shape qwen3 --orient fc1,fc2 --op fwd,dgrad \
       --sweep "tuned swap_ab=1 einsum" --repeat 5 # in turns, 5 times: each one's median
 
+A swept tile that does not fit its call is skipped; each one's output is checked against the
+first swept tile's (WRONG when they differ by more than 1e-2).
+
 Under ncu (`ncu -k regex:body -c 1 python ...`) the first launch of the Mosaic
 kernel (named after its body function) is the one profiled. Group sizes are the
 autotuner's Dirichlet(alpha) sizes and inputs (seed 0).
@@ -35,8 +38,10 @@ import tempfile
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
+import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import configs
+from moejax.kernels.grouped_gemm.mosaic import fits
 from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -130,6 +135,7 @@ def main():
         continue
       items = ["tuned"] if a.sweep == "tuned" else a.sweep.split()
       calls = []
+      first = None  # the first kernel item's output: the others must agree with it
       for item in items:
         cfg = tuned
         if item == "einsum":
@@ -137,8 +143,18 @@ def main():
         else:
           if item != "tuned":
             cfg = changed(tuned, item)
+          if not fits(cfg, ck, cn):
+            print(f"{a.shape} {orient} {op} {item}: {cfg} does not fit, skipped", flush=True)
+            continue
           fn, args = kernel_call(op, cfg, *data)
-        jax.block_until_ready(fn(*args))
+        out = jax.block_until_ready(fn(*args))
+        if item != "einsum":
+          first = out if first is None else first
+          err = float(jnp.linalg.norm(out.astype(jnp.float32) - first.astype(jnp.float32))
+                      / jnp.linalg.norm(first.astype(jnp.float32)))
+          if not err <= 1e-2:
+            print(f"{a.shape} {orient} {op} {item}: WRONG, rel. difference {err:.2e} from "
+                  f"{items[0]}", flush=True)
         calls.append((item, cfg, fn, args, []))
       for _ in range(a.repeat):  # items in turns: a drift of the clock hits them alike
         for item, cfg, fn, args, times in calls:

@@ -67,7 +67,8 @@ def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
   xp = _pad(x_MK, 0, mosaic.BLOCK)
-  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0])  # dgrad reuses it
+  # dgrad reuses it when its tiles merge groups' tails as the forward's do
+  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0], mosaic.merges(plan[0], out_dtype))
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret, sched=sched)
   return vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)

@@ -78,7 +78,12 @@ class TileConfig:
   swapped, CUTLASS's swap-AB: the weight block's columns are wgmma's M and the tile's rows,
   rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
   rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
-  transposed (`_store_swapped`), and these tiles are spread as half tiles are.
+  transposed (`_store_swapped`), and these tiles are spread as half tiles are. merge_tail
+  (forward/dgrad, 16-bit outputs; shared tiles need tile_n >= 128): a group's last tile whose
+  rows end within its first 64 joins the group's previous full tile (`tile_schedule`), computed
+  swap-AB beside it from the same k-steps (a second accumulator: the consumer's columns x those
+  rows rounded up to 32), so those rows stream no weight block of their own; the ring's row
+  slots hold 128 + 64 rows, and the merged tiles are spread as half tiles are.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -90,12 +95,24 @@ class TileConfig:
   cluster: int = 1
   half_tiles: bool = False
   swap_ab: bool = False
+  merge_tail: bool = False
+
+
+def merges(cfg: TileConfig, out_dtype) -> bool:
+  """Whether `ragged_mm` with `cfg` merges groups' last rows into their previous tile
+  (`TileConfig.merge_tail`; the swapped store takes 16-bit outputs only)."""
+  return cfg.merge_tail and jnp.dtype(out_dtype).itemsize == 2
+
+
+def _slot_rows(cfg: TileConfig) -> int:
+  """Rows of a ring slot of `ragged_mm`'s row operand: a tile, and a merged tail's rows."""
+  return BLOCK + (SWAP_ROWS[-1] if cfg.merge_tail else 0)
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
   """Shared memory the kernels allocate for `cfg` (ring + epilogue buffers, which are
   128 bytes wide for every output dtype)."""
-  ring = cfg.stages * (BLOCK * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
+  ring = cfg.stages * (_slot_rows(cfg) * cfg.tile_k + cfg.tile_k * cfg.tile_n) * itemsize
   return ring + 2 * 2 * ROWS * _EPI_BYTES
 
 
@@ -125,7 +142,7 @@ def _transforms(minor: int, dtype):
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
 
-def tile_schedule(group_sizes_G: jax.Array, m: int):
+def tile_schedule(group_sizes_G: jax.Array, m: int, merge_tail: bool = False):
   """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0).
 
   Group g is cut into 128-row tiles from its first row rounded down to a multiple
@@ -134,6 +151,11 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   (a bound), with sched[:, t] = (gid, row0, lo, cnt): tile t reads x rows
   [row0, row0 + 128) and stores rows [row0 + lo, row0 + lo + cnt); cnt == 0 marks
   an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
+
+  merge_tail (`TileConfig.merge_tail`): a group's last tile whose rows end within its first
+  64 is merged into the group's previous tile when that tile's loads, grown by those rows
+  rounded up to 32, stay inside x. Returns sched_5T, whose fifth row `extra` counts the
+  merged rows: tile t also stores rows [row0 + 128, row0 + 128 + extra).
   """
   g = group_sizes_G.shape[0]
   sizes = jnp.maximum(group_sizes_G.astype(jnp.int32), 0)
@@ -143,6 +165,12 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
   ends = jnp.concatenate([ends, jnp.full((1,), m, jnp.int32)])
   base = starts // 8 * 8
   ntiles = jnp.where(ends > starts, pl.cdiv(ends - base, BLOCK), 0)
+  if merge_tail:
+    last_rows = ends - base - (ntiles - 1) * BLOCK  # rows of a group's last tile
+    load = pl.cdiv(last_rows, SWAP_ROWS[0]) * SWAP_ROWS[0]
+    merged = ((jnp.arange(g + 1) < g) & (ntiles >= 2) & (last_rows <= SWAP_ROWS[-1])
+              & (base + (ntiles - 1) * BLOCK + load <= m))
+    ntiles = ntiles - merged
   offs_incl = jnp.cumsum(ntiles)
   t = jnp.arange(m // BLOCK + g + 1, dtype=jnp.int32)
   # compare_all: the default searchsorted is a loop, which XLA on GPU runs with a
@@ -152,10 +180,14 @@ def tile_schedule(group_sizes_G: jax.Array, m: int):
                     g).astype(jnp.int32)
   first = base[gid] + (t - (offs_incl - ntiles)[gid]) * BLOCK
   lo_row = jnp.maximum(starts[gid], first)
-  cnt = jnp.minimum(ends[gid], first + BLOCK) - lo_row
-  cnt = jnp.where(t < offs_incl[-1], cnt, 0)
+  used = t < offs_incl[-1]
+  cnt = jnp.where(used, jnp.minimum(ends[gid], first + BLOCK) - lo_row, 0)
   row0 = jnp.minimum(first, m - BLOCK)
-  return jnp.stack([gid, row0, lo_row - row0, cnt]).astype(jnp.int32)
+  rows = [gid, row0, lo_row - row0, cnt]
+  if merge_tail:
+    last = used & (t == offs_incl[gid] - 1) & merged[gid]
+    rows.append(jnp.where(last, ends[gid] - first - BLOCK, 0))
+  return jnp.stack(rows).astype(jnp.int32)
 
 
 class _Ring:
@@ -197,13 +229,14 @@ class _Ring:
     plgpu.copy_gmem_to_smem(b_src, self.b.at[slot], self._produced(slot))
     return step + 1
 
-  def consume(self, step, first, mma, mask_ref, lo, hi, nrows):
-    """Consumer: one k-step whose rows [lo, hi) of `nrows` count; mma(slot) issues its wgmma.
+  def consume(self, step, first, mma, mask_ref, lo, hi, nrows, groups=1):
+    """Consumer: one k-step whose rows [lo, hi) of `nrows` count; mma(slot) issues its
+    `groups` wgmmas (each its own commit group).
 
     With a `mask_ref`, rows outside [lo, hi) are zeroed in shared memory before the
     wgmma (their products must not reach the accumulator); with no row in [lo, hi)
     the wgmma is skipped. The previous step's slot is released once its
-    wgmma is done (one wgmma group stays in flight); `first` marks a tile's first
+    wgmmas are done (this step's stay in flight); `first` marks a tile's first
     step, whose predecessor was released at the end of the previous tile.
     """
     slot = lax.rem(step, self.stages)
@@ -223,7 +256,7 @@ class _Ring:
     @pl.when(active)
     def _():
       mma(slot)
-      plgpu.wgmma_wait(1)
+      plgpu.wgmma_wait(groups)
 
     @pl.when(jnp.logical_not(active))
     def _():
@@ -356,12 +389,13 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
 
   coords(refs, lin) -> info reads where output tile `lin` lies (once per tile and warpgroup);
   produce_unit(refs, ring, info, step) -> step issues the tile's loads;
-  consume_unit(refs, ring, part, form, acc_ref, store, info, step) -> step runs this
+  consume_unit(refs, ring, part, form, accs, store, info, step) -> step runs this
   consumer's wgmmas of the tile (part: None in ping-pong, where it owns the tile, else its
-  warpgroup index, the half of the tile it shares) into an accumulator of shape
-  forms[form], and calls store(acc_ref, dst, rows, swapped) (`_store_tile`,
-  `_store_swapped`) exactly once; unit_steps(info) is the tile's number of ring steps;
-  unit_form(info) picks the form of a tile (the first when None).
+  warpgroup index, the half of the tile it shares) into accumulators of the shapes
+  forms[form] (a tuple of shapes), and calls store(*parts) exactly once, each part
+  (acc_ref, dst, rows, swapped) stored by `_store_tile` or `_store_swapped`;
+  unit_steps(info) is the tile's number of ring steps; unit_form(info) picks the form of a
+  tile (the first when None).
   """
   stages = cfg.stages
   epi_n = _EPI_BYTES // jnp.dtype(out_dtype).itemsize
@@ -414,11 +448,12 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
       def _consumers():
         plgpu.set_max_registers(232, action="increase")
 
-        def store(acc_ref, dst, rows=None, swapped=False):
+        def store(*parts):
           if alternate:
             plgpu.barrier_wait(stored.at[1 - wg])
-          (_store_swapped if swapped else _store_tile)(acc_ref, tuple(out_smem), wg, dst, rows,
-                                                       out_dtype)
+          for acc_ref, dst, rows, swapped in parts:
+            (_store_swapped if swapped else _store_tile)(acc_ref, tuple(out_smem), wg, dst,
+                                                         rows, out_dtype)
           if alternate:
             plgpu.barrier_arrive(stored.at[wg])
 
@@ -428,9 +463,8 @@ def _persistent_call(coords, produce_unit, consume_unit, unit_steps, *, num_unit
         def run(info, step, my_ring, part):
           def form_run(form, step):
             return pl.run_scoped(
-                lambda acc_ref: consume_unit(refs, my_ring, part, form, acc_ref, store, info,
-                                             step),
-                plgpu.ACC(forms[form], jnp.float32))
+                lambda *accs: consume_unit(refs, my_ring, part, form, accs, store, info, step),
+                *(plgpu.ACC(shape, jnp.float32) for shape in forms[form]))
           if unit_form is None:
             return form_run(0, step)
           return lax.switch(unit_form(info),
@@ -486,9 +520,10 @@ def _snake(lin, rows, cols, cfg: TileConfig):
 def _check(cfg: TileConfig, itemsize: int):
   if cfg.cluster not in (1, 2):
     raise ValueError(f"{cfg}: cluster must be 1 or 2")
-  if cfg.swap_ab and not cfg.pingpong and cfg.tile_n < 2 * ROWS:
-    raise ValueError(f"{cfg}: swap_ab with shared tiles needs tile_n >= 128 (each consumer's "
-                     f"half of the columns is a 64-row wgmma M); got tile_n={cfg.tile_n}")
+  for flag in ("swap_ab", "merge_tail"):
+    if getattr(cfg, flag) and not cfg.pingpong and cfg.tile_n < 2 * ROWS:
+      raise ValueError(f"{cfg}: {flag} with shared tiles needs tile_n >= 128 (each consumer's "
+                       f"half of the columns is a 64-row wgmma M); got tile_n={cfg.tile_n}")
   if cfg.pingpong and cfg.tile_n > 128:
     raise ValueError(f"{cfg}: pingpong=True needs tile_n <= 128 (each consumer holds a "
                      f"128 x tile_n fp32 accumulator); got tile_n={cfg.tile_n}")
@@ -519,34 +554,38 @@ def _wave(lin, num, programs):
   return w, first, jnp.minimum(programs, num - first)
 
 
-def _balanced_order(sched_4T, units, cfg: TileConfig, programs: int, swap=False):
-  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles and
-  swap_ab: light tiles are the half tiles (half_tiles) and the swapped ones (`swap`).
+def _balanced_order(sched, units, cfg: TileConfig, programs: int, swap=False):
+  """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles,
+  swap_ab and merge_tail: odd tiles, those whose cost is not a full tile's, are the half tiles
+  (half_tiles), the swapped ones (`swap`) and the merged ones (a merge_tail schedule's
+  `extra`).
 
-  Within each wave (`_wave`) the light tiles come first and the
-  wave is rotated so its light tiles go to the programs after those that took the later
-  waves' light tiles (counted from the last wave, which may be partial and so starts at
-  program 0): every program gets the same number of light tiles (+-1).
+  Within each wave (`_wave`) the odd tiles come first and the
+  wave is rotated so its odd tiles go to the programs after those that took the later
+  waves' odd tiles (counted from the last wave, which may be partial and so starts at
+  program 0): every program gets the same number of odd tiles (+-1).
   """
   num = units[0] * units[1]
   lin = jnp.arange(num, dtype=jnp.int32)
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
-  lo, cnt = sched_4T[2], sched_4T[3]
-  light = jnp.zeros(lo.shape, bool)
+  lo, cnt = sched[2], sched[3]
+  odd = jnp.zeros(lo.shape, bool)
   if cfg.half_tiles:
-    light = light | _is_half(lo, cnt)
+    odd = odd | _is_half(lo, cnt)
   if swap:
-    light = light | (_swap_rows(lo, cnt) > 0)
-  h = light[t].astype(jnp.int32)
+    odd = odd | (_swap_rows(lo, cnt) > 0)
+  if sched.shape[0] == 5:
+    odd = odd | (sched[4] > 0)
+  h = odd[t].astype(jnp.int32)
   _, wave0, size = _wave(lin, num, programs)
   incl = jnp.cumsum(h)
-  before = (incl - h)[wave0]                       # light tiles in the waves before
-  rank_light = incl - h - before                   # among the wave's light tiles
-  rank_rest = lin - wave0 - rank_light             # among its other units
-  lights = incl[jnp.minimum(wave0 + programs, num) - 1] - before
-  rot = (incl[-1] - before - lights) % programs    # light tiles in the waves after
-  pos = jnp.where(h == 1, rot + rank_light, rot + lights + rank_rest) % size
+  before = (incl - h)[wave0]                       # odd tiles in the waves before
+  rank_odd = incl - h - before                     # among the wave's odd tiles
+  rank_rest = lin - wave0 - rank_odd               # among its other units
+  odds = incl[jnp.minimum(wave0 + programs, num) - 1] - before
+  rot = (incl[-1] - before - odds) % programs      # odd tiles in the waves after
+  pos = jnp.where(h == 1, rot + rank_odd, rot + odds + rank_rest) % size
   return jnp.zeros((num,), jnp.int32).at[wave0 + pos].set(lin)
 
 
@@ -568,8 +607,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
   Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
-  `sched`: tile_schedule(group_sizes_G, M) when the caller already has it (forward
-  and dgrad share one).
+  `sched`: tile_schedule(group_sizes_G, M, merges(cfg, out_dtype)) when the caller already
+  has it (forward and dgrad share one); a schedule of the other kind is computed afresh.
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -581,23 +620,30 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   _check(cfg, x_MK.dtype.itemsize)
   assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
-  if sched is None:
-    sched = tile_schedule(group_sizes_G, m)
+  merge = merges(cfg, out_dtype)
+  if sched is None or sched.shape[0] != 4 + merge:
+    sched = tile_schedule(group_sizes_G, m, merge)
   num_tiles = sched.shape[1]
   units = (num_tiles, grid_n // cfg.cluster)
   swap = cfg.swap_ab and out_dtype.itemsize == 2  # `_store_swapped` stores 64-column chunks
   # The accumulator forms a tile may take (`_persistent_call`): all its rows (a consumer's
-  # half of them in shared tiles), one 64-row half (ping-pong half tiles), or swap-AB with
-  # its rows as wgmma's N (a consumer's columns as M: the whole tile_n in ping-pong).
+  # half of them in shared tiles), one 64-row half (ping-pong half tiles), swap-AB with its
+  # rows as wgmma's N (a consumer's columns as M: the whole tile_n in ping-pong), or all its
+  # rows and a merged tail's rows swapped beside them.
   kinds = (["rows"] + (["half"] if cfg.half_tiles and cfg.pingpong else [])
-           + (list(SWAP_ROWS) if swap else []))
+           + (list(SWAP_ROWS) if swap else [])
+           + ([("merged", r) for r in SWAP_ROWS] if merge else []))
   cols = tn if cfg.pingpong else tn // 2
-  forms = tuple((BLOCK if cfg.pingpong else ROWS, tn) if kd == "rows" else
-                (ROWS, tn) if kd == "half" else (cols, kd) for kd in kinds)
-  # half_tiles or swap_ab: unit lin of the kernel is unit order[lin] of the planar-snake order
-  reorder = cfg.half_tiles or swap
+  rows_acc = (BLOCK if cfg.pingpong else ROWS, tn)
+  forms = tuple(((rows_acc,) if kd == "rows" else ((ROWS, tn),) if kd == "half" else
+                 ((cols, kd),) if kd in SWAP_ROWS else (rows_acc, (cols, kd[1])))
+                for kd in kinds)
+  # half_tiles, swap_ab or merge_tail: unit lin of the kernel is unit order[lin] of the
+  # planar-snake order
+  reorder = cfg.half_tiles or swap or merge
   extra = (_balanced_order(sched, units, cfg, _programs(cfg, interpret), swap),) \
       if reorder else ()
+  slot_rows = _slot_rows(cfg)
 
   def coords(refs, lin):
     sched_gmem = refs[0]
@@ -605,70 +651,92 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
       lin = refs[3][lin]
     t, ni = _snake(lin, num_tiles, grid_n, cfg)
     gid, row0, lo, cnt = (sched_gmem[r, t] for r in range(4))
+    tail = sched_gmem[4, t] if merge else jnp.int32(0)
     row0 = pl.multiple_of(row0, 8)
     n_steps = jnp.where((cnt > 0) & (gid < g), k_iters, 0)
-    return ni, gid, row0, lo, cnt, n_steps
+    return ni, gid, row0, lo, cnt, tail, n_steps
 
   def unit_form(info):
-    _, _, _, lo, cnt, _ = info
+    _, _, _, lo, cnt, tail, _ = info
     form = jnp.int32(0)
     if "half" in kinds:
       form = jnp.where(_is_half(lo, cnt), kinds.index("half"), form)
     if swap:
       r = _swap_rows(lo, cnt)
       form = jnp.where(r > 0, kinds.index(SWAP_ROWS[0]) + r - 1, form)
+    if merge:
+      r = pl.cdiv(tail, SWAP_ROWS[0])
+      form = jnp.where(tail > 0, kinds.index(("merged", SWAP_ROWS[0])) + r - 1, form)
     return form
 
   def produce_unit(refs, ring, info, step):
     _, x_gmem, w_gmem = refs[:3]
-    ni, gid, row0, lo, cnt, n_steps = info
+    ni, gid, row0, lo, cnt, tail, n_steps = info
     w_g = w_gmem.at[jnp.minimum(gid, g - 1)]
-    if swap:  # a swap-AB tile loads only the rows it multiplies
+    # The rows a tile multiplies: a swap-AB tile only its own, a merged one its tail's too.
+    n_rows = jnp.int32(BLOCK)
+    if swap:
       r = _swap_rows(lo, cnt)
-      n_rows = jnp.where(r > 0, r * SWAP_ROWS[0], BLOCK)
+      n_rows = jnp.where(r > 0, r * SWAP_ROWS[0], n_rows)
+    if merge:
+      n_rows = n_rows + pl.cdiv(tail, SWAP_ROWS[0]) * SWAP_ROWS[0]
+    heights = ((BLOCK,) + (SWAP_ROWS if swap else ())
+               + (tuple(BLOCK + r for r in SWAP_ROWS) if merge else ()))
 
     def k_step(ki, step):
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
-      if not swap:
-        return ring.produce(step, x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)], w_src)
-      for r in (BLOCK, *SWAP_ROWS):
+      for r in heights:
         @pl.when(n_rows == r)
         def _(r=r):
           ring.produce(step, x_gmem.at[pl.ds(row0, r), pl.ds(ki * tk, tk)], w_src,
-                       a_rows=None if r == BLOCK else r)
+                       a_rows=None if r == slot_rows else r)
       return step + 1
 
     return lax.fori_loop(0, n_steps, k_step, step)
 
-  def consume_unit(refs, ring, part, form, acc_ref, store, info, step):
+  def consume_unit(refs, ring, part, form, accs, store, info, step):
     o_gmem = refs[-1]
-    ni, _, row0, lo, cnt, n_steps = info
+    ni, _, row0, lo, cnt, tail, n_steps = info
     kind = kinds[form]
-    if kind in SWAP_ROWS:  # acc[cols, r] = w_block[:, my columns]^T @ x[r rows]^T
-      c0 = 0 if part is None else part * cols
-      a_op = ((lambda slot: ring.b.at[slot, pl.ds(c0, cols)]) if transpose_rhs
+    c0 = 0 if part is None else part * cols  # this consumer's columns of a swapped product
+
+    def dst(off, c0):
+      return lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + off + r, nr),
+                                                 pl.ds(ni * tn + c0 + col, width)]
+
+    def swapped(acc_ref, first, r):
+      """mma(slot): acc[cols, r] += w_block[:, my columns]^T @ x[rows first..first + r]^T."""
+      w_op = ((lambda slot: ring.b.at[slot, pl.ds(c0, cols)]) if transpose_rhs
               else (lambda slot: ring.b.at[slot, :, pl.ds(c0, cols)].transpose((1, 0))))
-      b_op = lambda slot: ring.a.at[slot, pl.ds(0, kind)].transpose((1, 0))
-      off, a, b, rows = 0, lo, lo + cnt, kind
+      return lambda slot: plgpu.wgmma(acc_ref, w_op(slot),
+                                      ring.a.at[slot, pl.ds(first, r)].transpose((1, 0)))
+
+    if kind in SWAP_ROWS:
+      mma = swapped(accs[0], 0, kind)
+      a, b, rows = lo, lo + cnt, kind
+      parts = [(accs[0], dst(0, c0), (a, b), True)]
     else:
-      rows = acc_ref.shape[0]
-      c0 = 0
+      rows = accs[0].shape[0]
       off = (jnp.where(lo >= ROWS, ROWS, 0) if kind == "half"
              else 0 if part is None else part * ROWS)
       a = jnp.clip(lo - off, 0, rows)
       b = jnp.clip(lo + cnt - off, 0, rows)
-      a_op = lambda slot: ring.a.at[slot, pl.ds(off, rows)]
-      b_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
+      w_op = ((lambda slot: ring.b.at[slot].transpose((1, 0))) if transpose_rhs
               else (lambda slot: ring.b.at[slot]))
-    mma = lambda slot: plgpu.wgmma(acc_ref, a_op(slot), b_op(slot))
+      mma = lambda slot: plgpu.wgmma(accs[0], ring.a.at[slot, pl.ds(off, rows)], w_op(slot))
+      parts = [(accs[0], dst(off, 0), (a, b), False)]
+    groups = 1
+    if isinstance(kind, tuple):  # merged: the tail's rows from the same k-steps, swapped
+      mma_tail = swapped(accs[1], BLOCK, kind[1])
+      mma = lambda slot, mma_rows=mma: (mma_rows(slot), mma_tail(slot))
+      parts.append((accs[1], dst(BLOCK, c0), (0, tail), True))
+      groups = 2
     step = lax.fori_loop(
-        0, n_steps, lambda ki, step: ring.consume(step, ki == 0, mma, None, a, b, rows), step)
+        0, n_steps, lambda ki, step: ring.consume(step, ki == 0, mma, None, a, b, rows, groups),
+        step)
     ring.finish(step, n_steps > 0)
-    store(acc_ref,  # stores nothing when a == b (an unused slot, cnt == 0)
-          lambda r, nr, col, width: o_gmem.at[pl.ds(row0 + off + r, nr),
-                                              pl.ds(ni * tn + c0 + col, width)],
-          (a, b), swapped=kind in SWAP_ROWS)
+    store(*parts)  # stores nothing when a == b (an unused slot, cnt == 0)
     return step
 
   def unit_steps(info):
@@ -676,7 +744,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
 
   return _persistent_call(
       coords, produce_unit, consume_unit, unit_steps, num_units=units[0] * units[1],
-      a_block=(BLOCK, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
+      a_block=(slot_rows, tk), b_block=(tn, tk) if transpose_rhs else (tk, tn),
       dtype=x_MK.dtype, out_shape=(m, n), out_dtype=out_dtype, cfg=cfg,
       interpret=interpret, args=(sched, x_MK, w_GKN, *extra), forms=forms,
       unit_form=unit_form if len(forms) > 1 else None)
@@ -696,6 +764,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   assert m == m2
   g = group_sizes_G.shape[0]
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
+  cfg = dataclasses.replace(cfg, merge_tail=False)  # forward/dgrad only: no taller row slots
   tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
   assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
@@ -734,9 +803,10 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     return lax.fori_loop(0, count, k_step, step)
 
-  def consume_unit(refs, ring, part, form, acc_ref, store, info, step):
+  def consume_unit(refs, ring, part, form, accs, store, info, step):
     o_gmem = refs[-1]
     gi, mi, ni, (start, end, count, first) = info
+    acc_ref, = accs
     cols = acc_ref.shape[0]
     off = 0 if part is None else part * cols
     x_cols = lambda slot: ring.a.at[slot, :, pl.ds(off, cols)]
@@ -751,8 +821,9 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
 
     step = lax.fori_loop(0, count, k_step, step)
     ring.finish(step, count > 0)
-    store(acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + off + r, nr),
-                                                       pl.ds(ni * tn + col, width)])
+    store((acc_ref, lambda r, nr, col, width: o_gmem.at[gi, pl.ds(mi * BLOCK + off + r, nr),
+                                                        pl.ds(ni * tn + col, width)],
+           None, False))
     return step
 
   def unit_steps(info):
@@ -763,4 +834,4 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
       coords, produce_unit, consume_unit, unit_steps, num_units=g * per_group,
       a_block=(tk, BLOCK), b_block=(tk, tn), dtype=x_MK.dtype, out_shape=(g, k, n),
       out_dtype=out_dtype, cfg=cfg, interpret=interpret, args=(info_5G, x_MK, dy_MN),
-      forms=((BLOCK if cfg.pingpong else ROWS, tn),))
+      forms=(((BLOCK if cfg.pingpong else ROWS, tn),),))

@@ -144,6 +144,54 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   assert np.all(y[VARIANT_SIZES.sum():] == 0)
 
 
+# Groups of 150 and 130 rows end 25 and 8 rows into a second tile: merged into their first
+# (the 130 rows' loads end exactly at M); 200 rows leave 78 (a full-cost last tile), 3 and 5 rows
+# are single-tile groups (swap-AB or half tiles), 19 rows end a tile pulled back inside x.
+MERGE_SIZES = np.array([3, 150, 0, 5, 200, 130, 19])
+
+
+@pytest.mark.parametrize("tile_n,pingpong,cluster,half,swap,transpose_rhs", [
+    (256, False, 1, True, True, True),
+    (128, True, 1, True, True, True), (64, True, 2, False, True, False)])
+def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, transpose_rhs):
+  """merge_tail: a group's last <= 64 rows are computed swapped beside its previous full tile
+  from the same k-steps (shared tiles: each consumer its half of the columns; ping-pong: all of
+  them), next to swap-AB, half and full tiles (without swap-AB: the next test); bf16 output
+  equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten, tail rows zero."""
+  m, n = 512, max(128, tile_n * cluster)
+  x, w, _, gs = _inputs(m, 128, n, MERGE_SIZES, seed=8)
+  sched = np.asarray(mosaic.tile_schedule(gs, m, merge_tail=True))
+  np.testing.assert_array_equal(sched[4][sched[4] > 0], [25, 8])
+  cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
+                          half_tiles=half, swap_ab=swap, merge_tail=True)
+  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
+  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
+                       out_dtype=jnp.bfloat16, interpret=True)
+  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
+  y = np.asarray(y, np.float32)
+  assert not np.isnan(y).any()
+  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
+  assert np.all(y[MERGE_SIZES.sum():] == 0)
+
+
+@pytest.mark.parametrize("dgrad_merges", [True, False])
+def test_merged_tails_forward_and_backward(monkeypatch, dgrad_merges):
+  """grouped_gemm with a forward that merges tails: dgrad reuses its schedule when its tiles
+  merge too and builds its own when they do not; y, dx and dw equal ragged_dot's."""
+  m, k, n, sizes = 384, 128, 128, [1, 129, 0, 127, 127]  # two tails of 2 and 1 rows merge
+  x, w, dy, gs = _inputs(m, k, n, sizes, seed=12)
+  merged = mosaic.TileConfig(tile_n=128, stages=3, merge_tail=True)
+  plain = mosaic.TileConfig(tile_n=128, stages=3)
+  plan = {"fwd": merged, "dgrad": merged if dgrad_merges else plain, "wgrad": plain}
+  monkeypatch.setattr(configs, "lookup", lambda op, *shape: plan[op])
+  ours = _fwd_bwd("pallas", x, w, dy, gs)
+  theirs = _fwd_bwd("xla", x, w, dy, gs)
+  for name, o, t in zip(("y", "dx", "dw"), ours, theirs):
+    o32 = np.asarray(o, np.float32)
+    assert not np.isnan(o32).any(), name
+    assert _rel(o32, t) <= 5e-3, (name, _rel(o32, t))
+
+
 def _per_program(order, programs):
   """Checks that `order` permutes the kernel's units within their waves (program p computes
   units p, p + programs, ...); returns cost -> each program's total cost."""
@@ -173,6 +221,24 @@ def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
   assert balanced.max() - balanced.min() <= 1
   plain = per_program(half)
   assert plain.max() - plain.min() > 1
+
+
+@pytest.mark.parametrize("programs", [132, 66, 7])
+def test_balanced_order_spreads_merged_tails_evenly(programs):
+  """With merge_tail, the merged tiles (each a tile and up to 64 rows more) are spread as half
+  tiles are: every program gets the same number of them, +-1."""
+  from moejax.kernels.grouped_gemm import autotune
+  m, g = 65536, 128
+  sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m, merge_tail=True)
+  units = (sched.shape[1], 12)
+  cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, merge_tail=True)
+  order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs))
+  num = units[0] * units[1]
+  t = np.asarray(jax.vmap(lambda i: plgpu.planar_snake(i, units, 1, 8))(jnp.arange(num))[0])
+  merged = (np.asarray(sched[4]) > 0)[t]
+  assert 0.05 < merged.mean() < 0.2
+  spread = _per_program(order, programs)(merged[order])
+  assert spread.max() - spread.min() <= 1
 
 
 @pytest.mark.parametrize("programs,per_group", [(132, 96), (66, 96), (132, 48), (7, 5)])
@@ -277,30 +343,57 @@ def test_calls_of_one_shape_share_one_lowering():
   assert re.findall(r"call @(_pallas_gg\w*)", text) == ["_pallas_gg"] * 2
 
 
-def test_tile_schedule_covers_every_row_once():
+@pytest.mark.parametrize("merge_tail", [False, True])
+def test_tile_schedule_covers_every_row_once(merge_tail):
   """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
-  (gid == G), every row stored exactly once, every load inside x."""
+  (gid == G), every row stored exactly once, every load inside x. merge_tail: a group's last
+  tile of <= 64 rows is merged into its previous tile exactly when the grown loads (its rows
+  rounded up to 32) stay inside x."""
   rng = np.random.default_rng(0)
-  schedule = jax.jit(mosaic.tile_schedule, static_argnums=1)  # one compile per shape, not per op
+  # one compile per shape, not per op
+  schedule = jax.jit(functools.partial(mosaic.tile_schedule, merge_tail=merge_tail),
+                     static_argnums=1)
+  merges = refusals = 0
+  cases = []
   for _ in range(30):
     g, m = int(rng.integers(1, 9)), 128 * int(rng.integers(1, 6))
     cuts = np.sort(rng.integers(0, m + 1, g))
-    sizes = np.diff(np.concatenate([[0], cuts]))  # sum <= m: tail rows
+    cases.append((m, np.diff(np.concatenate([[0], cuts]))))  # sum <= m: tail rows
+  cases.append((256, np.array([104, 146])))  # 18 last rows whose 32-row load would pass M
+  for m, sizes in cases:
+    g = len(sizes)
     sched = np.asarray(schedule(jnp.asarray(sizes, jnp.int32), m))
+    assert sched.shape[0] == 4 + merge_tail
+    extra = sched[4] if merge_tail else np.zeros_like(sched[0])
     owner = np.full(m, -1)
-    for gid, row0, lo, cnt in sched.T:
+    for gid, row0, lo, cnt, ex in zip(*sched[:4], extra):
       if cnt == 0:
+        assert ex == 0
         continue
       assert 0 <= row0 <= m - mosaic.BLOCK and row0 % 8 == 0 and lo + cnt <= mosaic.BLOCK
       rows = np.arange(row0 + lo, row0 + lo + cnt)
+      if ex:
+        assert lo + cnt == mosaic.BLOCK and 0 < ex <= 64 and gid < g
+        assert row0 + mosaic.BLOCK + -(-ex // 32) * 32 <= m
+        rows = np.arange(row0 + lo, row0 + mosaic.BLOCK + ex)
       assert np.all(owner[rows] == -1)
       owner[rows] = gid
     expect = np.concatenate([np.repeat(np.arange(g), sizes), np.full(m - sizes.sum(), g)])
     np.testing.assert_array_equal(owner, expect)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    span = np.where(sizes > 0, starts + sizes - starts // 8 * 8, 0)
+    base = starts // 8 * 8
+    span = np.where(sizes > 0, starts + sizes - base, 0)
+    ntiles = -(-span // mosaic.BLOCK)
+    last_rows = span - (ntiles - 1) * mosaic.BLOCK
+    may = (ntiles >= 2) & (last_rows <= 64)
+    fits = base + (ntiles - 1) * mosaic.BLOCK + -(-last_rows // 32) * 32 <= m
+    merged = np.bincount(sched[0][extra > 0], minlength=g + 1)[:g]
+    np.testing.assert_array_equal(merged, may & fits if merge_tail else 0)
+    merges += merged.sum()
+    refusals += (may & ~fits).sum()
     per_group = np.bincount(sched[0][sched[3] > 0], minlength=g + 1)[:g]
-    np.testing.assert_array_equal(per_group, -(-span // mosaic.BLOCK))
+    np.testing.assert_array_equal(per_group, ntiles - merged)
+  assert refusals > 0 and (merges > 10 if merge_tail else merges == 0)  # the cases met both
 
 
 @pytest.mark.parametrize("cfg", [
@@ -312,8 +405,11 @@ def test_tile_schedule_covers_every_row_once():
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, swap_ab=True),
     mosaic.TileConfig(tile_n=256, stages=4, swap_ab=True),
+    mosaic.TileConfig(tile_n=256, stages=3, swap_ab=True, merge_tail=True),
+    mosaic.TileConfig(tile_n=128, stages=4, pingpong=True, cluster=2, half_tiles=True,
+                      swap_ab=True, merge_tail=True),
 ], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
-        "swap-ab-pingpong", "swap-ab-shared"])
+        "swap-ab-pingpong", "swap-ab-shared", "merge-tail-shared", "merge-tail-pingpong-cluster"])
 def test_kernels_lower_for_cuda(cfg):
   """Both kernels lower to Mosaic GPU for a CUDA device on this CPU machine: layout inference
   runs here, so a kernel it rejects (an index whose divisibility it cannot prove, say) fails in
@@ -325,6 +421,8 @@ def test_kernels_lower_for_cuda(cfg):
     w = jax.ShapeDtypeStruct((g, n, k) if transpose_rhs else (g, k, n), jnp.bfloat16)
     fwd = jax.jit(lambda a, b, c: mosaic.ragged_mm(a, b, c, cfg=cfg, transpose_rhs=transpose_rhs))
     assert "mosaic_gpu" in fwd.trace(x, w, gs).lower(lowering_platforms=("cuda",)).as_text()
+  if cfg.merge_tail:  # wgrad runs the config without it: lowered by the other cases
+    return
   dy = jax.ShapeDtypeStruct((m, n), jnp.bfloat16)
   wgrad = jax.jit(lambda a, b, c: mosaic.ragged_contract(a, b, c, cfg=cfg))
   assert "mosaic_gpu" in wgrad.trace(x, dy, gs).lower(lowering_platforms=("cuda",)).as_text()
@@ -387,21 +485,30 @@ def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
     configs.clear_cache()
 
 
-def test_autotune_tries_swap_ab_on_the_forward_and_dgrad_winners(monkeypatch):
-  """tune_shape times every candidate, then the forward's and dgrad's winner with swap_ab,
-  and keeps whichever is faster (kernel calls and timings stubbed: no GPU here)."""
+@pytest.mark.parametrize("merge_gain", [0.25, -0.25])
+def test_autotune_tries_swap_ab_then_merge_tail_on_the_forward_and_dgrad_winners(monkeypatch,
+                                                                                  merge_gain):
+  """tune_shape times every candidate, then the forward's and dgrad's winner with swap_ab, then
+  the better of those with merge_tail (with as many stages as fit its taller row slots), and
+  keeps whichever is fastest (kernel calls and timings stubbed: no GPU here)."""
   from moejax.kernels.grouped_gemm import autotune
   out = jnp.ones((4, 4), jnp.float32)
   monkeypatch.setattr(autotune, "kernel_call", lambda op, cfg, *data: ((lambda c: out), (cfg,)))
   # the 256-wide shared tile is fastest; swap-AB makes it faster still
-  speed = lambda c: (2.0 if c.tile_n == 256 and not c.pingpong else 1.0) + 0.5 * c.swap_ab
+  speed = lambda c: ((2.0 if c.tile_n == 256 and not c.pingpong else 1.0) + 0.5 * c.swap_ab
+                     + merge_gain * c.merge_tail)
   monkeypatch.setattr(autotune, "seconds_per_call", lambda fn, cfg, **kw: 1.0 / speed(cfg))
   tried = []
   entries = autotune.tune_shape(256, 4, 768, 2048, quick=True, log=tried.append)
   best = {e["op"]: mosaic.TileConfig(**e["cfg"]) for e in entries}
   assert best["fwd"].swap_ab and best["dgrad"].swap_ab and not best["wgrad"].swap_ab
   assert best["fwd"].tile_n == 256 and not best["fwd"].pingpong
-  assert sum("swap_ab=True" in t for t in tried) == 2
+  for op in ("fwd", "dgrad"):
+    assert best[op].merge_tail == (merge_gain > 0)
+    assert best[op].stages == (3 if merge_gain > 0 else 4)  # 4 stages of 192 rows do not fit
+  assert not best["wgrad"].merge_tail
+  assert sum("swap_ab=True" in t for t in tried) == 4
+  assert sum("merge_tail=True" in t for t in tried) == 2
 
 
 def test_auto_picks_pallas_on_hopper(monkeypatch):
