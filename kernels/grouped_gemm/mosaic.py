@@ -25,7 +25,9 @@ ncu showed 2-8x the DRAM traffic; benchmarks/RESULTS.md). Full tiles store
 through swizzled SMEM; the last tile of a group stores its rows with a ladder of
 power-of-two TMA row stores from an unswizzled buffer that aliases the same SMEM
 (`plgpu.RefUnion`); rows past sum(group_sizes) are written as zeros without any
-wgmma. A consumer skips the wgmma of a tile with no rows in its half.
+wgmma. A consumer skips the wgmma of a tile with no rows in its half. The TileConfig
+flags half_tiles, swap_ab and merge_tail make a group's part-filled last tile cost
+about its rows' share.
 `ragged_contract` zeroes the rows outside the group in the first and last 64-row
 step of each group; empty groups store zeros. Its tiles cost their group's number of
 steps, so they are dealt to the SMs heaviest group first, in alternating direction
