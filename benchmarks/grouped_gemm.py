@@ -123,11 +123,11 @@ def poison_device_memory(nbytes):
 
 def variant_gemm(k, n, variant):
   """grouped_gemm with ping-pong and/or 2-CTA cluster tiles, and/or half tiles, and/or swap-AB
-  remainder tiles, and/or merged tails ("pingpong", "cluster", "pingpong+cluster+half", "swap",
-  "merge", ...) for all three calls, as wide as each call's width allows (a call whose column
+  remainder tiles, and/or merged tails of up to 64 or 32 rows ("pingpong", "cluster",
+  "pingpong+cluster+half", "swap", "merge", "merge32", ...) for all three calls, as wide as each call's width allows (a call whose column
   tiles cannot pair runs without the cluster), with as many stages as fit."""
-  pingpong, cluster, half, swap, merge = (v in variant for v in
-                                          ("pingpong", "cluster", "half", "swap", "merge"))
+  pingpong, cluster, half, swap = (v in variant for v in ("pingpong", "cluster", "half", "swap"))
+  merge = 32 if "merge32" in variant else 64 if "merge" in variant else 0
 
   def tile(width):
     widths = (128, 64) if pingpong else (256, 128, 64)
@@ -135,7 +135,7 @@ def variant_gemm(k, n, variant):
     cfg = mosaic.TileConfig(tile_n=tn, stages=6 if pingpong else 4, pingpong=pingpong,
                             cluster=2 if cluster and width % (2 * tn) == 0 else 1,
                             half_tiles=half, swap_ab=swap and (pingpong or tn >= 128),
-                            merge_tail=merge and (pingpong or tn >= 128))
+                            merge_tail=merge if pingpong or tn >= 128 else 0)
     while cfg.stages > 2 and not mosaic.fits(cfg, 64, width):
       cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
     return cfg
@@ -153,7 +153,7 @@ def smoke_check():
   for (m, e, k, n, seed), variant in itertools.product(
       ((384, 5, 128, 256, 0), (1000, 16, 256, 512, 1), (512, 3, 64, 128, 2)),
       ("table", "pingpong", "cluster", "pingpong+cluster", "pingpong+cluster+half", "swap",
-       "pingpong+cluster+half+swap", "swap+merge", "pingpong+cluster+half+swap+merge")):
+       "pingpong+cluster+half+swap", "swap+merge", "pingpong+cluster+half+swap+merge32")):
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(int(m * 0.9), rng.dirichlet([0.5] * e)).astype(np.int32)
     sizes[0] = 0

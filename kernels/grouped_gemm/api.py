@@ -67,8 +67,8 @@ def _pallas_fwd(x_MK, w_GKN, group_sizes_G, out_dtype, plan, interpret):
   from moejax.kernels.grouped_gemm import mosaic
   m = x_MK.shape[0]
   xp = _pad(x_MK, 0, mosaic.BLOCK)
-  # dgrad reuses it when its tiles merge groups' tails as the forward's do
-  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0], mosaic.merges(plan[0], out_dtype))
+  sched = mosaic.tile_schedule(group_sizes_G, xp.shape[0],
+                               mosaic.merged_rows(plan[0], out_dtype))
   y = mosaic.ragged_mm(xp, w_GKN, group_sizes_G, cfg=plan[0], out_dtype=out_dtype,
                        interpret=interpret, sched=sched)
   return vary_like(y[:m], x_MK, w_GKN), (x_MK, w_GKN, group_sizes_G, sched)
@@ -79,8 +79,11 @@ def _pallas_bwd(out_dtype, plan, interpret, res, dy_MN):
   x_MK, w_GKN, group_sizes_G, sched = res
   m, k = x_MK.shape
   dy = _pad(dy_MN.astype(x_MK.dtype), 0, mosaic.BLOCK)
+  # dgrad reuses the forward's tile schedule when its tiles merge groups' tails alike
+  same = mosaic.merged_rows(plan[1], x_MK.dtype) == mosaic.merged_rows(plan[0], out_dtype)
   dx = mosaic.ragged_mm(dy, w_GKN, group_sizes_G, cfg=plan[1], transpose_rhs=True,
-                        out_dtype=x_MK.dtype, interpret=interpret, sched=sched)[:m]
+                        out_dtype=x_MK.dtype, interpret=interpret,
+                        sched=sched if same else None)[:m]
   # wgrad tiles K by 128 (two 64-row consumer halves): pad x's columns if needed.
   xp = _pad(_pad(x_MK, 0, mosaic.BLOCK), 1, mosaic.BLOCK)
   dw = mosaic.ragged_contract(xp, dy, group_sizes_G, cfg=plan[2], out_dtype=w_GKN.dtype,

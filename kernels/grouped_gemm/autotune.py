@@ -8,7 +8,7 @@ sizes (seed 0; alpha=1 is strongly imbalanced, alpha=100 near-equal as in a step
 balanced routing), checks that every candidate agrees with the first (the benchmark
 checks the stored winners against an fp32 reference), and stores the fastest one
 per call (forward and dgrad: the winner also tried with swap-AB remainder tiles, then
-with merged tails).
+with merged tails of up to 64 and of up to 32 rows).
 `--dry-run` prints without writing.
 """
 from __future__ import annotations
@@ -128,12 +128,17 @@ def tune_shape(m, e, k, n, quick=False, alpha=1.0, log=print):
       tf = timed(cfg)
       if tf is not None and (best is None or tf > best[1]):
         best = (cfg, tf)
-    # swap-AB remainder tiles and merged tails (forward and dgrad) change little but the
-    # groups' last tiles: tried on the winner only (merged tails with as many ring stages
-    # as still fit), which keeps the tuning time about as it was.
+    # swap-AB remainder tiles and merged tails of up to 64 or 32 rows (forward and dgrad)
+    # change little but the groups' last tiles: tried on the winner only (merged tails with
+    # as many ring stages as still fit), which keeps the tuning time about as it was.
     if best is not None and op != "wgrad":
-      for flag in ("swap_ab", "merge_tail"):
-        cfg = dataclasses.replace(best[0], **{flag: True})
+      swapped = dataclasses.replace(best[0], swap_ab=True)
+      tf = timed(swapped)
+      if tf is not None and tf > best[1]:
+        best = (swapped, tf)
+      unmerged = best[0]
+      for rows in mosaic.SWAP_ROWS[::-1]:
+        cfg = dataclasses.replace(unmerged, merge_tail=rows)
         while not mosaic.fits(cfg, ck, cn) and cfg.stages > 2:
           cfg = dataclasses.replace(cfg, stages=cfg.stages - 1)
         tf = timed(cfg) if mosaic.fits(cfg, ck, cn) else None

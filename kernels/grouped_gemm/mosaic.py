@@ -81,11 +81,12 @@ class TileConfig:
   rounded up to 32, its N (`SWAP_ROWS`), so a group's part-filled last tile costs about its
   rows' share instead of a whole tile; only those rows are loaded, the accumulator is stored
   transposed (`_store_swapped`), and these tiles are spread as half tiles are. merge_tail
-  (forward/dgrad, 16-bit outputs; shared tiles need tile_n >= 128): a group's last tile whose
-  rows end within its first 64 joins the group's previous full tile (`tile_schedule`), computed
-  swap-AB beside it from the same k-steps (a second accumulator: the consumer's columns x those
-  rows rounded up to 32), so those rows stream no weight block of their own; the ring's row
-  slots hold 128 + 64 rows, and the merged tiles are spread as half tiles are.
+  (0, 32 or 64; forward/dgrad, 16-bit outputs; shared tiles need tile_n >= 128): a group's
+  last tile whose rows end within its first merge_tail joins the group's previous full tile
+  (`tile_schedule`), computed swap-AB beside it from the same k-steps (a second accumulator:
+  the consumer's columns x those rows rounded up to 32), so those rows stream no weight block
+  of their own; the ring's row slots hold 128 + merge_tail rows (fewer stages fit), and the
+  merged tiles are spread as half tiles are.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -97,18 +98,18 @@ class TileConfig:
   cluster: int = 1
   half_tiles: bool = False
   swap_ab: bool = False
-  merge_tail: bool = False
+  merge_tail: int = 0
 
 
-def merges(cfg: TileConfig, out_dtype) -> bool:
-  """Whether `ragged_mm` with `cfg` merges groups' last rows into their previous tile
-  (`TileConfig.merge_tail`; the swapped store takes 16-bit outputs only)."""
-  return cfg.merge_tail and jnp.dtype(out_dtype).itemsize == 2
+def merged_rows(cfg: TileConfig, out_dtype) -> int:
+  """The most rows of a group's last tile that `ragged_mm` with `cfg` merges into the previous
+  tile (`TileConfig.merge_tail`; the swapped store takes 16-bit outputs only)."""
+  return cfg.merge_tail if jnp.dtype(out_dtype).itemsize == 2 else 0
 
 
 def _slot_rows(cfg: TileConfig) -> int:
   """Rows of a ring slot of `ragged_mm`'s row operand: a tile, and a merged tail's rows."""
-  return BLOCK + (SWAP_ROWS[-1] if cfg.merge_tail else 0)
+  return BLOCK + cfg.merge_tail
 
 
 def smem_bytes(cfg: TileConfig, itemsize: int) -> int:
@@ -144,7 +145,7 @@ def _transforms(minor: int, dtype):
   return (plgpu.TilingTransform((8, swizzle_elems)), plgpu.SwizzleTransform(swizzle))
 
 
-def tile_schedule(group_sizes_G: jax.Array, m: int, merge_tail: bool = False):
+def tile_schedule(group_sizes_G: jax.Array, m: int, merge_tail: int = 0):
   """Row tiles of a ragged-M product, computed by XLA (m % 128 == 0).
 
   Group g is cut into 128-row tiles from its first row rounded down to a multiple
@@ -155,8 +156,8 @@ def tile_schedule(group_sizes_G: jax.Array, m: int, merge_tail: bool = False):
   an unused slot. row0 is a multiple of 8 and <= m - 128, so loads stay inside x.
 
   merge_tail (`TileConfig.merge_tail`): a group's last tile whose rows end within its first
-  64 is merged into the group's previous tile when that tile's loads, grown by those rows
-  rounded up to 32, stay inside x. Returns sched_5T, whose fifth row `extra` counts the
+  merge_tail is merged into the group's previous tile when that tile's loads, grown by those
+  rows rounded up to 32, stay inside x. Returns sched_5T, whose fifth row `extra` counts the
   merged rows: tile t also stores rows [row0 + 128, row0 + 128 + extra).
   """
   g = group_sizes_G.shape[0]
@@ -170,7 +171,7 @@ def tile_schedule(group_sizes_G: jax.Array, m: int, merge_tail: bool = False):
   if merge_tail:
     last_rows = ends - base - (ntiles - 1) * BLOCK  # rows of a group's last tile
     load = pl.cdiv(last_rows, SWAP_ROWS[0]) * SWAP_ROWS[0]
-    merged = ((jnp.arange(g + 1) < g) & (ntiles >= 2) & (last_rows <= SWAP_ROWS[-1])
+    merged = ((jnp.arange(g + 1) < g) & (ntiles >= 2) & (last_rows <= merge_tail)
               & (base + (ntiles - 1) * BLOCK + load <= m))
     ntiles = ntiles - merged
   offs_incl = jnp.cumsum(ntiles)
@@ -522,6 +523,9 @@ def _snake(lin, rows, cols, cfg: TileConfig):
 def _check(cfg: TileConfig, itemsize: int):
   if cfg.cluster not in (1, 2):
     raise ValueError(f"{cfg}: cluster must be 1 or 2")
+  if cfg.merge_tail not in (0, *SWAP_ROWS):
+    raise ValueError(f"{cfg}: merge_tail must be 0 (off) or one of {SWAP_ROWS} (the most rows "
+                     "merged)")
   for flag in ("swap_ab", "merge_tail"):
     if getattr(cfg, flag) and not cfg.pingpong and cfg.tile_n < 2 * ROWS:
       raise ValueError(f"{cfg}: {flag} with shared tiles needs tile_n >= 128 (each consumer's "
@@ -609,8 +613,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   """y[M,N] = x[M,K] @ w[g] (w_GKN: [G,K,N]) or x @ w[g]^T (w: [G,N,K]) per group.
 
   Needs M % 128 == 0, K % tile_k == 0, N % (tile_n * cluster) == 0 (the wrapper pads M).
-  `sched`: tile_schedule(group_sizes_G, M, merges(cfg, out_dtype)) when the caller already
-  has it (forward and dgrad share one); a schedule of the other kind is computed afresh.
+  `sched`: tile_schedule(group_sizes_G, M, merged_rows(cfg, out_dtype)) when the caller
+  already has it (forward and dgrad share one when their tiles merge alike).
   """
   m, k = x_MK.shape
   g = w_GKN.shape[0]
@@ -622,9 +626,10 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   _check(cfg, x_MK.dtype.itemsize)
   assert m % BLOCK == 0 and k % tk == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)
   k_iters, grid_n = k // tk, n // tn
-  merge = merges(cfg, out_dtype)
-  if sched is None or sched.shape[0] != 4 + merge:
+  merge = merged_rows(cfg, out_dtype)
+  if sched is None:
     sched = tile_schedule(group_sizes_G, m, merge)
+  assert sched.shape[0] == (5 if merge else 4), (sched.shape, cfg)
   num_tiles = sched.shape[1]
   units = (num_tiles, grid_n // cfg.cluster)
   swap = cfg.swap_ab and out_dtype.itemsize == 2  # `_store_swapped` stores 64-column chunks
@@ -634,7 +639,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
   # rows and a merged tail's rows swapped beside them.
   kinds = (["rows"] + (["half"] if cfg.half_tiles and cfg.pingpong else [])
            + (list(SWAP_ROWS) if swap else [])
-           + ([("merged", r) for r in SWAP_ROWS] if merge else []))
+           + [("merged", r) for r in SWAP_ROWS if r <= merge])
   cols = tn if cfg.pingpong else tn // 2
   rows_acc = (BLOCK if cfg.pingpong else ROWS, tn)
   forms = tuple(((rows_acc,) if kd == "rows" else ((ROWS, tn),) if kd == "half" else
@@ -683,7 +688,7 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     if merge:
       n_rows = n_rows + pl.cdiv(tail, SWAP_ROWS[0]) * SWAP_ROWS[0]
     heights = ((BLOCK,) + (SWAP_ROWS if swap else ())
-               + (tuple(BLOCK + r for r in SWAP_ROWS) if merge else ()))
+               + tuple(BLOCK + r for r in SWAP_ROWS if r <= merge))
 
     def k_step(ki, step):
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
@@ -766,7 +771,7 @@ def ragged_contract(x_MK, dy_MN, group_sizes_G, *, cfg: TileConfig, out_dtype=No
   assert m == m2
   g = group_sizes_G.shape[0]
   out_dtype = jnp.dtype(out_dtype or x_MK.dtype)
-  cfg = dataclasses.replace(cfg, merge_tail=False)  # forward/dgrad only: no taller row slots
+  cfg = dataclasses.replace(cfg, merge_tail=0)  # forward/dgrad only: no taller row slots
   tn, tk = cfg.tile_n, cfg.tile_k
   _check(cfg, x_MK.dtype.itemsize)
   assert m % tk == 0 and k % BLOCK == 0 and n % (tn * cfg.cluster) == 0, (m, k, n, cfg)

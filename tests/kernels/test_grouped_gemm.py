@@ -150,26 +150,23 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
 MERGE_SIZES = np.array([3, 150, 0, 5, 200, 130, 19])
 
 
-@pytest.mark.parametrize("tile_n,pingpong,cluster,half,swap,transpose_rhs", [
-    (256, False, 1, True, True, True),
-    (128, True, 1, True, True, True), (64, True, 2, False, True, False)])
-def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, transpose_rhs):
-  """merge_tail: a group's last <= 64 rows are computed swapped beside its previous full tile
-  from the same k-steps (shared tiles: each consumer its half of the columns; ping-pong: all of
-  them), next to swap-AB, half and full tiles (without swap-AB: the next test); bf16 output
+@pytest.mark.parametrize("tile_n,pingpong,cluster,half,swap,merge,transpose_rhs", [
+    (256, False, 1, True, True, 64, True),
+    (128, True, 1, True, True, 32, True), (64, True, 2, False, True, 64, False)])
+def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, merge, transpose_rhs):
+  """merge_tail: a group's last <= 64 (or 32) rows are computed swapped beside its previous full
+  tile from the same k-steps (shared tiles: each consumer its half of the columns; ping-pong: all
+  of them), next to swap-AB, half and full tiles (without swap-AB: the next test); bf16 output
   equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten, tail rows zero."""
   m, n = 512, max(128, tile_n * cluster)
   x, w, _, gs = _inputs(m, 128, n, MERGE_SIZES, seed=8)
-  sched = np.asarray(mosaic.tile_schedule(gs, m, merge_tail=True))
+  sched = np.asarray(mosaic.tile_schedule(gs, m, merge_tail=merge))
   np.testing.assert_array_equal(sched[4][sched[4] > 0], [25, 8])
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
-                          half_tiles=half, swap_ab=swap, merge_tail=True)
+                          half_tiles=half, swap_ab=swap, merge_tail=merge)
   w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
-  # given a schedule that merges nothing (a caller's, built for tiles without merge_tail),
-  # ragged_mm builds its own
   y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
-                       out_dtype=jnp.bfloat16, interpret=True,
-                       sched=mosaic.tile_schedule(gs, m) if transpose_rhs else None)
+                       out_dtype=jnp.bfloat16, interpret=True)
   ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
   y = np.asarray(y, np.float32)
   assert not np.isnan(y).any()
@@ -177,13 +174,16 @@ def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, transpose_r
   assert np.all(y[MERGE_SIZES.sum():] == 0)
 
 
-def test_merged_tails_forward_and_backward(monkeypatch):
-  """grouped_gemm whose forward and dgrad merge tails (dgrad reuses the forward's schedule),
-  without swap-AB tiles: y, dx and dw equal ragged_dot's."""
+@pytest.mark.parametrize("dgrad_merge", [64, 32])
+def test_merged_tails_forward_and_backward(monkeypatch, dgrad_merge):
+  """grouped_gemm whose forward and dgrad merge tails, without swap-AB tiles: dgrad reuses the
+  forward's schedule when it merges as many rows and builds its own when not; y, dx and dw equal
+  ragged_dot's."""
   m, k, n, sizes = 384, 128, 128, [1, 129, 0, 127, 127]  # two tails of 2 and 1 rows merge
   x, w, dy, gs = _inputs(m, k, n, sizes, seed=12)
-  merged = mosaic.TileConfig(tile_n=128, stages=3, merge_tail=True)
-  plan = {"fwd": merged, "dgrad": merged, "wgrad": mosaic.TileConfig(tile_n=128, stages=3)}
+  plan = {"fwd": mosaic.TileConfig(tile_n=128, stages=3, merge_tail=64),
+          "dgrad": mosaic.TileConfig(tile_n=128, stages=3, merge_tail=dgrad_merge),
+          "wgrad": mosaic.TileConfig(tile_n=128, stages=3)}
   monkeypatch.setattr(configs, "lookup", lambda op, *shape: plan[op])
   ours = _fwd_bwd("pallas", x, w, dy, gs)
   theirs = _fwd_bwd("xla", x, w, dy, gs)
@@ -230,9 +230,9 @@ def test_balanced_order_spreads_merged_tails_evenly(programs):
   tiles are: every program gets the same number of them, +-1."""
   from moejax.kernels.grouped_gemm import autotune
   m, g = 65536, 128
-  sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m, merge_tail=True)
+  sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m, merge_tail=64)
   units = (sched.shape[1], 12)
-  cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, merge_tail=True)
+  cfg = mosaic.TileConfig(tile_n=128, grid_tile_width=8, merge_tail=64)
   order = np.asarray(mosaic._balanced_order(sched, units, cfg, programs))
   num = units[0] * units[1]
   t = np.asarray(jax.vmap(lambda i: plgpu.planar_snake(i, units, 1, 8))(jnp.arange(num))[0])
@@ -344,12 +344,12 @@ def test_calls_of_one_shape_share_one_lowering():
   assert re.findall(r"call @(_pallas_gg\w*)", text) == ["_pallas_gg"] * 2
 
 
-@pytest.mark.parametrize("merge_tail", [False, True])
+@pytest.mark.parametrize("merge_tail", [0, 32, 64])
 def test_tile_schedule_covers_every_row_once(merge_tail):
   """Each group in 128-row tiles from its first row (rounded down to 8), tail rows in zero tiles
   (gid == G), every row stored exactly once, every load inside x. merge_tail: a group's last
-  tile of <= 64 rows is merged into its previous tile exactly when the grown loads (its rows
-  rounded up to 32) stay inside x."""
+  tile of <= merge_tail rows is merged into its previous tile exactly when the grown loads (its
+  rows rounded up to 32) stay inside x."""
   rng = np.random.default_rng(0)
   # one compile per shape, not per op
   schedule = jax.jit(functools.partial(mosaic.tile_schedule, merge_tail=merge_tail),
@@ -366,7 +366,7 @@ def test_tile_schedule_covers_every_row_once(merge_tail):
   for m, sizes in cases:
     g = len(sizes)
     sched = np.asarray(schedule(jnp.asarray(sizes, jnp.int32), m))
-    assert sched.shape[0] == 4 + merge_tail
+    assert sched.shape[0] == (5 if merge_tail else 4)
     extra = sched[4] if merge_tail else np.zeros_like(sched[0])
     owner = np.full(m, -1)
     for gid, row0, lo, cnt, ex in zip(*sched[:4], extra):
@@ -376,7 +376,7 @@ def test_tile_schedule_covers_every_row_once(merge_tail):
       assert 0 <= row0 <= m - mosaic.BLOCK and row0 % 8 == 0 and lo + cnt <= mosaic.BLOCK
       rows = np.arange(row0 + lo, row0 + lo + cnt)
       if ex:
-        assert lo + cnt == mosaic.BLOCK and 0 < ex <= 64 and gid < g
+        assert lo + cnt == mosaic.BLOCK and 0 < ex <= merge_tail and gid < g
         assert row0 + mosaic.BLOCK + -(-ex // 32) * 32 <= m
         rows = np.arange(row0 + lo, row0 + mosaic.BLOCK + ex)
       assert np.all(owner[rows] == -1)
@@ -388,15 +388,16 @@ def test_tile_schedule_covers_every_row_once(merge_tail):
     span = np.where(sizes > 0, starts + sizes - base, 0)
     ntiles = -(-span // mosaic.BLOCK)
     last_rows = span - (ntiles - 1) * mosaic.BLOCK
-    may = (ntiles >= 2) & (last_rows <= 64)
+    may = (ntiles >= 2) & (last_rows <= merge_tail)
     fits = base + (ntiles - 1) * mosaic.BLOCK + -(-last_rows // 32) * 32 <= m
     merged = np.bincount(sched[0][extra > 0], minlength=g + 1)[:g]
-    np.testing.assert_array_equal(merged, may & fits if merge_tail else 0)
+    np.testing.assert_array_equal(merged, may & fits)
     merges += merged.sum()
     refusals += (may & ~fits).sum()
     per_group = np.bincount(sched[0][sched[3] > 0], minlength=g + 1)[:g]
     np.testing.assert_array_equal(per_group, ntiles - merged)
-  assert refusals > 0 and (merges > 10 if merge_tail else merges == 0)  # the cases met both
+  assert merges > 5 if merge_tail else merges == 0
+  assert refusals > 0 or merge_tail < 64  # the 18-row tail's refusal
 
 
 @pytest.mark.parametrize("cfg", [
@@ -408,9 +409,9 @@ def test_tile_schedule_covers_every_row_once(merge_tail):
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, cluster=2, half_tiles=True),
     mosaic.TileConfig(tile_n=128, stages=6, pingpong=True, swap_ab=True),
     mosaic.TileConfig(tile_n=256, stages=4, swap_ab=True),
-    mosaic.TileConfig(tile_n=256, stages=3, swap_ab=True, merge_tail=True),
-    mosaic.TileConfig(tile_n=128, stages=4, pingpong=True, cluster=2, half_tiles=True,
-                      swap_ab=True, merge_tail=True),
+    mosaic.TileConfig(tile_n=256, stages=3, swap_ab=True, merge_tail=64),
+    mosaic.TileConfig(tile_n=128, stages=5, pingpong=True, cluster=2, half_tiles=True,
+                      swap_ab=True, merge_tail=32),
 ], ids=["turns", "together", "pingpong", "cluster", "pingpong-cluster", "half-tiles",
         "swap-ab-pingpong", "swap-ab-shared", "merge-tail-shared", "merge-tail-pingpong-cluster"])
 def test_kernels_lower_for_cuda(cfg):
@@ -493,14 +494,14 @@ def test_autotune_candidates_and_table_update(monkeypatch, tmp_path):
 def test_autotune_tries_swap_ab_then_merge_tail_on_the_forward_and_dgrad_winners(monkeypatch,
                                                                                   merge_gain):
   """tune_shape times every candidate, then the forward's and dgrad's winner with swap_ab, then
-  the better of those with merge_tail (with as many stages as fit its taller row slots), and
-  keeps whichever is fastest (kernel calls and timings stubbed: no GPU here)."""
+  the better of those with merge_tail=64 and 32 (each with as many stages as fit its taller row
+  slots), and keeps whichever is fastest (kernel calls and timings stubbed: no GPU here)."""
   from moejax.kernels.grouped_gemm import autotune
   out = jnp.ones((4, 4), jnp.float32)
   monkeypatch.setattr(autotune, "kernel_call", lambda op, cfg, *data: ((lambda c: out), (cfg,)))
   # the 256-wide shared tile is fastest; swap-AB makes it faster still
   speed = lambda c: ((2.0 if c.tile_n == 256 and not c.pingpong else 1.0) + 0.5 * c.swap_ab
-                     + merge_gain * c.merge_tail)
+                     + merge_gain * {0: 0, 64: 1, 32: 1.2}[c.merge_tail])
   monkeypatch.setattr(autotune, "seconds_per_call", lambda fn, cfg, **kw: 1.0 / speed(cfg))
   tried = []
   entries = autotune.tune_shape(256, 4, 768, 2048, quick=True, log=tried.append)
@@ -508,11 +509,11 @@ def test_autotune_tries_swap_ab_then_merge_tail_on_the_forward_and_dgrad_winners
   assert best["fwd"].swap_ab and best["dgrad"].swap_ab and not best["wgrad"].swap_ab
   assert best["fwd"].tile_n == 256 and not best["fwd"].pingpong
   for op in ("fwd", "dgrad"):
-    assert best[op].merge_tail == (merge_gain > 0)
-    assert best[op].stages == (3 if merge_gain > 0 else 4)  # 4 stages of 192 rows do not fit
+    assert best[op].merge_tail == (32 if merge_gain > 0 else 0)
+    assert best[op].stages == (3 if merge_gain > 0 else 4)  # 4 stages of 160 rows do not fit
   assert not best["wgrad"].merge_tail
-  assert sum("swap_ab=True" in t for t in tried) == 4
-  assert sum("merge_tail=True" in t for t in tried) == 2
+  assert sum("swap_ab=True" in t for t in tried) == 2 * 3  # the swapped winner, merged twice
+  assert sum("merge_tail=64" in t for t in tried) == sum("merge_tail=32" in t for t in tried) == 2
 
 
 def test_auto_picks_pallas_on_hopper(monkeypatch):
@@ -543,6 +544,8 @@ def test_bad_inputs_raise_clear_errors():
     grouped_gemm(x[:, :48], w[:, :48], gs, impl="pallas")
   with pytest.raises(ValueError, match="cluster must be 1 or 2"):
     mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=64, cluster=4), interpret=True)
+  with pytest.raises(ValueError, match="merge_tail must be 0"):
+    mosaic.ragged_mm(x, w, gs, cfg=mosaic.TileConfig(tile_n=128, merge_tail=48), interpret=True)
   with pytest.raises(ValueError, match="pingpong=True needs tile_n <= 128"):
     mosaic.ragged_mm(x, jnp.zeros((2, 64, 256), x.dtype), gs,
                      cfg=mosaic.TileConfig(tile_n=256, pingpong=True), interpret=True)
