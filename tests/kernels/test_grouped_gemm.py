@@ -151,12 +151,12 @@ MERGE_SIZES = np.array([3, 150, 0, 5, 200, 130, 19])
 
 
 @pytest.mark.parametrize("tile_n,pingpong,cluster,half,swap,merge,transpose_rhs", [
-    (256, False, 1, True, True, 64, True),
-    (128, True, 1, True, True, 32, True), (64, True, 2, False, True, 64, False)])
+    (256, False, 1, True, True, 64, False), (64, True, 2, True, True, 32, True)])
 def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, merge, transpose_rhs):
   """merge_tail: a group's last <= 64 (or 32) rows are computed swapped beside its previous full
-  tile from the same k-steps (shared tiles: each consumer its half of the columns; ping-pong: all
-  of them), next to swap-AB, half and full tiles (without swap-AB: the next test); bf16 output
+  tile from the same k-steps (shared tiles: each consumer its half of the columns; ping-pong in
+  2-CTA clusters: all of them), next to swap-AB, half and full tiles (shared tiles with the
+  weights transposed and without swap-AB: the next test, whose dgrad is that); bf16 output
   equals ragged_dot's fp32 product to bf16 rounding, no row left unwritten, tail rows zero."""
   m, n = 512, max(128, tile_n * cluster)
   x, w, _, gs = _inputs(m, 128, n, MERGE_SIZES, seed=8)
@@ -174,15 +174,14 @@ def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, merge, tran
   assert np.all(y[MERGE_SIZES.sum():] == 0)
 
 
-@pytest.mark.parametrize("dgrad_merge", [64, 32])
-def test_merged_tails_forward_and_backward(monkeypatch, dgrad_merge):
-  """grouped_gemm whose forward and dgrad merge tails, without swap-AB tiles: dgrad reuses the
-  forward's schedule when it merges as many rows and builds its own when not; y, dx and dw equal
-  ragged_dot's."""
+def test_merged_tails_forward_and_backward(monkeypatch):
+  """grouped_gemm whose forward merges tails of up to 64 rows and dgrad of up to 32, without
+  swap-AB tiles: dgrad builds its own schedule (the forward's is reused only when both merge
+  alike, as the other tests' default tiles do); y, dx and dw equal ragged_dot's."""
   m, k, n, sizes = 384, 128, 128, [1, 129, 0, 127, 127]  # two tails of 2 and 1 rows merge
   x, w, dy, gs = _inputs(m, k, n, sizes, seed=12)
   plan = {"fwd": mosaic.TileConfig(tile_n=128, stages=3, merge_tail=64),
-          "dgrad": mosaic.TileConfig(tile_n=128, stages=3, merge_tail=dgrad_merge),
+          "dgrad": mosaic.TileConfig(tile_n=128, stages=3, merge_tail=32),
           "wgrad": mosaic.TileConfig(tile_n=128, stages=3)}
   monkeypatch.setattr(configs, "lookup", lambda op, *shape: plan[op])
   ours = _fwd_bwd("pallas", x, w, dy, gs)
