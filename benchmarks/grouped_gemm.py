@@ -124,8 +124,9 @@ def poison_device_memory(nbytes):
 def variant_gemm(k, n, variant):
   """grouped_gemm with ping-pong and/or 2-CTA cluster tiles, and/or half tiles, and/or swap-AB
   remainder tiles, and/or merged tails of up to 64 or 32 rows ("pingpong", "cluster",
-  "pingpong+cluster+half", "swap", "merge", "merge32", ...) for all three calls, as wide as each call's width allows (a call whose column
-  tiles cannot pair runs without the cluster), with as many stages as fit."""
+  "pingpong+cluster+half", "swap", "merge", "merge32", ...) for all three calls, as wide as
+  each call's width allows (a call whose column tiles cannot pair runs without the cluster),
+  with as many stages as fit."""
   pingpong, cluster, half, swap = (v in variant for v in ("pingpong", "cluster", "half", "swap"))
   merge = 32 if "merge32" in variant else 64 if "merge" in variant else 0
 

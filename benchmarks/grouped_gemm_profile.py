@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels.grouped_gemm import configs
-from moejax.kernels.grouped_gemm.mosaic import fits
 from moejax.kernels.grouped_gemm.autotune import inputs, kernel_call, seconds_per_call
+from moejax.kernels.grouped_gemm.mosaic import fits
 
 sys.path.insert(0, os.path.dirname(__file__))
 from grouped_gemm import SHAPES, einsum_call  # noqa: E402

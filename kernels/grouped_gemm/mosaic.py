@@ -693,6 +693,8 @@ def ragged_mm(x_MK, w_GKN, group_sizes_G, *, cfg: TileConfig, transpose_rhs=Fals
     def k_step(ki, step):
       w_src = (w_g.at[pl.ds(ni * tn, tn), pl.ds(ki * tk, tk)] if transpose_rhs
                else w_g.at[pl.ds(ki * tk, tk), pl.ds(ni * tn, tn)])
+      if len(heights) == 1:
+        return ring.produce(step, x_gmem.at[pl.ds(row0, BLOCK), pl.ds(ki * tk, tk)], w_src)
       for r in heights:
         @pl.when(n_rows == r)
         def _(r=r):
