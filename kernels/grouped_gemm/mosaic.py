@@ -86,7 +86,7 @@ class TileConfig:
   (`tile_schedule`), computed swap-AB beside it from the same k-steps (a second accumulator:
   the consumer's columns x those rows rounded up to 32), so those rows stream no weight block
   of their own; the ring's row slots hold 128 + merge_tail rows (fewer stages fit), and the
-  merged tiles are spread as half tiles are.
+  merged tiles, heavier than a full one, are dealt to the SMs in a deal of their own.
   """
   tile_n: int = 256
   tile_k: int = 64
@@ -562,37 +562,52 @@ def _wave(lin, num, programs):
 
 def _balanced_order(sched, units, cfg: TileConfig, programs: int, swap=False):
   """order[lin]: the planar-snake unit that kernel unit lin computes, for half_tiles,
-  swap_ab and merge_tail: odd tiles, those whose cost is not a full tile's, are the half tiles
-  (half_tiles), the swapped ones (`swap`) and the merged ones (a merge_tail schedule's
-  `extra`).
+  swap_ab and merge_tail, so the statically assigned programs (SMs or clusters) finish
+  together. Light units cost less than a full tile: the half tiles (half_tiles) and the
+  swapped ones (`swap`); heavy ones more: the merged tiles (a merge_tail schedule's `extra`).
 
-  Within each wave (`_wave`) the odd tiles come first and the
-  wave is rotated so its odd tiles go to the programs after those that took the later
-  waves' odd tiles (counted from the last wave, which may be partial and so starts at
-  program 0): every program gets the same number of odd tiles (+-1).
+  Units move only within their wave (`_wave`). Counted from the last wave backwards, each
+  class is dealt one unit per program in turn, going down from program P - 1, in two deals:
+  the light one counts the slots the partial last wave leaves empty as its first units, and
+  the heavy one starts with the last wave's heavy units (at programs 0 and down), so the
+  programs with one more heavy unit are those with one more empty slot or light unit. A
+  wave's heavy units take their deal's places (each program gets as many, +-1), its light
+  ones the next free places down. One deal for both classes (before session 28) gave a
+  program with one more merged tile one light unit fewer; this one loads the programs about
+  as evenly as a greedy deal by cost (session 28's merge_balance_model.py), which would be a
+  loop: on GPU, host round trips.
   """
   num = units[0] * units[1]
   lin = jnp.arange(num, dtype=jnp.int32)
   t, _ = jax.vmap(lambda i: plgpu.planar_snake(i, units, cfg.grid_minor_dim,
                                                cfg.grid_tile_width))(lin)
   lo, cnt = sched[2], sched[3]
-  odd = jnp.zeros(lo.shape, bool)
+  light = jnp.zeros(lo.shape, bool)
   if cfg.half_tiles:
-    odd = odd | _is_half(lo, cnt)
+    light = light | _is_half(lo, cnt)
   if swap:
-    odd = odd | (_swap_rows(lo, cnt) > 0)
-  if sched.shape[0] == 5:
-    odd = odd | (sched[4] > 0)
-  h = odd[t].astype(jnp.int32)
+    light = light | (_swap_rows(lo, cnt) > 0)
+  heavy = sched[4] > 0 if sched.shape[0] == 5 else jnp.zeros(lo.shape, bool)
+  hl = jnp.stack([heavy[t], light[t]]).astype(jnp.int32)
   _, wave0, size = _wave(lin, num, programs)
-  incl = jnp.cumsum(h)
-  before = (incl - h)[wave0]                       # odd tiles in the waves before
-  rank_odd = incl - h - before                     # among the wave's odd tiles
-  rank_rest = lin - wave0 - rank_odd               # among its other units
-  odds = incl[jnp.minimum(wave0 + programs, num) - 1] - before
-  rot = (incl[-1] - before - odds) % programs      # odd tiles in the waves after
-  pos = jnp.where(h == 1, rot + rank_odd, rot + odds + rank_rest) % size
-  return jnp.zeros((num,), jnp.int32).at[wave0 + pos].set(lin)
+  last = wave0 + size - 1
+  incl = jnp.cumsum(hl, axis=1)
+  excl = incl - hl
+  (rank_h, rank_l), (nh, nl) = excl - excl[:, wave0], incl[:, last] - excl[:, wave0]
+  later_h, later_l = incl[:, -1:] - incl[:, last]  # in the waves after lin's
+  last_wave = (num - 1) // programs * programs
+  heavy_in_last = incl[0, -1] - excl[0, last_wave]
+  top_h = (heavy_in_last - 1 - later_h) % programs % size  # the wave's first heavy place
+  top_l = (num - last_wave - 1 - later_l) % programs % size  # and its first light one
+  # Places counted down from top_l: the heavy units take [s, s + nh) (cyclic), the light
+  # ones, then the rest, the free places from 0 up.
+  is_h, is_l = hl == 1
+  s = (top_l - top_h) % size
+  free = jnp.where(is_l, rank_l, lin - wave0 - rank_h - rank_l + nl)
+  over = s + nh - size
+  d = jnp.where(is_h, (s + rank_h) % size,
+                jnp.where(over > 0, over + free, free + jnp.where(free >= s, nh, 0)))
+  return jnp.zeros((num,), jnp.int32).at[wave0 + (top_l - d) % size].set(lin)
 
 
 def _dealt(lin, num, programs):
