@@ -1,6 +1,7 @@
 #!/bin/bash
-# Session 27, call a: NOT RUN yet (no device was lent in session 27). Any GPU kind; an H200
-# for the acceptance numbers. Merged tails (TileConfig.merge_tail) on Qwen3's two shapes.
+# Session 27, call a: NOT RUN yet (no device was lent in sessions 27 and 28). Any GPU kind; an
+# H200 for the acceptance numbers. Merged tails (TileConfig.merge_tail) on Qwen3's two shapes,
+# dealt to the SMs apart from the light tiles since session 28 (`_balanced_order`).
 #  a1_check/: grouped_gemm.py's small-shape check, now with merged tails (shared and ping-pong
 #    with the rest); a WRONG stops the call.
 #  a2_ab/: Qwen3 fc1/fc2 forward and dgrad on Dirichlet(1) groups: the table's tile, the same
