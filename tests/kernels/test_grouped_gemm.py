@@ -225,8 +225,8 @@ def test_balanced_order_spreads_half_tiles_evenly(programs, width, minor):
 
 @pytest.mark.parametrize("programs", [132, 66, 7])
 def test_balanced_order_spreads_merged_tails_evenly(programs):
-  """With merge_tail, the merged tiles (each a tile and up to 64 rows more) are spread as half
-  tiles are: every program gets the same number of them, +-1."""
+  """With merge_tail, the merged tiles (each a tile and up to 64 rows more) are dealt in a deal
+  of their own: every program gets the same number of them, +-1."""
   from moejax.kernels.grouped_gemm import autotune
   m, g = 65536, 128
   sched = mosaic.tile_schedule(jnp.asarray(autotune.dirichlet_sizes(m, g)), m, merge_tail=64)
