@@ -1,7 +1,7 @@
 #!/bin/bash
-# Session 27, call a: NOT RUN yet (no device was lent in sessions 27 and 28). Any GPU kind; an
-# H200 for the acceptance numbers. Merged tails (TileConfig.merge_tail) on Qwen3's two shapes,
-# dealt to the SMs apart from the light tiles since session 28 (`_balanced_order`).
+# Session 27, call a: not run as such; session 28 ran it split in two calls, on an H100
+# (results/h100_2026-12-05_session28/run_a.sh, run_c.sh). Merged tails (TileConfig.merge_tail)
+# on Qwen3's two shapes.
 #  a1_check/: grouped_gemm.py's small-shape check, now with merged tails (shared and ping-pong
 #    with the rest); a WRONG stops the call.
 #  a2_ab/: Qwen3 fc1/fc2 forward and dgrad on Dirichlet(1) groups: the table's tile, the same

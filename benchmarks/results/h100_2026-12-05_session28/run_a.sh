@@ -1,6 +1,9 @@
 #!/bin/bash
 # Session 28, call a: session 27's run_a.sh split in two device calls (10 minutes each at most):
-# this one the check and the A/B, run_b.sh the benchmark.
+# this one the check and the A/B, a second the benchmark. Ran on an H100 (carry [".whl"]: the
+# device image lacks ml_collections), so "tuned" is the H100 table's tile (no half or swap-AB
+# tiles): a1_check/, a2_ab/ here (its --write-best table not adopted); run_c.sh then took the
+# H200 table's tiles. The benchmark call (run_b) was dropped: merging was slower.
 # Merged tails (TileConfig.merge_tail), dealt to the SMs apart from the light tiles
 # (`_balanced_order`, session 28), on Qwen3's two shapes. nvidia-h200 (may land on an H100).
 #  a1_check/: grouped_gemm.py's small-shape check with merged tails (shared and ping-pong, the
@@ -9,7 +12,7 @@
 #    of up to 64 and up to 32 rows merged at the stages that fit (an item that does not fit is
 #    skipped), the table's tile at 4 stages (what fewer stages alone cost), and the
 #    equal-groups einsum, in turns 5 times, medians; --write-best stores each call's fastest
-#    tile (a2_ab/tiles.json, which run_b.sh's call starts from).
+#    tile (a2_ab/tiles.json).
 set -u -o pipefail
 source benchmarks/device_env.sh
 cd /tmp
