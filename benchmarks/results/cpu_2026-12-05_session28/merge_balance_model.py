@@ -20,33 +20,28 @@ program's load. Orders:
 (output: model.log beside it)
 """
 import dataclasses
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from moejax.kernels.grouped_gemm import configs, mosaic
+from moejax.kernels.grouped_gemm import mosaic
 from moejax.kernels.grouped_gemm.autotune import dirichlet_sizes
 
-M, G, SMS = 65536, 128, 132
+# session 22's model: the H200 table's tiles and the light tiles' measured costs
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "h200_2026-12-04_session22"))
+from sm_balance_model import G, M, SMS, h200_cfg  # noqa: E402
+from sm_balance_model import tile_costs as light_tile_costs  # noqa: E402
+
 GUESSES = {"e32=.30 e64=.50": (0.30, 0.50), "e32=.40 e64=.65": (0.40, 0.65)}
 
 
-def h200_cfg(op, k, n):
-  e = next(e for e in configs._load_table() if e.get("device") == "NVIDIA H200"
-           and e["op"] == op and (e["g"], e["k"], e["n"]) == (G, k, n))
-  return mosaic.TileConfig(**e["cfg"])
-
-
 def tile_costs(sched, cfg, e32, e64):
-  lo, cnt = np.asarray(sched[2]), np.asarray(sched[3])
-  c = np.where(cnt > 0, 1.0, 0.0)
-  if cfg.half_tiles:
-    c[np.asarray(mosaic._is_half(lo, cnt))] = 0.7
-  swap = np.asarray(mosaic._swap_rows(lo, cnt))
-  c[swap == 2] = 0.68
-  c[swap == 1] = 0.55
+  """Session 22's costs, plus e32 / e64 for a tile with <= 32 / <= 64 merged rows."""
+  c = light_tile_costs(sched, cfg)
   if sched.shape[0] == 5:
     extra = np.asarray(sched[4])
     c = c + np.where(extra > 32, e64, np.where(extra > 0, e32, 0.0))
