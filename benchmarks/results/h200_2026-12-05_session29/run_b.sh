@@ -1,0 +1,14 @@
+#!/bin/bash
+# Session 29, call b: the grouped-GEMM kernels of this tree on the H200 (tiles.json unchanged
+# since session 19; the kernel code changed in sessions 27-28).
+#  (the small-shape check against float64 runs in call c: c0_check/)
+#  b2_bench/: the six shapes, ours / ours on equal groups / torch._grouped_mm / einsum in turns
+#    (3 x 0.5 s, medians), Qwen3 first, as session 20's f1_bench.
+#   carry [".whl"] (ml_collections)
+set -u -o pipefail
+source benchmarks/device_env.sh
+cd /tmp
+F='^WARNING|bfc_allocator'
+O=$OUT/b2_bench; mkdir -p $O
+timeout 560 python3 /tmp/pp/benchmarks/grouped_gemm.py --skip-check --skip-xla --shapes qwen3,mixtral,dsv3 2>&1 \
+  | grep -vE "$F" | tee $O/bench.log | grep -v "^{"
