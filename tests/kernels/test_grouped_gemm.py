@@ -124,6 +124,19 @@ def test_ragged_mm_kernel_variants(tile_n, stages, pingpong, cluster, half, tran
   np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+def _check_bf16_ragged_mm(x, w, gs, cfg, transpose_rhs):
+  """ragged_mm's bf16 output (the swapped store's case) equals ragged_dot's fp32 product to
+  bf16 rounding, with no NaN (no row left unwritten) and the rows past the groups zero."""
+  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
+  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
+                       out_dtype=jnp.bfloat16, interpret=True)
+  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
+  y = np.asarray(y, np.float32)
+  assert not np.isnan(y).any()
+  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
+  assert np.all(y[int(np.sum(gs)):] == 0)
+
+
 @pytest.mark.parametrize("tile_n,pingpong,cluster,half", [
     (128, True, 1, False), (128, False, 1, False), (64, True, 2, True), (256, False, 1, True)])
 @pytest.mark.parametrize("transpose_rhs", [False, True])
@@ -134,14 +147,7 @@ def test_ragged_mm_swap_ab(tile_n, pingpong, cluster, half, transpose_rhs):
   x, w, _, gs = _variant_inputs(tile_n, cluster)
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
                           half_tiles=half, swap_ab=True)
-  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
-  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
-                       out_dtype=jnp.bfloat16, interpret=True)
-  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
-  y = np.asarray(y, np.float32)
-  assert not np.isnan(y).any()
-  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
-  assert np.all(y[VARIANT_SIZES.sum():] == 0)
+  _check_bf16_ragged_mm(x, w, gs, cfg, transpose_rhs)
 
 
 # Groups of 150 and 130 rows end 25 and 8 rows into a second tile: merged into their first
@@ -164,14 +170,7 @@ def test_ragged_mm_merge_tail(tile_n, pingpong, cluster, half, swap, merge, tran
   np.testing.assert_array_equal(sched[4][sched[4] > 0], [25, 8])
   cfg = mosaic.TileConfig(tile_n=tile_n, tile_k=64, stages=3, pingpong=pingpong, cluster=cluster,
                           half_tiles=half, swap_ab=swap, merge_tail=merge)
-  w_in = jnp.swapaxes(w, 1, 2) if transpose_rhs else w
-  y = mosaic.ragged_mm(x, w_in, gs, cfg=cfg, transpose_rhs=transpose_rhs,
-                       out_dtype=jnp.bfloat16, interpret=True)
-  ref = np.asarray(jax.lax.ragged_dot(x, w, gs, preferred_element_type=jnp.float32))
-  y = np.asarray(y, np.float32)
-  assert not np.isnan(y).any()
-  np.testing.assert_allclose(y, ref, rtol=2 ** -7, atol=2 ** -7)
-  assert np.all(y[MERGE_SIZES.sum():] == 0)
+  _check_bf16_ragged_mm(x, w, gs, cfg, transpose_rhs)
 
 
 def test_merged_tails_forward_and_backward(monkeypatch):
