@@ -6,6 +6,7 @@
 # recipe's bf16 loss in both trees, one call.
 #   mkdir -p .peers && cp -r ../shared/peers/torchtitan .peers/
 #   mkdir -p .peers/base && git archive 9730d8e moejax kernels configs train.py benchmarks | tar -x -C .peers/base
+#   (BASE= bash run_a.sh: this tree and torchtitan only, for a short device budget)
 #   .whl: ml_collections grain array_record portpicker tensorboardX wheels; carry [".whl", ".peers"]
 set -u -o pipefail
-BASE=.peers/base OUT=$OUT/a1_same_call_titan bash benchmarks/proxies_vs_titan.sh
+BASE=${BASE-.peers/base} OUT=$OUT/a1_same_call_titan bash benchmarks/proxies_vs_titan.sh
