@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 26, call a (a1_mixtral_micro_batches/): NOT RUN yet (no H200 could be started later in session 26).
+# Session 26, call a (a1_mixtral_micro_batches/): NOT RUN yet (no H200 could be started later in session 26); session 29's run_c.sh carries it (c1_mixtral_micro_batches/), also not run yet.
 # For any tree after 253c57f; ask for an H200 (needs_h200: Mixtral
 # width at two micro-batches does not fit an H100's 80 GB): session 25's call b for the Mixtral
 # proxy, which ran out of memory on the H100 that call got. 4c54bb9's tree (.peers/base, before
