@@ -1,5 +1,5 @@
 #!/bin/bash
-# NOT RUN yet: in session 29 no device machine could be started (about 14 tries over 2 h, H200 and H100).
+# NOT RUN yet: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s).
 # Session 29, call a (a1_same_call_titan/): the acceptance measurement on this tree (be5b6c9 +
 # this script): sessions 27-28 changed the kernels' code (merge_tail, the two-deal
 # `_balanced_order`) without an H200 run of the production tiles. Both proxies from 9730d8e's tree

@@ -1,5 +1,5 @@
 #!/bin/bash
-# NOT RUN yet: in session 29 no device machine could be started (about 14 tries over 2 h, H200 and H100).
+# NOT RUN yet: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s).
 # Session 29, call b: the grouped-GEMM kernels of this tree on the H200 (tiles.json unchanged
 # since session 19; the kernel code changed in sessions 27-28).
 #  (the small-shape check against float64 runs in call c: c0_check/)

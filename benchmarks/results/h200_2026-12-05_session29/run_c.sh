@@ -1,5 +1,5 @@
 #!/bin/bash
-# NOT RUN yet: in session 29 no device machine could be started (about 14 tries over 2 h, H200 and H100).
+# NOT RUN yet: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s).
 # Session 29, call c. c0_check/: grouped_gemm.py's small-shape check of this tree's kernels
 # against float64 (every variant). c1_mixtral_micro_batches/: session 26's run_a.sh, never run (it needs an
 # H200: Mixtral width at two micro-batches ran out of an H100's 80 GB). The micro-batch scan with
