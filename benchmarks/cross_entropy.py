@@ -10,7 +10,6 @@ and the largest difference between the two (d in bf16 units).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -19,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels import cross_entropy as kce
-from moejax.kernels.grouped_gemm.autotune import seconds_per_call
 from moejax.layers.cross_entropy import _d_logits, _lse_and_target, chunk_positions
+from row_kernel_sweep import compare, parse_sweep
 
 SHAPES = {"qwen3_30b_width": (4, 4096, 151936), "mixtral_width": (4, 4096, 32000)}  # batch, seq, vocab
 
@@ -33,10 +32,7 @@ def xla_passes(logits_RV, labels_R, weights_R):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--sweep", default="", help="space-separated block,num_warps pairs for the kernel")
-  a = ap.parse_args()
-  sweep = [tuple(int(v) for v in item.split(",")) for item in a.sweep.split()] or [(kce.BLOCK, kce.NUM_WARPS)]
+  sweep = parse_sweep(__doc__, kce)
   for name, (b, s, v) in SHAPES.items():
     rows = b * chunk_positions(b, s, v)
     k1, k2 = jax.random.split(jax.random.key(0))
@@ -44,18 +40,8 @@ def main():
     labels = jax.random.randint(k2, (rows,), 0, v)
     weights = jnp.ones((rows,), jnp.float32)
     gbytes = 2 * logits.size * logits.dtype.itemsize / 1e9
-    ref_fn = jax.jit(xla_passes)
-    ref = ref_fn(logits, labels, weights)
-    t = seconds_per_call(ref_fn, logits, labels, weights)
-    print(f"{name} chunk [{rows}, {v}]  xla     {t * 1e3:7.3f} ms  {gbytes / t / 1e3:5.2f} TB/s", flush=True)
-    for block, warps in sweep:
-      kce.BLOCK, kce.NUM_WARPS = block, warps
-      fn = jax.jit(lambda l, y, w: kce.softmax_xent_rows.__wrapped__(l, y, w, v))
-      got = fn(logits, labels, weights)
-      err = max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - r.astype(jnp.float32)))) for g, r in zip(got, ref))
-      t = seconds_per_call(fn, logits, labels, weights)
-      print(f"{name} chunk [{rows}, {v}]  pallas block={block} warps={warps}  {t * 1e3:7.3f} ms  "
-            f"{gbytes / t / 1e3:5.2f} TB/s  max diff {err:.2e}", flush=True)
+    compare(f"{name} chunk [{rows}, {v}]", gbytes, (logits, labels, weights), xla_passes, kce,
+            lambda l, y, w: kce.softmax_xent_rows.__wrapped__(l, y, w, v), sweep)
 
 
 if __name__ == "__main__":
