@@ -1,5 +1,7 @@
 #!/bin/bash
-# NOT RUN yet: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s).
+# NOT RUN on an H200: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s),
+# nor in session 30 until its twelfth call (11 failed starts), which got an H100: results/h100_2026-12-06_session30/ has
+# call a in its short form (BASE=) and call b (in two calls) from there; call c is still not run.
 # Session 29, call a (a1_same_call_titan/): the acceptance measurement on this tree (be5b6c9 +
 # this script): sessions 27-28 changed the kernels' code (merge_tail, the two-deal
 # `_balanced_order`) without an H200 run of the production tiles. Both proxies from 9730d8e's tree

@@ -1,5 +1,7 @@
 #!/bin/bash
-# NOT RUN yet: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s).
+# NOT RUN on an H200: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s),
+# nor in session 30 until its twelfth call (11 failed starts), which got an H100: results/h100_2026-12-06_session30/ has
+# call a in its short form (BASE=) and call b (in two calls) from there; call c is still not run.
 # Session 29, call b: the grouped-GEMM kernels of this tree on the H200 (tiles.json unchanged
 # since session 19; the kernel code changed in sessions 27-28).
 #  (the small-shape check against float64 runs in call c: c0_check/)
