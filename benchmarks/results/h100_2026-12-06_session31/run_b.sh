@@ -1,5 +1,7 @@
 #!/bin/bash
-# Session 31, call b (for an H100, when no H200 comes): retune Mixtral fc1's three kernel calls
+# Session 31, call b (for an H100, when no H200 comes; ran at e7b8aa4's tree on an H100 80GB HBM3, 384 s: the
+# fwd,dgrad sweep hit its 200 s timeout in dgrad's third turn, so dgrad stored nothing; its two turns read the
+# table's tile and the swap-AB forms within 1%): retune Mixtral fc1's three kernel calls
 # for the H100 on sustained timings (0.5 s, 3 turns, medians; --write-best stores each call's
 # fastest tile for this device kind, as the H200's tiles were chosen), then the Mixtral shape's
 # benchmark (ours, torch, the einsum in turns) with the new table. Session 30 read H100 Mixtral fc1
