@@ -2,6 +2,7 @@
 # NOT RUN on an H200: in session 29 no device machine could be started (18 calls over 2.5 h, for H200s and H100s),
 # nor in session 30 until its twelfth call (11 failed starts), which got an H100: results/h100_2026-12-06_session30/ has
 # call a in its short form (BASE=) and call b (in two calls) from there; this call c is still not run.
+# Session 31's H200 calls (results/h200_2026-12-06_session31/) got no machine either; this call is still not run.
 # Session 29, call c. c0_check/: grouped_gemm.py's small-shape check of this tree's kernels
 # against float64 (every variant). c1_mixtral_micro_batches/: session 26's run_a.sh, never run (it needs an
 # H200: Mixtral width at two micro-batches ran out of an H100's 80 GB). The micro-batch scan with

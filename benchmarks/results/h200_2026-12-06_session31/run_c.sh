@@ -1,4 +1,5 @@
 #!/bin/bash
+# NOT RUN: see run_a.sh's first line.
 # Session 31, call c (needs_h200): call a without its float64 check, for a short device budget:
 # this tree's proxies and torchtitan's in one call (the acceptance measurement on an H200).
 #   mkdir -p .peers && cp -r ../shared/peers/torchtitan .peers/; carry [".whl", ".peers"]
