@@ -1,5 +1,5 @@
 #!/bin/bash
-# NOT RUN: every H200 call of session 31 (six calls, 04:45-06:47 UTC, needs_h200; this script and run_c.sh) got no machine.
+# NOT RUN: every H200 call of session 31 (ten calls, 04:45-06:46 UTC, needs_h200, nine of them tried and failed to start one; this script and run_c.sh) got no machine.
 # Session 31, call a (needs_h200), at this tree: session 29's call c's c0 (grouped_gemm.py's small-shape
 # check of every kernel variant against float64) and session 29's call a in its short form
 # (this tree's proxies and torchtitan's, same call: the acceptance measurement on an H200).
