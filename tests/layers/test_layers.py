@@ -3,7 +3,9 @@ embedding and output head."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
+from jax.sharding import PartitionSpec as P
 
 from moejax.config import AttentionSpec, ModelSpec
 from moejax.layers.attention import Attention
@@ -91,3 +93,42 @@ def test_embedding_and_output_head_pad_the_vocabulary():
   want = np.asarray(x) @ np.asarray(head["params"]["kernel"])
   np.testing.assert_allclose(logits[..., :11], want[..., :11], rtol=1e-5, atol=1e-5)
   assert (np.asarray(logits[..., 11:]) == np.finfo(np.float32).min).all()   # padded rows: never predicted
+
+
+@pytest.mark.parametrize("axes, sequence_parallel, manual", [
+    (("dp", "cp", "tp"), False, ()), (("dp", "cp", "tp"), True, ()),
+    (("pp", "cp", "tp"), True, ("pp",)), (("pp", "dp", "cp"), False, ("pp",))],
+    ids=["dp_cp_tp", "dp_cp_tp_sp", "pp_cp_tp_sp", "pp_dp_cp"])
+def test_embedding_under_a_mesh_is_the_lookup_and_its_gradient(axes, sequence_parallel, manual):
+  """Under a 2x2x2 mesh (vocab over tp, tokens over dp and cp, the output over cp+tp with sequence
+  parallelism) the vocab-parallel lookup gives the table's rows, and its gradient is the
+  scatter-add of the output's, in place: also inside a shard_map manual over pp (the pipeline),
+  with the gradient sharded over dp as the distributed optimizer places it. There XLA 0.12.1's
+  own partitioning of the gather's gradient aborts the process."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), axes)
+  has = lambda a: a if a in axes else None  # noqa: E731
+  rules = (("batch", has("dp")), ("attn_seq", has("cp")), ("vocab", has("tp")), ("embed", None),
+           ("seq", tuple(a for a in ("cp", "tp") if a in axes and (a == "cp" or sequence_parallel)) or None))
+  Bm, Sm = 4, 8
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, (Bm, Sm)))
+  weight = jnp.asarray(_x(4, (Bm, Sm, H)))  # a loss that tells every position apart
+  params = nn.unbox(Embedding(SPEC).init(jax.random.key(2), tokens))
+  table = np.asarray(params["params"]["embedding"])
+  grad_sharding = P(tuple(a for a in ("tp", "dp") if a in axes) or None, None)
+
+  def loss(p):
+    return jnp.sum(Embedding(SPEC).apply(p, tokens) ** 2 * weight)
+
+  def step(p):
+    value, grad = jax.value_and_grad(loss)(p)
+    return value, jax.lax.with_sharding_constraint(grad, grad_sharding)
+
+  if manual:
+    step = jax.shard_map(step, in_specs=P(), out_specs=P(), axis_names=set(manual), check_vma=False)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    value, grad = jax.jit(step)(params)
+  x = table[np.asarray(tokens)].astype(np.float64)
+  np.testing.assert_allclose(value, np.sum(x ** 2 * np.asarray(weight)), rtol=1e-5)
+  want = np.zeros(table.shape)
+  np.add.at(want, np.asarray(tokens), 2 * x * np.asarray(weight))
+  np.testing.assert_allclose(grad["params"]["embedding"], want, rtol=1e-5, atol=1e-6)
