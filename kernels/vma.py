@@ -19,6 +19,14 @@ def vary_like(y, *likes):
   return jax.lax.pcast(y, tuple(sorted(axes)), to="varying") if axes else y
 
 
+def sum_onto(y, like):
+  """y summed over the shard_map axes it varies over and `like` does not: the cotangent of an
+  input `like` that the forward used with values varying over those axes (the transpose of the
+  implicit broadcast is a sum; custom_vjp rules must return it typed as `like`)."""
+  axes = varying_axes(y) - varying_axes(like)
+  return jax.lax.psum(y, tuple(sorted(axes))) if axes else y
+
+
 def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
   """A pallas_call output typed as varying over the shard_map axes `like` varies over (inside a
   shard_map with check_vma, pallas_call needs that on each output; outside, it is empty)."""

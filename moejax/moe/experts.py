@@ -15,7 +15,7 @@ from flax import linen as nn
 from moejax.config import ModelSpec
 from moejax.kernels.grouped_gemm import grouped_gemm
 from moejax.kernels.swiglu import weighted_swiglu_bwd_rows
-from moejax.kernels.vma import vary_like
+from moejax.kernels.vma import sum_onto, vary_like
 from moejax.layers.memory import remat_fn, tag
 from moejax.layers.mlp import MLP
 
@@ -48,9 +48,13 @@ def _weighted_swiglu_bwd(res, g_RF):
   (moejax.kernels.swiglu), else `_weighted_swiglu_bwd_xla`."""
   h_R2F, probs_R = res
   if jax.devices()[0].platform != "gpu":
-    return _weighted_swiglu_bwd_xla(res, g_RF)
-  dh_R2F, dprobs_R = weighted_swiglu_bwd_rows(h_R2F, g_RF, probs_R)
-  return vary_like(dh_R2F, h_R2F, g_RF), vary_like(dprobs_R.astype(probs_R.dtype), probs_R, g_RF)
+    dh_R2F, dprobs_R = _weighted_swiglu_bwd_xla(res, g_RF)
+  else:
+    dh_R2F, dprobs_R = weighted_swiglu_bwd_rows(h_R2F, g_RF, probs_R)
+    dh_R2F, dprobs_R = vary_like(dh_R2F, h_R2F, g_RF), vary_like(dprobs_R.astype(probs_R.dtype), probs_R, g_RF)
+  # rows replicated over etp (tp without sequence parallelism) see a slice of F on each rank:
+  # their probs' gradient is the sum of the slices'
+  return dh_R2F, sum_onto(dprobs_R, probs_R)
 
 
 def _weighted_swiglu_bwd_xla(res, g_RF):

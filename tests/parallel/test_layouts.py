@@ -49,7 +49,8 @@ def single_device(mesh_and_rules):
     dict(),                                        # dp=8
     dict(ep=4),                                    # dp=8 outside the MoE, ep=4 x edp=2 inside
     dict(tp=2, ep=2, sequence_parallel=True),      # dp=4; etp=tp=2, ep=2, edp=2
-], ids=["dp8", "ep4", "tp2_ep2"])
+    dict(tp=2),                                    # dp=4; no SP: each etp rank has all the rows
+], ids=["dp8", "ep4", "tp2_ep2", "tp2"])
 def test_loss_and_grads_match_single_device(single_device, mesh_and_rules, parallel):
   params, tokens, loss1, grads1 = single_device
   assert len(jax.devices()) == 8
