@@ -85,11 +85,19 @@ def _online_logsumexp(logits_BCV):
   return m_BC + jnp.log(s_BC)
 
 
+def vocab_parallel_lse_and_target(logits_BCV, labels_BC):
+  """log Σ exp of each row, and its logit at the label, by reductions over the vocab only, as
+  Megatron's vocab-parallel cross-entropy: with the vocab split over tp each is a local reduction
+  and an all-reduce, and its gradient has no scatter into the split logits (a gather's gradient
+  there aborts XLA 0.12.1's partitioner inside the pipeline)."""
+  is_label_BCV = jnp.arange(logits_BCV.shape[-1]) == labels_BC[..., None]
+  return jax.nn.logsumexp(logits_BCV, axis=-1), jnp.sum(jnp.where(is_label_BCV, logits_BCV, 0.0), axis=-1)
+
+
 def _lse_and_target(logits_BCV, labels_BC, vocab_split: bool):
   """log Σ exp of each row, and its logit at the label."""
-  if vocab_split:  # reductions only: each becomes a local reduction and an all-reduce over tp
-    is_label_BCV = jnp.arange(logits_BCV.shape[-1]) == labels_BC[..., None]
-    return jax.nn.logsumexp(logits_BCV, axis=-1), jnp.sum(jnp.where(is_label_BCV, logits_BCV, 0.0), axis=-1)
+  if vocab_split:
+    return vocab_parallel_lse_and_target(logits_BCV, labels_BC)
   return _online_logsumexp(logits_BCV), jnp.take_along_axis(logits_BCV, labels_BC[..., None], axis=-1)[..., 0]
 
 

@@ -16,8 +16,8 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from moejax.config import ModelSpec
-from moejax.layers.cross_entropy import head_logits, linear_cross_entropy
-from moejax.parallel.sharding import current_mesh, dividing_axes
+from moejax.layers.cross_entropy import head_logits, linear_cross_entropy, vocab_parallel_lse_and_target
+from moejax.parallel.sharding import current_mesh, dividing_axes, logical_axis_size
 
 
 def _logits(x_BSH, w_HV, spec: ModelSpec):
@@ -36,7 +36,11 @@ def _loss(x_BSH, w_HV, labels_BS, weights_BS, spec: ModelSpec):
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
     return linear_cross_entropy(x_BSH, w_HV.astype(spec.dtype), labels_BS, weights_BS, spec.vocab_size,
                                 spec.cross_entropy_fusion_impl)
-  return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(_logits(x_BSH, w_HV, spec), labels_BS))
+  logits_BSV = _logits(x_BSH, w_HV, spec)
+  if logical_axis_size("vocab") > 1:
+    lse_BS, target_BS = vocab_parallel_lse_and_target(logits_BSV, labels_BS)
+    return jnp.sum(weights_BS * (lse_BS - target_BS))
+  return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS))
 
 
 class _LookupLayout(NamedTuple):

@@ -1,5 +1,7 @@
 """Dense layers against plain NumPy: RMSNorm, rotary embeddings, causal GQA attention, SwiGLU MLP,
 embedding and output head."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,40 +97,77 @@ def test_embedding_and_output_head_pad_the_vocabulary():
   assert (np.asarray(logits[..., 11:]) == np.finfo(np.float32).min).all()   # padded rows: never predicted
 
 
-@pytest.mark.parametrize("axes, sequence_parallel, manual", [
-    (("dp", "cp", "tp"), False, ()), (("dp", "cp", "tp"), True, ()),
-    (("pp", "cp", "tp"), True, ("pp",)), (("pp", "dp", "cp"), False, ("pp",))],
-    ids=["dp_cp_tp", "dp_cp_tp_sp", "pp_cp_tp_sp", "pp_dp_cp"])
-def test_embedding_under_a_mesh_is_the_lookup_and_its_gradient(axes, sequence_parallel, manual):
-  """Under a 2x2x2 mesh (vocab over tp, tokens over dp and cp, the output over cp+tp with sequence
-  parallelism) the vocab-parallel lookup gives the table's rows, and its gradient is the
-  scatter-add of the output's, in place: also inside a shard_map manual over pp (the pipeline),
-  with the gradient sharded over dp as the distributed optimizer places it. There XLA 0.12.1's
-  own partitioning of the gather's gradient aborts the process."""
+MESHES = {  # name: (axes of a 2x2x2 mesh, sequence parallelism, the axes a shard_map makes manual)
+    "dp_cp_tp": (("dp", "cp", "tp"), False, ()),
+    "dp_cp_tp_sp": (("dp", "cp", "tp"), True, ()),
+    "pp_cp_tp_sp": (("pp", "cp", "tp"), True, ("pp",)),
+    "pp_dp_cp": (("pp", "dp", "cp"), False, ("pp",)),
+    "pp_dp_tp": (("pp", "dp", "tp"), False, ("pp",)),
+}
+
+
+def _value_and_grad_on_mesh(name, loss, params, leaf):
+  """jit(value_and_grad(loss))(params) under a MESHES mesh and its logical-axis rules, inside a
+  shard_map over its manual axes (as the pipeline runs a stage); the gradient of param `leaf`
+  sharded over tp and dp there (rows over dp, as the distributed optimizer places them)."""
+  axes, sequence_parallel, manual = MESHES[name]
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), axes)
   has = lambda a: a if a in axes else None  # noqa: E731
   rules = (("batch", has("dp")), ("attn_seq", has("cp")), ("vocab", has("tp")), ("embed", None),
            ("seq", tuple(a for a in ("cp", "tp") if a in axes and (a == "cp" or sequence_parallel)) or None))
-  Bm, Sm = 4, 8
-  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, (Bm, Sm)))
-  weight = jnp.asarray(_x(4, (Bm, Sm, H)))  # a loss that tells every position apart
-  params = nn.unbox(Embedding(SPEC).init(jax.random.key(2), tokens))
-  table = np.asarray(params["params"]["embedding"])
-  grad_sharding = P(tuple(a for a in ("tp", "dp") if a in axes) or None, None)
-
-  def loss(p):
-    return jnp.sum(Embedding(SPEC).apply(p, tokens) ** 2 * weight)
+  rows = P(tuple(a for a in ("tp", "dp") if a in axes) or None, None)
 
   def step(p):
     value, grad = jax.value_and_grad(loss)(p)
-    return value, jax.lax.with_sharding_constraint(grad, grad_sharding)
+    return value, jax.lax.with_sharding_constraint(grad["params"][leaf], rows)
 
   if manual:
     step = jax.shard_map(step, in_specs=P(), out_specs=P(), axis_names=set(manual), check_vma=False)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    value, grad = jax.jit(step)(params)
+    return jax.jit(step)(params)
+
+
+@pytest.mark.parametrize("name", ["dp_cp_tp", "dp_cp_tp_sp", "pp_cp_tp_sp", "pp_dp_cp"])
+def test_embedding_under_a_mesh_is_the_lookup_and_its_gradient(name):
+  """Under a mesh (vocab over tp, tokens over dp and cp, the output over cp+tp with sequence
+  parallelism) the vocab-parallel lookup gives the table's rows, and its gradient is the
+  scatter-add of the output's: also inside a shard_map manual over pp (the pipeline), with the
+  gradient sharded over dp as the distributed optimizer places it. There XLA 0.12.1's own
+  partitioning of the gather's gradient aborts the process."""
+  Bm, Sm = 4, 8
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 11, (Bm, Sm)))
+  weight = jnp.asarray(_x(4, (Bm, Sm, H)))  # a loss that tells every position apart
+  params = nn.unbox(Embedding(SPEC).init(jax.random.key(2), tokens))
+  value, grad = _value_and_grad_on_mesh(
+      name, lambda p: jnp.sum(Embedding(SPEC).apply(p, tokens) ** 2 * weight), params, "embedding")
+  table = np.asarray(params["params"]["embedding"])
   x = table[np.asarray(tokens)].astype(np.float64)
   np.testing.assert_allclose(value, np.sum(x ** 2 * np.asarray(weight)), rtol=1e-5)
   want = np.zeros(table.shape)
   np.add.at(want, np.asarray(tokens), 2 * x * np.asarray(weight))
-  np.testing.assert_allclose(grad["params"]["embedding"], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dp_cp_tp", "pp_dp_tp"])
+def test_unfused_head_loss_under_a_mesh(name):
+  """The output head's loss without the fused cross-entropy (model.cross_entropy_loss_fusion=False)
+  with the vocab over tp: Σ weights · (logsumexp − the label's logit), and its gradient, also in
+  a pp-manual shard_map, where the gradient of a gather at the labels aborts XLA 0.12.1."""
+  spec = dataclasses.replace(SPEC, cross_entropy_loss_fusion=False)
+  Bm, Sm = 4, 8
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(_x(6, (Bm, Sm, H)))
+  labels, weights = jnp.asarray(rng.integers(0, 11, (Bm, Sm))), jnp.asarray(rng.random((Bm, Sm)), jnp.float32)
+  params = nn.unbox(OutputHead(spec).init(jax.random.key(3), x))
+  value, grad = _value_and_grad_on_mesh(
+      name, lambda p: OutputHead(spec).apply(p, x, labels, weights, method="loss"), params, "kernel")
+  w = np.asarray(params["params"]["kernel"], np.float64)
+  logits = (np.asarray(x, np.float64) @ w)[..., :11]  # the 11 real columns of 128
+  lse = np.log(np.exp(logits).sum(-1))
+  p_BSV = np.exp(logits - lse[..., None])
+  np.testing.assert_allclose(value, np.sum(np.asarray(weights) * (lse - np.take_along_axis(
+      logits, np.asarray(labels)[..., None], -1)[..., 0])), rtol=1e-5)
+  d_logits = (p_BSV - np.eye(11)[np.asarray(labels)]) * np.asarray(weights)[..., None]
+  want = np.zeros(w.shape)
+  want[:, :11] = np.einsum("bsh,bsv->hv", np.asarray(x, np.float64), d_logits)
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5)
