@@ -10,8 +10,7 @@
 set -u
 source benchmarks/device_env.sh
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR"
-rm -rf /tmp/old && mkdir -p /tmp/old && cp -r "$R/.peers/s32_old"/{moejax,configs,train.py,benchmarks} /tmp/old/ \
-  && cp -r "$R/.peers/s32_old/kernels" /tmp/old/moejax/kernels
+rm -rf /tmp/old && mkdir -p /tmp/old && cp -rL "$R/.peers/s32_old"/{moejax,configs,train.py,benchmarks} /tmp/old/
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 for tree in old pp; do
   (cd /tmp/$tree && PYTHONPATH=/tmp/$tree:/tmp/site timeout 110 python3 benchmarks/train_step.py \
