@@ -11,13 +11,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from moejax.config import ModelSpec
 from moejax.layers.cross_entropy import head_logits, linear_cross_entropy, vocab_parallel_lse_and_target
-from moejax.parallel.sharding import current_mesh, dividing_axes, logical_axis_size
+from moejax.parallel.sharding import current_mesh, dividing_axes
 
 
 def _logits(x_BSH, w_HV, spec: ModelSpec):
@@ -36,11 +35,8 @@ def _loss(x_BSH, w_HV, labels_BS, weights_BS, spec: ModelSpec):
     x_BSH = nn.with_logical_constraint(x_BSH, ("batch", "attn_seq", "embed"))
     return linear_cross_entropy(x_BSH, w_HV.astype(spec.dtype), labels_BS, weights_BS, spec.vocab_size,
                                 spec.cross_entropy_fusion_impl)
-  logits_BSV = _logits(x_BSH, w_HV, spec)
-  if logical_axis_size("vocab") > 1:
-    lse_BS, target_BS = vocab_parallel_lse_and_target(logits_BSV, labels_BS)
-    return jnp.sum(weights_BS * (lse_BS - target_BS))
-  return jnp.sum(weights_BS * optax.softmax_cross_entropy_with_integer_labels(logits_BSV, labels_BS))
+  lse_BS, target_BS = vocab_parallel_lse_and_target(_logits(x_BSH, w_HV, spec), labels_BS)
+  return jnp.sum(weights_BS * (lse_BS - target_BS))
 
 
 class _LookupLayout(NamedTuple):
@@ -64,7 +60,7 @@ class _LookupLayout(NamedTuple):
   def local_rows(self, tokens):
     """Tokens as row numbers of this rank's vocab shard, with `rows` (out of range) for tokens
     of other ranks."""
-    local = tokens - jax.lax.axis_index(self.vocab) * self.rows if self.vocab else tokens
+    local = tokens - jax.lax.axis_index(self.vocab) * self.rows  # index 0 with no vocab axes
     return jnp.where((local >= 0) & (local < self.rows), local, self.rows)
 
 
@@ -83,14 +79,13 @@ def _vocab_parallel_lookup(table_VH: jax.Array, tokens_BS: jax.Array) -> jax.Arr
   gradient over dp instead, once a step)."""
   mesh = current_mesh()
   (V, _), (B, S) = table_VH.shape, tokens_BS.shape
-  if mesh is None:
-    return jnp.take(table_VH, tokens_BS, axis=0)
-  vocab = dividing_axes("vocab", V)
-  layout = _LookupLayout(mesh, vocab, dividing_axes("batch", B), dividing_axes("attn_seq", S),
-                         dividing_axes("seq", S), V // math.prod(mesh.shape[a] for a in vocab), table_VH.dtype)
-  if layout.seq not in (layout.attn_seq, layout.attn_seq + vocab):  # a sequence not split as the rules say
-    return jnp.take(table_VH, tokens_BS, axis=0)
-  return _lookup(table_VH, tokens_BS, layout)
+  if mesh is not None:
+    vocab = dividing_axes("vocab", V)
+    layout = _LookupLayout(mesh, vocab, dividing_axes("batch", B), dividing_axes("attn_seq", S),
+                           dividing_axes("seq", S), V // math.prod(mesh.shape[a] for a in vocab), table_VH.dtype)
+    if layout.seq in (layout.attn_seq, layout.attn_seq + vocab):  # else a sequence not split as the rules say
+      return _lookup(table_VH, tokens_BS, layout)
+  return jnp.take(table_VH, tokens_BS, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -98,9 +93,7 @@ def _lookup(table_VH, tokens_BS, layout: _LookupLayout):
   def rows(table_vH, tokens_bs):
     local_bs = layout.local_rows(tokens_bs)
     x_bsH = jnp.take(table_vH, local_bs, axis=0, mode="fill", fill_value=0)
-    if not layout.vocab:
-      return x_bsH
-    if layout.seq == layout.attn_seq:
+    if layout.seq == layout.attn_seq:  # (a psum over no vocab axes returns x)
       return jax.lax.psum(x_bsH, layout.vocab)
     return jax.lax.psum_scatter(x_bsH, layout.vocab, scatter_dimension=1, tiled=True)
 
@@ -113,8 +106,8 @@ def _lookup_fwd(table_VH, tokens_BS, layout):
 
 
 def _lookup_bwd(layout, tokens_BS, d_BSH):
-  def gather(x, names, dim):
-    return jax.lax.all_gather(x, names, axis=dim, tiled=True) if names else x
+  def gather(x, names, dim):  # no names: x itself
+    return jax.lax.all_gather(x, names, axis=dim, tiled=True)
 
   def grad_rows(tokens_bs, d_bsH):
     local_BS = layout.local_rows(gather(gather(tokens_bs, layout.batch, 0), layout.attn_seq, 1))
