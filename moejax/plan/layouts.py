@@ -164,7 +164,7 @@ def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
       for dist in (True, False):
         mem = layout_memory(spec, z, t.seq_length, t.micro_batch_size, vpp, _slots(z.pp, vpp, m) if z.pp > 1 else 0,
                             sequence_parallel=z.tp > 1, flash=flash, recompute=recompute,
-                            distributed_optimizer=dist)
+                            distributed_optimizer=dist, micro_batches=m)
         options.append(Option(z, vpp, layout, recompute, dist, mem, cost))
     out.append(options)
   return out

@@ -9,14 +9,23 @@ over edp). Per local weight, with `shard` = 1/dp (1/edp) under the distributed o
   weights    master (`model.params_dtype`) · shard + its copy in `model.dtype`: kept in the train
              state when the master is whole (`TrainState.compute_params`), else cast on the shard
              and gathered whole once per step (`StatePlacement.compute_params`)
-  gradients  the compute copy's gradients in `model.dtype` + the main gradients (fp32) · shard; with
-             the distributed optimizer each leaf's gradient is cast whole to fp32 and then
-             reduce-scattered onto its shard (`StatePlacement.main_grads`), one leaf at a time:
-             the largest such leaf's fp32 copy is counted once
-  optimizer  Adam's two moments · shard + the update optax forms before applying it (fp32 · shard)
+  gradients  on GPUs (`backend="gpu"`): the main gradients (fp32) · shard only when a step runs
+             several micro-batches (their sum is held through the step); the gradients of one
+             micro-batch are not held at once, because XLA's GPU scheduler runs each leaf's fused
+             AdamW as soon as the backward pass has produced its gradient (one jit, the state
+             donated). With the distributed optimizer each leaf's gradient is cast whole to fp32 and
+             reduce-scattered onto its shard (`StatePlacement.main_grads`), one leaf at a time: the
+             largest such leaf's fp32 copy is counted once. On CPUs (`backend="cpu"`, the tests'
+             compiled steps) XLA holds them all: the compute copy's gradients in `model.dtype` and the
+             main gradients · shard
+  optimizer  Adam's two moments · shard; on CPUs also the update optax forms before applying it
+             (fp32 · shard)
 
-This is more than `metrics.memory.state_budget` (the persistent state: masters, moments, fp32
-gradients): the step also holds the low-precision copy, its gradients and the update.
+On one H100, at the one-GPU proxies' widths (1-4 layers, 1-4 sequences of 4096; recompute none,
+selective, full), the GPU form is 0.93-1.02x the compiled step's `memory_analysis()`, where
+counting every gradient and the update as held read 1.43-1.67x (benchmarks/plan_memory.py,
+benchmarks/RESULTS.md). `metrics.memory.state_budget` is the persistent state alone (masters,
+moments, fp32 gradients).
 
 Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models", Megatron's formulas): the values the backward pass keeps per layer and
@@ -42,8 +51,10 @@ dense FFN, F the expert FFN, E experts, and d bytes of `model.dtype`:
              group's pairs could come here), bounded by `moe.exchange_capacity_factor`·Tn·K
              (alltoall) or the expert capacity under token dropping; shared experts as a dense
              MLP of their size
-  outside    2·d·Tn·h (embedding output, final-norm input); the LM head's logits are chunked
-             (fused cross-entropy) and not counted
+  outside    2·d·Tn·h (embedding output, final-norm input), and the fused cross-entropy's working
+             set at the loss, where every layer's activations are still held: the head's weight
+             gradient accumulated in fp32, 4·h·V/tp, and one chunk of logits in `model.dtype`
+             (`layers.cross_entropy.chunk_positions`: ≤ 2^30 logits of the micro-batch over dp)
 
 Recompute choices (`train.recompute_granularity`): none keeps all of it; selective is
 `recompute_modules=SELECTIVE` (core_attn: no scores, probabilities or repeated KV heads;
@@ -63,11 +74,13 @@ import math
 import jax.numpy as jnp
 
 from moejax.config import ModelSpec
+from moejax.layers.cross_entropy import chunk_positions
 from moejax.metrics.flops import num_params
 from moejax.metrics.memory import routed_expert_params
 from moejax.parallel.mesh import ParallelSizes
 
 RECOMPUTE = ("none", "selective", "full")
+BACKENDS = ("gpu", "cpu")
 SELECTIVE = ("core_attn", "layernorm", "moe_act")
 
 
@@ -145,7 +158,7 @@ def activation_bytes(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vp
   kinds = [(is_moe, n) for is_moe, n in ((False, spec.num_layers - n_moe), (True, n_moe)) if n]
   kept = {k: _layer_activations(spec, k, z, seq, micro, sequence_parallel, flash, recompute) for k, _ in kinds}
   full_set = max(_layer_activations(spec, k, z, seq, micro, sequence_parallel, flash, "none") for k, _ in kinds)
-  outside = 2 * layer_input
+  outside = 2 * layer_input + _loss_working_set(spec, z, seq, micro)
   if z.pp == 1:
     if recompute == "full":
       return outside + layer_input * spec.num_layers + full_set
@@ -153,6 +166,13 @@ def activation_bytes(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vp
   per_stage = math.ceil(spec.num_layers / (z.pp * vpp))
   stage = layer_input * per_stage + full_set if recompute == "full" else max(kept.values()) * per_stage
   return outside + slots * layer_input + stage
+
+
+def _loss_working_set(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int) -> float:
+  """The fused cross-entropy's head-gradient accumulator (fp32) and one chunk of logits, per GPU."""
+  V = spec.padded_vocab_size
+  chunk = micro * z.dp * chunk_positions(micro * z.dp, seq, V) * V / (z.dp * z.cp * z.tp)
+  return 4 * spec.hidden_size * V / z.tp + _itemsize(spec) * chunk
 
 
 def _outside_layer_params(spec: ModelSpec) -> int:
@@ -192,9 +212,13 @@ def _largest_sharded_leaf(spec: ModelSpec, z: ParallelSizes) -> float:
 
 
 def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
-                main_grad_bytes: int = 4) -> tuple[float, float, float, float]:
+                main_grad_bytes: int = 4, micro_batches: int = 1,
+                backend: str = "gpu") -> tuple[float, float, float, float]:
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
-  docstring); persistent: masters, their compute copy and moments, the step's arguments."""
+  docstring) on `backend`, with `micro_batches` micro-batches a step; persistent: masters, their
+  compute copy and moments, the step's arguments."""
+  if backend not in BACKENDS:
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
   master = jnp.dtype(spec.params_dtype).itemsize
   low = _itemsize(spec)
   weights = grads = optim = persistent = 0.0
@@ -205,16 +229,22 @@ def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool =
     cast = low != master
     copy = low * whole if cast and shard == whole else 0  # TrainState.compute_params, beside the masters
     weights += master * shard + copy + (low * whole if shard != whole else 0)
-    grads += low * whole + (main_grad_bytes * shard if cast or shard != whole else 0)
-    optim += (moment_bytes + 4) * shard
+    if backend == "cpu":
+      grads += low * whole + (main_grad_bytes * shard if cast or shard != whole else 0)
+    elif micro_batches > 1:
+      grads += main_grad_bytes * shard
+    optim += (moment_bytes + (4 if backend == "cpu" else 0)) * shard
     persistent += (master + moment_bytes) * shard + copy
   return weights, grads, optim, persistent
 
 
 def layout_memory(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vpp: int = 1, slots: int = 0,
                   sequence_parallel: bool = True, flash: bool = True, recompute: str = "none",
-                  distributed_optimizer: bool = True, moment_bytes: int = 8) -> Memory:
-  """Weights, gradients, optimizer state and activations per GPU of one layout and recompute choice."""
-  weights, grads, optim, persistent = state_bytes(spec, z, distributed_optimizer, moment_bytes)
+                  distributed_optimizer: bool = True, moment_bytes: int = 8, micro_batches: int = 1,
+                  backend: str = "gpu") -> Memory:
+  """Weights, gradients, optimizer state and activations per GPU of one layout and recompute choice,
+  with `micro_batches` micro-batches a step, as XLA compiles the step for `backend`."""
+  weights, grads, optim, persistent = state_bytes(spec, z, distributed_optimizer, moment_bytes,
+                                                  micro_batches=micro_batches, backend=backend)
   act = activation_bytes(spec, z, seq, micro, vpp, slots, sequence_parallel, flash, recompute)
   return Memory(weights=weights, gradients=grads, optimizer=optim, activations=act, persistent=persistent)

@@ -78,7 +78,7 @@ def test_estimate_matches_compiled_step(name):
   measured_total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
   est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
                       sequence_parallel=cfg.parallel.sequence_parallel, flash=False, recompute="none",
-                      distributed_optimizer=cfg.optim.use_distributed_optimizer)
+                      distributed_optimizer=cfg.optim.use_distributed_optimizer, backend="cpu")
   print(f"{name}: compiled arguments {m.argument_size_in_bytes} B, total {measured_total} B; estimate "
         f"masters+moments {est.persistent:.0f} B, total {est.total:.0f} B (weights {est.weights:.0f}, gradients "
         f"{est.gradients:.0f}, optimizer {est.optimizer:.0f}, activations {est.activations:.0f})")
@@ -92,18 +92,25 @@ SPEC = ModelSpec(num_layers=2, hidden_size=32, ffn_hidden_size=64, dtype="bfloat
 
 def test_state_written_out():
   """ep=4, dp=8, edp=2, pp=1 with the distributed optimizer: per local weight, master and moments
-  over the data shards; the compute copy (cast on the shards, gathered) and its bf16 gradients
-  whole; main gradients and the update over the shard; the fp32 cast of the largest sharded leaf's
-  gradient (the head, [384, 32]). Without it, each master's bf16 copy is kept in the train state
-  (TrainState.compute_params) beside master and moments."""
+  over the data shards; the compute copy (cast on the shards, gathered). The fp32 cast of the
+  largest sharded leaf's gradient (the head, [384, 32]) on both backends; on the CPU also the bf16
+  gradients whole and main gradients and the update over the shard, on the GPU main gradients only
+  with several micro-batches a step. Without the distributed optimizer, each master's bf16 copy is
+  kept in the train state (TrainState.compute_params) beside master and moments."""
   experts = 8 * 3 * 32 * 16
   dense = num_params(SPEC) - experts
   z = ParallelSizes(tp=1, cp=1, pp=1, ep=4, etp=1, dp=8, edp=2)
-  weights, grads, optim, persistent = state_bytes(SPEC, z)
   whole, shard = dense + experts / 4, dense / 8 + experts / 4 / 2
+  weights, grads, optim, persistent = state_bytes(SPEC, z, backend="cpu")
   assert weights == pytest.approx(4 * shard + 2 * whole)
   assert grads == pytest.approx(2 * whole + 4 * shard + 4 * 384 * 32)
   assert optim == pytest.approx(12 * shard) and persistent == pytest.approx(12 * shard)
+  for m, main in ((1, 0), (4, 4 * shard)):
+    weights_gpu, grads_gpu, optim_gpu, persistent_gpu = state_bytes(SPEC, z, micro_batches=m)
+    assert (weights_gpu, persistent_gpu) == (weights, persistent)
+    assert grads_gpu == pytest.approx(main + 4 * 384 * 32) and optim_gpu == pytest.approx(8 * shard)
+  with pytest.raises(ValueError, match="backend must be one of"):
+    state_bytes(SPEC, z, backend="tpu")
   # pp=2 halves the decoder layers; embedding, head and final norm stay on every rank
   outside = 2 * SPEC.padded_vocab_size * 32 + 32
   _, _, _, persistent_pp = state_bytes(SPEC, z.__class__(**{**z.__dict__, "pp": 2}), distributed_optimizer=False)
