@@ -52,7 +52,31 @@ def recomputes(spec: ModelSpec, module: str) -> bool:
 
 def remat_fn(spec: ModelSpec, module: str, fn):
   """`fn` recomputed in the backward pass when `module` is selected for recomputation."""
-  return jax.checkpoint(fn) if recomputes(spec, module) else fn
+  return recompute_after_cotangent(fn) if recomputes(spec, module) else fn
+
+
+def recompute_after_cotangent(fn):
+  """`fn` (positional array arguments; None allowed) keeping only its inputs for the backward
+  pass, where its values are recomputed once its output's cotangent exists.
+
+  Written by hand because `jax.checkpoint` ties the recomputation only to the kept inputs, which
+  exist from the forward pass on, so XLA may schedule it early and hold the recomputed values
+  as long as the originals: on an H100 `moe_act` recomputed that way held 0.9 GB *more* than
+  keeping the activation (benchmarks/RESULTS.md). Here the inputs and the cotangent pass one
+  optimization barrier together, so nothing is recomputed before the backward pass needs it."""
+  @jax.custom_vjp
+  def f(*args):
+    return fn(*args)
+
+  def fwd(*args):
+    return fn(*args), args
+
+  def bwd(args, g):
+    args, g = jax.lax.optimization_barrier((args, g))
+    return jax.vjp(fn, *args)[1](g)
+
+  f.defvjp(fwd, bwd)
+  return f
 
 
 def remat_module(spec: ModelSpec, module: str, cls):

@@ -85,7 +85,7 @@ def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "a
   recomputation the activation's output (fc2's input) is not kept but recomputed from fc1's output
   in the backward pass, as Megatron's `--recompute-modules moe_act` does (moejax/layers/memory.py)."""
 
-  def act_fc2(h_R2F, probs_R, w2_EFH):
+  def act_fc2(h_R2F, probs_R, w2_EFH, group_sizes_E):
     return grouped_gemm(weighted_swiglu(h_R2F, probs_R), w2_EFH, group_sizes_E, impl=impl)
 
   if spec is not None:
@@ -93,7 +93,7 @@ def grouped_mlp(x_RH, group_sizes_E, probs_R, w1_EH2F, w2_EFH, *, impl: str = "a
   h_R2F = grouped_gemm(x_RH, w1_EH2F, group_sizes_E, impl=impl)
   if spec is not None:
     h_R2F = tag(h_R2F, "moe_act")
-  return act_fc2(h_R2F, probs_R, w2_EFH)
+  return act_fc2(h_R2F, probs_R, w2_EFH, group_sizes_E)
 
 
 class _ExpertWeights(nn.Module):
