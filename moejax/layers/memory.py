@@ -1,11 +1,11 @@
 """Activation memory: which values a layer names, which submodules it recomputes, and the
 checkpoint policy of a scanned block (`train.recompute_*`, `train.offload_modules`, FSDP).
 
-Megatron's two mechanisms map onto `jax.checkpoint`:
+Megatron's two mechanisms map onto JAX as follows:
 - selective recomputation of a submodule (`recompute_modules`: core_attn, moe_act, layernorm,
-  mlp, moe, shared_experts; mla_up_proj once moejax has MLA) wraps that submodule alone in
-  `jax.checkpoint`: only its inputs are kept, its internals are recomputed in the backward pass
-  (`remat_fn` for a function, `remat_module` for a Flax module);
+  mlp, moe, shared_experts, mla_up_proj) keeps only that submodule's inputs and recomputes its
+  internals in the backward pass: a function through `recompute_after_cotangent` (`remat_fn`:
+  core_attn, moe_act, mla_up_proj), a Flax module through `nn.remat` (`remat_module`);
 - fine-grained offloading (`offload_modules`) names the input of each submodule with
   `checkpoint_name` (`tag`) and runs the scanned block under `block_policy`
   (`save_and_offload_only_these_names`): the named values listed for offloading go to pinned host

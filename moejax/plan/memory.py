@@ -22,7 +22,7 @@ over edp). Per local weight, with `shard` = 1/dp (1/edp) under the distributed o
              (fp32 · shard)
 
 On one H100, at the one-GPU proxies' widths (1-4 layers, 1-4 sequences of 4096; recompute none,
-selective, full), the GPU form is 0.93-1.02x the compiled step's `memory_analysis()`, where
+selective, full), the GPU form is 0.95-1.02x the compiled step's `memory_analysis()`, where
 counting every gradient and the update as held read 1.43-1.67x (benchmarks/plan_memory.py,
 benchmarks/RESULTS.md). `metrics.memory.state_budget` is the persistent state alone (masters,
 moments, fp32 gradients).

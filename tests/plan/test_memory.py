@@ -110,7 +110,8 @@ def test_gpu_estimate_matches_compiled_h100(case):
   `memory_analysis()`: arguments + temporaries + outputs - aliased), at the proxies' widths: 1-4
   layers, micro-batches of 1-4 sequences of 4096, 1-4 micro-batches a step, recompute none,
   selective, full. Regenerate with benchmarks/plan_memory.py on a GPU
-  (benchmarks/results/gpu_2026-12-06_session34/run_c.sh). Measured 0.93-1.02x; the old count (every
+  (benchmarks/results/gpu_2026-12-06_session34/run_c.sh; the selective rows from run_e.sh, after
+  selective recompute was tied to the cotangent). Measured 0.95-1.02x; the old count (every
   gradient and the update held at once) read 1.43-1.67x."""
   cfg = load_recipe(os.path.join(ROOT, case["config"]))
   cfg.model.num_layers = case["layers"]
