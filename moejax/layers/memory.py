@@ -22,6 +22,8 @@ policy never recomputes a matmul of the MLPs.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
@@ -57,26 +59,38 @@ def remat_fn(spec: ModelSpec, module: str, fn):
 
 def recompute_after_cotangent(fn):
   """`fn` (positional array arguments; None allowed) keeping only its inputs for the backward
-  pass, where its values are recomputed once its output's cotangent exists.
+  pass, where its values are recomputed once its output's cotangent exists. Every traced value
+  `fn` uses must be an argument: a closed-over one raises (it would be a constant of the
+  recomputation, out of its trace inside a scan's backward pass).
 
   Written by hand because `jax.checkpoint` ties the recomputation only to the kept inputs, which
   exist from the forward pass on, so XLA may schedule it early and hold the recomputed values
   as long as the originals: on an H100 `moe_act` recomputed that way held 0.9 GB *more* than
   keeping the activation (benchmarks/RESULTS.md). Here the inputs and the cotangent pass one
   optimization barrier together, so nothing is recomputed before the backward pass needs it."""
-  @jax.custom_vjp
-  def f(*args):
-    return fn(*args)
+  def call(*args):
+    if any(isinstance(c, jax.core.Tracer) for c in jax.make_jaxpr(fn)(*args).consts):
+      raise ValueError(f"recomputed function {getattr(fn, '__qualname__', fn)} closes over a traced value: "
+                       "pass every array it uses as an argument")
+    return _recomputed(fn, *args)
+  return call
 
-  def fwd(*args):
-    return fn(*args), args
 
-  def bwd(args, g):
-    args, g = jax.lax.optimization_barrier((args, g))
-    return jax.vjp(fn, *args)[1](g)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recomputed(fn, *args):
+  return fn(*args)
 
-  f.defvjp(fwd, bwd)
-  return f
+
+def _recomputed_fwd(fn, *args):
+  return fn(*args), args
+
+
+def _recomputed_bwd(fn, args, g):
+  args, g = jax.lax.optimization_barrier((args, g))
+  return jax.vjp(fn, *args)[1](g)
+
+
+_recomputed.defvjp(_recomputed_fwd, _recomputed_bwd)
 
 
 def remat_module(spec: ModelSpec, module: str, cls):

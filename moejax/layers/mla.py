@@ -56,7 +56,7 @@ class MLASelfAttention(Projections):
       ckv_BSR = self._latent_norm("kv_norm")(ckv_BSR)
     w_kv_up = self.weight("kv_up", (m.kv_lora_rank, N, Dn + Dv), (None, *heads))
 
-    def up(q_in, ckv_BSR, kr_BSD, w_q_up, w_kv_up):
+    def up(q_in, ckv_BSR, kr_BSD, w_q_up, w_kv_up, positions_BS):
       """q, k, v from the latents: recomputed in the backward pass with `mla_up_proj`."""
       q_BSNQ = q_in if w_q_up is None else jnp.einsum("bsr,rnq->bsnq", q_in, w_q_up)
       kv_BSNK = jnp.einsum("bsr,rnk->bsnk", ckv_BSR, w_kv_up)
@@ -68,7 +68,8 @@ class MLASelfAttention(Projections):
       k_BSNQ = jnp.concatenate([kn_BSND, jnp.broadcast_to(kr_BS1D, (*kn_BSND.shape[:3], Dr))], axis=-1)
       return q_BSNQ, k_BSNQ, v_BSNV
 
-    q_BSNQ, k_BSNQ, v_BSNV = remat_fn(s, "mla_up_proj", up)(q_BSNQ, ckv_BSR, kr_BSD, w_q_up, w_kv_up)
+    q_BSNQ, k_BSNQ, v_BSNV = remat_fn(s, "mla_up_proj", up)(q_BSNQ, ckv_BSR, kr_BSD, w_q_up, w_kv_up,
+                                                                   positions_BS)
     q_BSNQ = nn.with_logical_constraint(q_BSNQ, ("batch", "attn_seq", *heads))
     k_BSNQ = nn.with_logical_constraint(k_BSNQ, ("batch", "attn_seq", *heads))
     v_BSNV = nn.with_logical_constraint(v_BSNV, ("batch", "attn_seq", *heads))

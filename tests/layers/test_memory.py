@@ -119,3 +119,24 @@ def test_compiled_memory_falls_losses_unchanged(compiled, name):
     np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path))
   if name != "offload_all":  # CPU keeps "host" values in the same memory
     assert temp < temp0
+
+
+# MLA (DeepSeek-V2/V3 attention): its up-projection and core attention are recomputed by the same
+# function-level mechanism as moe_act (`recompute_after_cotangent`)
+MLA = SPEC.replace(num_layers=2, layer_freq=(0, 1), multi_latent_attention=True, num_attention_heads=4,
+                   num_query_groups=4, q_lora_rank=12, kv_lora_rank=8, qk_head_dim=8, qk_pos_emb_head_dim=4,
+                   v_head_dim=8)
+
+
+@pytest.mark.parametrize("modules", [("mla_up_proj",), ("core_attn",), ("mla_up_proj", "core_attn", "moe_act")],
+                         ids="+".join)
+def test_mla_recompute_keeps_fewer_bytes_same_gradients(modules):
+  params = nn.unbox(jax.jit(GPTModel(MLA).init)(jax.random.key(0), TOKENS[:, :-1])["params"])
+  chosen = MLA.replace(recompute_granularity="selective", recompute_modules=modules)
+  (dev0, _), (dev, host) = residual_bytes(MLA, params), residual_bytes(chosen, params)
+  assert host == 0 and dev < dev0
+  loss0, grads0 = jax.jit(_grad_fn(MLA))(params, TOKENS)
+  loss, grads = jax.jit(_grad_fn(chosen))(params, TOKENS)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-6, atol=1e-6)
+  for (path, g), g0 in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads0)):
+    np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -143,7 +143,19 @@ def test_three_steps_equal_one_device(name):
   cp4_documents by its cp attention (with document masks: tests/parallel/test_context.py);
   cp2_mla because MLA reaches the same cp `attend`."""
   num_layers, parallel, model, data, _ = LAYOUTS[name]
-  cfg = _cfg(num_layers, parallel, model, data)
+  _check_equals_one_device(_cfg(num_layers, parallel, model, data))
+
+
+@pytest.mark.slow
+def test_cp_selective_recompute_equals_one_device():
+  """cp=2 with MLA and the function-level recompute choices (core_attn around cp's ring attention,
+  mla_up_proj, moe_act: `layers.memory.recompute_after_cotangent`): 3 steps equal one device."""
+  cfg = _cfg(4, dict(cp=2), LAYOUTS["cp2_mla"][2])
+  cfg.train.update(recompute_granularity="selective", recompute_modules=("core_attn", "mla_up_proj", "moe_act"))
+  _check_equals_one_device(cfg)
+
+
+def _check_equals_one_device(cfg):
   state0, batches, (metrics1, grads1, state1) = _one_device(cfg)
   metrics8, grads8, state8 = _run(cfg, jax.devices(), state0, batches)
   for k in ("loss", "lm_loss", "aux_loss", "z_loss", "grad_norm"):
