@@ -14,6 +14,7 @@ that does not fit, which changes what it holds.
 """
 from __future__ import annotations
 
+import itertools
 import json
 
 import jax
@@ -79,32 +80,29 @@ def main(argv):
   head = (f"{'layers':>6} {'micro':>5} {'accum':>5} {'recompute':<9} {'args GB':>8} {'temp GB':>8} {'compiled':>8} "
           f"{'planner':>8} {'plan/comp':>9}  planner: weights grads optim activ")
   lines = [head]
-  for layers in map(int, _LAYERS.value):
-    for micro in map(int, _MICRO.value):
-      for accum in map(int, _ACCUM.value):
-        for recompute in _RECOMPUTE.value:
-          cfg = case_config(base, layers, micro, accum, recompute)
-          comp, sizes = compiled_memory(cfg)
-          spec = model_spec(cfg)
-          impl = spec.attention.attention_impl
-          flash = impl == "cudnn" or impl == "auto" and cudnn_takes(spec) and backend == "gpu"
-          est = layout_memory(spec, sizes, cfg.train.seq_length, micro, sequence_parallel=cfg.parallel.sequence_parallel,
-                              flash=flash, recompute=recompute,
-                              distributed_optimizer=cfg.optim.use_distributed_optimizer and sizes.dp > 1,
-                              micro_batches=accum, backend=backend)
-          row = dict(config=config_flags.get_config_filename(flags.FLAGS["config"]), device=jax.devices()[0].device_kind, jax=jax.__version__, layers=layers,
-                     micro_batch=micro, micro_batches=accum, seq=cfg.train.seq_length, recompute=recompute,
-                     flash=flash, compiled=comp,
-                     planner=dict(weights=est.weights, gradients=est.gradients, optimizer=est.optimizer,
-                                  activations=est.activations, total=est.total))
-          if _OUT.value:
-            with open(_OUT.value, "a") as f:
-              f.write(json.dumps(row) + "\n")
-          lines.append(f"{layers:>6} {micro:>5} {accum:>5} {recompute:<9} {comp['arguments'] / 1e9:>8.2f} "
-                       f"{comp['temporaries'] / 1e9:>8.2f} {comp['total'] / 1e9:>8.2f} {est.total / 1e9:>8.2f} "
-                       f"{est.total / comp['total']:>9.3f}  {est.weights / 1e9:.2f} {est.gradients / 1e9:.2f} "
-                       f"{est.optimizer / 1e9:.2f} {est.activations / 1e9:.2f}")
-          print(lines[-1], flush=True)
+  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+  for layers, micro, accum, recompute in itertools.product(map(int, _LAYERS.value), map(int, _MICRO.value),
+                                                           map(int, _ACCUM.value), _RECOMPUTE.value):
+    cfg = case_config(base, layers, micro, accum, recompute)
+    comp, sizes = compiled_memory(cfg)
+    spec = model_spec(cfg)
+    impl = spec.attention.attention_impl
+    flash = impl == "cudnn" or impl == "auto" and cudnn_takes(spec) and backend == "gpu"
+    est = layout_memory(spec, sizes, cfg.train.seq_length, micro, sequence_parallel=cfg.parallel.sequence_parallel,
+                        flash=flash, recompute=recompute, distributed_optimizer=cfg.optim.use_distributed_optimizer,
+                        micro_batches=accum, backend=backend)
+    row = dict(config=config_file, device=jax.devices()[0].device_kind, jax=jax.__version__, layers=layers,
+               micro_batch=micro, micro_batches=accum, seq=cfg.train.seq_length, recompute=recompute, flash=flash,
+               compiled=comp, planner=dict(weights=est.weights, gradients=est.gradients, optimizer=est.optimizer,
+                                           activations=est.activations, total=est.total))
+    if _OUT.value:
+      with open(_OUT.value, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    lines.append(f"{layers:>6} {micro:>5} {accum:>5} {recompute:<9} {comp['arguments'] / 1e9:>8.2f} "
+                 f"{comp['temporaries'] / 1e9:>8.2f} {comp['total'] / 1e9:>8.2f} {est.total / 1e9:>8.2f} "
+                 f"{est.total / comp['total']:>9.3f}  {est.weights / 1e9:.2f} {est.gradients / 1e9:.2f} "
+                 f"{est.optimizer / 1e9:.2f} {est.activations / 1e9:.2f}")
+    print(lines[-1], flush=True)
   print("\n".join(lines))
 
 

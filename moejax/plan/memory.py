@@ -171,7 +171,7 @@ def activation_bytes(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vp
 def _loss_working_set(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int) -> float:
   """The fused cross-entropy's head-gradient accumulator (fp32) and one chunk of logits, per GPU."""
   V = spec.padded_vocab_size
-  chunk = micro * z.dp * chunk_positions(micro * z.dp, seq, V) * V / (z.dp * z.cp * z.tp)
+  chunk = micro * chunk_positions(micro * z.dp, seq, V) * V / (z.cp * z.tp)  # its rows: the micro-batch over dp
   return 4 * spec.hidden_size * V / z.tp + _itemsize(spec) * chunk
 
 
