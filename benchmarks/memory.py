@@ -122,39 +122,27 @@ def choose(plan: dict) -> tuple[int, int]:
 def run_case(args, variant: str, layers: int, micro: int, execute: bool) -> dict:
   """Compiles one step; with `execute`, inits the state and times `args.iters` steps."""
   import jax
-  import jax.numpy as jnp
   from flax import linen as nn
 
-  from moejax.parallel.sharding import batch_sharding, replicated
-  from moejax.train.optim import lr_schedule
-  from moejax.train.state import init_state, setup
-  from moejax.train.step import make_train_step
-  from moejax.train.validate import validate
+  from moejax.parallel.sharding import batch_sharding
+  from moejax.train.state import init_state
+  from moejax.train.step import compile_for_shapes
   cfg = make_config(args.width, layers, micro, variant)
-  validate(cfg, 1)
-  parts = setup(cfg, jax.devices()[:1])
-  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
-  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
-  mesh = layout.mesh
   row = dict(variant=variant, layers=layers, micro_batch=micro, seq=cfg.train.seq_length)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    bsh = batch_sharding(mesh, rules, 3)
-    step = jax.jit(make_train_step(model, optimizer, lr_schedule(cfg), placement=placement),
-                   in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    tokens = jax.ShapeDtypeStruct((1, micro, cfg.train.seq_length + 1), jnp.int32, sharding=bsh)
-    state_abs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    t0 = time.perf_counter()
-    compiled = step.lower(state_abs, tokens).compile()
-    row["compile_s"] = round(time.perf_counter() - t0, 1)
-    m = compiled.memory_analysis()
-    row["compiled_gb"] = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                          - m.alias_size_in_bytes) / 1e9
-    row["host_gb"] = (getattr(m, "host_argument_size_in_bytes", 0) + getattr(m, "host_temp_size_in_bytes", 0)) / 1e9
-    if not execute:
-      return row
+  t0 = time.perf_counter()
+  compiled, parts = compile_for_shapes(cfg, jax.devices()[:1])
+  row["compile_s"] = round(time.perf_counter() - t0, 1)
+  m = compiled.memory_analysis()
+  row["compiled_gb"] = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+                        - m.alias_size_in_bytes) / 1e9
+  row["host_gb"] = (getattr(m, "host_argument_size_in_bytes", 0) + getattr(m, "host_temp_size_in_bytes", 0)) / 1e9
+  if not execute:
+    return row
+  with jax.set_mesh(parts.layout.mesh), nn.logical_axis_rules(parts.rules):
     try:
-      state = init_state(model, optimizer, cfg.train.seq_length, 0, shardings)
-      batch = jax.device_put(jax.random.randint(jax.random.key(1), tokens.shape, 0, cfg.model.vocab_size), bsh)
+      state = init_state(parts.model, parts.optimizer, cfg.train.seq_length, 0, parts.shardings)
+      batch = jax.device_put(jax.random.randint(jax.random.key(1), (1, micro, cfg.train.seq_length + 1), 0,
+                                                cfg.model.vocab_size), batch_sharding(parts.layout.mesh, parts.rules, 3))
       times = []
       for i in range(args.warmup + args.iters):
         t0 = time.perf_counter()

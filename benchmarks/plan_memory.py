@@ -18,19 +18,13 @@ import itertools
 import json
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
-from flax import linen as nn
 from ml_collections import config_flags
 
 from moejax.config import model_spec
 from moejax.layers.attention import cudnn_takes
-from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.plan.memory import SELECTIVE, layout_memory
-from moejax.train.optim import lr_schedule
-from moejax.train.state import setup
-from moejax.train.step import make_train_step
-from moejax.train.validate import validate
+from moejax.train.step import compile_for_shapes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().")
 _LAYERS = flags.DEFINE_list("layers", ["1", "2"], "Decoder layers of each case.")
@@ -50,22 +44,10 @@ def case_config(base, layers: int, micro: int, micro_batches: int, recompute: st
   return cfg
 
 
-def compiled_memory(cfg) -> dict:
-  """XLA's memory_analysis of the one-device train step of `cfg`, in bytes, and its layout."""
-  validate(cfg, 1)
-  parts = setup(cfg, jax.devices()[:1])
-  mesh = parts.layout.mesh
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parts.rules):
-    bsh = batch_sharding(mesh, parts.rules, 3)
-    step = jax.jit(make_train_step(parts.model, parts.optimizer, lr_schedule(cfg), placement=parts.placement),
-                   in_shardings=(parts.shardings, bsh), out_shardings=(parts.shardings, replicated(mesh)),
-                   donate_argnums=0)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), parts.abstract,
-                         parts.shardings)
-    t = cfg.train
-    tokens = jax.ShapeDtypeStruct((t.global_batch_size // t.micro_batch_size, t.micro_batch_size, t.seq_length + 1),
-                                  jnp.int32, sharding=bsh)
-    m = step.lower(state, tokens).compile().memory_analysis()
+def compiled_memory(cfg) -> tuple[dict, object]:
+  """XLA's memory_analysis of the one-device train step of `cfg`, in bytes, and its layout's sizes."""
+  compiled, parts = compile_for_shapes(cfg, jax.devices()[:1])
+  m = compiled.memory_analysis()
   out = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes, outputs=m.output_size_in_bytes,
              aliased=m.alias_size_in_bytes)
   out["total"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]

@@ -68,12 +68,11 @@ def recompute_after_cotangent(fn):
   as long as the originals: on an H100 `moe_act` recomputed that way held 0.9 GB *more* than
   keeping the activation (benchmarks/RESULTS.md). Here the inputs and the cotangent pass one
   optimization barrier together, so nothing is recomputed before the backward pass needs it."""
-  def call(*args):
-    if any(isinstance(c, jax.core.Tracer) for c in jax.make_jaxpr(fn)(*args).consts):
-      raise ValueError(f"recomputed function {getattr(fn, '__qualname__', fn)} closes over a traced value: "
-                       "pass every array it uses as an argument")
-    return _recomputed(fn, *args)
-  return call
+  captured = jax.tree.leaves([c.cell_contents for c in fn.__closure__ or ()])
+  if any(isinstance(c, jax.core.Tracer) for c in captured):
+    raise ValueError(f"recomputed function {getattr(fn, '__qualname__', fn)} closes over a traced value: "
+                     "pass every array it uses as an argument")
+  return functools.partial(_recomputed, fn)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

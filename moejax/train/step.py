@@ -4,11 +4,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import finish_step
+from moejax.parallel.sharding import batch_sharding, replicated
+from moejax.train.optim import lr_schedule
 from moejax.train.schedule import ForwardBackward, gradient_accumulation
-from moejax.train.state import StatePlacement, TrainState, compute_copy, model_params
+from moejax.train.state import Setup, StatePlacement, TrainState, compute_copy, model_params, setup
+from moejax.train.validate import validate
 
 
 def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -79,3 +83,22 @@ def _update_count(state: TrainState):
   """Updates applied so far: the optimizer's step count (behind `state.step` by the skipped steps)."""
   counts = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")
   return counts[0][1] if counts else state.step
+
+
+def compile_for_shapes(cfg, devices) -> tuple[jax.stages.Compiled, Setup]:
+  """The train step of `cfg` as train.py builds it (state donated), compiled on `devices` for
+  abstract inputs (nothing allocated), and its `Setup`: what the memory benchmarks and tests read
+  `memory_analysis()` from and, where they run it, initialise the state with."""
+  validate(cfg, len(devices))
+  parts = setup(cfg, devices)
+  mesh, t, dp = parts.layout.mesh, cfg.train, parts.layout.sizes.dp
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parts.rules):
+    bsh = batch_sharding(mesh, parts.rules, 3)
+    step = jax.jit(make_train_step(parts.model, parts.optimizer, lr_schedule(cfg), placement=parts.placement),
+                   in_shardings=(parts.shardings, bsh), out_shardings=(parts.shardings, replicated(mesh)),
+                   donate_argnums=0)
+    tokens = jax.ShapeDtypeStruct((t.global_batch_size // (t.micro_batch_size * dp), t.micro_batch_size * dp,
+                                   t.seq_length + 1), jnp.int32, sharding=bsh)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), parts.abstract,
+                         parts.shardings)
+    return step.lower(state, tokens).compile(), parts

@@ -39,6 +39,12 @@ def _grad_fn(spec):
   return jax.value_and_grad(lambda p, t: loss_fn(model, p, t)[0])
 
 
+def _assert_same(loss, grads, loss0, grads0):
+  np.testing.assert_allclose(loss, loss0, rtol=1e-6, atol=1e-6)
+  for (path, g), g0 in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads0)):
+    np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
 def residual_bytes(spec, params):
   """(device bytes, pinned host bytes) the backward pass keeps (parameters not counted)."""
   return saved_activation_bytes(lambda p, t: loss_fn(GPTModel(spec), p, t)[0], params, TOKENS)
@@ -114,9 +120,7 @@ def test_compiled_memory_falls_losses_unchanged(compiled, name):
   temp0, (loss0, grads0) = compiled("none")
   temp, (loss, grads) = compiled(name)
   print(f"{name}: compiled temporaries {temp} B, {temp0} B without recomputation")
-  np.testing.assert_allclose(loss, loss0, rtol=1e-6, atol=1e-6)
-  for (path, g), g0 in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads0)):
-    np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  _assert_same(loss, grads, loss0, grads0)
   if name != "offload_all":  # CPU keeps "host" values in the same memory
     assert temp < temp0
 
@@ -137,6 +141,4 @@ def test_mla_recompute_keeps_fewer_bytes_same_gradients(modules):
   assert host == 0 and dev < dev0
   loss0, grads0 = jax.jit(_grad_fn(MLA))(params, TOKENS)
   loss, grads = jax.jit(_grad_fn(chosen))(params, TOKENS)
-  np.testing.assert_allclose(loss, loss0, rtol=1e-6, atol=1e-6)
-  for (path, g), g0 in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads0)):
-    np.testing.assert_allclose(g, g0, rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  _assert_same(loss, grads, loss0, grads0)

@@ -22,20 +22,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import pytest
-from flax import linen as nn
 
 from moejax.config import ModelSpec, MoESpec, RouterSpec, base_config, model_spec
 from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
 from moejax.parallel.mesh import ParallelSizes
-from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.plan.memory import expert_rows, layout_memory, state_bytes
-from moejax.train.optim import lr_schedule
-from moejax.train.state import setup
-from moejax.train.step import make_train_step
-from moejax.train.validate import validate
+from moejax.train.step import compile_for_shapes
 
 LAYOUTS = {
     "ep4_distributed_optimizer": (dict(ep=4), dict()),
@@ -57,30 +51,12 @@ def _cfg(parallel, optim):
   return c
 
 
-def _compiled_step(cfg):
-  """The train step as train.py builds it (state donated), compiled for abstract inputs."""
-  validate(cfg, 8)
-  parts = setup(cfg, jax.devices())
-  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
-  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
-  with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
-    bsh = batch_sharding(layout.mesh, rules, 3)
-    step = jax.jit(make_train_step(model, optimizer, lr_schedule(cfg), placement=placement),
-                   in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(layout.mesh)),
-                   donate_argnums=0)
-    t = cfg.train
-    m = t.global_batch_size // (t.micro_batch_size * layout.sizes.dp)
-    tokens = jax.ShapeDtypeStruct((m, t.micro_batch_size * layout.sizes.dp, t.seq_length + 1), jnp.int32,
-                                  sharding=bsh)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return step.lower(state, tokens).compile(), layout.sizes
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n != "ep4_distributed_optimizer" else ())
                                   for n in LAYOUTS])
 def test_estimate_matches_compiled_step(name):
   cfg = _cfg(*LAYOUTS[name])
-  compiled, sizes = _compiled_step(cfg)
+  compiled, parts = compile_for_shapes(cfg, jax.devices())
+  sizes = parts.layout.sizes
   m = compiled.memory_analysis()
   measured_total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
   est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
