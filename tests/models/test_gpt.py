@@ -94,7 +94,8 @@ def test_unrolled_layer_loop_equals_the_scan():
 def test_per_layer_params_equal_the_scanned_stacks():
   """model.scan_layers=False: each layer its own params (decoder/layer_k: the scanned stacks'
   slices, `relayout`), the same loss, per-layer statistics and gradients, and no stack of
-  layers anywhere (no concatenation of the layers' gradients)."""
+  layers anywhere (no concatenation of the layers' gradients); the same again with full or
+  module-level selective recompute, scanned or not (the expert bias and its counts included)."""
   spec = SPEC.replace(num_layers=5, layer_freq=(0, 1, 1, 0, 1), router_score_function="sigmoid",
                       router_enable_expert_bias=True)
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 32, size=(2, 17)))
@@ -121,10 +122,14 @@ def test_per_layer_params_equal_the_scanned_stacks():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_l, unstack(grads))
   stacked_w1 = re.compile(r"tensor<\d+x4x32x32xf32>")  # w1 is [E=4, H=32, 2F=32] per layer
   assert stacked_w1.search(hlo_scanned) and not stacked_w1.search(hlo)
-  recomputed = GPTModel(per_layer.spec.replace(recompute_granularity="full"))  # each layer rematerialized
-  loss_r, _, grads_r, _ = run(recomputed, flat["params"], flat["moe_state"])
-  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads_l)
+  for recompute in (dict(recompute_granularity="full"),  # each layer rematerialized
+                    dict(recompute_granularity="selective", recompute_modules=("layernorm", "mlp", "moe"))):
+    loss_r, counts_r, grads_r, _ = run(GPTModel(per_layer.spec.replace(**recompute)), flat["params"], flat["moe_state"])
+    loss_s, counts_s, grads_s, _ = run(GPTModel(spec.replace(**recompute)), variables["params"], variables["moe_state"])
+    for lo, co, gr in ((loss_r, counts_r, grads_r), (loss_s, counts_s, unstack(grads_s))):
+      np.testing.assert_allclose(lo, loss, rtol=1e-6)
+      np.testing.assert_array_equal(co, counts)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gr, grads_l)
   for c, v in variables.items():  # and back: the stacks again, bit for bit
     back = relayout(flat[c]["decoder"], spec.moe_pattern, True)
     jax.tree.map(np.testing.assert_array_equal, back, v["decoder"])

@@ -11,13 +11,13 @@ from moejax.parallel.sharding import batch_sharding
 from moejax.train.loss import loss_fn
 
 
-def _cfg(**parallel):
+def _cfg(train=(), **parallel):
   c = base_config()
   c.model.update(num_layers=3, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
                  vocab_size=64, dtype="float32")
   c.moe.update(num_experts=8, router_topk=2, ffn_hidden_size=16, shared_expert_intermediate_size=16,
                layer_freq=[0, 1, 1], aux_loss_coeff=1e-2, z_loss_coeff=1e-3)
-  c.train.update(seq_length=16, micro_batch_size=1, global_batch_size=8)
+  c.train.update(seq_length=16, micro_batch_size=1, global_batch_size=8, **dict(train))
   c.parallel.update(**parallel)
   return c
 
@@ -50,7 +50,10 @@ def single_device(mesh_and_rules):
     dict(ep=4),                                    # dp=8 outside the MoE, ep=4 x edp=2 inside
     dict(tp=2, ep=2, sequence_parallel=True),      # dp=4; etp=tp=2, ep=2, edp=2
     dict(tp=2),                                    # dp=4; no SP: each etp rank has all the rows
-], ids=["dp8", "ep4", "tp2_ep2", "tp2"])
+    dict(tp=2, ep=2, sequence_parallel=True,       # the same, every module-level choice recomputed
+         train=dict(recompute_granularity="selective",
+                    recompute_modules=("layernorm", "mlp", "moe", "shared_experts"))),
+], ids=["dp8", "ep4", "tp2_ep2", "tp2", "tp2_ep2_recompute"])
 def test_loss_and_grads_match_single_device(single_device, mesh_and_rules, parallel):
   params, tokens, loss1, grads1 = single_device
   assert len(jax.devices()) == 8
