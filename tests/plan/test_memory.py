@@ -11,9 +11,14 @@ default one covers the distributed optimizer and expert parallelism). Measured (
 compiled total): 0.95 (ep4), 1.01 (dp8 replicated), 0.96 (dp8 distributed), 0.91 (tp2; the CPU's
 row-tiled grouped GEMM gathers each tile's expert weights, which the planner does not count); not
 within 10%: tp=2 with etp=2, and longer micro-batches with expert parallelism (4 rows of 64
-tokens with ep=4 or ep=8: the compiled step holds 1.4-1.45x the estimate, buffers that grow faster
-than the tokens, not identified yet; dp=8 without ep: 0.93x), so the activation part is checked
-on the CPU only where it is a quarter of the total or less.
+tokens: 1.55x with ep=4, 2.05x with ep=8; 1 row with ep=8: 1.41x; dp=8 without ep: 1.05x), so the
+activation part is checked on the CPU only where it is a quarter of the total or less. What grows
+there (XLA's memory-usage report, 2026-12-06) is the CPU's expert path working in fp32 on whole
+row buffers during one MoE layer's backward pass: the row-tiled grouped GEMM's fp32 products
+([tiles x rows per tile, 2F]) and per-tile weight gradients ([tiles, H, 2F]), and the SwiGLU's fp32
+values ([rows, 2F]), with rows at the dropless worst case ep*K*tokens. The planner counts the
+activations a layer keeps, not the transients of a CPU-only implementation; on a GPU the Pallas
+kernels and the fused SwiGLU backward do not make them.
 The CPU model is a small MoE on short sequences, so that weights and optimizer state fill most of
 the memory, as in a real model; XLA on CPU computes attention without a flash kernel, so the
 estimate counts its softmax probabilities (`flash=False`).
