@@ -155,6 +155,15 @@ def test_cp_selective_recompute_equals_one_device():
   _check_equals_one_device(cfg)
 
 
+@pytest.mark.slow
+def test_pp_module_recompute_equals_one_device():
+  """pp=2 with ep=2, tp=2 (SP) and the module-level recompute choices (layernorm, mlp, moe: their
+  variables and RNGs lifted into `recompute_after_cotangent`): 3 steps equal one device."""
+  cfg = _cfg(4, dict(pp=2, ep=2, tp=2, sequence_parallel=True), {})
+  cfg.train.update(recompute_granularity="selective", recompute_modules=("layernorm", "mlp", "moe"))
+  _check_equals_one_device(cfg)
+
+
 def _check_equals_one_device(cfg):
   state0, batches, (metrics1, grads1, state1) = _one_device(cfg)
   metrics8, grads8, state8 = _run(cfg, jax.devices(), state0, batches)
