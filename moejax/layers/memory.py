@@ -4,9 +4,8 @@ checkpoint policy of a scanned block (`train.recompute_*`, `train.offload_module
 Megatron's two mechanisms map onto JAX as follows:
 - selective recomputation of a submodule (`recompute_modules`: core_attn, moe_act, layernorm,
   mlp, moe, shared_experts, mla_up_proj) keeps only that submodule's inputs and recomputes its
-  internals in the backward pass once its output's cotangent exists (`recompute_after_cotangent`):
-  a function through `remat_fn` (core_attn, moe_act, mla_up_proj), a Flax module through
-  `remat_module` (layernorm, mlp, moe, shared_experts);
+  internals in the backward pass: a function through `recompute_after_cotangent` (`remat_fn`:
+  core_attn, moe_act, mla_up_proj), a Flax module through `nn.remat` (`remat_module`);
 - fine-grained offloading (`offload_modules`) names the input of each submodule with
   `checkpoint_name` (`tag`) and runs the scanned block under `block_policy`
   (`save_and_offload_only_these_names`): the named values listed for offloading go to pinned host
@@ -26,9 +25,7 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
-from flax.core import lift
 from jax.ad_checkpoint import checkpoint_name
 
 from moejax.config import ModelSpec
@@ -88,12 +85,7 @@ def _recomputed_fwd(fn, *args):
 
 
 def _recomputed_bwd(fn, args, g):
-  # PRNG keys and the float0 cotangents of integer outputs cannot pass a barrier; they need none
-  leaves, tree = jax.tree.flatten((args, g))
-  numeric = [i for i, v in enumerate(leaves) if jnp.issubdtype(v.dtype, jnp.number) or v.dtype == bool]
-  for i, v in zip(numeric, jax.lax.optimization_barrier([leaves[i] for i in numeric])):
-    leaves[i] = v
-  args, g = jax.tree.unflatten(tree, leaves)
+  args, g = jax.lax.optimization_barrier((args, g))
   return jax.vjp(fn, *args)[1](g)
 
 
@@ -102,19 +94,7 @@ _recomputed.defvjp(_recomputed_fwd, _recomputed_bwd)
 
 def remat_module(spec: ModelSpec, module: str, cls):
   """The Flax module class `cls`, recomputed when `module` is selected for recomputation."""
-  return nn.transforms.lift_transform(_lifted_recompute, cls) if recomputes(spec, module) else cls
-
-
-def _lifted_recompute(fn):
-  """`recompute_after_cotangent` as a Flax lifted transform (what `nn.remat` is to
-  `jax.checkpoint`): the module's variables and RNGs become explicit arguments of the recomputed
-  function, the variables it writes (MoE state) an output beside its own."""
-  def inner(scope_fn, repack_fn, variable_groups, rng_groups, *args):
-    def pure(variable_groups, rng_groups, *args):
-      scope = scope_fn(variable_groups, rng_groups)
-      return fn(scope, *args), repack_fn(scope)
-    return recompute_after_cotangent(pure)(variable_groups, rng_groups, *args)
-  return lift.pack(inner, (True,), (True,), (True,), name="recompute")
+  return nn.remat(cls) if recomputes(spec, module) else cls
 
 
 def block_policy(spec: ModelSpec):

@@ -129,7 +129,7 @@ def test_per_layer_params_equal_the_scanned_stacks():
     for lo, co, gr in ((loss_r, counts_r, grads_r), (loss_s, counts_s, unstack(grads_s))):
       np.testing.assert_allclose(lo, loss, rtol=1e-6)
       np.testing.assert_array_equal(co, counts)
-      # fp32, summed in another order where XLA fuses the recomputation differently (JAX 0.12.1: 2e-7)
+      # fp32, summed in another order where XLA fuses the recomputation differently
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), gr, grads_l)
   for c, v in variables.items():  # and back: the stacks again, bit for bit
     back = relayout(flat[c]["decoder"], spec.moe_pattern, True)

@@ -157,8 +157,8 @@ def test_cp_selective_recompute_equals_one_device():
 
 @pytest.mark.slow
 def test_pp_module_recompute_equals_one_device():
-  """pp=2 with ep=2, tp=2 (SP) and the module-level recompute choices (layernorm, mlp, moe: their
-  variables and RNGs lifted into `recompute_after_cotangent`): 3 steps equal one device."""
+  """pp=2 with ep=2, tp=2 (SP) and the module-level recompute choices (layernorm, mlp, moe:
+  `nn.remat` of the module, expert bias included): 3 steps equal one device."""
   cfg = _cfg(4, dict(pp=2, ep=2, tp=2, sequence_parallel=True), {})
   cfg.train.update(recompute_granularity="selective", recompute_modules=("layernorm", "mlp", "moe"))
   _check_equals_one_device(cfg)

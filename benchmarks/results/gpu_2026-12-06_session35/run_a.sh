@@ -3,7 +3,8 @@
 # set core_attn+moe_act+layernorm) tied to the cotangent (layers/memory.py remat_module through
 # recompute_after_cotangent) against nn.remat (the tree before, c96352c, carried as .peers/base):
 # compiled memory of 2 Mixtral-width layers at micro-batch 4, both trees; then this tree's
-# Mixtral-width proxy step time and peak memory without recompute and with `moe`.
+# Mixtral-width proxy step time and peak memory without recompute and with `moe`. "This tree" is
+# 76a95fa (the module-level form was reverted after this call: it saved nothing more).
 #   mkdir -p .peers/base && git archive c96352c moejax kernels configs train.py benchmarks | tar -x -C .peers/base
 #   carry [".whl", ".peers/base"]
 set -u -o pipefail
