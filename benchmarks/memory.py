@@ -124,6 +124,7 @@ def run_case(args, variant: str, layers: int, micro: int, execute: bool) -> dict
   import jax
   from flax import linen as nn
 
+  from moejax.metrics.memory import compiled_bytes
   from moejax.parallel.sharding import batch_sharding
   from moejax.train.state import init_state
   from moejax.train.step import compile_for_shapes
@@ -133,8 +134,7 @@ def run_case(args, variant: str, layers: int, micro: int, execute: bool) -> dict
   compiled, parts = compile_for_shapes(cfg, jax.devices()[:1])
   row["compile_s"] = round(time.perf_counter() - t0, 1)
   m = compiled.memory_analysis()
-  row["compiled_gb"] = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                        - m.alias_size_in_bytes) / 1e9
+  row["compiled_gb"] = compiled_bytes(m) / 1e9
   row["host_gb"] = (getattr(m, "host_argument_size_in_bytes", 0) + getattr(m, "host_temp_size_in_bytes", 0)) / 1e9
   if not execute:
     return row

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from moejax.config import model_spec
 from moejax.layers.attention import cudnn_takes
+from moejax.metrics.memory import compiled_bytes
 from moejax.plan.memory import SELECTIVE, layout_memory
 from moejax.train.step import compile_for_shapes
 
@@ -50,7 +51,7 @@ def compiled_memory(cfg) -> tuple[dict, object]:
   m = compiled.memory_analysis()
   out = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes, outputs=m.output_size_in_bytes,
              aliased=m.alias_size_in_bytes)
-  out["total"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"]
+  out["total"] = compiled_bytes(m)
   return out, parts.layout.sizes
 
 

@@ -28,10 +28,8 @@ from moejax.metrics.flops import num_params, train_flops_per_token
 from moejax.metrics.profile import StepProfiler
 from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.loop import queued_steps
-from moejax.train.optim import lr_schedule
-from moejax.train.pipeline import forward_backward_of
 from moejax.train.state import init_state, setup
-from moejax.train.step import make_train_step
+from moejax.train.step import jit_train_step
 from moejax.train.validate import validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().")
@@ -60,17 +58,13 @@ def run(cfg) -> dict:
   validate(cfg, len(devices))
   parts = setup(cfg, devices)
   mesh, rules, model, optimizer = parts.layout.mesh, parts.rules, parts.model, parts.optimizer
-  shardings, placement = parts.shardings, parts.placement
-  spec, schedule = model.spec, lr_schedule(cfg)
+  shardings, spec = parts.shardings, model.spec
   t = cfg.train
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = init_state(model, optimizer, t.seq_length, t.seed, shardings)
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, len(devices), bsh)
-    train_step = make_train_step(model, optimizer, schedule, forward_backward_of(cfg, model, t.seq_length),
-                                 placement=placement, check_finite=t.check_for_nan_in_loss_and_grad)
-    step_fn = jax.jit(train_step, in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)),
-                      donate_argnums=0)
+    step_fn = jit_train_step(cfg, parts, replicated(mesh))
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[0], bsh)).compile()
     compile_s = time.perf_counter() - t0

@@ -42,7 +42,7 @@ def memory_report(compiled, abstract_state, state_shardings) -> str:
     params += _bytes(abstract_state.compute_params, state_shardings.compute_params)
   opt_dev = _bytes(abstract_state.opt_state, state_shardings.opt_state, "device")
   opt_host = _bytes(abstract_state.opt_state, state_shardings.opt_state, "pinned_host")
-  peak = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  peak = compiled_bytes(m)
   host = f" + {fmt_bytes(opt_host)} in pinned host memory" if opt_host else ""
   host_temp = getattr(m, "host_temp_size_in_bytes", 0)
   offload = f"; {fmt_bytes(host_temp)} of activations offloaded to host" if host_temp else ""
@@ -50,6 +50,12 @@ def memory_report(compiled, abstract_state, state_shardings) -> str:
           f"activations/gradients/temporaries {fmt_bytes(m.temp_size_in_bytes)} "
           f"(arguments {fmt_bytes(m.argument_size_in_bytes)}, outputs {fmt_bytes(m.output_size_in_bytes)}, "
           f"aliased {fmt_bytes(m.alias_size_in_bytes)}; total {fmt_bytes(peak)}){offload}")
+
+
+def compiled_bytes(m) -> int:
+  """Device bytes a compiled step holds at once, from its `memory_analysis()` `m`: arguments +
+  temporaries + outputs, less the outputs aliased onto donated arguments."""
+  return m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
 
 
 def saved_activation_bytes(f, *args) -> tuple[int, int]:

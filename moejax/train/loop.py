@@ -25,11 +25,10 @@ from moejax.parallel.mesh import num_microbatches
 from moejax.parallel.sharding import batch_sharding, host_replicated, replicated
 from moejax.train.lock import WorkdirLock
 from moejax.train.loss import loss_fn
-from moejax.train.optim import lr_schedule
-from moejax.train.pipeline import describe_pipeline, forward_backward_of
+from moejax.train.pipeline import describe_pipeline
 from moejax.train.start import initial_state
 from moejax.train.state import StatePlacement, setup, with_compute_copy
-from moejax.train.step import make_train_step
+from moejax.train.step import jit_train_step
 from moejax.train.validate import validate
 
 
@@ -132,7 +131,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
   abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
   mesh, n_dev = layout.mesh, layout.mesh.size
-  spec, schedule = model.spec, lr_schedule(cfg)
+  spec = model.spec
   t = cfg.train
   tokens_per_step = t.global_batch_size * t.seq_length
   flops_per_token = train_flops_per_token(spec, t.seq_length)
@@ -161,11 +160,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
     if cfg.parallel.pp > 1:
       print(describe_pipeline(cfg, num_microbatches(cfg, n_dev)), file=sys.stderr)
-    fwd_bwd = forward_backward_of(cfg, model, t.seq_length)
-    step_fn = jax.jit(make_train_step(model, optimizer, schedule, fwd_bwd, placement=placement,
-                                      check_finite=t.check_for_nan_in_loss_and_grad),
-                      in_shardings=(shardings, bsh), out_shardings=(shardings, host_replicated(mesh)),
-                      donate_argnums=0)
+    step_fn = jit_train_step(cfg, parts, host_replicated(mesh))
     start = int(state.step)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()

@@ -10,6 +10,7 @@ from moejax.models.gpt import GPTModel
 from moejax.moe.state import finish_step
 from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule
+from moejax.train.pipeline import forward_backward_of
 from moejax.train.schedule import ForwardBackward, gradient_accumulation
 from moejax.train.state import Setup, StatePlacement, TrainState, compute_copy, model_params, setup
 from moejax.train.validate import validate
@@ -85,20 +86,27 @@ def _update_count(state: TrainState):
   return counts[0][1] if counts else state.step
 
 
+def jit_train_step(cfg, parts: Setup, metrics_sharding):
+  """The train step of `cfg` jitted as train.py runs it: the config's forward-backward schedule
+  (the pipeline for pp > 1), its finite check, the state donated, metrics placed by
+  `metrics_sharding`. Call under the run's mesh and logical axis rules."""
+  model, mesh = parts.model, parts.layout.mesh
+  step = make_train_step(model, parts.optimizer, lr_schedule(cfg), forward_backward_of(cfg, model, cfg.train.seq_length),
+                         placement=parts.placement, check_finite=cfg.train.check_for_nan_in_loss_and_grad)
+  return jax.jit(step, in_shardings=(parts.shardings, batch_sharding(mesh, parts.rules, 3)),
+                 out_shardings=(parts.shardings, metrics_sharding), donate_argnums=0)
+
+
 def compile_for_shapes(cfg, devices) -> tuple[jax.stages.Compiled, Setup]:
-  """The train step of `cfg` as train.py builds it (state donated), compiled on `devices` for
-  abstract inputs (nothing allocated), and its `Setup`: what the memory benchmarks and tests read
+  """The train step of `cfg` as train.py builds it, compiled on `devices` for abstract inputs
+  (nothing allocated), and its `Setup`: what the memory benchmarks and tests read
   `memory_analysis()` from and, where they run it, initialise the state with."""
   validate(cfg, len(devices))
   parts = setup(cfg, devices)
   mesh, t, dp = parts.layout.mesh, cfg.train, parts.layout.sizes.dp
   with jax.set_mesh(mesh), nn.logical_axis_rules(parts.rules):
-    bsh = batch_sharding(mesh, parts.rules, 3)
-    step = jax.jit(make_train_step(parts.model, parts.optimizer, lr_schedule(cfg), placement=parts.placement),
-                   in_shardings=(parts.shardings, bsh), out_shardings=(parts.shardings, replicated(mesh)),
-                   donate_argnums=0)
     tokens = jax.ShapeDtypeStruct((t.global_batch_size // (t.micro_batch_size * dp), t.micro_batch_size * dp,
-                                   t.seq_length + 1), jnp.int32, sharding=bsh)
+                                   t.seq_length + 1), jnp.int32, sharding=batch_sharding(mesh, parts.rules, 3))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), parts.abstract,
                          parts.shardings)
-    return step.lower(state, tokens).compile(), parts
+    return jit_train_step(cfg, parts, replicated(mesh)).lower(state, tokens).compile(), parts

@@ -32,6 +32,7 @@ import pytest
 from moejax.config import ModelSpec, MoESpec, RouterSpec, base_config, model_spec
 from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
+from moejax.metrics.memory import compiled_bytes
 from moejax.parallel.mesh import ParallelSizes
 from moejax.plan.memory import expert_rows, layout_memory, state_bytes
 from moejax.train.step import compile_for_shapes
@@ -63,7 +64,7 @@ def test_estimate_matches_compiled_step(name):
   compiled, parts = compile_for_shapes(cfg, jax.devices())
   sizes = parts.layout.sizes
   m = compiled.memory_analysis()
-  measured_total = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  measured_total = compiled_bytes(m)
   est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
                       sequence_parallel=cfg.parallel.sequence_parallel, flash=False, recompute="none",
                       distributed_optimizer=cfg.optim.use_distributed_optimizer, backend="cpu")

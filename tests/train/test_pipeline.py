@@ -23,10 +23,9 @@ from flax import linen as nn
 from moejax.config import base_config, model_spec
 from moejax.models.gpt import GPTModel
 from moejax.parallel.sharding import batch_sharding, replicated
-from moejax.train.optim import lr_schedule, make_optimizer
-from moejax.train.pipeline import forward_backward_of
+from moejax.train.optim import make_optimizer
 from moejax.train.state import TrainState, setup
-from moejax.train.step import make_train_step
+from moejax.train.step import jit_train_step
 from moejax.train.validate import validate
 
 NUM_MICRO, ROWS = 4, 4  # micro-batches per step, rows per micro-batch (over all dp ranks)
@@ -54,15 +53,10 @@ def _step(cfg, devices):
   """(jitted train step, state shardings, batch sharding, mesh, rules) as moejax/train/loop.py builds them."""
   validate(cfg, len(devices))
   parts = setup(cfg, devices)
-  layout, rules, model, optimizer = parts.layout, parts.rules, parts.model, parts.optimizer
-  abstract, shardings, placement = parts.abstract, parts.shardings, parts.placement
-  seq = cfg.train.seq_length
+  layout, rules, shardings = parts.layout, parts.rules, parts.shardings
   with jax.set_mesh(layout.mesh), nn.logical_axis_rules(rules):
-    fwd_bwd = forward_backward_of(cfg, model, seq)
-    bsh = batch_sharding(layout.mesh, rules, 3)
-  step = jax.jit(make_train_step(model, optimizer, lr_schedule(cfg), fwd_bwd, placement=placement),
-                 in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(layout.mesh)))
-  return step, abstract, shardings, bsh, layout.mesh, rules
+    step = jit_train_step(cfg, parts, replicated(layout.mesh))
+  return step, parts.abstract, shardings, batch_sharding(layout.mesh, rules, 3), layout.mesh, rules
 
 
 def _run(cfg, devices, state0, batches):
