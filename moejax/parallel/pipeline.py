@@ -61,10 +61,6 @@ class PipelineLayout:
   vpp: int
   stages: tuple[str, ...]
 
-  @property
-  def num_virtual(self) -> int:
-    return self.pp * self.vpp
-
   def stage(self, rank: int, chunk: int) -> str:
     return self.stages[chunk * self.pp + rank]
 
