@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 36, call a: the acceptance measurement on an H200 for this tree (no H200 since session 25;
+# Session 36, call a (ran in call c, on an H100; see run_c.sh): the acceptance measurement on an H200 for this tree (no H200 since session 25;
 # sessions 26-35 changed the kernels' code: merge_tail, the two-deal `_balanced_order`, and the
 # train step's builder). a1_check/: grouped_gemm.py's small-shape check of every kernel variant
 # against float64. a2_same_call_titan/: both proxies from 4c54bb9's tree (.peers/base: session 25's
