@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran on 35b25da's tree (no kernel change since call c), on an H100 80GB HBM3 (asked for an H200); JAX 0.11.2.
 # Session 36, call d (d1_bench/): Mixtral's two shapes again, ours, torch._grouped_mm and the einsum
 # in turns (is call c's 0.98/0.99x forward against torch that machine or this tree?).
 #   carry [".whl"]
