@@ -15,4 +15,4 @@ O=$OUT/a1_check; mkdir -p $O
 (cd /tmp && timeout 200 python3 /tmp/pp/benchmarks/grouped_gemm.py --check-only) 2>&1 | grep -vE "$F" > $O/check.log
 tail -n 6 $O/check.log
 grep -q WRONG $O/check.log && exit 1
-BASE=.peers/base OUT=$OUT/a2_same_call_titan bash benchmarks/proxies_vs_titan.sh
+BASE=${BASE-.peers/base} OUT=$OUT/a2_same_call_titan bash benchmarks/proxies_vs_titan.sh  # BASE= : no before tree
