@@ -17,7 +17,7 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import SingleDeviceSharding
+from jax.sharding import make_single_device_sharding
 
 from moejax.parallel.sharding import has_pinned_host
 
@@ -37,7 +37,7 @@ def warm_up(devices, block_bytes: int = BLOCK_BYTES) -> None:
   0.7 s per GB on an H200), better at start than during the first save."""
   for d in devices:
     if has_pinned_host(d):
-      block = jax.device_put(np.zeros(block_bytes, np.uint8), SingleDeviceSharding(d, memory_kind="pinned_host"))
+      block = jax.device_put(np.zeros(block_bytes, np.uint8), make_single_device_sharding(d, memory_kind="pinned_host"))
       block.block_until_ready().delete()
 
 
@@ -50,7 +50,7 @@ def _copy_block(block, device, out, rate: float) -> None:
   """Copies `block` into `out`, then pauses for its bytes at `rate` (a block's copy may first wait
   for the training step in flight, so its own duration says little)."""
   if has_pinned_host(device):
-    block = jax.device_put(block, SingleDeviceSharding(device, memory_kind="pinned_host"))
+    block = jax.device_put(block, make_single_device_sharding(device, memory_kind="pinned_host"))
   out[...] = np.asarray(block)
   time.sleep(out.nbytes / rate)
 

@@ -38,7 +38,7 @@ def logits(cfg, params_dir: str, tokens: list[int]) -> np.ndarray:
   model = GPTModel(spec)
   tokens_1S = jnp.asarray([tokens], jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), tokens_1S)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.devices()[0])
   params = load_params(params_dir, nn.unbox(abstract["params"]), jax.tree.map(lambda _: device, nn.unbox(abstract["params"])))
   variables = {"params": params}
   abstract_state = abstract.get(MOE_STATE, {})

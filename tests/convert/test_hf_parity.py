@@ -124,7 +124,7 @@ def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
   d = str(converted[family][0])
   cfg = load_checkpoint_config(d)
   abstract = jax.eval_shape(GPTModel(model_spec(cfg)).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), "int32"))
-  rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  rep = jax.sharding.make_single_device_sharding(jax.devices()[0])
   params = load_params(d, nn.unbox(abstract["params"]), jax.tree.map(lambda _: rep, nn.unbox(abstract["params"])))
   state = load_moe_state(d, abstract["moe_state"], jax.tree.map(lambda _: rep, abstract["moe_state"]))
   with ocp.StandardCheckpointer() as ckpt:
