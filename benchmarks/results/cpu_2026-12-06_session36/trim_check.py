@@ -1,6 +1,7 @@
 """Session 36 (CPU): wgrad with trim_k.patch applied (TileConfig.trim_k) equals float64 in the
 Mosaic GPU interpreter; run from the repo root with the patch applied (output in trim_check.log)."""
-import sys; sys.path.insert(0, "/work/main/tests/kernels")
+import pathlib, sys
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "tests" / "kernels"))
 import numpy as np, jax.numpy as jnp
 from moejax.kernels.grouped_gemm import mosaic
 from test_grouped_gemm import _inputs, _np_ref, _rel
