@@ -98,6 +98,8 @@ class AttentionSpec(Spec, section="model"):
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
+    if self.kv_channels is not None:
+      bad += _not_positive("model", self, ("kv_channels",))
     if not bad and self.num_attention_heads % self.num_query_groups:
       bad.append(f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
                  f"model.num_query_groups={self.num_query_groups}: choose a divisor of the head count")
@@ -172,6 +174,12 @@ class RouterSpec(Spec, section="moe"):
                         "or none load balancing, not sinkhorn")
     elif self.pad_expert_input_to_capacity:
       problems.append("moe.pad_expert_input_to_capacity=True needs moe.expert_capacity_factor to be set")
+    if self.router_topk_scaling_factor is not None and not self.router_topk_scaling_factor > 0:
+      problems.append(f"moe.router_topk_scaling_factor={self.router_topk_scaling_factor} must be > 0 "
+                      "(or None: no scaling)")
+    if not self.router_bias_update_rate >= 0:
+      problems.append(f"moe.router_bias_update_rate={self.router_bias_update_rate} must be >= 0 "
+                      "(the expert bias moves towards balance by this much per step)")
     if self.input_jitter_eps is not None and not 0 < self.input_jitter_eps < 1:
       problems.append(f"moe.input_jitter_eps={self.input_jitter_eps} must be in (0, 1) or None")
     if self.router_dtype == "fp64":
@@ -224,6 +232,12 @@ class MoESpec(Spec, section="moe"):
       return problems + [f"moe.num_experts={E} must be positive (or None for a dense model)"]
     if not 1 <= K <= E:
       problems.append(f"moe.router_topk={K} must be between 1 and moe.num_experts={E}")
+    if self.ffn_hidden_size is not None:
+      problems += _not_positive("moe", self, ("ffn_hidden_size",))
+    shared = self.shared_expert_intermediate_size
+    if shared is not None and (not isinstance(shared, int) or shared < 0):
+      problems.append(f"moe.shared_expert_intermediate_size={shared!r} must be a positive integer "
+                      "(or None/0: no shared experts)")
     if self.shared_expert_gate and not self.shared_expert_intermediate_size:
       problems.append("moe.shared_expert_gate=True needs moe.shared_expert_intermediate_size to be set")
     freq = self.layer_freq
@@ -250,6 +264,9 @@ class MoESpec(Spec, section="moe"):
       elif self.router.router_group_scoring == "sum_top2" and E // G < 2:
         problems.append(f"moe.router_group_scoring='sum_top2' needs groups of at least 2 experts, not "
                         f"moe.num_experts={E} / moe.router_num_groups={G}")
+    elif self.router.router_group_topk is not None:
+      problems.append(f"moe.router_group_topk={self.router.router_group_topk} needs moe.router_num_groups "
+                      "(group-limited routing keeps the best router_group_topk of router_num_groups groups)")
     return problems
 
 
@@ -360,11 +377,15 @@ class ModelSpec(Spec, section="model"):
         and self.hidden_size % a.num_attention_heads):
       bad.append(f"model.hidden_size={self.hidden_size} is not divisible by model.num_attention_heads="
                  f"{a.num_attention_heads}: set model.kv_channels explicitly or change the head count")
+    elif not a.mla.multi_latent_attention and self.head_dim > 0 and self.head_dim % 2:
+      key = "model.kv_channels" if a.kv_channels is not None else "the head dim model.hidden_size/num_attention_heads"
+      bad.append(f"{key}={self.head_dim} must be even: rotary embeddings turn pairs of channels")
     m = self.moe
     if m.use_upcycling and m.num_experts is None:
       bad.append("moe.use_upcycling=True needs a MoE model: set moe.num_experts (and checkpoint.load_params "
                  "to the dense run or weights)")
-    elif m.use_upcycling and self.moe_ffn_hidden_size * m.upcycling_granularity != self.ffn_hidden_size:
+    elif (m.use_upcycling and isinstance(m.upcycling_granularity, int) and m.upcycling_granularity > 0
+          and self.moe_ffn_hidden_size * m.upcycling_granularity != self.ffn_hidden_size):
       bad.append(f"moe.use_upcycling=True with moe.upcycling_granularity={m.upcycling_granularity} needs "
                  f"moe.ffn_hidden_size = model.ffn_hidden_size / granularity = "
                  f"{self.ffn_hidden_size / m.upcycling_granularity:g}, not {self.moe_ffn_hidden_size}")
@@ -567,6 +588,9 @@ class LoggingSpec(Spec, section="logging"):
 
   def problems(self):
     bad = super().problems()
+    if not self.peak_tflops_per_device >= 0:
+      bad.append(f"logging.peak_tflops_per_device={self.peak_tflops_per_device} must be >= 0 "
+                 "(0: detect from the device kind)")
     if self.profile and not (isinstance(self.profile_step_start, int) and isinstance(self.profile_step_end, int)
                              and 0 <= self.profile_step_start < self.profile_step_end):
       bad.append(f"logging.profile_step_start={self.profile_step_start!r} and logging.profile_step_end="
