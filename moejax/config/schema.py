@@ -54,6 +54,8 @@ class RotaryScalingSpec(Spec, section="model"):
     bad = super().problems()
     if self.rope_type == "yarn" and not self.rotary_scaling_factor > 0:
       bad.append(f"model.rotary_scaling_factor={self.rotary_scaling_factor} must be > 0 with model.rope_type='yarn'")
+    if self.rope_type == "yarn":
+      bad += _not_positive("model", self, ("original_max_position_embeddings",))
     return bad
 
 
@@ -100,6 +102,8 @@ class AttentionSpec(Spec, section="model"):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
     if self.kv_channels is not None:
       bad += _not_positive("model", self, ("kv_channels",))
+    if not self.rotary_base > 0:
+      bad.append(f"model.rotary_base={self.rotary_base} must be > 0 (RoPE's theta, e.g. 10000)")
     if not bad and self.num_attention_heads % self.num_query_groups:
       bad.append(f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
                  f"model.num_query_groups={self.num_query_groups}: choose a divisor of the head count")
@@ -364,6 +368,11 @@ class ModelSpec(Spec, section="model"):
     if bad:
       return bad
     a, d, freq = self.attention, self.documents, self.moe.layer_freq
+    for key, ok, rule in (("norm_epsilon", self.norm_epsilon > 0, "> 0 (e.g. 1e-5)"),
+                          ("init_method_std", self.init_method_std > 0, "> 0 (e.g. 0.02)"),
+                          ("mtp_loss_scaling_factor", self.mtp_loss_scaling_factor >= 0, ">= 0 (e.g. 0.1)")):
+      if not ok:
+        bad.append(f"model.{key}={getattr(self, key)} must be {rule}")
     if ((d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss)
         and not 0 <= d.eod < self.vocab_size):
       bad.append(f"data.eod={d.eod} is outside model.vocab_size={self.vocab_size}: set data.eod to the "
