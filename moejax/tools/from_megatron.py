@@ -99,6 +99,9 @@ def run(argv=None) -> int:
   ap.add_argument("--title", help="first docstring line (default: from the source)")
   ap.add_argument("source", nargs="*", help="a launch script, or (after --) Megatron's arguments")
   args = ap.parse_args(argv)
+  if not args.source or not (args.source[0].startswith("-") or os.path.isfile(args.source[0])):
+    what = f"{args.source[0]}: no such launch script" if args.source else "nothing to convert"
+    ap.error(f"{what}; give a script (SCRIPT.sh) or Megatron's arguments after -- (-- --num-layers 32 ...)")
   if len(args.source) == 1 and os.path.isfile(args.source[0]):
     source = args.source[0]
     try:

@@ -163,3 +163,10 @@ def test_layer_pattern_is_not_eval():
   assert layer_pattern("[0]*3+[1]*2") == (0, 0, 0, 1, 1) and layer_pattern("2") == 2
   with pytest.raises(ValueError, match="only integers"):
     layer_pattern("__import__('os').getcwd()")
+
+
+def test_missing_script_or_no_arguments_is_one_line(capsys):
+  for argv, said in ((["/nonexistent/run.sh"], "/nonexistent/run.sh: no such launch script"), ([], "nothing to convert")):
+    with pytest.raises(SystemExit) as e:
+      run(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
