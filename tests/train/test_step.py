@@ -2,7 +2,7 @@
 the previous update wrote, read instead of casting every master at the start of each step. It is
 the masters cast, bit for bit, changes no number against the step that casts (one device, and
 ZeRO-1 with ep=8 on 8 devices), is kept only for masters each device holds whole (placed as they
-are), and is not checkpointed."""
+are), and is not checkpointed. With bf16 masters the step keeps the state's dtypes."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +13,7 @@ from moejax.checkpoint.manager import CheckpointManager
 from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule
 from moejax.train.state import init_state, setup, with_compute_copy
-from moejax.train.step import make_train_step
+from moejax.train.step import jit_train_step, make_train_step
 
 
 def _bf16(small_moe_config, **parallel):
@@ -100,3 +100,28 @@ def test_compute_copy_only_for_whole_masters_under_zero1(small_moe_config):
   assert kept and all("experts" in k for k in kept)
   assert len(kept) < len(copies)  # the dense masters are sharded: no copy
   _is_cast(state.compute_params, state.params)
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_bf16_masters_keep_the_state_dtypes(small_moe_config, devices):
+  """model.params_dtype='bfloat16': Adam's moments start in bf16 and the update meets fp32 gradients;
+  the state leaves the step in the dtypes it came in, so the step compiled once ahead (as train.py
+  runs it) takes its own output for three steps (one device, and ZeRO-1 over dp=8)."""
+  cfg = _bf16(small_moe_config)
+  cfg.model.params_dtype = "bfloat16"
+  cfg.optim.lr = 1e-2
+  parts = setup(cfg, jax.devices()[:devices])
+  mesh = parts.layout.mesh
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parts.rules):
+    state = init_state(parts.model, parts.optimizer, cfg.train.seq_length, 0, parts.shardings)
+    dtypes = jax.tree.map(lambda a: a.dtype, state)
+    bsh = batch_sharding(mesh, parts.rules, 3)
+    tokens = jax.device_put(_tokens(1)[0], bsh)
+    step = jit_train_step(cfg, parts, replicated(mesh)).lower(state, tokens).compile()
+    losses = []
+    for _ in range(3):
+      state, metrics = step(state, tokens)
+      losses.append(float(metrics["loss"]))
+  assert jax.tree.map(lambda a: a.dtype, state) == dtypes
+  assert {p.dtype for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.floating)} == {jnp.dtype(jnp.bfloat16)}
+  assert np.all(np.isfinite(losses)) and losses[2] < losses[0], losses
