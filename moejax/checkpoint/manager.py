@@ -16,7 +16,9 @@ SIGTERM mid-save leaves the previous checkpoint loadable. On top of Orbax:
   step's own name, which Orbax then lists as complete; so Orbax renames old checkpoints into
   `checkpoints/deleted/` instead (atomic), and the manager empties that directory at each save
   and at close;
-- a checkpoint whose arrays do not fit the config is refused in one line naming the keys.
+- a checkpoint whose arrays do not fit the config is refused in one line naming the keys; arrays
+  saved in another dtype than the config's (a changed model.params_dtype or Adam moment dtype) are
+  verified as saved, then cast.
 
 The async save (benchmarks/checkpoint_stall.py measures it): at a save step the training thread
 only dispatches an on-device copy of the state (one pass over it in device memory). A background
@@ -137,6 +139,25 @@ def _check_fits(where: str, saved_tree, abstract, source: str, prefix: str = "")
                    f"--config.checkpoint.load_params={source} (where the weight shapes allow)")
 
 
+def _as_saved(abstract, saved_tree, prefix: str = ""):
+  """`abstract` with each array's dtype as saved: restore reads the values the checksums were taken
+  of, and `_in_config_dtypes` casts them after verification, so a resume that changed a dtype
+  (model.params_dtype, optim.exp_avg_dtype) is not taken for damage."""
+  saved = {n: getattr(m, "dtype", None) for n, m in zip(checksum.leaf_names(saved_tree), jax.tree.leaves(saved_tree))}
+  leaves, treedef = jax.tree.flatten(abstract)
+  names = [f"{prefix}.{n}" if prefix else n for n in checksum.leaf_names(abstract)]
+  return treedef.unflatten([jax.ShapeDtypeStruct(a.shape, saved.get(n) or a.dtype) for n, a in zip(names, leaves)])
+
+
+def _in_config_dtypes(tree, abstract, where: str):
+  """`tree` cast to the dtypes of `abstract`, saying so in one line when any differ."""
+  cast = [(x.dtype, a.dtype) for x, a in zip(jax.tree.leaves(tree), jax.tree.leaves(abstract)) if x.dtype != a.dtype]
+  if cast:
+    kinds = ", ".join(sorted({f"{jnp.dtype(f).name} -> {jnp.dtype(t).name}" for f, t in cast}))
+    print(f"{where}: {len(cast)} arrays cast to the config's dtypes ({kinds})", file=sys.stderr)
+  return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), tree, abstract)
+
+
 def _verified(tree, recorded, prefix: str = ""):
   """`tree` if it matches its recorded checksums and is finite, else Damaged."""
   if recorded is None:  # saved before checksums existed: finiteness is all we can check
@@ -219,6 +240,7 @@ def _restore_params(step_dir: str, abstract_params, target, where: str, source: 
     except Exception as e:  # noqa: BLE001  any unreadable metadata means a damaged checkpoint
       raise Damaged(_short(e)) from None
     _check_fits(f"{where} ({step_dir})", saved, abstract_params, source, prefix=PARAMS_ITEM)
+    target = _target(_as_saved(abstract_params, saved, PARAMS_ITEM), jax.tree.map(lambda t: t.sharding, target))
     try:
       with _quiet_stderr():
         restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(
@@ -230,7 +252,7 @@ def _restore_params(step_dir: str, abstract_params, target, where: str, source: 
   if os.path.isdir(os.path.join(step_dir, "checksums")):
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_ckpt:
       recorded = json_ckpt.restore(os.path.join(step_dir, "checksums"))
-  return _verified(restored, recorded, PARAMS_ITEM)
+  return _in_config_dtypes(_verified(restored, recorded, PARAMS_ITEM), abstract_params, f"{where} ({step_dir})")
 
 
 class _Pinned:
@@ -389,7 +411,8 @@ class CheckpointManager:
       raise Damaged("the metadata of its state/ cannot be read")
     saved = saved.tree
     _check_fits(f"checkpoint step {step} in {self.directory}", saved, abstract, self._workdir)
-    items = dict(state=ocp.args.StandardRestore(_target(abstract, shardings)), meta=ocp.args.JsonRestore())
+    items = dict(state=ocp.args.StandardRestore(_target(_as_saved(abstract, saved), shardings)),
+                 meta=ocp.args.JsonRestore())
     has_sums = os.path.isdir(os.path.join(step_dir, "checksums"))
     if has_sums:
       items["checksums"] = ocp.args.JsonRestore()
@@ -398,7 +421,8 @@ class CheckpointManager:
         out = self._mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001
       raise Damaged(_short(e)) from None
-    return _verified(out.state, out.checksums if has_sums else None), out.meta
+    state = _verified(out.state, out.checksums if has_sums else None)
+    return _in_config_dtypes(state, abstract, f"checkpoint step {step}"), out.meta
 
   def _move_aside(self, step: int) -> str:
     src = os.path.join(self.directory, str(step))

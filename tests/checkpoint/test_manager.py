@@ -129,6 +129,36 @@ def test_another_layer_layout_is_refused_naming_scan_layers(two_steps, small_moe
       "them one by one (model.scan_layers=False)" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("restore", ["resume", "load_params"])
+def test_a_changed_dtype_is_cast_not_taken_for_damage(two_steps, small_moe_config, capfd, restore):
+  """model.params_dtype=bfloat16 and bf16 Adam moments on fp32 checkpoints: the arrays are verified as
+  saved and cast after (one line says so), nothing is moved aside; it was a checksum mismatch that
+  moved every checkpoint of the run to <step>.corrupt."""
+  base, _, _ = two_steps
+  with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+    saved, _ = ckpt.restore(*two_steps[1:])
+  cfg = small_moe_config()
+  cfg.model.params_dtype = "bfloat16"
+  cfg.optim.update(use_precision_aware_optimizer=True, exp_avg_dtype="bf16", exp_avg_sq_dtype="bf16")
+  parts = setup(cfg, jax.devices()[:1])
+  capfd.readouterr()
+  if restore == "resume":
+    with CheckpointManager(str(base), save_interval=1, max_to_keep=5) as ckpt:
+      state, meta = ckpt.restore(parts.abstract, parts.shardings)
+    assert meta == {"step": 2} and jax.tree.map(lambda a: a.dtype, state.opt_state) == \
+        jax.tree.map(lambda a: a.dtype, parts.abstract.opt_state)
+    params = state.params
+  else:
+    from moejax.checkpoint.manager import load_params
+    params = load_params(str(base), parts.abstract.params, parts.shardings.params)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved.params)):
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
+  err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+  assert len(err) == 1 and "arrays cast to the config's dtypes (float32 -> bfloat16)" in err[0], err
+  assert sorted(os.listdir(base / "checkpoints")) == ["1", "2"]
+
+
 def test_retention_keeps_the_last_n_every_kth_and_the_verified_one(two_steps, tmp_path):
   base, abstract, shardings = two_steps
   workdir = tmp_path / "run"
