@@ -69,7 +69,9 @@ def _finite(x):
 def fingerprint_of(tree):
   """(checksums uint32[n, 2], finite bool[n]) of the n leaves of `tree`, in leaf order: two stacked
   arrays, so fetching them is two small transfers whatever the number of leaves."""
-  leaves = jax.tree.leaves(tree)
+  # leaves in pinned host memory (optim.optimizer_cpu_offload) are read into device memory: XLA
+  # computes on device memory only
+  leaves = [jax.device_put(x, jax.memory.Space.Device) for x in jax.tree.leaves(tree)]
   if not leaves:
     return jnp.zeros((0, 2), jnp.uint32), jnp.zeros((0,), jnp.bool_)
   return jnp.stack([_checksum(x) for x in leaves]), jnp.stack([_finite(x) for x in leaves])
