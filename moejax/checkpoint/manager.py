@@ -155,7 +155,12 @@ def _in_config_dtypes(tree, abstract, where: str):
   if cast:
     kinds = ", ".join(sorted({f"{jnp.dtype(f).name} -> {jnp.dtype(t).name}" for f, t in cast}))
     print(f"{where}: {len(cast)} arrays cast to the config's dtypes ({kinds})", file=sys.stderr)
-  return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), tree, abstract)
+  return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else _cast(x, a.dtype), tree, abstract)
+
+
+def _cast(x, dtype):
+  """`x` as `dtype`, placed as it was (a leaf in pinned host memory is cast in device memory)."""
+  return jax.jit(lambda v: jax.device_put(v, jax.memory.Space.Device).astype(dtype), out_shardings=x.sharding)(x)
 
 
 def _verified(tree, recorded, prefix: str = ""):
