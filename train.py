@@ -14,7 +14,7 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from moejax.config import ConfigError, RunError, check_override_keys
+from moejax.config import ConfigError, RunError, apply_overrides, check_override_keys, split_none_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics, TensorBoard, checkpoints.")
@@ -25,6 +25,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this process's id "
                                    "(default: JAX_PROCESS_ID, or SLURM_PROCID).")
 flags.mark_flags_as_required(["config", "workdir"])
+_NONE_KEYS: list[str] = []  # --config.a.b=None flags (split_none_overrides), set once the recipe is loaded
 
 
 def check_recipe(argv: list[str]) -> None:
@@ -83,7 +84,9 @@ def main(argv):
     raise SystemExit(str(e)) from None
   from moejax.train.loop import train
   try:
-    train(_CONFIG.value, _WORKDIR.value)
+    cfg = _CONFIG.value
+    apply_overrides(cfg, {key: None for key in _NONE_KEYS})
+    train(cfg, _WORKDIR.value)
   except (ConfigError, RunError) as e:
     raise SystemExit(str(e)) from None
 
@@ -91,6 +94,7 @@ def main(argv):
 if __name__ == "__main__":
   try:
     check_override_keys(sys.argv[1:])
+    sys.argv[1:], _NONE_KEYS[:] = split_none_overrides(sys.argv[1:])
   except ConfigError as e:
     raise SystemExit(str(e)) from None
   sys.argv[1:] = config_from_checkpoint(sys.argv[1:])

@@ -7,7 +7,8 @@ from moejax.config.schema import (AttentionSpec, CheckpointSpec, CrossEntropyImp
                                   DocumentSpec, FSDPSpec, GroupedGemmImpl, LoadBalancingType, LoggingSpec, MLASpec,
                                   ModelSpec, MoESpec, OptimSpec, ParallelSpec, RecomputeSpec, RotaryScalingSpec,
                                   RouterSpec, TrainSpec, model_spec, padded_vocab_size)
-from moejax.config.spec import ConfigError, RunError, Spec, apply_overrides, base_config, check_override_keys, choices
+from moejax.config.spec import (ConfigError, RunError, Spec, apply_overrides, base_config, check_override_keys, choices,
+                                split_none_overrides)
 from moejax.config.spec import config_problems as problems
 from moejax.config.spec import unknown_keys
 
@@ -16,5 +17,6 @@ __all__ = [
     "DocumentSpec", "FSDPSpec", "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "MLASpec", "ModelSpec",
     "MoESpec", "OptimSpec", "ParallelSpec", "RecomputeSpec", "RotaryScalingSpec", "RouterSpec", "RunError", "Spec", "TrainSpec",
     "apply_overrides", "base_config",
-    "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "unknown_keys",
+    "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "split_none_overrides",
+    "unknown_keys",
 ]

@@ -227,6 +227,27 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -
     node[leaf] = value
 
 
+def split_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(argv without its `--config.a.b=None` flags, their dotted keys). ml_collections parses no None
+  into a typed field, so train.py sets these once the recipe is loaded (`apply_overrides`); a key
+  whose schema type has no None is refused in one line."""
+  nullable = {f"{cls.section}.{f.name}": type(None) in typing.get_args(_hints(cls)[f.name])
+              for cls in _REGISTRY for f in _leaf_fields(cls)}
+  rest, keys = [], []
+  for arg in argv:
+    key, _, value = arg.partition("=")
+    if not (key.startswith("--config.") and value in ("None", "none")):
+      keys = [k for k in keys if f"--config.{k}" != key]  # a later value wins over an earlier None
+      rest.append(arg)
+      continue
+    key = key[len("--config."):]
+    if not nullable.get(key, True):  # unknown keys: check_override_keys names them
+      node, leaf = _resolve(base_config(), key)
+      raise ConfigError([f"{key} cannot be None: give a value (its default is {node[leaf]!r})"])
+    keys.append(key)
+  return rest, keys
+
+
 def check_override_keys(argv: list[str]) -> None:
   """Rejects `--config.a.b=v` flags whose key the schema lacks, before flag parsing."""
   ref = base_config()

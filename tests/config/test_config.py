@@ -100,6 +100,21 @@ def test_cli_override_and_unknown_key(tmp_path, repo_root):
   assert "Traceback" not in out.stderr
 
 
+def test_cli_none_override(tmp_path, repo_root):
+  """`--config.a.b=None` sets a key whose type allows None (ml_collections' flag parser cannot) and
+  refuses the others in one line."""
+  def train(*flags):
+    return subprocess.run([sys.executable, "train.py", "--config", "configs/tiny_moe.py", *flags, "--workdir",
+                           str(tmp_path)], cwd=repo_root, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "JAX_NUM_CPU_DEVICES": "8"})
+  out = train("--config.moe.num_experts=None", "--config.parallel.ep=4")  # a dense model: ep has no experts
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "parallel.ep=4 needs moe.num_experts to be set" in out.stderr
+  out = train("--config.model.hidden_size=None")
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "model.hidden_size cannot be None: give a value (its default is 64)" in out.stderr
+
+
 def test_mixtral_recipe_has_real_hyperparameters_and_46_7b_params(repo_root):
   sys.path.insert(0, str(repo_root))
   from configs import mixtral_8x7b

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from moejax.config import (ConfigError, DispatchSpec, ModelSpec, MoESpec, RouterSpec, base_config, choices,
-                           model_spec, problems)
+                           model_spec, problems, split_none_overrides)
 
 
 def test_every_spec_field_is_a_config_key_with_its_default():
@@ -49,3 +49,12 @@ def test_problems_reports_every_spec_once():
   cfg.moe.update(num_experts=8, router_topk=9, token_dispatcher_type="deepep")
   found = problems(cfg)
   assert len(found) == len(set(found)) == 2
+
+
+def test_none_overrides_split_off_and_later_values_win():
+  rest, keys = split_none_overrides(["--config=configs/tiny_moe.py", "--config.moe.expert_capacity_factor=None",
+                                     "--config.moe.num_experts=none", "--config.moe.num_experts=4", "--workdir=w"])
+  assert rest == ["--config=configs/tiny_moe.py", "--config.moe.num_experts=4", "--workdir=w"]
+  assert keys == ["moe.expert_capacity_factor"]
+  with pytest.raises(ConfigError, match="train.seq_length cannot be None"):
+    split_none_overrides(["--config.train.seq_length=None"])
