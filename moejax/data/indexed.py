@@ -237,14 +237,16 @@ class IndexedDatasetBuilder:
 
     ``add_item(ids)`` appends one sequence, ``end_document()`` closes a document,
     ``add_document(ids, lengths)`` does both, ``add_index(prefix)`` appends another dataset,
-    ``finalize(idx_path)`` writes the index.
+    ``finalize(idx_path)`` writes the index. Both files are written beside their names and renamed
+    into place by ``finalize`` (``discard()`` drops them), so a run that stops halfway leaves an
+    earlier dataset of the same name whole, never a new ``.bin`` beside an old ``.idx``.
     """
 
     def __init__(self, bin_file: str, dtype=np.int32, multimodal: bool = False):
         self.dtype = np.dtype(dtype)
         dtype_code(self.dtype)
         self.bin_file = bin_file
-        self._data = open(bin_file, "wb")
+        self._data = open(bin_file + ".tmp", "wb")
         self.sequence_lengths: list[int] = []
         self.document_indices: list[int] = [0]
         self.sequence_modes: list[int] | None = [] if multimodal else None
@@ -295,5 +297,13 @@ class IndexedDatasetBuilder:
 
     def finalize(self, idx_file: str) -> None:
         self._data.close()
-        write_index(idx_file, self.dtype, self.sequence_lengths, self.document_indices,
+        write_index(idx_file + ".tmp", self.dtype, self.sequence_lengths, self.document_indices,
                     self.sequence_modes)
+        os.replace(self.bin_file + ".tmp", self.bin_file)
+        os.replace(idx_file + ".tmp", idx_file)
+
+    def discard(self) -> None:
+        """Closes and removes what was written; an earlier dataset of the same name stays."""
+        self._data.close()
+        if os.path.exists(self.bin_file + ".tmp"):
+            os.remove(self.bin_file + ".tmp")

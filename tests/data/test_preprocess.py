@@ -144,3 +144,17 @@ def test_bad_input_errors(tmp_path):
                            str(tmp_path / "missing.jsonl"), "--output-prefix", str(tmp_path / "y")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.jsonl does not exist" in proc.stderr
+
+
+def test_a_failed_run_leaves_the_earlier_dataset_whole(jsonl, tmp_path):
+    """A corpus that breaks off at a bad line, written to the prefix of an earlier dataset: the
+    earlier .bin/.idx pair stays as it was (the .bin was overwritten halfway beside the old .idx)
+    and nothing else is left behind."""
+    prefix = preprocess(jsonl, str(tmp_path / "o"), progress=False)["text"]
+    before = {ext: open(prefix + ext, "rb").read() for ext in (".bin", ".idx")}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": f"another corpus {i} " * 9}) + "\n" for i in range(40)) + "oops\n")
+    with pytest.raises(ValueError, match="bad.jsonl line 41: not valid JSON"):
+        preprocess(str(bad), str(tmp_path / "o"), progress=False)
+    assert {ext: open(prefix + ext, "rb").read() for ext in (".bin", ".idx")} == before
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "o_text_document.bin", "o_text_document.idx"]
