@@ -20,6 +20,7 @@ t --config.optim.optimizer_cpu_offload=0.5 --config.train.train_iters=8 --config
 ls $W/checkpoints | tee -a $O/log.txt; rm -rf $W
 t --config.model.params_dtype=bfloat16 --config.train.train_iters=3
 grep -E "^step|resumed|Error|error" $O/log.txt | cut -c1-160
+[ "${FUNCTIONAL_ONLY:-0}" = 1 ] && exit 0   # the device budget left for c1_functional/ only
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 || { nvidia-smi -L; exit 3; }
 BASE= bash benchmarks/results/h200_2026-12-05_session25/run_a.sh || exit 1
 tail -n 5 $OUT/a2_same_call_titan/log.txt
