@@ -1,5 +1,6 @@
 #!/bin/bash
-# Session 38, call a (~120 s on any Hopper GPU, ~450 s on an H200).
+# Session 38, call a (~120 s on any Hopper GPU, ~450 s on an H200). NOT RUN in session 38: every
+# request for a machine (H200 and H100) was refused, so it is ready for the next session.
 #  c1_functional/: this session's CPU-found fixes on a GPU, tiny recipe through train.py: optimizer
 #    state half in pinned host memory saved at steps 2 and 4 and resumed to 6 (the checksums now read
 #    host leaves into device memory), resumed again to 8 with bf16 first moments (cast from the
