@@ -221,22 +221,21 @@ def load_params(directory: str, abstract_params, shardings):
   """The weights in DIR, restored into `shardings` (any mesh layout): DIR/params (weights-only),
   DIR a training workdir (its newest checkpoint that verifies) or one of its checkpoints/<step>."""
   d = os.path.abspath(directory)
-  target = _target(abstract_params, shardings)
   where = f"checkpoint.load_params={directory}"
   if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
     with ocp.StandardCheckpointer() as ckpt:
       path = os.path.join(d, PARAMS_ITEM)
       _check_fits(where, ckpt.metadata(path).item_metadata.tree, abstract_params, directory)
-      return ckpt.restore(path, target)
+      return ckpt.restore(path, _target(abstract_params, shardings))
   for step_dir in _step_dirs(directory, where):
     try:
-      return _restore_params(step_dir, abstract_params, target, where, directory)
+      return _restore_params(step_dir, abstract_params, shardings, where, directory)
     except Damaged as e:
       print(f"{step_dir} is damaged ({e}); trying the previous checkpoint", file=sys.stderr)
   raise RunError(f"{where}: no checkpoint there passes verification")
 
 
-def _restore_params(step_dir: str, abstract_params, target, where: str, source: str):
+def _restore_params(step_dir: str, abstract_params, shardings, where: str, source: str):
   """The `params` of the train state saved in `step_dir`, verified against its checksums."""
   state_dir = os.path.join(step_dir, "state")
   with ocp.PyTreeCheckpointer() as ckpt:
@@ -245,7 +244,7 @@ def _restore_params(step_dir: str, abstract_params, target, where: str, source: 
     except Exception as e:  # noqa: BLE001  any unreadable metadata means a damaged checkpoint
       raise Damaged(_short(e)) from None
     _check_fits(f"{where} ({step_dir})", saved, abstract_params, source, prefix=PARAMS_ITEM)
-    target = _target(_as_saved(abstract_params, saved, PARAMS_ITEM), jax.tree.map(lambda t: t.sharding, target))
+    target = _target(_as_saved(abstract_params, saved, PARAMS_ITEM), shardings)
     try:
       with _quiet_stderr():
         restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(

@@ -89,7 +89,6 @@ def preprocess(input_path: str, output_prefix: str, json_keys=("text",), tokeniz
         pool = None
         _init_worker(*args)
         results = map(_encode, _lines(input_path))
-    done = False
     try:
         for nbytes, enc in results:
             bar.update(nbytes)
@@ -105,15 +104,15 @@ def preprocess(input_path: str, output_prefix: str, json_keys=("text",), tokeniz
                 bar.set_postfix(docs=docs, tok_per_s=f"{tokens / (time.time() - t0):.3g}")
         for k, b in builders.items():
             b.finalize(idx_path(prefixes[k]))
-        done = True
+    except BaseException:  # a bad line or a kill: no half-written dataset, an earlier one stays whole
+        for b in builders.values():
+            b.discard()
+        raise
     finally:
         bar.close()
         if pool is not None:
             pool.close()
             pool.join()
-        if not done:  # a bad line or a kill: no half-written dataset, an earlier one stays whole
-            for b in builders.values():
-                b.discard()
     dt = time.time() - t0
     print(f"preprocess: {docs} documents, {tokens} tokens ({dtype.__name__}) in {dt:.1f}s "
           f"({tokens / max(dt, 1e-9):.3g} tokens/s); {skipped} blank lines skipped -> "

@@ -32,6 +32,17 @@ def decay_mask(params):
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
+def keep_state_dtypes(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` whose state leaves every update in the dtypes it came in. optax's Adam promotes bf16
+  moments (those of bf16 masters, or stored below fp32 by `precision_aware`) to the fp32 gradients'
+  dtype; a compiled train step takes its own output only while the state's types hold."""
+  def update(grads, state, params=None):
+    updates, new = inner.update(grads, state, params)
+    return updates, jax.tree.map(lambda n, o: n.astype(o.dtype), new, state)
+
+  return optax.GradientTransformation(inner.init, update)
+
+
 def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "fp32",
                     exp_avg_sq_dtype: str = "fp32") -> optax.GradientTransformation:
   """Megatron's precision-aware optimizer: Adam's moments stored in `exp_avg_dtype` /
@@ -55,11 +66,10 @@ def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "f
   def init(params):
     return store(inner.init(fp32(params)))
 
-  def update(grads, state, params=None):
-    updates, state = inner.update(fp32(grads), fp32(state), None if params is None else fp32(params))
-    return updates, store(state)
+  def update(grads, state, params=None):  # the new moments rounded to their stored dtypes by keep_state_dtypes
+    return inner.update(fp32(grads), fp32(state), None if params is None else fp32(params))
 
-  return optax.GradientTransformation(init, update)
+  return keep_state_dtypes(optax.GradientTransformation(init, update))
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
@@ -69,5 +79,5 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
       optax.adamw(lr_schedule(cfg), b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps,
                   weight_decay=o.weight_decay, mask=decay_mask))
   if o.use_precision_aware_optimizer:
-    opt = precision_aware(opt, o.exp_avg_dtype, o.exp_avg_sq_dtype)
-  return opt
+    return precision_aware(opt, o.exp_avg_dtype, o.exp_avg_sq_dtype)
+  return keep_state_dtypes(opt)

@@ -58,9 +58,6 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
       opt_state = placement.opt_state_on_device(state.opt_state, after=grads)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, opt_state, state.params)
-    # optax's Adam promotes bf16 moments (those of bf16 masters) to the fp32 gradients' dtype; the
-    # state keeps its dtypes so the compiled step's signature holds from one step to the next
-    new_opt_state = jax.tree.map(lambda n, o: n.astype(o.dtype), new_opt_state, opt_state)
     params = optax.apply_updates(state.params, updates)
     if placement is not None:
       params = jax.lax.with_sharding_constraint(params, placement.master)
