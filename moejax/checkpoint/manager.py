@@ -1,5 +1,5 @@
 """Orbax checkpoints: the train state of a run (atomic, async, verified, restorable into any mesh),
-and weights alone (`save_params`/`load_params`: converted or exported checkpoints, new runs from
+and weights alone (`save_params`/`load_weights`: converted or exported checkpoints, new runs from
 them or from another run's checkpoints).
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash or
@@ -203,60 +203,96 @@ def _step_dirs(directory: str, where: str) -> list[str]:
                  "workdir (DIR/checkpoints/<step>) or one of its checkpoints/<step>")
 
 
-def params_metadata(directory: str):
-  """The saved weights' tree (Orbax metadata: names and shapes) that `load_params(directory)` reads
-  (of the newest checkpoint, for a training workdir), e.g. to see which layout they were saved in."""
+def params_metadata(directory: str, flag: str = "checkpoint.load_params"):
+  """The saved weights' tree (Orbax metadata: names and shapes) that `load_weights(directory)` reads
+  (of the newest readable checkpoint, for a training workdir), e.g. to see which layout they were
+  saved in."""
   d = os.path.abspath(directory)
   if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
     with ocp.StandardCheckpointer() as ckpt:
       return ckpt.metadata(os.path.join(d, PARAMS_ITEM)).item_metadata.tree
-  steps = _step_dirs(directory, f"checkpoint.load_params={directory}")
-  if not steps:
-    return None
+  for step_dir in _step_dirs(directory, f"{flag}={directory}"):
+    try:
+      return _state_metadata(step_dir)[PARAMS_ITEM]
+    except Damaged:  # load_weights reports it and takes an older one
+      continue
+  return None
+
+
+def _state_metadata(step_dir: str):
+  """The metadata tree of a training checkpoint's train state, or Damaged."""
+  if not os.path.isdir(os.path.join(step_dir, "state")):
+    raise Damaged("its state/ directory is missing")
   with ocp.PyTreeCheckpointer() as ckpt:
-    return ckpt.metadata(os.path.join(steps[0], "state")).item_metadata.tree[PARAMS_ITEM]
+    try:
+      with _quiet_stderr():
+        meta = ckpt.metadata(os.path.join(step_dir, "state")).item_metadata
+    except Exception as e:  # noqa: BLE001  any unreadable metadata means a damaged checkpoint
+      raise Damaged(_short(e)) from None
+  if meta is None or meta.tree is None:
+    raise Damaged("the metadata of its state/ cannot be read")
+  return meta.tree
 
 
-def load_params(directory: str, abstract_params, shardings):
-  """The weights in DIR, restored into `shardings` (any mesh layout): DIR/params (weights-only),
-  DIR a training workdir (its newest checkpoint that verifies) or one of its checkpoints/<step>."""
-  d = os.path.abspath(directory)
-  where = f"checkpoint.load_params={directory}"
+def load_weights(directory: str, abstract: dict, shardings: dict, flag: str = "checkpoint.load_params") -> dict:
+  """The weights in DIR and their router state, restored into `shardings` (any mesh layout).
+
+  `abstract`: {"params": ..., "moe_state": ...} (moe_state may be left out or empty). DIR is a
+  weights-only checkpoint (DIR/params, and DIR/moe_state where the weights came with one), a
+  training workdir (its newest checkpoint that verifies) or one of its checkpoints/<step>; both
+  items come from the same checkpoint. An item the source lacks (router state) comes back None.
+  `flag` names DIR in messages (the setting or command-line flag it came from)."""
+  d, where = os.path.abspath(directory), f"{flag}={directory}"
   if os.path.isdir(os.path.join(d, PARAMS_ITEM)):
-    with ocp.StandardCheckpointer() as ckpt:
-      path = os.path.join(d, PARAMS_ITEM)
-      _check_fits(where, ckpt.metadata(path).item_metadata.tree, abstract_params, directory)
-      return ckpt.restore(path, _target(abstract_params, shardings))
+    out = dict.fromkeys(abstract)
+    for item in _wanted(abstract, lambda i: os.path.isdir(os.path.join(d, i))):
+      with ocp.StandardCheckpointer() as ckpt:
+        path = os.path.join(d, item)
+        _check_fits(where, ckpt.metadata(path).item_metadata.tree, abstract[item], directory)
+        out[item] = ckpt.restore(path, _target(abstract[item], shardings[item]))
+    return out
   for step_dir in _step_dirs(directory, where):
     try:
-      return _restore_params(step_dir, abstract_params, shardings, where, directory)
+      return _restore_weights(step_dir, abstract, shardings, where, directory)
     except Damaged as e:
       print(f"{step_dir} is damaged ({e}); trying the previous checkpoint", file=sys.stderr)
   raise RunError(f"{where}: no checkpoint there passes verification")
 
 
-def _restore_params(step_dir: str, abstract_params, shardings, where: str, source: str):
-  """The `params` of the train state saved in `step_dir`, verified against its checksums."""
-  state_dir = os.path.join(step_dir, "state")
+def load_params(directory: str, abstract_params, shardings):
+  """The weights alone of `load_weights`."""
+  return load_weights(directory, {PARAMS_ITEM: abstract_params}, {PARAMS_ITEM: shardings})[PARAMS_ITEM]
+
+
+def _wanted(abstract: dict, saved) -> list[str]:
+  """The items of `abstract` to restore: the weights, and router state where the config has some
+  and the source `saved` it (`saved(item)`)."""
+  return [i for i, a in abstract.items() if i == PARAMS_ITEM or (jax.tree.leaves(a) and saved(i))]
+
+
+def _restore_weights(step_dir: str, abstract: dict, shardings: dict, where: str, source: str) -> dict:
+  """`load_weights`' items of the train state saved in `step_dir`, verified against its checksums."""
+  state_dir, saved = os.path.join(step_dir, "state"), _state_metadata(step_dir)
   with ocp.PyTreeCheckpointer() as ckpt:
-    try:
-      saved = ckpt.metadata(state_dir).item_metadata.tree
-    except Exception as e:  # noqa: BLE001  any unreadable metadata means a damaged checkpoint
-      raise Damaged(_short(e)) from None
-    _check_fits(f"{where} ({step_dir})", saved, abstract_params, source, prefix=PARAMS_ITEM)
-    target = _target(_as_saved(abstract_params, saved, PARAMS_ITEM), shardings)
+    items = _wanted(abstract, lambda i: jax.tree.leaves(saved.get(i, {})))
+    for item in items:
+      _check_fits(f"{where} ({step_dir})", saved, abstract[item], source, prefix=item)
+    target = {i: _target(_as_saved(abstract[i], saved, i), shardings[i]) for i in items}
     try:
       with _quiet_stderr():
         restored = ckpt.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item={PARAMS_ITEM: target}, partial_restore=True,
-            restore_args={PARAMS_ITEM: ocp.checkpoint_utils.construct_restore_args(target)}))[PARAMS_ITEM]
+            item=target, partial_restore=True,
+            restore_args={i: ocp.checkpoint_utils.construct_restore_args(t) for i, t in target.items()}))
     except Exception as e:  # noqa: BLE001
       raise Damaged(_short(e)) from None
   recorded = None
   if os.path.isdir(os.path.join(step_dir, "checksums")):
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as json_ckpt:
       recorded = json_ckpt.restore(os.path.join(step_dir, "checksums"))
-  return _in_config_dtypes(_verified(restored, recorded, PARAMS_ITEM), abstract_params, f"{where} ({step_dir})")
+  out = dict.fromkeys(abstract)
+  for item in items:
+    out[item] = _in_config_dtypes(_verified(restored[item], recorded, item), abstract[item], f"{where} ({step_dir})")
+  return out
 
 
 class _Pinned:
@@ -272,15 +308,6 @@ class _Pinned:
 @jax.jit
 def _device_copy(tree):
   return jax.tree.map(jnp.copy, tree)
-
-
-def load_moe_state(directory: str, abstract_moe_state, shardings):
-  """Reads DIR/moe_state into `shardings`, or None when the weights came without one."""
-  path = os.path.join(os.path.abspath(directory), MOE_STATE_ITEM)
-  if not abstract_moe_state or not os.path.isdir(path):
-    return None
-  with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(path, _target(abstract_moe_state, shardings))
 
 
 class CheckpointManager:
@@ -405,15 +432,7 @@ class CheckpointManager:
 
   def _restore_verified(self, step: int, abstract, shardings):
     step_dir = os.path.join(self.directory, str(step))
-    if not os.path.isdir(os.path.join(step_dir, "state")):
-      raise Damaged("its state/ directory is missing")
-    try:
-      saved = self._mngr.item_metadata(step)["state"]
-    except Exception as e:  # noqa: BLE001  unreadable metadata: a damaged checkpoint
-      raise Damaged(_short(e)) from None
-    if saved is None:
-      raise Damaged("the metadata of its state/ cannot be read")
-    saved = saved.tree
+    saved = _state_metadata(step_dir)
     _check_fits(f"checkpoint step {step} in {self.directory}", saved, abstract, self._workdir)
     items = dict(state=ocp.args.StandardRestore(_target(_as_saved(abstract, saved), shardings)),
                  meta=ocp.args.JsonRestore())

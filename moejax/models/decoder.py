@@ -56,7 +56,7 @@ def relayout(decoder: dict, pattern: tuple[bool, ...], scan_layers: bool,
   (segment_i/block_j, leading axis = repeats) or one entry per layer (layer_k). Works for params
   and for collections only some layers have (moe_state: the MoE layers). `stack` and `take` act
   on the leaves: arrays by default; abstract shapes or shardings when restoring weights saved in
-  the other layout (`load_weights` in moejax/train/start.py)."""
+  the other layout (`load_as_run` in moejax/train/start.py)."""
   other = {k: v for k, v in decoder.items() if not k.startswith(("segment_", "layer_"))}
   if scan_layers:
     if not any(k.startswith("layer_") for k in decoder):

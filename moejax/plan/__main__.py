@@ -22,13 +22,26 @@ from moejax.plan.layouts import Option, plan
 
 
 def parse_bytes(text: str) -> float:
-  """'80GB', '141GiB', '512MB' → bytes."""
-  m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B?)?\s*", text, re.IGNORECASE)
-  if m is None:
-    raise ValueError(f"--gpu-memory {text!r}: give a size such as 80GB or 141GiB")
-  unit = (m.group(2) or "B").upper().rstrip("B")
+  """'80GB', '141GiB', '512MB' → bytes; the unit is required (a bare 80 is not 80 bytes)."""
+  m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B?|B)\s*", text, re.IGNORECASE)
+  if m is None or float(m.group(1)) <= 0:
+    raise ValueError(f"--gpu-memory {text!r}: give a positive size with its unit, such as 80GB or 141GiB")
+  unit = m.group(2).upper().rstrip("B")
   scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
   return float(m.group(1)) * scale
+
+
+def _positive(kind):
+  """An argparse type: `kind(text)` > 0, else argparse's one-line usage error naming the flag."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      value = None
+    if value is None or value <= 0:
+      raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+    return value
+  return parse
 
 
 def choose(options: list[Option], gpu_bytes: float) -> tuple[Option, bool]:
@@ -59,15 +72,16 @@ def table(rows: list[tuple[Option, bool]], gpu_bytes: float, top: int, layouts: 
 def run(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m moejax.plan", description=__doc__.split("\n\n")[1])
   ap.add_argument("--config", required=True, help="a recipe file, e.g. configs/mixtral_8x7b.py")
-  ap.add_argument("--gpus", type=int, required=True)
+  count, rate = _positive(int), _positive(float)
+  ap.add_argument("--gpus", type=count, required=True)
   ap.add_argument("--gpu-memory", required=True, help="memory per GPU, e.g. 80GB or 141GiB")
-  ap.add_argument("--seq-length", type=int, help="default: the recipe's train.seq_length")
-  ap.add_argument("--micro-batch", type=int, help="default: the recipe's train.micro_batch_size")
-  ap.add_argument("--global-batch", type=int, help="default: the recipe's train.global_batch_size")
-  ap.add_argument("--tflops", type=float, default=400.0, help="achieved bf16 TFLOP/s per GPU (cost model)")
-  ap.add_argument("--gpus-per-node", type=int, default=8)
+  ap.add_argument("--seq-length", type=count, help="default: the recipe's train.seq_length")
+  ap.add_argument("--micro-batch", type=count, help="default: the recipe's train.micro_batch_size")
+  ap.add_argument("--global-batch", type=count, help="default: the recipe's train.global_batch_size")
+  ap.add_argument("--tflops", type=rate, default=400.0, help="achieved bf16 TFLOP/s per GPU (cost model)")
+  ap.add_argument("--gpus-per-node", type=count, default=8)
   ap.add_argument("--attention", choices=("flash", "xla"), help="default: flash when cuDNN takes the head dims")
-  ap.add_argument("--top", type=int, default=20, help="layouts shown")
+  ap.add_argument("--top", type=count, default=20, help="layouts shown")
   ap.add_argument("--choices", action="store_true",
                   help="every recompute (none/selective/full) x distributed-optimizer choice of the layouts shown")
   args = ap.parse_args(argv)

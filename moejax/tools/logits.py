@@ -2,6 +2,8 @@
 
   python -m moejax.tools.logits [--config RECIPE] --params DIR --tokens 3,1,4,1,5 --out logits.npy
 
+DIR: a converted checkpoint (DIR/params), a training workdir (its newest checkpoint that verifies)
+or one of its checkpoints/STEP, saved with either layout of the layers (`model.scan_layers`).
 Writes [len(tokens), V] float32, V the real vocabulary (the padded rows cut off). Without
 --config, DIR's own config (moejax_config.json, written by `python -m moejax.convert`) is used.
 The model runs in float32 on one device whatever the recipe's compute dtype.
@@ -9,7 +11,6 @@ The model runs in float32 on one device whatever the recipe's compute dtype.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
@@ -18,17 +19,15 @@ import numpy as np
 
 
 def logits(cfg, params_dir: str, tokens: list[int]) -> np.ndarray:
-  """[len(tokens), vocab_size] fp32 logits of the weights in `params_dir` under `cfg`."""
+  """[len(tokens), vocab_size] fp32 logits of the weights in `params_dir` (as `load_weights` takes
+  them: converted, a training workdir or one of its steps) under `cfg`."""
   from flax import linen as nn
 
-  from moejax.checkpoint.manager import PARAMS_ITEM, load_moe_state, load_params
   from moejax.config import ConfigError, model_spec
   from moejax.models.gpt import GPTModel
   from moejax.moe.state import MOE_STATE
+  from moejax.train.start import load_as_run
 
-  if not os.path.isdir(os.path.join(params_dir, PARAMS_ITEM)):
-    raise ConfigError([f"--params {params_dir}: no {PARAMS_ITEM}/ checkpoint there (python -m moejax.convert "
-                       "hf-to-moejax writes one)"])
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype, cfg.model.params_dtype = "float32", "float32"
   spec = model_spec(cfg)
@@ -39,13 +38,10 @@ def logits(cfg, params_dir: str, tokens: list[int]) -> np.ndarray:
   tokens_1S = jnp.asarray([tokens], jnp.int32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), tokens_1S)
   device = jax.sharding.make_single_device_sharding(jax.devices()[0])
-  params = load_params(params_dir, nn.unbox(abstract["params"]), jax.tree.map(lambda _: device, nn.unbox(abstract["params"])))
-  variables = {"params": params}
-  abstract_state = abstract.get(MOE_STATE, {})
-  if abstract_state:
-    state = load_moe_state(params_dir, abstract_state, jax.tree.map(lambda _: device, abstract_state))
-    variables[MOE_STATE] = state if state is not None else jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                                                        abstract_state)
+  wanted = {"params": nn.unbox(abstract["params"]), MOE_STATE: abstract.get(MOE_STATE, {})}
+  variables = load_as_run(params_dir, spec, wanted, jax.tree.map(lambda _: device, wanted), flag="--params")
+  if variables[MOE_STATE] is None:  # weights without router state: the init's (zero expert biases)
+    variables[MOE_STATE] = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), wanted[MOE_STATE])
   logits_1SV, _ = jax.jit(model.apply)(variables, tokens_1S)
   return np.asarray(logits_1SV[0, :, :spec.vocab_size], np.float32)
 
@@ -54,12 +50,13 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m moejax.tools.logits", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", help="recipe file (default: DIR/moejax_config.json)")
-  parser.add_argument("--params", required=True, help="weights-only checkpoint directory (DIR/params)")
+  parser.add_argument("--params", required=True, help="weights: a converted checkpoint (DIR with params/), a training "
+                      "workdir (its newest checkpoint) or one of its checkpoints/STEP")
   parser.add_argument("--tokens", required=True, help="comma-separated token ids")
   parser.add_argument("--out", required=True, help="output .npy file")
   args = parser.parse_args(argv)
 
-  from moejax.config import ConfigError
+  from moejax.config import ConfigError, RunError
   from moejax.config.recipes import load_recipe
   from moejax.convert import ConversionError, load_checkpoint_config
   try:
@@ -71,7 +68,7 @@ def main(argv=None) -> None:
   try:
     cfg = load_recipe(args.config) if args.config else load_checkpoint_config(args.params)
     out = logits(cfg, args.params, tokens)
-  except (ConfigError, ConversionError) as e:
+  except (ConfigError, ConversionError, RunError) as e:
     raise SystemExit(f"error: {e}") from None
   np.save(args.out, out)
   print(f"wrote {args.out}: float32 {list(out.shape)}", file=sys.stderr)

@@ -11,7 +11,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from moejax.checkpoint.manager import CheckpointManager, load_moe_state, load_params, params_metadata
+from moejax.checkpoint.manager import CheckpointManager, load_weights, params_metadata
 from moejax.config import ConfigError
 from moejax.models.decoder import relayout, stack_layers, unstack_layers
 from moejax.models.gpt import GPTModel
@@ -38,25 +38,30 @@ def _layer_sharding(sh, _):
   return NamedSharding(sh.mesh, P(*sh.spec[1:])) if isinstance(sh, NamedSharding) else sh
 
 
-def saved_scan_layers(src: str) -> bool | None:
+def saved_scan_layers(src: str, flag: str = "checkpoint.load_params") -> bool | None:
   """The `model.scan_layers` the weights in `src` were saved with (None: no decoder layers)."""
-  decoder = (params_metadata(src) or {}).get("decoder", {})
+  decoder = (params_metadata(src, flag) or {}).get("decoder", {})
   if any(k.startswith("segment_") for k in decoder):
     return True
   return False if any(k.startswith("layer_") for k in decoder) else None
 
 
-def load_weights(load, src: str, saved: bool | None, spec, abstract, shardings):
-  """`load(src, abstract, shardings)` (load_params or load_moe_state) from weights saved with either
-  layout of the decoder's layers (`saved`, from `saved_scan_layers`): restored as they were saved,
-  then laid out as this model's on the device (for that moment the weights are there twice)."""
-  if saved is None or saved == spec.scan_layers or "decoder" not in (abstract or {}):
-    return load(src, abstract, shardings)
-  to = lambda scan_layers, **ops: lambda tree: {  # noqa: E731
-      **tree, "decoder": relayout(tree["decoder"], spec.moe_pattern, scan_layers, **ops)}
-  restored = load(src, jax.eval_shape(to(saved), abstract),
-                  to(saved, stack=_stacked_sharding, take=_layer_sharding)(shardings))
-  return None if restored is None else jax.jit(to(spec.scan_layers), out_shardings=shardings)(restored)
+def load_as_run(src: str, spec, abstract: dict, shardings: dict, flag: str = "checkpoint.load_params") -> dict:
+  """`load_weights(src, abstract, shardings)` ({"params", "moe_state"}) from weights saved with either
+  layout of the decoder's layers: restored as they were saved, then laid out as this model's on the
+  device (for that moment the weights are there twice)."""
+  saved = saved_scan_layers(src, flag)
+  if saved is None or saved == spec.scan_layers:
+    return load_weights(src, abstract, shardings, flag)
+
+  def to(scan_layers, **ops):
+    relaid = lambda t: {**t, "decoder": relayout(t["decoder"], spec.moe_pattern, scan_layers, **ops)}  # noqa: E731
+    return lambda items: {k: relaid(t) if "decoder" in (t or {}) else t for k, t in items.items()}
+
+  restored = load_weights(src, jax.eval_shape(to(saved), abstract),
+                          to(saved, stack=_stacked_sharding, take=_layer_sharding)(shardings), flag)
+  found = {k: t for k, t in restored.items() if t is not None}
+  return {**restored, **jax.jit(to(spec.scan_layers), out_shardings={k: shardings[k] for k in found})(found)}
 
 
 def _upcycled(cfg, model: GPTModel, shardings: TrainState, mesh, rules):
@@ -64,7 +69,7 @@ def _upcycled(cfg, model: GPTModel, shardings: TrainState, mesh, rules):
   dense_spec = spec.replace(num_experts=None, use_upcycling=False)
   dense_abstract, dense_shardings, _ = param_shardings(GPTModel(dense_spec), t.seq_length, mesh, rules)
   src = cfg.checkpoint.load_params
-  dense = load_weights(load_params, src, saved_scan_layers(src), dense_spec, dense_abstract, dense_shardings)
+  dense = load_as_run(src, dense_spec, {"params": dense_abstract}, {"params": dense_shardings})["params"]
   moe = init_params(model, t.seq_length, t.seed, shardings.params)
   upcycle = lambda d, m: upcycle_params(d, m, dense_spec.moe_pattern, spec.moe_pattern, spec)  # noqa: E731
   return jax.jit(upcycle, out_shardings=shardings.params)(dense, moe)
@@ -81,10 +86,9 @@ def initial_state(cfg, model: GPTModel, optimizer, abstract: TrainState, shardin
                          "weights) to build the experts from"])
     params = _upcycled(cfg, model, shardings, mesh, rules)
   elif src:
-    saved = saved_scan_layers(src)
-    params = load_weights(load_params, src, saved, model.spec, abstract.params, shardings.params)
-    # e.g. converted expert biases
-    moe_state = load_weights(load_moe_state, src, saved, model.spec, abstract.moe_state, shardings.moe_state)
+    loaded = load_as_run(src, model.spec, {"params": abstract.params, "moe_state": abstract.moe_state},
+                         {"params": shardings.params, "moe_state": shardings.moe_state})
+    params, moe_state = loaded["params"], loaded["moe_state"]  # router state: e.g. the expert biases
   state = init_state(model, optimizer, t.seq_length, t.seed, shardings, params)
   if moe_state is not None:
     state = state.replace(moe_state=moe_state)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from moejax.checkpoint.manager import CheckpointManager, load_params, save_params
+from moejax.checkpoint.manager import CheckpointManager, load_params, load_weights, save_params
 from moejax.config import RunError, base_config, model_spec
 from moejax.data.loader import make_dataset
 from moejax.models.gpt import GPTModel
@@ -90,3 +90,38 @@ def test_a_new_run_starts_from_another_runs_weights_on_another_layout(source_run
   batch = make_dataset(cfg, 8)[0]
   want = float(jax.jit(make_eval_step(GPTModel(model_spec(cfg))))(params[1], batch))
   assert rows[0]["lm_loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_new_run_keeps_the_router_state_of_the_run_it_starts_from(tmp_path, capfd):
+  """The expert biases of aux-loss-free routing live in a train state's moe_state: a new run from a
+  training workdir took its weights and started the biases from zero (only a weights-only DIR/moe_state
+  was read), and one whose newest checkpoint was damaged stopped in an AttributeError. Weights and
+  biases now come from the same checkpoint, the newest that verifies (update rate 0: the biases the
+  new run saves at its step 1 are the ones it loaded)."""
+  cfg = _cfg()
+  cfg.moe.update(router_score_function="sigmoid", router_enable_expert_bias=True, router_bias_update_rate=0.0)
+  abstract, shardings = _abstract(cfg, jax.devices()[:1])
+  workdir = tmp_path / "source"
+  with CheckpointManager(str(workdir), save_interval=1, max_to_keep=5) as ckpt:
+    for step in (1, 2):
+      state = jax.tree.map(lambda a, s: jax.device_put(np.full(a.shape, step / 4, a.dtype), s), abstract, shardings)
+      ckpt.save(step, state.replace(step=state.step * 0 + step))
+  abstract_new, shardings_new = _abstract(cfg.copy_and_resolve_references(), jax.devices())
+  items = lambda a: {"params": a.params, "moe_state": a.moe_state}  # noqa: E731
+  got = load_weights(str(workdir), items(abstract_new), items(shardings_new))
+  assert jax.tree.leaves(got["moe_state"])
+  for leaf in jax.tree.leaves(got):
+    np.testing.assert_array_equal(leaf, np.full(leaf.shape, 0.5))  # step 2's, both items
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged)
+  shutil.rmtree(damaged / "checkpoints" / "2" / "state")
+  run = cfg.copy_and_resolve_references()
+  run.parallel.ep = 4
+  run.checkpoint.load_params = str(damaged)
+  train(run, str(tmp_path / "run"), devices=jax.devices())
+  assert f"{damaged}/checkpoints/2 is damaged (its state/ directory is missing)" in capfd.readouterr().err
+  saved = load_weights(str(tmp_path / "run"), items(abstract_new), items(shardings_new))["moe_state"]
+  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(saved) if "expert_bias" in str(path[-1])]
+  assert biases  # (the token counts beside them start each step from zero)
+  for leaf in biases:
+    np.testing.assert_array_equal(leaf, np.full(leaf.shape, 0.25))  # step 1's biases, not zeros

@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moejax.checkpoint.manager import load_moe_state, load_params, save_params
+from moejax.checkpoint.manager import load_params, load_weights, save_params
 from moejax.checkpoint.streaming import LeafReader, StreamedArray, save_streamed
 from moejax.moe.state import ExpertBias
 
@@ -70,8 +70,11 @@ def test_moe_state_saved_beside_the_weights_comes_back(tmp_path):
   state = {"decoder": {"segment_0": {"block_0": {"moe": {"router": {"expert_bias": bias}}}}}}
   save_params(str(tmp_path), {"w": jnp.ones(3)}, state)
   rep = NamedSharding(jax.make_mesh((1,), ("x",), devices=jax.devices()[:1]), P())
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-  got = load_moe_state(str(tmp_path), abstract, jax.tree.map(lambda _: rep, abstract))
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)},
+              "moe_state": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)}
+  shardings = jax.tree.map(lambda _: rep, abstract)
+  got = load_weights(str(tmp_path), abstract, shardings)["moe_state"]
   np.testing.assert_array_equal(got["decoder"]["segment_0"]["block_0"]["moe"]["router"]["expert_bias"].expert_bias,
                                 bias.expert_bias)
-  assert load_moe_state(str(tmp_path / "none"), abstract, jax.tree.map(lambda _: rep, abstract)) is None
+  save_params(str(tmp_path / "none"), {"w": jnp.ones(3)})  # weights without router state
+  assert load_weights(str(tmp_path / "none"), abstract, shardings)["moe_state"] is None

@@ -117,7 +117,7 @@ def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
   import orbax.checkpoint as ocp
   from flax import linen as nn
 
-  from moejax.checkpoint.manager import load_moe_state, load_params
+  from moejax.checkpoint.manager import load_weights
   from moejax.config import model_spec
   from moejax.models.gpt import GPTModel
   family = "deepseek_v3"
@@ -125,8 +125,9 @@ def test_a_training_checkpoint_step_exports_too(hf_dir, converted, tmp_path):
   cfg = load_checkpoint_config(d)
   abstract = jax.eval_shape(GPTModel(model_spec(cfg)).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), "int32"))
   rep = jax.sharding.make_single_device_sharding(jax.devices()[0])
-  params = load_params(d, nn.unbox(abstract["params"]), jax.tree.map(lambda _: rep, nn.unbox(abstract["params"])))
-  state = load_moe_state(d, abstract["moe_state"], jax.tree.map(lambda _: rep, abstract["moe_state"]))
+  wanted = {"params": nn.unbox(abstract["params"]), "moe_state": abstract["moe_state"]}
+  loaded = load_weights(d, wanted, jax.tree.map(lambda _: rep, wanted))
+  params, state = loaded["params"], loaded["moe_state"]
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(tmp_path / "step" / "state", {"step": 7, "params": params, "moe_state": state})
   moejax_to_hf(str(tmp_path / "step"), str(tmp_path / "hf"), family, cfg)

@@ -69,8 +69,20 @@ def test_nothing_fits_says_what_the_smallest_needs(repo_root, capsys):
 
 def test_parse_bytes():
   assert parse_bytes("80GB") == 80e9 and parse_bytes("141GiB") == 141 * 2**30 and parse_bytes("512 MB") == 512e6
-  with pytest.raises(ValueError, match="--gpu-memory"):
-    parse_bytes("lots")
+  assert parse_bytes("80G") == 80e9 and parse_bytes("1.5TB") == 1.5e12 and parse_bytes("4096B") == 4096
+  for bad in ("lots", "80", "0GB", "1.2.3GB"):  # a bare number was read as bytes: "nothing fits in 80 B"
+    with pytest.raises(ValueError, match="--gpu-memory .*with its unit"):
+      parse_bytes(bad)
+
+
+@pytest.mark.parametrize("flag", ["--gpus", "--seq-length", "--micro-batch", "--global-batch", "--top", "--tflops"])
+def test_non_positive_numbers_are_usage_errors(repo_root, capsys, flag):
+  """--seq-length 0 ended in a ValueError traceback from the chunk search; --gpus 0 planned nothing."""
+  argv = ["--config", str(repo_root / "configs" / "mixtral_8x7b.py"), "--gpus", "8", "--gpu-memory", "80GB"]
+  with pytest.raises(SystemExit) as exit_:
+    run(argv + [flag, "0"])
+  assert exit_.value.code == 2
+  assert f"argument {flag}: '0' is not a positive" in capsys.readouterr().err
 
 
 def test_cost_model_written_out(mixtral):

@@ -1,15 +1,15 @@
 """A new run's weights from a checkpoint saved with the other layout of the decoder's layers
-(`model.scan_layers`): `load_weights` restores them as saved and lays them out as the run's model,
+(`model.scan_layers`): `load_as_run` restores them as saved and lays them out as the run's model,
 on the run's mesh, router state (expert biases) included."""
 import jax
 import numpy as np
 from flax import linen as nn
 
-from moejax.checkpoint.manager import load_moe_state, load_params, save_params
+from moejax.checkpoint.manager import save_params
 from moejax.config import base_config, model_spec
 from moejax.models.decoder import relayout
 from moejax.models.gpt import GPTModel
-from moejax.train.start import load_weights, saved_scan_layers
+from moejax.train.start import load_as_run, saved_scan_layers
 from moejax.train.state import setup
 
 
@@ -41,8 +41,9 @@ def test_weights_of_either_layer_layout_load_into_the_other(tmp_path):
     abstract, shardings, run_spec = parts.abstract, parts.shardings, parts.model.spec
     saved = saved_scan_layers(str(src))
     assert saved is saved_scan
-    got = load_weights(load_params, str(src), saved, run_spec, abstract.params, shardings.params)
-    got_state = load_weights(load_moe_state, str(src), saved, run_spec, abstract.moe_state, shardings.moe_state)
+    loaded = load_as_run(str(src), run_spec, {"params": abstract.params, "moe_state": abstract.moe_state},
+                         {"params": shardings.params, "moe_state": shardings.moe_state})
+    got, got_state = loaded["params"], loaded["moe_state"]
     as_run = lambda t: {**t, "decoder": relayout(t["decoder"], pattern, run_scan)}  # noqa: E731
     _equal(jax.device_get(got), jax.device_get(as_run(params)))
     _equal(jax.device_get(got_state), jax.device_get(as_run(moe_state)))
