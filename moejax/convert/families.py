@@ -353,8 +353,11 @@ def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
                   "rope_interleave": (base or {}).get("rope_interleave", True)})
     return out
   out.update({"num_key_value_heads": a.num_query_groups, "head_dim": spec.head_dim, "num_experts_per_tok": r.router_topk})
-  if f.name == "mixtral":
-    out.update({"num_local_experts": E, "sliding_window": None})
+  if f.name == "mixtral":  # every layer MoE; intermediate_size is the experts' width
+    if dense:
+      raise ConversionError(f"moe.layer_freq: layers {dense} are dense, and every layer of mixtral (transformers' "
+                            f"{f.architecture}) is an MoE layer; export it as qwen2_moe or qwen3_moe (mlp_only_layers)")
+    out.update({"num_local_experts": E, "intermediate_size": spec.moe_ffn_hidden_size, "sliding_window": None})
     return out
   out.update({"num_experts" if f.name == "qwen2_moe" else "num_local_experts": E,
               "moe_intermediate_size": spec.moe_ffn_hidden_size, "decoder_sparse_step": 1, "mlp_only_layers": dense,

@@ -70,6 +70,16 @@ def test_hub_config_gives_the_recipe_model(recipe):
   to_hf(FAMILIES[family], ours, raw, "bfloat16")  # and it can be written back
 
 
+def test_mixtral_export_writes_the_experts_width_and_refuses_dense_layers():
+  """Mixtral's intermediate_size is its experts' width (HF reads nothing else); the export wrote
+  model.ffn_hidden_size, which differs in models made in moejax (the peer check is in test_hf_parity)."""
+  cfg = load_recipe(str(REPO / "configs" / "tiny_moe.py"))
+  assert to_hf(FAMILIES["mixtral"], model_spec(cfg), None, "float32")["intermediate_size"] == cfg.moe.ffn_hidden_size == 128
+  cfg.moe.layer_freq = (0, 1, 1, 1)
+  with pytest.raises(ConversionError, match=r"moe.layer_freq: layers \[0\] are dense, and every layer of mixtral"):
+    to_hf(FAMILIES["mixtral"], model_spec(cfg), None, "float32")
+
+
 def test_rope_parameters_and_legacy_rope_scaling_agree():
   family, raw = HUB["deepseek_v3"]
   modern = {k: v for k, v in raw.items() if k not in ("rope_scaling", "rope_theta")}

@@ -3,7 +3,7 @@ tricky options of each family, sharded safetensors with an index, a DeepSeek-V3 
 converted, our fp32 logits equal HF's within 1e-4, converting back gives the same tensors bit for
 bit and a config.json `from_pretrained` loads into a model with the same logits.
 
-Two peer subprocesses in all (build, check). The exact commands of the issue's external check
+Two peer subprocesses in all (build, check), and one for models that start in moejax. The exact commands of the issue's external check
 (`python -m moejax.convert hf-to-moejax ...`, `python -m moejax.tools.logits ...`, no --config)
 run as subprocesses for one family (whose way back goes through the command line's parser
 in-process); the others call the same functions in-process.
@@ -14,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -171,3 +172,33 @@ def test_other_corners_of_each_family(tmp_path):
     assert sorted(a.files) == sorted(b.files), family
     assert all(a.get(n).dtype == b.get(n).dtype and a.get(n).tobytes() == b.get(n).tobytes() for n in a.files)
   assert _peer("check", tmp_path).count(" ok") == len(FAMILIES)
+
+
+def test_models_trained_in_moejax_export_to_transformers(tmp_path):
+  """The round trips above start from HF's configs; a model made in moejax may differ in ways they
+  do not: the tiny recipe's experts (128) are narrower than its dense FFN (256), and mixtral's
+  config.json took intermediate_size from the dense width, so transformers refused the export
+  (size mismatch). Mixtral (all MoE) and Qwen3-MoE with a dense first layer (mlp_only_layers, of
+  the dense width): random weights saved by moejax, exported, loaded by `from_pretrained`, give our
+  logits."""
+  from flax import linen as nn
+
+  from moejax.checkpoint.manager import save_params
+  from moejax.config import model_spec
+  from moejax.config.recipes import load_recipe
+  from moejax.models.gpt import GPTModel
+  tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
+  cases = {"mixtral": {}, "qwen3_moe": dict(layer_freq=(0, 1, 1, 1))}
+  for family, moe in cases.items():
+    cfg = load_recipe(str(REPO / "configs" / "tiny_moe.py"))
+    cfg.model.update(init_method_std=0.1, qk_layernorm=family == "qwen3_moe")
+    cfg.moe.update(aux_loss_coeff=0.0, z_loss_coeff=0.0, **moe)
+    spec = model_spec(cfg)
+    assert spec.moe_ffn_hidden_size != spec.ffn_hidden_size
+    variables = jax.jit(GPTModel(spec).init)(jax.random.key(7), np.zeros((1, len(tokens)), np.int32))
+    save_params(str(tmp_path / family), nn.unbox(variables["params"]))
+    moejax_to_hf(str(tmp_path / family), str(tmp_path / f"{family}_hf"), family, cfg)
+    json.dump(tokens, open(tmp_path / f"{family}_hf" / "tokens.json", "w"))
+    _peer("logits", tmp_path / f"{family}_hf")
+    np.testing.assert_allclose(np.load(tmp_path / f"{family}_hf" / "hf_logits.npy"),
+                               logits(cfg, str(tmp_path / family), tokens), rtol=0, atol=1e-4, err_msg=family)

@@ -5,6 +5,7 @@
   python hf_models.py check OUT    from_pretrained every OUT/<family>_export (written by moejax):
                                    its logits must equal ref_logits.npy exactly
   python hf_models.py build-variants OUT   the same for VARIANTS (other corners of each family)
+  python hf_models.py logits DIR   DIR/hf_logits.npy: from_pretrained(DIR)'s logits for DIR/tokens.json
 
 The configs exercise each family's tricky options: head_dim != hidden/heads, QKV and output
 biases, QK-norm, YaRN, mlp_only_layers with decoder_sparse_step, tied embeddings, the shared-expert
@@ -161,8 +162,14 @@ def check(out):
     print(family, "ok")
 
 
+def logits(d):
+  """DIR/hf_logits.npy: the logits of the checkpoint in DIR (loaded by its config.json) for DIR/tokens.json."""
+  model = transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+  np.save(os.path.join(d, "hf_logits.npy"), _logits(model, json.load(open(os.path.join(d, "tokens.json")))))
+
+
 if __name__ == "__main__":
   torch.set_num_threads(1)
   transformers.logging.set_verbosity_error()
-  commands = {"build": build, "check": check, "build-variants": lambda out: build(out, VARIANTS)}
+  commands = {"build": build, "check": check, "build-variants": lambda out: build(out, VARIANTS), "logits": logits}
   commands[sys.argv[1]](sys.argv[2])
