@@ -23,6 +23,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from moejax.config.args import positive
 from moejax.data.indexed import IndexedDatasetBuilder, bin_path, idx_path, optimal_dtype
 from moejax.data.tokenizer import build_tokenizer
 
@@ -48,7 +49,10 @@ def _encode(item: tuple[int, bytes]):
         if not isinstance(doc, dict) or k not in doc:
             raise ValueError(f"{_worker['src']} line {lineno}: no key {k!r} (--json-keys); keys "
                              f"present: {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
-        ids = tok.encode(str(doc[k]))
+        if not isinstance(doc[k], str):  # str() would turn a null into the text "None"
+            raise ValueError(f"{_worker['src']} line {lineno}: key {k!r} holds {json.dumps(doc[k])[:40]}, not "
+                             "text; fix or drop that line")
+        ids = tok.encode(doc[k])
         if _worker["append_eod"]:
             ids.append(tok.eod)
         out[k] = np.asarray(ids, dtype=np.int64)
@@ -128,8 +132,8 @@ def main(argv=None) -> None:
                    help="TYPE:PATH: byte | hf:tokenizer.json | sentencepiece:tok.model | tiktoken:NAME_OR_FILE")
     p.add_argument("--output-prefix", required=True, help="writes {prefix}_{key}_document.{bin,idx}")
     p.add_argument("--append-eod", action="store_true", help="append the end-of-document token")
-    p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
-    p.add_argument("--chunk-size", type=int, default=64, help="lines per task sent to a worker")
+    p.add_argument("--workers", type=positive(int), default=1, help="tokenizer processes")
+    p.add_argument("--chunk-size", type=positive(int), default=64, help="lines per task sent to a worker")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try:

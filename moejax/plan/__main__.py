@@ -15,6 +15,7 @@ import re
 import sys
 
 from moejax.config import ConfigError, model_spec
+from moejax.config.args import positive
 from moejax.config.recipes import load_recipe
 from moejax.layers.attention import cudnn_takes
 from moejax.metrics.memory import fmt_bytes
@@ -29,19 +30,6 @@ def parse_bytes(text: str) -> float:
   unit = m.group(2).upper().rstrip("B")
   scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
   return float(m.group(1)) * scale
-
-
-def _positive(kind):
-  """An argparse type: `kind(text)` > 0, else argparse's one-line usage error naming the flag."""
-  def parse(text: str):
-    try:
-      value = kind(text)
-    except ValueError:
-      value = None
-    if value is None or value <= 0:
-      raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
-    return value
-  return parse
 
 
 def choose(options: list[Option], gpu_bytes: float) -> tuple[Option, bool]:
@@ -72,7 +60,7 @@ def table(rows: list[tuple[Option, bool]], gpu_bytes: float, top: int, layouts: 
 def run(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m moejax.plan", description=__doc__.split("\n\n")[1])
   ap.add_argument("--config", required=True, help="a recipe file, e.g. configs/mixtral_8x7b.py")
-  count, rate = _positive(int), _positive(float)
+  count, rate = positive(int), positive(float)
   ap.add_argument("--gpus", type=count, required=True)
   ap.add_argument("--gpu-memory", required=True, help="memory per GPU, e.g. 80GB or 141GiB")
   ap.add_argument("--seq-length", type=count, help="default: the recipe's train.seq_length")

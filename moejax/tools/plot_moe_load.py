@@ -87,14 +87,21 @@ def plot(workdir: str, steps: list[int] | None = None, out: str | None = None) -
   return paths
 
 
+def _step_list(text: str) -> list[int]:
+  """'1,100,200' → [1, 100, 200]; anything else is argparse's one-line usage error."""
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of step numbers") from None
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m moejax.tools.plot_moe_load", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True)
-  ap.add_argument("--steps", default="", help="comma-separated steps for the heatmaps")
+  ap.add_argument("--steps", type=_step_list, default=[], help="comma-separated steps for the heatmaps")
   ap.add_argument("--out", default=None)
   a = ap.parse_args(argv)
-  steps = [int(s) for s in a.steps.split(",") if s] or None
-  for p in plot(a.workdir, steps, a.out):
+  for p in plot(a.workdir, a.steps or None, a.out):
     print(p)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from moejax.data.indexed import IndexedDataset
-from moejax.data.preprocess import preprocess
+from moejax.data.preprocess import main, preprocess
 from moejax.data.tokenizer import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
                                    TiktokenTokenizer, build_tokenizer)
 
@@ -144,6 +145,22 @@ def test_bad_input_errors(tmp_path):
                            str(tmp_path / "missing.jsonl"), "--output-prefix", str(tmp_path / "y")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.jsonl does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["null", "5", '["a"]'])
+def test_a_value_that_is_not_text_is_refused(tmp_path, value):
+    """str() tokenized a null as the text "None" and a number as its digits, silently."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": %s}\n' % value)
+    with pytest.raises(ValueError, match=rf"bad.jsonl line 2: key 'text' holds {re.escape(value)}, not text"):
+        preprocess(str(bad), str(tmp_path / "x"), progress=False)
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--chunk-size"])
+def test_counts_must_be_positive(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as e:
+        main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "y"), flag, "0"])
+    assert e.value.code == 2 and f"argument {flag}: '0' is not a positive int" in capsys.readouterr().err
 
 
 def test_a_failed_run_leaves_the_earlier_dataset_whole(jsonl, tmp_path):

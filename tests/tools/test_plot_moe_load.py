@@ -25,3 +25,11 @@ def test_plots_of_a_tiny_run(small_moe_config, tmp_path, capsys):
   assert b"moe/layer_1/tokens_per_expert" in events and b"moe/token_share" in events
   with pytest.raises(SystemExit, match="--steps \\[9\\] not in"):
     main(["--workdir", str(tmp_path), "--steps", "9"])
+
+
+def test_steps_that_are_not_numbers_are_a_usage_error(tmp_path, capsys):
+  """--steps x ended in a ValueError traceback from int()."""
+  with pytest.raises(SystemExit) as e:
+    main(["--workdir", str(tmp_path), "--steps", "1,x"])
+  assert e.value.code == 2
+  assert "argument --steps: '1,x' is not a comma-separated list of step numbers" in capsys.readouterr().err
