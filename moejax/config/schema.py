@@ -496,8 +496,13 @@ class OptimSpec(Spec, section="optim"):
   adam_eps: float = 1e-8
   clip_grad: float = 1.0
   lr_warmup_iters: int = 0
-  lr_decay_style: Literal["cosine", "constant"] = "cosine"
+  lr_warmup_init: float = 0.0                # the warmup's first learning rate
+  # Megatron's styles (its default is linear); WSD: constant, then lr_wsd_decay_style over the
+  # last lr_wsd_decay_iters of the decay
+  lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"] = "cosine"
   lr_decay_iters: int | None = None          # None = train_iters
+  lr_wsd_decay_style: Literal["exponential", "linear", "cosine", "minus_sqrt"] = "exponential"
+  lr_wsd_decay_iters: int | None = None
   # ZeRO-1: fp32 master params and Adam moments sharded over dp (expert ones over edp); no-op at dp=edp=1
   use_distributed_optimizer: bool = True
   # moments / main grads below fp32 (update math stays fp32); Megatron needs this flag for them too
@@ -530,6 +535,11 @@ class OptimSpec(Spec, section="optim"):
       bad.append(f"optim.adam_eps={self.adam_eps} must be > 0")
     if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
       bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
+    if not 0 <= self.lr_warmup_init <= self.lr:
+      bad.append(f"optim.lr_warmup_init={self.lr_warmup_init} must be between 0 and optim.lr={self.lr}")
+    if self.lr_decay_style == "WSD" and not (self.lr_wsd_decay_iters or 0) >= 1:
+      bad.append(f"optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1 (the annealing steps at the end "
+                 f"of the decay), not {self.lr_wsd_decay_iters}")
     return bad
 
 

@@ -155,6 +155,9 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--lr-warmup-iters": ("optim.lr_warmup_iters", int),
     "--lr-decay-iters": ("optim.lr_decay_iters", int),
     "--lr-decay-style": ("optim.lr_decay_style", str),
+    "--lr-warmup-init": ("optim.lr_warmup_init", float),
+    "--lr-wsd-decay-style": ("optim.lr_wsd_decay_style", str),
+    "--lr-wsd-decay-iters": ("optim.lr_wsd_decay_iters", int),
     "--weight-decay": ("optim.weight_decay", float),
     "--adam-beta1": ("optim.adam_beta1", float),
     "--adam-beta2": ("optim.adam_beta2", float),
@@ -186,6 +189,7 @@ MEGATRON_DEFAULTS = {
     "optim.adam_beta2": 0.999,
     "optim.weight_decay": 0.01,
     "optim.min_lr": 0.0,
+    "optim.lr_decay_style": "linear",
     "optim.use_distributed_optimizer": False,
     "train.check_for_nan_in_loss_and_grad": True,
     "moe.shared_expert_overlap": False,
@@ -244,7 +248,6 @@ UNMAPPED: dict[str, str] = {
     "--hidden-dropout": "moejax has no dropout (only 0 is the same run)",
     "--normalization": "moejax uses RMSNorm (only RMSNorm is the same model)",
     "--position-embedding-type": "moejax uses rotary embeddings (only rope is the same model)",
-    "--lr-warmup-init": "moejax's warmup starts from 0",
     "--moe-enable-deepep": "DeepEP is not in moejax: alltoall is used",
     "--fine-grained-activation-offloading": "implied by train.offload_modules (--offload-modules)",
     "--grad-reduce-in-fp32": "gradients are reduced in optim.main_grads_dtype (fp32 unless set)",
@@ -268,7 +271,7 @@ _ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "
                 "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",)}
 # Megatron's sample-based schedule: iterations = samples / global batch
 _SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
-            "--lr-warmup-samples": "optim.lr_warmup_iters"}
+            "--lr-warmup-samples": "optim.lr_warmup_iters", "--lr-wsd-decay-samples": "optim.lr_wsd_decay_iters"}
 
 
 @dataclasses.dataclass
@@ -350,9 +353,6 @@ def convert(argv: list[str]) -> Conversion:
         out.notes.append((given, UNMAPPED[flag]))
     else:
       out.notes.append((given, "unknown to moejax: not converted"))
-  if out.values.get("optim.lr_decay_style", "cosine") not in ("cosine", "constant"):
-    style = out.values.pop("optim.lr_decay_style")
-    out.notes.append((f"--lr-decay-style {style}", "moejax decays cosine or constant: kept cosine"))
   if "--moe-layer-recompute" in seen and "--recompute-granularity" not in seen:
     out.values["train.recompute_granularity"] = "selective"  # the MoE layer alone, as Megatron's flag
   if "--num-experts" in seen and "--moe-router-dtype" not in seen:
@@ -361,7 +361,4 @@ def convert(argv: list[str]) -> Conversion:
   if "--vocab-size" not in seen:
     out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
                                           "model.vocab_size (it is the base config's until then)"))
-  if "--lr-decay-style" not in seen:
-    out.notes.append(("(no --lr-decay-style)", "Megatron's default is linear; moejax decays cosine or constant: "
-                                               "kept cosine"))
   return out

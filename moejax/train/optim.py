@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay, warmup + cosine schedule, global-norm clipping; optionally
+"""AdamW with decoupled weight decay, Megatron's learning-rate schedules, global-norm clipping; optionally
 precision-aware (moments below fp32, update math in fp32)."""
 from __future__ import annotations
 
@@ -8,17 +8,42 @@ import optax
 
 
 def lr_schedule(cfg) -> optax.Schedule:
-  """Linear warmup from 0 to optim.lr, then cosine (or constant) down to optim.min_lr."""
+  """Megatron's learning rate (OptimizerParamScheduler.get_lr) at a step counted from 0: linear
+  warmup from optim.lr_warmup_init to optim.lr over lr_warmup_iters steps, then optim.lr_decay_style
+  down to optim.min_lr at lr_decay_iters (default train.train_iters), min_lr after; `constant` stays
+  at lr. Written out rather than joined from optax's schedules, which have no WSD and no Megatron
+  inverse-square-root; tests/train/test_optim.py holds it to megatron-core's scheduler."""
   o = cfg.optim
-  decay_iters = o.lr_decay_iters or cfg.train.train_iters
-  warmup = o.lr_warmup_iters
-  if o.lr_decay_style == "constant":
-    after = optax.constant_schedule(o.lr)
-  else:
-    after = optax.cosine_decay_schedule(o.lr, max(decay_iters - warmup, 1), alpha=o.min_lr / o.lr)
-  if not warmup:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), after], [warmup])
+  style, lr, min_lr = o.lr_decay_style, o.lr, o.min_lr
+  warmup, decay = o.lr_warmup_iters, o.lr_decay_iters or cfg.train.train_iters
+
+  def coefficient(n):
+    """From 1 (lr) down to 0 (min_lr) over the decay."""
+    ratio = jnp.clip((n - warmup) / max(decay - warmup, 1), 0.0, 1.0)
+    if style == "linear":
+      return 1.0 - ratio
+    if style == "cosine":
+      return 0.5 * (jnp.cos(jnp.pi * ratio) + 1.0)
+    anneal = o.lr_wsd_decay_iters  # WSD: stable, then these last steps of the decay
+    r = jnp.clip((n - (decay - anneal)) / anneal, 0.0, 1.0)
+    return {"linear": lambda: 1.0 - r, "cosine": lambda: 0.5 * (jnp.cos(jnp.pi * r) + 1.0),
+            "exponential": lambda: 2.0 * 0.5 ** r - 1.0, "minus_sqrt": lambda: 1.0 - jnp.sqrt(r)}[o.lr_wsd_decay_style]()
+
+  def schedule(step):
+    n = jnp.asarray(step, jnp.float32)
+    if style == "constant":
+      after = jnp.full_like(n, lr)
+    elif style == "inverse-square-root":
+      after = jnp.maximum(min_lr, lr * max(warmup, 1) ** 0.5 / jnp.sqrt(jnp.maximum(n, 1.0)))
+    else:
+      after = min_lr + coefficient(n) * (lr - min_lr)
+    if style != "constant":
+      after = jnp.where(n > decay, min_lr, after)
+    if not warmup:
+      return after
+    return jnp.where(n <= warmup, o.lr_warmup_init + (lr - o.lr_warmup_init) * n / warmup, after)
+
+  return schedule
 
 
 def decay_mask(params):

@@ -1,13 +1,22 @@
 """Precision-aware AdamW against Adam written out in NumPy: moments stored in bf16 (rounded once per
-step), every update computed in fp32; the moments take half the bytes."""
+step), every update computed in fp32; the moments take half the bytes. The learning-rate schedules
+against megatron-core's OptimizerParamScheduler (peer subprocess, tests/peers/megatron_lr.py)."""
+import json
+import pathlib
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 
-from moejax.config import base_config
-from moejax.train.optim import make_optimizer
+from moejax.config import ConfigError, base_config
+from moejax.train.optim import lr_schedule, make_optimizer
+from moejax.train.validate import validate
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PEER = REPO / ".peer-venv/bin/python"
 
 
 def _cfg(**optim):
@@ -60,3 +69,46 @@ def test_bf16_moments_take_half_the_bytes():
   low = nbytes(make_optimizer(_cfg(use_precision_aware_optimizer=True, exp_avg_dtype="bf16",
                                    exp_avg_sq_dtype="bf16")).init(params))
   assert low < full and full - low == 2 * 128 * 64 * 2
+
+
+SCHEDULES = [  # (optim keys, train.train_iters)
+    (dict(lr_decay_style="constant", lr_warmup_iters=3), 12),
+    (dict(lr_decay_style="linear", lr_warmup_iters=3), 12),  # Megatron's default
+    (dict(lr_decay_style="linear", lr_warmup_iters=0, lr_decay_iters=8), 12),
+    (dict(lr_decay_style="cosine", lr_warmup_iters=3, lr_warmup_init=0.25), 12),
+    (dict(lr_decay_style="cosine", lr_warmup_iters=0), 12),
+    (dict(lr_decay_style="inverse-square-root", lr_warmup_iters=4), 30),
+    (dict(lr_decay_style="inverse-square-root", lr_warmup_iters=0, min_lr=0.3), 30),
+] + [(dict(lr_decay_style="WSD", lr_warmup_iters=2, lr_decay_iters=14, lr_wsd_decay_iters=5, lr_wsd_decay_style=s), 16)
+     for s in ("exponential", "linear", "cosine", "minus_sqrt")]
+
+
+@pytest.mark.skipif(not PEER.exists(), reason="megatron-core peer venv missing: run .ci/peer_venv.sh")
+def test_lr_schedules_match_megatron(tmp_path):
+  """Every step from 0 (the first update's) to past the decay, lr 1.0 and min_lr 0.1 unless set."""
+  cases, ours = [], []
+  for optim, iters in SCHEDULES:
+    c = base_config()
+    c.optim.update(lr=1.0, min_lr=0.1)
+    c.optim.update(**optim)
+    c.train.train_iters = iters
+    o, steps = c.optim, list(range(iters + 3))
+    cases.append({"steps": steps, "args": dict(
+        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.lr_warmup_iters,
+        lr_decay_steps=o.lr_decay_iters or iters, lr_decay_style=o.lr_decay_style,
+        wsd_decay_steps=o.lr_wsd_decay_iters, lr_wsd_decay_style=o.lr_wsd_decay_style)})
+    sched = jax.jit(lr_schedule(c))
+    ours.append([float(sched(n)) for n in steps])
+  (tmp_path / "cases.json").write_text(json.dumps(cases))
+  r = subprocess.run([str(PEER), str(REPO / "tests/peers/megatron_lr.py"), str(tmp_path / "cases.json"),
+                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for (optim, _), got, want in zip(SCHEDULES, ours, json.load(open(tmp_path / "out.json"))):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str(optim))
+
+
+def test_wsd_needs_its_decay_iters():
+  c = base_config()
+  c.optim.lr_decay_style = "WSD"
+  with pytest.raises(ConfigError, match="optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1"):
+    validate(c)
