@@ -559,6 +559,10 @@ class TrainSpec(Spec, section="train"):
   # such steps in a row stop the run (non-zero exit), never saving a non-finite state
   check_for_nan_in_loss_and_grad: bool = True
   skip_nonfinite_steps: int = 3
+  # stop early, saving a checkpoint, every process after the same step (moejax/train/stop.py; SIGTERM
+  # and SIGINT do so too): after this many minutes of the run, or at a multiple of this many steps
+  exit_duration_in_mins: float | None = None
+  exit_interval: int | None = None
 
   def problems(self):
     bad = super().problems() + _not_positive("train", self, ("train_iters", "micro_batch_size",
@@ -566,6 +570,9 @@ class TrainSpec(Spec, section="train"):
     if not isinstance(self.skip_nonfinite_steps, int) or self.skip_nonfinite_steps < 0:
       bad.append(f"train.skip_nonfinite_steps={self.skip_nonfinite_steps!r} must be an integer >= 0 "
                  "(0: stop at the first non-finite step)")
+    for k in ("exit_duration_in_mins", "exit_interval"):
+      if getattr(self, k) is not None and not getattr(self, k) > 0:
+        bad.append(f"train.{k}={getattr(self, k)} must be > 0 (or None: no such stop)")
     if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
       bad.append(f"train.eval_interval={self.eval_interval!r} must be an integer >= 0 (0 = no evaluation)")
     elif self.eval_interval and (not isinstance(self.eval_iters, int) or self.eval_iters < 1):

@@ -150,6 +150,8 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", True),
     "--no-check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", False),
     # optimizer
+    "--exit-duration-in-mins": ("train.exit_duration_in_mins", float),
+    "--exit-interval": ("train.exit_interval", int),
     "--lr": ("optim.lr", float),
     "--min-lr": ("optim.min_lr", float),
     "--lr-warmup-iters": ("optim.lr_warmup_iters", int),
@@ -223,7 +225,8 @@ UNMAPPED: dict[str, str] = {
     "--manual-gc": "no Python garbage collection in the jitted step",
     "--manual-gc-interval": "no Python garbage collection in the jitted step",
     "--distributed-timeout-minutes": "no process-group timeout in moejax",
-    "--exit-duration-in-mins": "not in moejax (stop with SIGTERM: a checkpoint is written on exit)",
+    "--exit-signal-handler": "moejax always does this: on SIGTERM/SIGINT every process stops after the same step and "
+                             "saves",
     "--num-workers": "the Grain loader's worker count is not a config key",
     "--no-mmap-bin-files": "moejax always memory-maps .bin files",
     "--no-create-attention-mask-in-dataloader": f"{_SAME} (masks are made in the model)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 
@@ -28,20 +27,9 @@ from moejax.train.loss import loss_fn
 from moejax.train.pipeline import describe_pipeline
 from moejax.train.start import initial_state
 from moejax.train.state import StatePlacement, setup, with_compute_copy
+from moejax.train.stop import StopAgreement
 from moejax.train.step import jit_train_step
 from moejax.train.validate import validate
-
-
-class _StopFlag:
-  """Set by SIGTERM/SIGINT: the loop finishes its step, saves and returns."""
-
-  def __init__(self):
-    self.set = False
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    self.set = True
 
 
 def make_eval_step(model: GPTModel, placement: StatePlacement | None = None):
@@ -136,7 +124,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   tokens_per_step = t.global_batch_size * t.seq_length
   flops_per_token = train_flops_per_token(spec, t.seq_length)
   peak = peak_tflops_per_device(cfg.logging.peak_tflops_per_device)
-  stop = _StopFlag()
+  stop = StopAgreement(t.exit_duration_in_mins, t.exit_interval)  # from here: a signal during compilation counts
   history = []
 
   c = cfg.checkpoint
@@ -179,6 +167,12 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                             lg.profile, compiled)
     nonfinite_run = 0
 
+    def steps():
+      for k in range(start, t.train_iters):
+        if not stop.allows(k):
+          return
+        yield k
+
     def run_step(step):
       nonlocal state
       batch = device_batch(dataset[step], bsh)
@@ -208,14 +202,14 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
       return finite
 
     def read_now(step) -> bool:
-      """Whether the state after `step` is read (saved, evaluated, traced, or a stop signal came)
+      """Whether the state after `step` is read (saved, evaluated, traced, or the run stops after it)
       before the next step runs."""
-      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters or stop.set
+      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters or step + 1 == stop.stop_after
               or (eval_fn is not None and (step + 1) % t.eval_interval == 0)
               or (lg.profile and lg.profile_step_start - 1 <= step < lg.profile_step_end))
 
     try:
-      for step, metrics, dt, current in queued_steps(run_step, range(start, t.train_iters), read_now):
+      for step, metrics, dt, current in queued_steps(run_step, steps(), read_now):
         profiler.after(step)
         record = record_of(metrics, dt)
         if not current:
@@ -227,11 +221,11 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
           print(f"step {step + 1} | eval_loss {record['eval_loss']:.4g} | eval_ppl "
                 f"{record['eval_ppl']:.4g}", file=sys.stderr, flush=True)
         finite = log(step, record)
-        stopping = stop.set  # read once: a signal between save and check must not skip the save
+        stopping = step + 1 == stop.stop_after
         if finite:  # a state whose last step was not finite is never saved
           ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
         if stopping:
-          print(f"stopping at step {step + 1} on signal; " + ("checkpoint saved" if finite else
+          print(f"stopping at step {step + 1} {stop.reason}; " + ("checkpoint saved" if finite else
                 f"not saved (the step was not finite; the last checkpoint is step {ckpt.latest_step()})"),
                 file=sys.stderr)
           break

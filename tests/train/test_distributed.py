@@ -1,11 +1,15 @@
 """Multi-process launch: the arguments taken from flags, the environment or SLURM; two processes of 4
 CPU devices each (jax.distributed over gloo) train the tiny model with the same losses as one
-process of 8 devices, each reading its own rows, and write one checkpoint together."""
+process of 8 devices, each reading its own rows, and write one checkpoint together; a signal to
+one of them stops both after the same step."""
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,3 +71,34 @@ def test_two_processes_train_like_one(repo_root, tmp_path):
   for a, b in zip(want, rows):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
   assert "3" in os.listdir(tmp_path / "two" / "checkpoints")
+
+
+def test_a_signal_to_one_process_stops_all_after_the_same_step(repo_root, tmp_path):
+  """SIGTERM to process 1 alone. Before, it stopped and began a save by itself while process 0 waited
+  in the next step's collectives: a hang until the job was killed, with nothing saved. Now both stop
+  after the step process 0 posts (moejax/train/stop.py) and save it together."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+  logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, "train.py", *TINY, "--workdir", str(tmp_path / "run"), "--config.train.train_iters=2000",
+       "--config.checkpoint.save_interval=2000", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=repo_root, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
+      assert procs[0].poll() is None, open(tmp_path / "p0.log").read()[-3000:]
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    for p in procs:
+      p.wait(timeout=120)  # before: process 0 hung here
+  finally:
+    for p in procs:
+      p.kill()
+  out = [open(tmp_path / f"p{i}.log").read() for i in range(2)]
+  assert [p.returncode for p in procs] == [0, 0], out[1][-3000:]
+  lines = [re.search(r"stopping at step (\d+) on signal to process 1; checkpoint saved", o) for o in out]
+  assert lines[0] and lines[1] and lines[0].group(1) == lines[1].group(1), (out[0][-2000:], out[1][-2000:])
+  assert lines[0].group(1) in os.listdir(tmp_path / "run" / "checkpoints")
