@@ -535,7 +535,7 @@ class OptimSpec(Spec, section="optim"):
       bad.append(f"optim.adam_eps={self.adam_eps} must be > 0")
     if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
       bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
-    if not 0 <= self.lr_warmup_init <= self.lr:
+    if self.lr > 0 and not 0 <= self.lr_warmup_init <= self.lr:
       bad.append(f"optim.lr_warmup_init={self.lr_warmup_init} must be between 0 and optim.lr={self.lr}")
     if self.lr_decay_style == "WSD" and not (self.lr_wsd_decay_iters or 0) >= 1:
       bad.append(f"optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1 (the annealing steps at the end "
