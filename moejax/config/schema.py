@@ -497,6 +497,7 @@ class OptimSpec(Spec, section="optim"):
   clip_grad: float = 1.0
   lr_warmup_iters: int = 0
   lr_warmup_init: float = 0.0                # the warmup's first learning rate
+  lr_warmup_fraction: float | None = None    # warmup over this fraction of lr_decay_iters (not with lr_warmup_iters)
   # Megatron's styles (its default is linear); WSD: constant, then lr_wsd_decay_style over the
   # last lr_wsd_decay_iters of the decay
   lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root", "WSD"] = "cosine"
@@ -537,6 +538,9 @@ class OptimSpec(Spec, section="optim"):
       bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
     if self.lr > 0 and not 0 <= self.lr_warmup_init <= self.lr:
       bad.append(f"optim.lr_warmup_init={self.lr_warmup_init} must be between 0 and optim.lr={self.lr}")
+    if self.lr_warmup_fraction is not None and not (0 <= self.lr_warmup_fraction < 1 and self.lr_warmup_iters == 0):
+      bad.append(f"optim.lr_warmup_fraction={self.lr_warmup_fraction} must be in [0, 1) with optim.lr_warmup_iters=0 "
+                 "(give one of the two, as in Megatron)")
     if self.lr_decay_style == "WSD" and not (self.lr_wsd_decay_iters or 0) >= 1:
       bad.append(f"optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1 (the annealing steps at the end "
                  f"of the decay), not {self.lr_wsd_decay_iters}")

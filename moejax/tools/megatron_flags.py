@@ -158,6 +158,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--lr-decay-iters": ("optim.lr_decay_iters", int),
     "--lr-decay-style": ("optim.lr_decay_style", str),
     "--lr-warmup-init": ("optim.lr_warmup_init", float),
+    "--lr-warmup-fraction": ("optim.lr_warmup_fraction", float),
     "--lr-wsd-decay-style": ("optim.lr_wsd_decay_style", str),
     "--lr-wsd-decay-iters": ("optim.lr_wsd_decay_iters", int),
     "--weight-decay": ("optim.weight_decay", float),

@@ -9,13 +9,16 @@ import optax
 
 def lr_schedule(cfg) -> optax.Schedule:
   """Megatron's learning rate (OptimizerParamScheduler.get_lr) at a step counted from 0: linear
-  warmup from optim.lr_warmup_init to optim.lr over lr_warmup_iters steps, then optim.lr_decay_style
+  warmup from optim.lr_warmup_init to optim.lr over lr_warmup_iters steps (or lr_warmup_fraction of
+  the decay's), then optim.lr_decay_style
   down to optim.min_lr at lr_decay_iters (default train.train_iters), min_lr after; `constant` stays
   at lr. Written out rather than joined from optax's schedules, which have no WSD and no Megatron
   inverse-square-root; tests/train/test_optim.py holds it to megatron-core's scheduler."""
   o = cfg.optim
   style, lr, min_lr = o.lr_decay_style, o.lr, o.min_lr
-  warmup, decay = o.lr_warmup_iters, o.lr_decay_iters or cfg.train.train_iters
+  decay = o.lr_decay_iters or cfg.train.train_iters
+  warmup = o.lr_warmup_iters if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+  samples = cfg.train.global_batch_size  # Megatron counts in samples, which only its clamps to 1 see
 
   def coefficient(n):
     """From 1 (lr) down to 0 (min_lr) over the decay."""
@@ -34,7 +37,7 @@ def lr_schedule(cfg) -> optax.Schedule:
     if style == "constant":
       after = jnp.full_like(n, lr)
     elif style == "inverse-square-root":
-      after = jnp.maximum(min_lr, lr * max(warmup, 1) ** 0.5 / jnp.sqrt(jnp.maximum(n, 1.0)))
+      after = jnp.maximum(min_lr, lr * max(warmup * samples, 1) ** 0.5 / jnp.sqrt(jnp.maximum(n * samples, 1.0)))
     else:
       after = min_lr + coefficient(n) * (lr - min_lr)
     if style != "constant":

@@ -3,6 +3,7 @@ step), every update computed in fp32; the moments take half the bytes. The learn
 against megatron-core's OptimizerParamScheduler (peer subprocess, tests/peers/megatron_lr.py)."""
 import json
 import pathlib
+import re
 import subprocess
 
 import jax
@@ -79,24 +80,29 @@ SCHEDULES = [  # (optim keys, train.train_iters)
     (dict(lr_decay_style="cosine", lr_warmup_iters=0), 12),
     (dict(lr_decay_style="inverse-square-root", lr_warmup_iters=4), 30),
     (dict(lr_decay_style="inverse-square-root", lr_warmup_iters=0, min_lr=0.3), 30),
+    (dict(lr_decay_style="cosine", lr_warmup_fraction=0.25, lr_decay_iters=10), 12),  # warmup 2.5 steps
 ] + [(dict(lr_decay_style="WSD", lr_warmup_iters=2, lr_decay_iters=14, lr_wsd_decay_iters=5, lr_wsd_decay_style=s), 16)
      for s in ("exponential", "linear", "cosine", "minus_sqrt")]
 
 
 @pytest.mark.skipif(not PEER.exists(), reason="megatron-core peer venv missing: run .ci/peer_venv.sh")
 def test_lr_schedules_match_megatron(tmp_path):
-  """Every step from 0 (the first update's) to past the decay, lr 1.0 and min_lr 0.1 unless set."""
+  """Every step from 0 (the first update's) to past the decay, lr 1.0 and min_lr 0.1 unless set.
+  Megatron counts the scheduler's steps in samples (iterations x global batch, 4 here), as its
+  training loop does: only the inverse square root's clamps to 1 tell the two units apart."""
   cases, ours = [], []
   for optim, iters in SCHEDULES:
     c = base_config()
     c.optim.update(lr=1.0, min_lr=0.1)
     c.optim.update(**optim)
-    c.train.train_iters = iters
-    o, steps = c.optim, list(range(iters + 3))
-    cases.append({"steps": steps, "args": dict(
-        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=o.lr_warmup_iters,
-        lr_decay_steps=o.lr_decay_iters or iters, lr_decay_style=o.lr_decay_style,
-        wsd_decay_steps=o.lr_wsd_decay_iters, lr_wsd_decay_style=o.lr_wsd_decay_style)})
+    c.train.update(train_iters=iters, global_batch_size=4)
+    o, steps, gbs = c.optim, list(range(iters + 3)), 4
+    decay = (o.lr_decay_iters or iters) * gbs
+    warmup = o.lr_warmup_iters * gbs if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+    cases.append({"steps": [n * gbs for n in steps], "args": dict(
+        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup, lr_decay_steps=decay,
+        lr_decay_style=o.lr_decay_style, wsd_decay_steps=o.lr_wsd_decay_iters and o.lr_wsd_decay_iters * gbs,
+        lr_wsd_decay_style=o.lr_wsd_decay_style)})
     sched = jax.jit(lr_schedule(c))
     ours.append([float(sched(n)) for n in steps])
   (tmp_path / "cases.json").write_text(json.dumps(cases))
@@ -107,8 +113,14 @@ def test_lr_schedules_match_megatron(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str(optim))
 
 
-def test_wsd_needs_its_decay_iters():
+@pytest.mark.parametrize("optim,message", [
+    (dict(lr_decay_style="WSD"), "optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1"),
+    (dict(lr_warmup_fraction=0.1, lr_warmup_iters=5), "optim.lr_warmup_fraction=0.1 must be in [0, 1) with "
+                                                     "optim.lr_warmup_iters=0"),
+    (dict(lr_warmup_fraction=1.0), "optim.lr_warmup_fraction=1.0 must be in [0, 1)"),
+])
+def test_schedule_settings_that_do_not_go_together(optim, message):
   c = base_config()
-  c.optim.lr_decay_style = "WSD"
-  with pytest.raises(ConfigError, match="optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1"):
+  c.optim.update(**optim)
+  with pytest.raises(ConfigError, match=re.escape(message)):
     validate(c)
