@@ -219,6 +219,7 @@ class MoESpec(Spec, section="moe"):
   layer_freq: int | tuple[int, ...] = 1      # every Nth layer is MoE, or a 0/1 per layer
   shared_expert_gate: bool = False           # Qwen2-MoE: shared expert output scaled by sigmoid(x @ w_gate)
   shared_expert_overlap: bool = True         # shared experts independent of the exchange so XLA can overlap them
+  apply_probs_on_input: bool = False         # top-1 (Llama 4): the prob scales the expert's input, not its activation
   grouped_gemm_impl: GroupedGemmImpl = "auto"
   # start from a dense checkpoint (checkpoint.load_params): each expert a copy of the dense MLP, or a
   # 1/granularity slice of it (moejax/moe/upcycling.py; Megatron's --moe-use-upcycling)
@@ -242,6 +243,8 @@ class MoESpec(Spec, section="moe"):
     if shared is not None and (not isinstance(shared, int) or shared < 0):
       problems.append(f"moe.shared_expert_intermediate_size={shared!r} must be a positive integer "
                       "(or None/0: no shared experts)")
+    if self.apply_probs_on_input and K != 1:
+      problems.append(f"moe.apply_probs_on_input=True needs moe.router_topk=1, not {K} (as in Megatron)")
     if self.shared_expert_gate and not self.shared_expert_intermediate_size:
       problems.append("moe.shared_expert_gate=True needs moe.shared_expert_intermediate_size to be set")
     freq = self.layer_freq

@@ -109,7 +109,11 @@ class MoELayer(nn.Module):
                                 lambda *ops: run(alltoall, plan, *ops), *operands)
       return out_TH.reshape(b, s, H).astype(x_BSH.dtype)
 
-    args = (x_BSH, constrain(route.probs_TK).astype(x_BSH.dtype), constrain(route.idx_TK), keep_BSK, w1, w2)
+    probs_BSK = constrain(route.probs_TK)
+    if moe.apply_probs_on_input:  # top-1: scale each token before its expert, which then weighs it by 1
+      x_BSH = (x_BSH.astype(jnp.float32) * probs_BSK.astype(jnp.float32)).astype(x_BSH.dtype)
+      probs_BSK = jnp.ones_like(probs_BSK)
+    args = (x_BSH, probs_BSK.astype(x_BSH.dtype), constrain(route.idx_TK), keep_BSK, w1, w2)
     if mesh is None:
       return body(*args)
     tok = P(axes.batch or None, axes.seq or None, None)

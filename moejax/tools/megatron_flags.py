@@ -115,6 +115,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--profile-step-end": ("logging.profile_step_end", int),
     "--moe-token-dispatcher-type": ("moe.token_dispatcher_type", str),
     "--moe-shared-expert-overlap": ("moe.shared_expert_overlap", True),
+    "--moe-apply-probs-on-input": ("moe.apply_probs_on_input", True),
     "--moe-shared-expert-gate": ("moe.shared_expert_gate", True),
     "--moe-grouped-gemm": ("moe.grouped_gemm_impl", _grouped_gemm),
     "--moe-use-upcycling": ("moe.use_upcycling", True),

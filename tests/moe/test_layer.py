@@ -54,3 +54,32 @@ def test_tokens_per_expert_counts_every_routed_pair():
   variables = jax.jit(MoELayer(SPEC).init)(jax.random.key(0), x)
   _, stats = MoELayer(SPEC).apply(variables, x)
   assert float(stats.tokens_per_expert_E.sum()) == 3 * 5 * SPEC.moe.router.router_topk
+
+
+def test_probs_on_input_scale_the_experts_input():
+  """moe.apply_probs_on_input (Megatron's --moe-apply-probs-on-input, top-1): out = W2 swiglu(W1 (p x))
+  instead of p W2 swiglu(W1 x), written out per token; values and gradients."""
+  from moejax.moe.experts import swiglu_interleaved
+  top1 = SPEC.replace(router_topk=1, router_pre_softmax=True)
+  spec = top1.replace(apply_probs_on_input=True)
+  x = jax.random.normal(jax.random.key(1), (2, 8, spec.hidden_size))
+  params = nn.unbox(jax.jit(MoELayer(spec).init)(jax.random.key(0), x)["params"])
+
+  def ref(p, x_BSH):
+    x_TH = x_BSH.reshape(-1, spec.hidden_size)
+    route = TopKRouter(spec).apply({"params": p["router"]}, x_TH)
+    w1, w2 = p["experts"]["w1"][route.idx_TK[:, 0]], p["experts"]["w2"][route.idx_TK[:, 0]]
+    h = jnp.einsum("th,thf->tf", route.probs_TK[:, :1] * x_TH, w1)
+    return jnp.einsum("tf,tfh->th", swiglu_interleaved(h), w2).reshape(x_BSH.shape)
+
+  ours = lambda p, x: MoELayer(spec).apply({"params": p}, x)[0]  # noqa: E731
+  np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(ours(params, x), MoELayer(top1).apply({"params": params}, x)[0],
+                         atol=1e-3)
+  cot = jax.random.normal(jax.random.key(2), x.shape)
+  g_ours = jax.grad(lambda p, x: jnp.sum(ours(p, x) * cot), argnums=(0, 1))(params, x)
+  g_ref = jax.grad(lambda p, x: jnp.sum(ref(p, x) * cot), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="moe.apply_probs_on_input=True needs moe.router_topk=1, not 2"):
+    SPEC.replace(apply_probs_on_input=True)
