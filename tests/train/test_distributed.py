@@ -80,7 +80,11 @@ def test_a_signal_to_one_process_stops_all_after_the_same_step(repo_root, tmp_pa
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+  # no persistent XLA cache (conftest shares one with subprocesses): with the other two-process test's
+  # executables in it, one process loaded a cached checksum program while the other compiled its own,
+  # and their cross-process collectives never met
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
   logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, "train.py", *TINY, "--workdir", str(tmp_path / "run"), "--config.train.train_iters=2000",
