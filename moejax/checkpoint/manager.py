@@ -259,11 +259,6 @@ def load_weights(directory: str, abstract: dict, shardings: dict, flag: str = "c
   raise RunError(f"{where}: no checkpoint there passes verification")
 
 
-def load_params(directory: str, abstract_params, shardings):
-  """The weights alone of `load_weights`."""
-  return load_weights(directory, {PARAMS_ITEM: abstract_params}, {PARAMS_ITEM: shardings})[PARAMS_ITEM]
-
-
 def _wanted(abstract: dict, saved) -> list[str]:
   """The items of `abstract` to restore: the weights, and router state where the config has some
   and the source `saved` it (`saved(item)`)."""

@@ -7,7 +7,7 @@ Why by hand: Orbax saves a pytree of materialised arrays, and our stacked leaves
 of one. So a `StreamedArray` leaf carries its shape, dtype and a generator of blocks, and
 `StreamedArrayHandler` (an Orbax TypeHandler) writes each block into the leaf's TensorStore
 array with Orbax's own write spec, the block shape as its chunk shape. The result is an ordinary
-Orbax PyTree checkpoint: `load_params` restores it into any mesh, casting to the target dtype.
+Orbax PyTree checkpoint: `load_weights` restores it into any mesh, casting to the target dtype.
 `LeafReader` reads blocks of a saved leaf back the same way.
 """
 from __future__ import annotations

@@ -38,9 +38,9 @@ class StopAgreement:
     self.stop_after: int | None = None
     self.reason = ""
     self._posted = False
-    self._processes, self._process = jax.process_count(), jax.process_index()
+    self._process = jax.process_index()
     self._prefix = f"moejax/stop/{next(_RUNS)}/"
-    self._client = _client() if self._processes > 1 else None
+    self._client = _client() if jax.process_count() > 1 else None
 
   def _handle(self, signum, frame):
     self._signalled = True
@@ -51,9 +51,9 @@ class StopAgreement:
       self._agree(k)
     return self.stop_after is None or k < self.stop_after
 
-  def _local_reason(self) -> str:
+  def _local_reason(self, signal_to: str = "") -> str:
     if self._signalled:
-      return "on signal"
+      return f"on signal{signal_to}"
     if self._deadline is not None and time.monotonic() >= self._deadline:
       return f"after train.exit_duration_in_mins={self._minutes:g}"
     return ""
@@ -68,9 +68,10 @@ class StopAgreement:
         self.stop_after, self.reason = max(k, self._first + 1), reason
       return
     if self._process == 0:
-      requests = self._client.key_value_dir_get(self._prefix + "request/")
-      reason = self._local_reason().replace("on signal", "on signal to process 0") or (
-          f"on signal to process {requests[0][0].rsplit('/', 1)[-1]}" if requests else "")
+      reason = self._local_reason(" to process 0")
+      if not reason:  # another process's signal
+        requests = self._client.key_value_dir_get(self._prefix + "request/")
+        reason = f"on signal to process {requests[0][0].rsplit('/', 1)[-1]}" if requests else ""
       if reason:
         self.stop_after, self.reason = k + 2, reason
         self._client.key_value_set(self._prefix + "at", f"{k + 2} {reason}")

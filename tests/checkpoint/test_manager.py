@@ -149,8 +149,8 @@ def test_a_changed_dtype_is_cast_not_taken_for_damage(two_steps, small_moe_confi
         jax.tree.map(lambda a: a.dtype, parts.abstract.opt_state)
     params = state.params
   else:
-    from moejax.checkpoint.manager import load_params
-    params = load_params(str(base), parts.abstract.params, parts.shardings.params)
+    from moejax.checkpoint.manager import load_weights
+    params = load_weights(str(base), {"params": parts.abstract.params}, {"params": parts.shardings.params})["params"]
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved.params)):
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from moejax.checkpoint.manager import CheckpointManager, load_params, load_weights, save_params
+from moejax.checkpoint.manager import CheckpointManager, load_weights, save_params
 from moejax.config import RunError, base_config, model_spec
 from moejax.data.loader import make_dataset
 from moejax.models.gpt import GPTModel
@@ -53,6 +53,11 @@ def source_run(tmp_path_factory):
       ckpt.save(step, state.replace(params=p, step=state.step + step))
   save_params(str(workdir.parent / "weights"), params[0])
   return workdir, params
+
+
+def load_params(directory, abstract_params, shardings):
+  """The weights alone of `load_weights`."""
+  return load_weights(directory, {"params": abstract_params}, {"params": shardings})["params"]
 
 
 def _equal(a, b):

@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moejax.checkpoint.manager import load_params, load_weights, save_params
+from moejax.checkpoint.manager import load_weights, save_params
 from moejax.checkpoint.streaming import LeafReader, StreamedArray, save_streamed
 from moejax.moe.state import ExpertBias
 
@@ -36,7 +36,7 @@ def test_streamed_leaves_restore_into_any_layout_and_read_back_by_block(tmp_path
   mesh = jax.make_mesh((8,), ("ep",), devices=jax.devices()[:8])
   abstract = {"moe": {"w1": jax.ShapeDtypeStruct(w.shape, jnp.float32)}, "norm": jax.ShapeDtypeStruct(b.shape, jnp.float32)}
   shardings = {"moe": {"w1": NamedSharding(mesh, P(None, "ep"))}, "norm": NamedSharding(mesh, P())}
-  out = load_params(str(tmp_path), abstract, shardings)
+  out = load_weights(str(tmp_path), {"params": abstract}, {"params": shardings})["params"]
   assert out["moe"]["w1"].dtype == jnp.float32 and out["moe"]["w1"].sharding.spec == P(None, "ep")
   np.testing.assert_array_equal(out["moe"]["w1"], w.astype(np.float32))
   np.testing.assert_array_equal(out["norm"], b)
