@@ -618,6 +618,10 @@ class LoggingSpec(Spec, section="logging"):
   profile: bool = False
   profile_step_start: int = 10
   profile_step_end: int = 12
+  # Megatron's --log-params-norm / --log-num-zeros-in-grad: metrics `params_norm` (L2 norm of the
+  # master params after the update) and `num_zeros_in_grad` (exact zeros of the gradients the optimizer sees)
+  log_params_norm: bool = False
+  log_num_zeros_in_grad: bool = False
 
   def problems(self):
     bad = super().problems()

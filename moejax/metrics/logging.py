@@ -10,7 +10,8 @@ import numpy as np
 
 from moejax.metrics.moe_load import log_to_tensorboard
 
-CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
+CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "num_zeros_in_grad", "params_norm", "lr",
+                "tokens_per_sec", "tflops_per_device", "mfu")
 
 
 class MetricsWriter:
@@ -53,7 +54,9 @@ class MetricsWriter:
         v = metrics.get(k)
         if v is None:
           continue
-        parts.append(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+        if isinstance(v, float):
+          v = f"{v:.0f}" if k == "num_zeros_in_grad" else f"{v:.3g}"  # a count: every digit
+        parts.append(f"{k} {v}")
       print(" | ".join(parts), file=sys.stderr, flush=True)
 
   def close(self) -> None:

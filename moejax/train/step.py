@@ -18,7 +18,8 @@ from moejax.train.validate import validate
 
 def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     forward_backward: ForwardBackward = gradient_accumulation,
-                    placement: StatePlacement | None = None, check_finite: bool = True):
+                    placement: StatePlacement | None = None, check_finite: bool = True,
+                    log_params_norm: bool = False, log_num_zeros_in_grad: bool = False):
   """step(state, batch [num_micro, b, seq+1]) -> (state, metrics).
 
   Metrics are means over the micro-batches, except `tokens_per_expert` [L, E]:
@@ -40,6 +41,12 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   it fetches anyway. The step counter still advances, so the next step reads the next batch,
   while the optimizer's own count (Adam's bias correction, the learning-rate schedule) does not:
   Megatron's behaviour for a skipped iteration.
+
+  `log_params_norm` / `log_num_zeros_in_grad` (Megatron's --log-params-norm / --log-num-zeros-in-grad)
+  add metrics `params_norm`, the L2 norm of the master params the step returns, and
+  `num_zeros_in_grad`, the exact zeros of the gradients the optimizer sees (accumulated over the
+  micro-batches). Both reduce global arrays, so each element counts once however the params are
+  sharded or replicated.
   """
   router = model.spec.moe.router
   needs_rng = bool(router.input_jitter_eps) or router.router_force_load_balancing
@@ -75,9 +82,20 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
     if placement is not None:  # an offloaded optimizer state goes home only after the last use on the device
       new = (new[0], placement.opt_state_home(new[1]), *new[2:])
     metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
+    if log_params_norm:
+      metrics["params_norm"] = optax.tree.norm(jax.tree.map(lambda p: p.astype(jnp.float32), new[0]))
+    if log_num_zeros_in_grad:
+      metrics["num_zeros_in_grad"] = count_zeros(grads)
     return TrainState(state.step + 1, *new), metrics
 
   return step
+
+
+def count_zeros(grads) -> jax.Array:
+  """Exactly-zero entries of `grads` (Megatron's count_zeros_fp32): counted exactly per row in int32,
+  the rows summed in fp32 as Megatron sums its per-parameter counts (no int32 overflow past 2^31)."""
+  rows = [jnp.sum(jnp.atleast_1d(g) == 0, axis=-1, dtype=jnp.int32) for g in jax.tree.leaves(grads)]
+  return sum((jnp.sum(r.astype(jnp.float32)) for r in rows), jnp.float32(0))
 
 
 def _update_count(state: TrainState):
@@ -92,7 +110,9 @@ def jit_train_step(cfg, parts: Setup, metrics_sharding):
   `metrics_sharding`. Call under the run's mesh and logical axis rules."""
   model, mesh = parts.model, parts.layout.mesh
   step = make_train_step(model, parts.optimizer, lr_schedule(cfg), forward_backward_of(cfg, model, cfg.train.seq_length),
-                         placement=parts.placement, check_finite=cfg.train.check_for_nan_in_loss_and_grad)
+                         placement=parts.placement, check_finite=cfg.train.check_for_nan_in_loss_and_grad,
+                         log_params_norm=cfg.logging.log_params_norm,
+                         log_num_zeros_in_grad=cfg.logging.log_num_zeros_in_grad)
   return jax.jit(step, in_shardings=(parts.shardings, batch_sharding(mesh, parts.rules, 3)),
                  out_shardings=(parts.shardings, metrics_sharding), donate_argnums=0)
 

@@ -30,6 +30,13 @@ def test_writer_appends_one_json_line_per_step(tmp_path):
   assert rows == [{"step": 1, "loss": 2.5, "mfu": None}, {"step": 2, "loss": 2.0, "mfu": None}]
 
 
+def test_console_line_has_the_norms_and_every_digit_of_the_zero_count(tmp_path, capsys):
+  w = MetricsWriter(str(tmp_path), tensorboard=False)
+  w.write(1, {"loss": 2.5, "grad_norm": 1.25, "num_zeros_in_grad": 13184032.0, "params_norm": 13.8547}, console=True)
+  w.close()
+  assert "| grad_norm 1.25 | num_zeros_in_grad 13184032 | params_norm 13.9" in capsys.readouterr().err
+
+
 def _events(path):
   """(step, kind) of each event in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
   import struct

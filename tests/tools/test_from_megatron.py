@@ -139,6 +139,15 @@ def test_argument_list_and_unknown_arguments(tmp_path, capsys):
   assert "--frobnicate 3: unknown to moejax" in out.read_text()
 
 
+def test_logging_switches(tmp_path, capsys):
+  """--log-params-norm and --log-num-zeros-in-grad set their logging keys (and are not listed as unmapped)."""
+  out = tmp_path / "r.py"
+  assert run(["--out", str(out), "--", "--num-layers", "2", "--log-params-norm", "--log-num-zeros-in-grad"]) == 0
+  cfg = load_recipe(str(out))
+  assert cfg.logging.log_params_norm is True and cfg.logging.log_num_zeros_in_grad is True
+  assert "--log-" not in capsys.readouterr().err and "--log-" not in out.read_text()
+
+
 def test_shell_script_reading():
   script = """#!/bin/bash
 N=${NODES:-"2"}

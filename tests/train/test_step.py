@@ -2,10 +2,18 @@
 the previous update wrote, read instead of casting every master at the start of each step. It is
 the masters cast, bit for bit, changes no number against the step that casts (one device, and
 ZeRO-1 with ep=8 on 8 devices), is kept only for masters each device holds whole (placed as they
-are), and is not checkpointed. With bf16 masters the step keeps the state's dtypes."""
+are), and is not checkpointed. With bf16 masters the step keeps the state's dtypes.
+
+Megatron's --log-params-norm / --log-num-zeros-in-grad (logging.log_params_norm,
+logging.log_num_zeros_in_grad): the step's `params_norm` and `num_zeros_in_grad` equal NumPy's on
+the returned params and the accumulated gradients, on one device and on 8 (ZeRO-1 over dp/ep,
+TP+SP with FSDP, the pipeline)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 
@@ -14,6 +22,7 @@ from moejax.parallel.sharding import batch_sharding, replicated
 from moejax.train.optim import lr_schedule
 from moejax.train.state import init_state, setup, with_compute_copy
 from moejax.train.step import jit_train_step, make_train_step
+from moejax.train.validate import validate
 
 
 def _bf16(small_moe_config, **parallel):
@@ -125,3 +134,63 @@ def test_bf16_masters_keep_the_state_dtypes(small_moe_config, devices):
   assert jax.tree.map(lambda a: a.dtype, state) == dtypes
   assert {p.dtype for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.floating)} == {jnp.dtype(jnp.bfloat16)}
   assert np.all(np.isfinite(losses)) and losses[2] < losses[0], losses
+
+
+LOOKED_UP = 100  # token ids < LOOKED_UP: the embedding rows above get exactly zero gradients
+
+
+@functools.cache
+def _logged_step(small_moe_config, n_devices: int, **parallel):
+  """One step of two micro-batches of 8 rows with both options on: (metrics, params, gradients) on
+  the host. With adam_beta1=0 and no clipping, Adam's first moment after the step is the gradient
+  the optimizer saw (the distributed optimizer's shards gathered)."""
+  cfg = small_moe_config()
+  dp = n_devices // (parallel.get("tp", 1) * parallel.get("pp", 1))
+  cfg.train.update(micro_batch_size=8 // dp, global_batch_size=16)
+  cfg.optim.update(adam_beta1=0.0, clip_grad=0.0)
+  cfg.logging.update(log_params_norm=True, log_num_zeros_in_grad=True)
+  cfg.parallel.update(**parallel)
+  devices = jax.devices()[:n_devices]
+  validate(cfg, len(devices))
+  parts = setup(cfg, devices)
+  mesh = parts.layout.mesh
+  tokens = jax.random.randint(jax.random.key(3), (2, 8, 33), 0, LOOKED_UP)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parts.rules):
+    state = init_state(parts.model, parts.optimizer, cfg.train.seq_length, 0, parts.shardings)
+    bsh = batch_sharding(mesh, parts.rules, 3)
+    state, metrics = jit_train_step(cfg, parts, replicated(mesh))(state, jax.device_put(tokens, bsh))
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+  (adam,) = [s for s in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(s)]
+  return jax.device_get((metrics, state.params, adam.mu))
+
+
+def _numpy_equal(metrics, params, grads):
+  norm = np.sqrt(sum(np.sum(np.asarray(p, np.float64) ** 2) for p in jax.tree.leaves(params)))
+  np.testing.assert_allclose(metrics["params_norm"], norm, rtol=1e-6)
+  zeros = sum(int(np.sum(np.asarray(g) == 0)) for g in jax.tree.leaves(grads))
+  assert metrics["num_zeros_in_grad"] == zeros
+  vocab, hidden = params["embedding"]["embedding"].shape
+  assert zeros >= (vocab - LOOKED_UP) * hidden  # the rows never looked up, at least
+
+
+def test_params_norm_and_zeros_in_grad_equal_numpy_on_one_device(small_moe_config):
+  """Both metrics against NumPy; with the options off (the default) the step has neither."""
+  _numpy_equal(*_logged_step(small_moe_config, 1))
+  cfg = small_moe_config()
+  parts = setup(cfg, jax.devices()[:1])
+  with jax.set_mesh(parts.layout.mesh), nn.logical_axis_rules(parts.rules):
+    state = init_state(parts.model, parts.optimizer, cfg.train.seq_length, 0, parts.shardings)
+    step = make_train_step(parts.model, parts.optimizer, lr_schedule(cfg), placement=parts.placement)
+    _, metrics = jax.eval_shape(step, state, jax.ShapeDtypeStruct((2, 4, 33), jnp.int32))
+  assert not {"params_norm", "num_zeros_in_grad"} & set(metrics)
+
+
+@pytest.mark.parametrize("parallel", [dict(ep=8), dict(tp=2, sequence_parallel=True, ep=4, fsdp=True),
+                                      dict(pp=2, ep=4)], ids=["ep8_zero1", "tp2_sp_ep4_fsdp", "pp2_ep4"])
+def test_params_norm_and_zeros_in_grad_on_8_devices_equal_one_device(small_moe_config, parallel):
+  """Each element counted once however it is sharded or replicated: the numbers of one device."""
+  metrics, params, grads = _logged_step(small_moe_config, 8, **parallel)
+  _numpy_equal(metrics, params, grads)
+  one, _, _ = _logged_step(small_moe_config, 1)
+  np.testing.assert_allclose(metrics["params_norm"], one["params_norm"], rtol=1e-6)
+  assert metrics["num_zeros_in_grad"] == one["num_zeros_in_grad"]
