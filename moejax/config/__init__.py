@@ -4,9 +4,9 @@ Recipes (`configs/NAME.py`) start from `base_config()` and change values; `model
 gives the frozen `ModelSpec` the Flax modules read.
 """
 from moejax.config.schema import (AttentionSpec, CheckpointSpec, CrossEntropyImpl, DataSpec, DispatchSpec,
-                                  DocumentSpec, FSDPSpec, GroupedGemmImpl, LoadBalancingType, LoggingSpec, MLASpec,
-                                  ModelSpec, MoESpec, OptimSpec, ParallelSpec, RecomputeSpec, RotaryScalingSpec,
-                                  RouterSpec, TrainSpec, model_spec, padded_vocab_size)
+                                  DocumentSpec, FSDPSpec, GroupedGemmImpl, LoadBalancingType, LoggingSpec, LossSpec,
+                                  MLASpec, ModelSpec, MoESpec, OptimSpec, ParallelSpec, RecomputeSpec,
+                                  RotaryScalingSpec, RouterSpec, TrainSpec, model_spec, padded_vocab_size)
 from moejax.config.spec import (ConfigError, RunError, Spec, apply_overrides, base_config, check_override_keys, choices,
                                 split_none_overrides)
 from moejax.config.spec import config_problems as problems
@@ -14,8 +14,8 @@ from moejax.config.spec import unknown_keys
 
 __all__ = [
     "AttentionSpec", "CheckpointSpec", "ConfigError", "CrossEntropyImpl", "DataSpec", "DispatchSpec",
-    "DocumentSpec", "FSDPSpec", "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "MLASpec", "ModelSpec",
-    "MoESpec", "OptimSpec", "ParallelSpec", "RecomputeSpec", "RotaryScalingSpec", "RouterSpec", "RunError", "Spec", "TrainSpec",
+    "DocumentSpec", "FSDPSpec", "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "LossSpec", "MLASpec",
+    "ModelSpec", "MoESpec", "OptimSpec", "ParallelSpec", "RecomputeSpec", "RotaryScalingSpec", "RouterSpec", "RunError", "Spec", "TrainSpec",
     "apply_overrides", "base_config",
     "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "split_none_overrides",
     "unknown_keys",

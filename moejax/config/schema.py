@@ -308,6 +308,15 @@ class RecomputeSpec(Spec, section="train"):
 
 
 @frozen
+class LossSpec(Spec, section="train"):
+  """How the LM loss averages over tokens. Megatron's default: the mean over each micro-batch's loss
+  tokens, averaged over the micro-batches; `calculate_per_token_loss` (Megatron's --calculate-per-token-loss):
+  the sum over the step's loss tokens over their count, so a micro-batch with more loss tokens (fewer
+  masked by data.eod_mask_loss) weighs more, and the MTP loss is divided by the same count."""
+  calculate_per_token_loss: bool = False
+
+
+@frozen
 class FSDPSpec(Spec, section="parallel"):
   """Megatron-FSDP: parameters stored sharded over the data-parallel devices (edp for experts) and
   gathered layer by layer inside the scan (moejax/models/decoder.py reads it)."""
@@ -363,6 +372,7 @@ class ModelSpec(Spec, section="model"):
   moe: MoESpec = MoESpec()
   recompute: RecomputeSpec = RecomputeSpec()
   documents: DocumentSpec = DocumentSpec()
+  loss: LossSpec = LossSpec()
   sharding: FSDPSpec = FSDPSpec()
 
   def problems(self):

@@ -73,7 +73,7 @@ class GPTModel(nn.Module):
     With `mtp` (and `model.mtp_num_layers` > 0) a third output: the MTP logits [D, B, S, V_padded]
     (depth k predicting the token k+1 ahead) or, given labels, the MTP losses [D] (depth k's
     cross-entropy with labels and weights rolled k places left, the weights renormalized to sum
-    to one); the MTP layers' MoE statistics are appended to the decoder's."""
+    to one unless train.calculate_per_token_loss); the MTP layers' MoE statistics are appended to the decoder's."""
     s = self.spec
     cp = cp_size()
     inp = model_inputs(s, tokens_BS, positions_BS, labels_BS, loss_weights_BS)
@@ -96,7 +96,8 @@ class GPTModel(nn.Module):
         depths.append(from_load_balanced(logits(h_BSH), cp))
         continue
       labels_k, weights_k = roll_left(labels_k), roll_left(weights_k)
-      total = jnp.sum(weights_k)
-      w_BS = jnp.where(total > 0, weights_k / jnp.where(total > 0, total, 1.0), 0.0)
+      total = jnp.sum(weights_k)  # the mean over this depth's tokens; per-token loss: over the LM loss's count
+      w_BS = weights_k if s.loss.calculate_per_token_loss else jnp.where(
+          total > 0, weights_k / jnp.where(total > 0, total, 1.0), 0.0)
       depths.append(head.loss(h_BSH, to_load_balanced(labels_k, cp), to_load_balanced(w_BS, cp)))
     return main, moe_stats, jnp.stack(depths)

@@ -16,7 +16,7 @@ import sys
 
 from moejax.config import ConfigError, base_config
 from moejax.tools.megatron_flags import Conversion, convert
-from moejax.tools.shell_script import script_arguments
+from moejax.tools.shell_script import read_launch
 from moejax.train.validate import validate
 
 
@@ -105,13 +105,15 @@ def run(argv=None) -> int:
   if len(args.source) == 1 and os.path.isfile(args.source[0]):
     source = args.source[0]
     try:
-      argv_m = script_arguments(open(source).read())
+      launch = read_launch(open(source).read())
     except ValueError as e:
       print(f"{source}: {e}", file=sys.stderr)
       return 2
+    argv_m, assumed = launch.arguments, [(f"(script) {cmd}", why) for cmd, why in launch.assumptions]
   else:
-    source, argv_m = "a Megatron argument list", list(args.source)
+    source, argv_m, assumed = "a Megatron argument list", list(args.source), []
   conv = convert(argv_m)
+  conv.notes.extend(assumed)
   _placeholders(conv)
   try:
     cfg = apply(conv.values)

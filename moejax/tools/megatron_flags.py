@@ -51,6 +51,17 @@ def _vpp(values: list[str], _args) -> int | None:
   return int(values[0]) if int(values[0]) > 1 else None
 
 
+def _fsdp_given(args: dict) -> bool:
+  return "--use-megatron-fsdp" in args or "--use-torch-fsdp2" in args
+
+
+def _zero3(args: dict) -> bool:
+  """Megatron's FSDP shards params, gradients and optimizer state (moejax's parallel.fsdp) only with its
+  default --data-parallel-sharding-strategy optim_grads_params; `optim_grads` and `optim` shard what
+  moejax's distributed optimizer shards, `no_shard` nothing."""
+  return args.get("--data-parallel-sharding-strategy", "optim_grads_params") == "optim_grads_params"
+
+
 # flag → (key, kind): model, MoE, parallel, optimizer, data, training and checkpoint arguments of
 # Megatron-Core's MoE guide and of Megatron-LM's argument parser that moejax has a key for
 FLAGS: dict[str, tuple[str, object]] = {
@@ -136,7 +147,9 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--pipeline-model-parallel-layout": ("parallel.pipeline_layout", str),
     "--decoder-first-pipeline-num-layers": ("parallel.decoder_first_pipeline_num_layers", int),
     "--decoder-last-pipeline-num-layers": ("parallel.decoder_last_pipeline_num_layers", int),
-    "--use-megatron-fsdp": ("parallel.fsdp", True),
+    "--use-megatron-fsdp": ("parallel.fsdp", lambda _v, a: _zero3(a)),
+    "--use-torch-fsdp2": ("parallel.fsdp", lambda _v, a: _zero3(a)),
+    "--data-parallel-sharding-strategy": ("parallel.fsdp", lambda _v, a: _zero3(a) and _fsdp_given(a)),
     # training
     "--train-iters": ("train.train_iters", int),
     "--micro-batch-size": ("train.micro_batch_size", int),
@@ -150,6 +163,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--recompute-modules": ("train.recompute_modules", list),
     "--moe-layer-recompute": ("train.recompute_modules", lambda _v, _a: ("moe",)),
     "--offload-modules": ("train.offload_modules", list),
+    "--calculate-per-token-loss": ("train.calculate_per_token_loss", True),
     "--check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", True),
     "--no-check-for-nan-in-loss-and-grad": ("train.check_for_nan_in_loss_and_grad", False),
     # optimizer
@@ -174,7 +188,10 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--main-grads-dtype": ("optim.main_grads_dtype", str),
     "--exp-avg-dtype": ("optim.exp_avg_dtype", str),
     "--exp-avg-sq-dtype": ("optim.exp_avg_sq_dtype", str),
-    "--optimizer-cpu-offload": ("optim.optimizer_cpu_offload", lambda _v, _a: 1.0),
+    "--optimizer-cpu-offload": ("optim.optimizer_cpu_offload",
+                                lambda _v, a: float(a.get("--optimizer-offload-fraction", 1.0))),
+    "--optimizer-offload-fraction": ("optim.optimizer_cpu_offload",
+                                     lambda v, a: float(v[0]) if "--optimizer-cpu-offload" in a else 0.0),
     # data
     "--data-path": ("data.path", list),
     "--split": ("data.split", str),
@@ -260,6 +277,17 @@ UNMAPPED: dict[str, str] = {
     "--overlap-p2p-comm": "XLA schedules the pipeline sends",
     "--fake-init-process-group": "python -m moejax.plan estimates memory per GPU; train.py validates a layout "
                                  "without GPUs",
+    "--no-gradient-accumulation-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--init-model-with-meta-device": "moejax initializes each parameter shard on its own device (jit with shardings)",
+    "--fsdp-double-buffer": "a buffer choice of Megatron's FSDP; XLA schedules the parameter all-gathers",
+    "--use-nccl-ub": "a buffer choice of Megatron's NCCL communication; XLA allocates collective buffers",
+    "--megatron-fsdp-grad-comm-dtype": "gradients are reduced in optim.main_grads_dtype (fp32 unless set; bf16 "
+                                       "with optim.use_precision_aware_optimizer)",
+    "--megatron-fsdp-main-grads-dtype": "gradients are accumulated in optim.main_grads_dtype (fp32 unless set; bf16 "
+                                        "with optim.use_precision_aware_optimizer)",
+    "--wandb-project": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
+    "--wandb-exp-name": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
+    "--wandb-save-dir": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
     "--fp8": _NO_FP8, "--fp8-format": _NO_FP8, "--fp8-recipe": _NO_FP8, "--fp8-param-gather": _NO_FP8,
     "--moe-router-padding-for-fp8": _NO_FP8, "--reuse-grad-buf-for-mxfp8-param-ag": _NO_FP8,
     "--cuda-graph-impl": _GRAPH, "--cuda-graph-modules": _GRAPH, "--cuda-graph-scope": _GRAPH,
@@ -273,7 +301,8 @@ _VALUE_FALLBACKS = {
 }
 # unmapped flags that are the same run only at these values
 _ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
-                "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",)}
+                "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",), "--megatron-fsdp-grad-comm-dtype": ("fp32",),
+                "--megatron-fsdp-main-grads-dtype": ("fp32",)}
 # Megatron's sample-based schedule: iterations = samples / global batch
 _SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
             "--lr-warmup-samples": "optim.lr_warmup_iters", "--lr-wsd-decay-samples": "optim.lr_wsd_decay_iters"}

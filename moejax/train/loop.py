@@ -23,7 +23,7 @@ from moejax.models.gpt import GPTModel
 from moejax.parallel.mesh import num_microbatches
 from moejax.parallel.sharding import batch_sharding, host_replicated, replicated
 from moejax.train.lock import WorkdirLock
-from moejax.train.loss import loss_fn
+from moejax.train.loss import loss_fn, step_loss_tokens
 from moejax.train.pipeline import describe_pipeline
 from moejax.train.start import initial_state
 from moejax.train.state import StatePlacement, setup, with_compute_copy
@@ -33,27 +33,33 @@ from moejax.train.validate import validate
 
 
 def make_eval_step(model: GPTModel, placement: StatePlacement | None = None):
-  """eval(params, batch [num_micro, b, seq+1], moe_state) -> mean LM loss over the micro-batches
-  (on the compute copy of the master params with a `placement`, as the train step)."""
+  """eval(params, batch [num_micro, b, seq+1], moe_state) -> (mean LM loss over the micro-batches, 1), or with
+  per-token loss (train.calculate_per_token_loss, `step_loss_tokens`) the batch's per-token loss and its loss
+  tokens, the weight of the batch among the evaluation's; on the compute copy of the master params with a
+  `placement`, as the train step."""
 
   def step(params, batch_NBS1, moe_state=None):
     if placement is not None:
       params = placement.compute_params(params)
+    loss_tokens = step_loss_tokens(model, batch_NBS1)
 
     def micro(total, tokens_BS1):
-      return total + loss_fn(model, params, tokens_BS1, moe_state)[1][0]["lm_loss"], None
+      return total + loss_fn(model, params, tokens_BS1, moe_state, loss_tokens=loss_tokens)[1][0]["lm_loss"], None
 
     total, _ = jax.lax.scan(micro, jnp.zeros((), jnp.float32), batch_NBS1)
-    return total / batch_NBS1.shape[0]
+    n = batch_NBS1.shape[0]
+    return total / n, jnp.float32(1.0) if loss_tokens is None else loss_tokens * n
 
   return step
 
 
 def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict:
-  """Evaluation number `index` (1-based) on its own `eval_iters` validation batches."""
-  losses = [float(eval_fn(params, device_batch(dataset[(index - 1) * eval_iters + j], bsh)))
-            for j in range(eval_iters)]
-  loss = float(np.mean(losses))
+  """Evaluation number `index` (1-based) on its own `eval_iters` validation batches: their losses averaged
+  with the weights `make_eval_step` gives them."""
+  losses, weights = np.asarray([jax.device_get(eval_fn(params, device_batch(dataset[(index - 1) * eval_iters + j],
+                                                                            bsh)))
+                                for j in range(eval_iters)], np.float64).T
+  loss = float(np.average(losses, weights=weights))
   return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
 
 

@@ -32,7 +32,7 @@ from moejax.models.gpt import model_inputs
 from moejax.models.stages import StagePlan
 from moejax.parallel.pipeline import make_schedule, pipeline_layout
 from moejax.parallel.sharding import current_mesh
-from moejax.train.loss import token_weights
+from moejax.train.loss import moe_loss_scale, step_loss_tokens, token_weights
 from moejax.train.schedule import StepResult, compute_params, gradient_accumulation
 
 
@@ -76,17 +76,18 @@ def pipeline(plan: StagePlan, kind: str = "1f1b", logical_specs=None):
       layers = jax.tree.map(lambda a: a[0], staged)
       ms = jax.tree.map(lambda a: a[0], ms_staged)
       B, S = batch_NBS1.shape[1], batch_NBS1.shape[2] - 1
+      loss_tokens = step_loss_tokens(model, batch_NBS1)
       x0 = jnp.zeros((B, S, spec.hidden_size), jnp.dtype(spec.dtype))
       head_params = shared
 
       def virtual_stage(layers, head_params, ms, x_BSH, micro, chunk, with_loss):
         tokens_BS1 = jax.lax.dynamic_index_in_dim(batch_NBS1, micro, keepdims=False)
         inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
-        inp = model_inputs(spec, inputs_BS, None, labels_BS, token_weights(inputs_BS, model))
+        inp = model_inputs(spec, inputs_BS, None, labels_BS, token_weights(inputs_BS, model, loss_tokens))
         x_BSH = jnp.where(has_e[rank, chunk], plan.embed(head_params, inp.tokens_BS), x_BSH)
         r = None if rng is None else jax.random.fold_in(rng, micro)
         x_BSH, stats, ms = plan.forward(rank, chunk, layers, ms, x_BSH, inp.positions_BS, inp.segments_BS, r)
-        loss = jnp.sum(stats["aux_loss"]) + jnp.sum(stats["z_loss"])
+        loss = (jnp.sum(stats["aux_loss"]) + jnp.sum(stats["z_loss"])) * moe_loss_scale(inputs_BS, loss_tokens)
         lm = jnp.zeros((), jnp.float32)
         if with_loss:
           lm = jnp.where(has_l[rank, chunk], plan.head_loss(head_params, x_BSH, inp.labels_BS,

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moejax.train.loss import loss_fn
+from moejax.train.loss import loss_fn, step_loss_tokens
 
 
 class StepResult(NamedTuple):
@@ -53,26 +53,29 @@ def gradient_accumulation(model, params, moe_state, batch_NBS1, rng=None, main_g
   compute = compute_params(params, model.spec.dtype)
   main_grads = main_grads or (lambda grads: jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
 
-  def grad_fn(p, m, t, r):
-    return jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r), has_aux=True)(p)
+  loss_tokens = step_loss_tokens(model, batch_NBS1)
+
+  def grad_fn(p, m, t, r, lt):
+    return jax.value_and_grad(lambda p: loss_fn(model, p, t, m, r, loss_tokens=lt), has_aux=True)(p)
 
   micro_batch = lambda i: jax.lax.dynamic_index_in_dim(batch_NBS1, i, keepdims=False)  # noqa: E731
   micro_rng = lambda i: None if rng is None else jax.random.fold_in(rng, i)  # noqa: E731
 
   def micro(carry, i):
     acc, moe_state = carry
-    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, micro_batch(i), micro_rng(i))
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, micro_batch(i), micro_rng(i), loss_tokens)
     return (jax.tree.map(jnp.add, acc, (loss, metrics, main_grads(grads))), moe_state), None
 
   moe_state = moe_state or {}
   if n == 1:  # no accumulators: a pass over every gradient saved
-    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], micro_rng(0))
+    (loss, (metrics, moe_state)), grads = grad_fn(compute, moe_state, batch_NBS1[0], micro_rng(0), loss_tokens)
     return StepResult(loss, metrics, main_grads(_materialized(grads)), moe_state)
   # One trace of forward+backward (~1 s less per build): jitted, grad_fn's trace for eval_shape is
   # reused in the scan body, whose micro-batch and key are made by the same ops (so of the same types).
   grad_fn = jax.jit(grad_fn)
   i0 = jnp.int32(0)
-  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, micro_batch(i0), micro_rng(i0))
+  (_, (metrics0, _)), grads0 = jax.eval_shape(grad_fn, compute, moe_state, micro_batch(i0), micro_rng(i0),
+                                              loss_tokens)
   loss0, metrics0, grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                          (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
   zeros = (loss0, metrics0, main_grads(grads0))  # the buffer where main_grads places it

@@ -93,7 +93,7 @@ def test_a_new_run_starts_from_another_runs_weights_on_another_layout(source_run
   rows = train(cfg, str(tmp_path / "run"), devices=jax.devices())
   assert [r["step"] for r in rows] == [1]
   batch = make_dataset(cfg, 8)[0]
-  want = float(jax.jit(make_eval_step(GPTModel(model_spec(cfg))))(params[1], batch))
+  want = float(jax.jit(make_eval_step(GPTModel(model_spec(cfg))))(params[1], batch)[0])
   assert rows[0]["lm_loss"] == pytest.approx(want, rel=1e-5)
 
 

@@ -1,5 +1,5 @@
 """Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README and the
-DeepSeek-V3 argument block of Megatron-LM's examples (tests/tools/fixtures/, sources in their
+DeepSeek-V3 launch script of Megatron-LM's examples (tests/tools/fixtures/, sources in their
 headers) become recipes that build and validate, with the script's values; every argument sets a
 key or is listed with its reason; README's flag table is the code's table."""
 import re
@@ -10,7 +10,7 @@ from moejax.config import model_spec
 from moejax.config.recipes import load_recipe
 from moejax.tools.from_megatron import run
 from moejax.tools.megatron_flags import FLAGS, UNMAPPED, convert, layer_pattern, split_arguments
-from moejax.tools.shell_script import script_arguments
+from moejax.tools.shell_script import read_launch
 from moejax.train.validate import validate
 
 
@@ -18,7 +18,7 @@ def _convert_script(repo_root, tmp_path, name):
   script = repo_root / "tests" / "tools" / "fixtures" / f"{name}_megatron.sh"
   out = tmp_path / f"{name}.py"
   assert run([str(script), "--out", str(out)]) == 0
-  argv = script_arguments(script.read_text())
+  argv = read_launch(script.read_text()).arguments
   return load_recipe(str(out)), argv, out.read_text()
 
 
@@ -70,7 +70,9 @@ def test_mixtral_script(repo_root, tmp_path):
   assert "--eval-interval 1000: evaluation reads the validation split" in text
 
 
-def test_deepseek_v3_block(repo_root, tmp_path):
+def test_deepseek_v3_script(repo_root, tmp_path):
+  """NVIDIA's own launch script as it is: its arguments come from an array grown in `if` blocks and
+  run inside a string under srun in an sbatch here-document."""
   cfg, argv, text = _convert_script(repo_root, tmp_path, "deepseek_v3")
   spec = model_spec(cfg)
   validate(cfg)
@@ -87,6 +89,9 @@ def test_deepseek_v3_block(repo_root, tmp_path):
   assert cfg.train.train_iters == 585937500 // 2048 and not cfg.train.check_for_nan_in_loss_and_grad
   assert "--moe-token-dispatcher-type flex: moe.token_dispatcher_type='alltoall'" in text
   assert "(no --vocab-size): Megatron takes the vocabulary size from the tokenizer" in text
+  # USE_MEGATRON_FSDP=1 and WANDB=1 by default add their arguments, PROFILE=0 does not
+  assert cfg.parallel.fsdp and "--profile" not in argv and "--wandb-project your_own_wandb_project: moejax logs" in text
+  assert "unknown to moejax" not in text and "(script)" not in text
 
 
 def _readme_table(repo_root):
@@ -148,26 +153,6 @@ def test_logging_switches(tmp_path, capsys):
   assert "--log-" not in capsys.readouterr().err and "--log-" not in out.read_text()
 
 
-def test_shell_script_reading():
-  script = """#!/bin/bash
-N=${NODES:-"2"}
-WORLD=$((8*$N))
-A=(
-  --num-layers 4   # four
-  --hidden-size ${H:-64}
-)
-A=("${A[@]}" --seq-length 16)
-B=(--tensor-model-parallel-size 2)
-torchrun --nproc $WORLD train/pretrain_gpt.py \\
-   ${A[@]} \\
-   ${B[@]} --data-path $1
-"""
-  assert script_arguments(script) == ["--num-layers", "4", "--hidden-size", "64", "--seq-length", "16",
-                                      "--tensor-model-parallel-size", "2", "--data-path", "$1"]
-  with pytest.raises(ValueError, match="no line of the script runs a .py file"):
-    script_arguments("echo hi\n")
-
-
 def test_layer_pattern_is_not_eval():
   assert layer_pattern("[0]*3+[1]*2") == (0, 0, 0, 1, 1) and layer_pattern("2") == 2
   with pytest.raises(ValueError, match="only integers"):
@@ -179,3 +164,18 @@ def test_missing_script_or_no_arguments_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
       run(argv)
     assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_fsdp_strategy_offload_fraction_and_per_token_loss():
+  """Megatron's FSDP is ZeRO-3 only with its default strategy; the offload fraction counts only with the
+  offload switch, in either order; per-token loss sets its key."""
+  fsdp = lambda *a: convert(list(a)).values.get("parallel.fsdp")  # noqa: E731
+  assert fsdp("--use-megatron-fsdp") is True
+  assert fsdp("--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params") is True
+  assert fsdp("--data-parallel-sharding-strategy", "optim_grads", "--use-megatron-fsdp") is False
+  assert fsdp("--use-torch-fsdp2", "--data-parallel-sharding-strategy", "no_shard") is False
+  offload = lambda *a: convert(list(a)).values.get("optim.optimizer_cpu_offload")  # noqa: E731
+  assert offload("--optimizer-cpu-offload") == 1.0 and offload("--optimizer-offload-fraction", "0.5") == 0.0
+  assert offload("--optimizer-offload-fraction", "0.5", "--optimizer-cpu-offload") == 0.5
+  assert offload("--optimizer-cpu-offload", "--optimizer-offload-fraction", "0.25") == 0.25
+  assert convert(["--calculate-per-token-loss"]).values["train.calculate_per_token_loss"] is True

@@ -86,6 +86,7 @@ def _one_device(cfg):
   one = _cfg(cfg.model.num_layers)
   one.model.update(**{k: v for k, v in cfg.model.items() if k != "num_layers"})
   one.data.update(**cfg.data)
+  one.train.calculate_per_token_loss = cfg.train.calculate_per_token_loss
   key = str(one)
   if key not in _ONE_DEVICE:
     model, optimizer = GPTModel(model_spec(one)), make_optimizer(one)
@@ -96,7 +97,7 @@ def _one_device(cfg):
     vocab = one.model.vocab_size
     batches = [np.array(jax.random.randint(jax.random.key(s), (NUM_MICRO, ROWS, one.train.seq_length + 1), 0,
                                              vocab)) for s in range(3)]
-    if one.data.reset_attention_mask:  # documents: eod tokens every few positions
+    if one.data.reset_attention_mask or one.data.eod_mask_loss:  # documents: eod tokens every few positions
       for b in batches:
         b[np.random.default_rng(0).random(b.shape) < 0.2] = one.data.eod
     _ONE_DEVICE[key] = (state0, batches, _run(one, jax.devices()[:1], state0, batches))
@@ -155,6 +156,16 @@ def test_pp_module_recompute_equals_one_device():
   `nn.remat` of the module, expert bias included): 3 steps equal one device."""
   cfg = _cfg(4, dict(pp=2, ep=2, tp=2, sequence_parallel=True), {})
   cfg.train.update(recompute_granularity="selective", recompute_modules=("layernorm", "mlp", "moe"))
+  _check_equals_one_device(cfg)
+
+
+@pytest.mark.slow
+def test_pp_per_token_loss_equals_one_device():
+  """pp=2 with ep=2 on eod-masked tokens with train.calculate_per_token_loss: the pipeline weighs each
+  micro-batch's LM and MoE losses by the step's loss tokens as gradient accumulation does (whose weighting
+  tests/train/test_loss.py checks against Megatron's definition)."""
+  cfg = _cfg(4, dict(pp=2, ep=2), {}, dict(eod_mask_loss=True, eod=1))
+  cfg.train.calculate_per_token_loss = True
   _check_equals_one_device(cfg)
 
 
