@@ -278,6 +278,12 @@ UNMAPPED: dict[str, str] = {
     "--fake-init-process-group": "python -m moejax.plan estimates memory per GPU; train.py validates a layout "
                                  "without GPUs",
     "--no-gradient-accumulation-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-rope-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-bias-swiglu-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-bias-gelu-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-bias-dropout-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-persist-layer-norm": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--rotary-percent": "moejax rotates every dim of a head (only 1.0 is the same model)",
     "--init-model-with-meta-device": "moejax initializes each parameter shard on its own device (jit with shardings)",
     "--fsdp-double-buffer": "a buffer choice of Megatron's FSDP; XLA schedules the parameter all-gathers",
     "--use-nccl-ub": "a buffer choice of Megatron's NCCL communication; XLA allocates collective buffers",
@@ -300,7 +306,7 @@ _VALUE_FALLBACKS = {
                                                           "moejax: alltoall is used"),
 }
 # unmapped flags that are the same run only at these values
-_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
+_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"), "--rotary-percent": ("1", "1.0"),
                 "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",), "--megatron-fsdp-grad-comm-dtype": ("fp32",),
                 "--megatron-fsdp-main-grads-dtype": ("fp32",)}
 # Megatron's sample-based schedule: iterations = samples / global batch

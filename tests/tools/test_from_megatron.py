@@ -166,9 +166,9 @@ def test_missing_script_or_no_arguments_is_one_line(capsys):
     assert e.value.code == 2 and said in capsys.readouterr().err
 
 
-def test_fsdp_strategy_offload_fraction_and_per_token_loss():
+def test_fsdp_strategy_offload_fraction_per_token_loss_and_partial_rotary():
   """Megatron's FSDP is ZeRO-3 only with its default strategy; the offload fraction counts only with the
-  offload switch, in either order; per-token loss sets its key."""
+  offload switch, in either order; per-token loss sets its key; partial rotary is not the same model."""
   fsdp = lambda *a: convert(list(a)).values.get("parallel.fsdp")  # noqa: E731
   assert fsdp("--use-megatron-fsdp") is True
   assert fsdp("--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params") is True
@@ -179,3 +179,5 @@ def test_fsdp_strategy_offload_fraction_and_per_token_loss():
   assert offload("--optimizer-offload-fraction", "0.5", "--optimizer-cpu-offload") == 0.5
   assert offload("--optimizer-cpu-offload", "--optimizer-offload-fraction", "0.25") == 0.25
   assert convert(["--calculate-per-token-loss"]).values["train.calculate_per_token_loss"] is True
+  assert [why.startswith("NOT THE SAME RUN") for _, why in convert(["--rotary-percent", "1.0", "--rotary-percent",
+                                                                     "0.5"]).notes] == [False, True]
