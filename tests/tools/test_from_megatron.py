@@ -179,5 +179,5 @@ def test_fsdp_strategy_offload_fraction_per_token_loss_and_partial_rotary():
   assert offload("--optimizer-offload-fraction", "0.5", "--optimizer-cpu-offload") == 0.5
   assert offload("--optimizer-cpu-offload", "--optimizer-offload-fraction", "0.25") == 0.25
   assert convert(["--calculate-per-token-loss"]).values["train.calculate_per_token_loss"] is True
-  assert [why.startswith("NOT THE SAME RUN") for _, why in convert(["--rotary-percent", "1.0", "--rotary-percent",
-                                                                     "0.5"]).notes] == [False, True]
+  notes = convert(["--rotary-percent", "1.0", "--rotary-percent", "0.5"]).notes
+  assert [why.startswith("NOT THE SAME RUN") for given, why in notes if given.startswith("--rotary")] == [False, True]
