@@ -504,6 +504,15 @@ class OptimSpec(Spec, section="optim"):
   lr: float = 3e-4
   min_lr: float = 3e-5
   weight_decay: float = 0.1
+  # Megatron's weight-decay schedule: `linear` or `cosine` rise from start_weight_decay to
+  # end_weight_decay over train_iters (None: weight_decay); `constant` keeps weight_decay
+  weight_decay_incr_style: Literal["constant", "linear", "cosine"] = "constant"
+  start_weight_decay: float | None = None
+  end_weight_decay: float | None = None
+  # Megatron's decoupled param group: the embedding and output layer's peak and final learning rate
+  # (lr's warmup and decay; None = lr's group; decoupled_min_lr None = min_lr)
+  decoupled_lr: float | None = None
+  decoupled_min_lr: float | None = None
   adam_beta1: float = 0.9
   adam_beta2: float = 0.95
   adam_eps: float = 1e-8
@@ -557,7 +566,33 @@ class OptimSpec(Spec, section="optim"):
     if self.lr_decay_style == "WSD" and not (self.lr_wsd_decay_iters or 0) >= 1:
       bad.append(f"optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1 (the annealing steps at the end "
                  f"of the decay), not {self.lr_wsd_decay_iters}")
-    return bad
+    return bad + self._weight_decay_problems() + self._decoupled_lr_problems()
+
+  def _weight_decay_problems(self):
+    start, end, style = self.start_weight_decay, self.end_weight_decay, self.weight_decay_incr_style
+    if style == "constant":
+      given = {"start_weight_decay": start, "end_weight_decay": end}
+      return [f"optim.{k}={v} must equal optim.weight_decay={self.weight_decay} (or be None) with "
+              "optim.weight_decay_incr_style='constant'; set 'linear' or 'cosine' for a schedule"
+              for k, v in given.items() if v not in (None, self.weight_decay)]
+    if style in ("linear", "cosine") and (start is None or end is None):
+      return [f"optim.weight_decay_incr_style={style!r} needs optim.start_weight_decay and optim.end_weight_decay "
+              f"(the schedule's first and last values), not {start} and {end}"]
+    if style in ("linear", "cosine") and not 0 <= start <= end:
+      return [f"optim.start_weight_decay={start} must be between 0 and optim.end_weight_decay={end} "
+              "(Megatron's weight decay only rises)"]
+    return []
+
+  def _decoupled_lr_problems(self):
+    lr, min_lr = self.decoupled_lr, self.decoupled_min_lr
+    if lr is None:
+      return [] if min_lr is None else [f"optim.decoupled_min_lr={min_lr} needs optim.decoupled_lr (the embedding "
+                                        "and output layer's peak learning rate)"]
+    if not lr > 0:
+      return [f"optim.decoupled_lr={lr} must be > 0 (or None: the embedding and output layer take optim.lr)"]
+    if min_lr is not None and not 0 <= min_lr <= lr:
+      return [f"optim.decoupled_min_lr={min_lr} must be between 0 and optim.decoupled_lr={lr}"]
+    return []
 
 
 @frozen

@@ -1,5 +1,6 @@
-"""AdamW with decoupled weight decay, Megatron's learning-rate schedules, global-norm clipping; optionally
-precision-aware (moments below fp32, update math in fp32)."""
+"""AdamW with decoupled weight decay, Megatron's learning-rate and weight-decay schedules (its decoupled
+learning rate for the embedding and output layer too), global-norm clipping; optionally precision-aware
+(moments below fp32, update math in fp32)."""
 from __future__ import annotations
 
 import jax
@@ -7,15 +8,19 @@ import jax.numpy as jnp
 import optax
 
 
-def lr_schedule(cfg) -> optax.Schedule:
+def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
   """Megatron's learning rate (OptimizerParamScheduler.get_lr) at a step counted from 0: linear
   warmup from optim.lr_warmup_init to optim.lr over lr_warmup_iters steps (or lr_warmup_fraction of
   the decay's), then optim.lr_decay_style
   down to optim.min_lr at lr_decay_iters (default train.train_iters), min_lr after; `constant` stays
-  at lr. Written out rather than joined from optax's schedules, which have no WSD and no Megatron
-  inverse-square-root; tests/train/test_optim.py holds it to megatron-core's scheduler."""
+  at lr. `decoupled`: that of Megatron's param group of the embedding and output layer, the same
+  shape between optim.decoupled_lr and optim.decoupled_min_lr (None: min_lr). Written out rather
+  than joined from optax's schedules, which have no WSD and no Megatron inverse-square-root;
+  tests/train/test_optim.py holds it to megatron-core's scheduler."""
   o = cfg.optim
   style, lr, min_lr = o.lr_decay_style, o.lr, o.min_lr
+  if decoupled:
+    lr, min_lr = o.decoupled_lr, min_lr if o.decoupled_min_lr is None else o.decoupled_min_lr
   decay = o.lr_decay_iters or cfg.train.train_iters
   warmup = o.lr_warmup_iters if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
   samples = cfg.train.global_batch_size  # Megatron counts in samples, which only its clamps to 1 see
@@ -49,12 +54,63 @@ def lr_schedule(cfg) -> optax.Schedule:
   return schedule
 
 
+def weight_decay_schedule(cfg) -> optax.Schedule:
+  """Megatron's weight decay (OptimizerParamScheduler.get_wd) at a step counted from 0: from
+  optim.start_weight_decay to optim.end_weight_decay over train.train_iters steps (Megatron's
+  wd_incr_steps), rising along a line or half a cosine (optim.weight_decay_incr_style), then
+  end_weight_decay."""
+  o = cfg.optim
+  start, end, steps = o.start_weight_decay, o.end_weight_decay, cfg.train.train_iters
+
+  def schedule(step):
+    ratio = jnp.clip(jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
+    coeff = ratio if o.weight_decay_incr_style == "linear" else 0.5 * (jnp.cos(jnp.pi * (1.0 - ratio)) + 1.0)
+    return start + coeff * (end - start)
+
+  return schedule
+
+
 def decay_mask(params):
   """Weight decay on matrices only: not on norm scales or biases (Megatron's default)."""
   def keep(path, leaf):
     names = [getattr(k, "key", "") for k in path]
     return not any(n in ("scale", "bias") for n in names)
   return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def is_embedding_or_output_parameter(path) -> bool:
+  """Megatron's attribute of that name: the input embedding's table (also the output layer when
+  tied) and the untied output layer's kernel. The MTP depths use these two and own neither."""
+  return getattr(path[0], "key", None) in ("embedding", "output_layer")
+
+
+def scale_by_learning_rate(cfg) -> optax.GradientTransformation:
+  """optax.scale_by_learning_rate(lr_schedule(cfg)), with optim.decoupled_lr the embedding and
+  output layer's updates scaled by their own schedule (Megatron's decoupled param group) instead;
+  the state is optax's either way (one step count), so checkpoints restore across the setting."""
+  lr = lr_schedule(cfg)
+  if cfg.optim.decoupled_lr is None:
+    return optax.scale_by_learning_rate(lr)
+  decoupled = lr_schedule(cfg, decoupled=True)
+
+  def update(updates, state, params=None):
+    del params
+    main, emb = -lr(state.count), -decoupled(state.count)
+    updates = jax.tree_util.tree_map_with_path(
+        lambda path, u: jnp.asarray(emb if is_embedding_or_output_parameter(path) else main, u.dtype) * u, updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(optax.scale_by_schedule(lr).init, update)
+
+
+def adamw(cfg) -> optax.GradientTransformation:
+  """optax.adamw's chain (Adam, decoupled weight decay on `decay_mask`, times the learning rate, as
+  torch's AdamW in Megatron) with Megatron's weight-decay schedule and decoupled learning rate. A
+  constant decay stays a float: optax keeps a step count in the state only for a scheduled one."""
+  o = cfg.optim
+  wd = o.weight_decay if o.weight_decay_incr_style == "constant" else weight_decay_schedule(cfg)
+  return optax.chain(optax.scale_by_adam(b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps),
+                     optax.add_decayed_weights(wd, decay_mask), scale_by_learning_rate(cfg))
 
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -102,10 +158,7 @@ def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "f
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
   o = cfg.optim
-  opt = optax.chain(
-      optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(),
-      optax.adamw(lr_schedule(cfg), b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps,
-                  weight_decay=o.weight_decay, mask=decay_mask))
+  opt = optax.chain(optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(), adamw(cfg))
   if o.use_precision_aware_optimizer:
     return precision_aware(opt, o.exp_avg_dtype, o.exp_avg_sq_dtype)
   return keep_state_dtypes(opt)
