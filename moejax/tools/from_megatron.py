@@ -1,8 +1,10 @@
-"""`python -m moejax.tools.from_megatron [--out configs/NAME.py] -- <Megatron arguments>` or
-`python -m moejax.tools.from_megatron SCRIPT.sh [--out ...]`: a moejax recipe from a Megatron-LM run.
+"""`python -m moejax.tools.from_megatron [--out configs/NAME.py] -- <Megatron arguments>`,
+`python -m moejax.tools.from_megatron SCRIPT.sh [--set NAME=VALUE ...] [--out ...]` or
+`python -m moejax.tools.from_megatron NAME.yaml --set TP=1 --set EP=8 ... [-- extra arguments]`: a moejax
+recipe from a Megatron-LM run.
 
-The arguments (or those a launch script passes to `pretrain_gpt.py`, read by
-moejax/tools/shell_script.py) go through the flag table of moejax/tools/megatron_flags.py. The
+The arguments (or those a launch script passes to `pretrain_gpt.py`, read by moejax/tools/shell_script.py,
+or a Megatron-MoE-ModelZoo config's, read by moejax/tools/megatron_yaml.py) go through the flag table of moejax/tools/megatron_flags.py. The
 recipe is `get_config()` returning `base_config()` with Megatron's defaults where moejax's differ
 and then the run's values; its docstring and the command's output list every argument that set
 no key, with the reason. The recipe is checked (`moejax.train.validate`, without devices) before
@@ -12,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+
+import yaml
 
 from moejax.config import ConfigError, base_config
 from moejax.tools.megatron_flags import Conversion, convert
+from moejax.tools.megatron_yaml import yaml_arguments
 from moejax.tools.shell_script import read_launch
 from moejax.train.validate import validate
 
@@ -90,26 +96,43 @@ def _placeholders(conv: Conversion) -> None:
                            "validation split of data.path: train.eval_interval=0 until data.path is set"))
         conv.values["train.eval_interval"] = 0
     else:
-      conv.notes.append((f"{key}={value!r}", f"a placeholder of the script: set {key} in the recipe"))
+      conv.notes.append((f"{key}={value!r}", f"a placeholder of the script: set {key} in the recipe (or its "
+                                             "variable with --set NAME=VALUE)"))
 
 
 def run(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m moejax.tools.from_megatron", description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", help="recipe file to write (default: print it)")
   ap.add_argument("--title", help="first docstring line (default: from the source)")
-  ap.add_argument("source", nargs="*", help="a launch script, or (after --) Megatron's arguments")
-  args = ap.parse_args(argv)
+  ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                  help="a variable of the script or config, as if exported before it runs (TP=2): a script's "
+                       "${NAME:-default}, a ModelZoo config's ${NAME}; repeat for several")
+  ap.add_argument("source", nargs="*", help="a launch script or ModelZoo config (then any extra arguments, as its "
+                                            "sbatch script appends them), or (after --) Megatron's arguments")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  cut = argv.index("--") if "--" in argv else len(argv)  # Megatron's arguments after --, as they are
+  args = ap.parse_args(argv[:cut])
+  args.source += argv[cut + 1:]
   if not args.source or not (args.source[0].startswith("-") or os.path.isfile(args.source[0])):
     what = f"{args.source[0]}: no such launch script" if args.source else "nothing to convert"
-    ap.error(f"{what}; give a script (SCRIPT.sh) or Megatron's arguments after -- (-- --num-layers 32 ...)")
-  if len(args.source) == 1 and os.path.isfile(args.source[0]):
-    source = args.source[0]
+    ap.error(f"{what}; give a script (SCRIPT.sh), a Megatron-MoE-ModelZoo config (NAME.yaml) or Megatron's "
+             "arguments after -- (-- --num-layers 32 ...)")
+  bad = [kv for kv in args.set if not re.fullmatch(r"\w+=.*", kv)]
+  if bad:
+    ap.error(f"--set {bad[0]}: give NAME=VALUE (--set TP=2)")
+  variables = dict(kv.split("=", 1) for kv in args.set)
+  if os.path.isfile(args.source[0]):
+    source, extra = args.source[0], args.source[1:]
     try:
-      launch = read_launch(open(source).read())
-    except ValueError as e:
+      if source.endswith((".yaml", ".yml")):
+        argv_m, assumed = yaml_arguments(open(source).read(), variables), []
+      else:
+        launch = read_launch(open(source).read(), variables)
+        argv_m, assumed = launch.arguments, [(f"(script) {cmd}", why) for cmd, why in launch.assumptions]
+    except (ValueError, yaml.YAMLError) as e:
       print(f"{source}: {e}", file=sys.stderr)
       return 2
-    argv_m, assumed = launch.arguments, [(f"(script) {cmd}", why) for cmd, why in launch.assumptions]
+    argv_m = argv_m + extra
   else:
     source, argv_m, assumed = "a Megatron argument list", list(args.source), []
   conv = convert(argv_m)

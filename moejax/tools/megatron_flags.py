@@ -283,12 +283,26 @@ UNMAPPED: dict[str, str] = {
     "--fake-init-process-group": "python -m moejax.plan estimates memory per GPU; train.py validates a layout "
                                  "without GPUs",
     "--no-gradient-accumulation-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
+    "--no-load-optim": "moejax resumes a run whole (WORKDIR/checkpoints) or starts one from weights with a fresh "
+                       "optimizer (checkpoint.load_params, which --finetune and --pretrained-checkpoint set)",
+    "--no-load-rng": "moejax's random keys come from the step (router jitter, forced balancing): nothing to load",
+    "--no-save-optim": "moejax checkpoints always hold the optimizer state (checkpoint.load_params reads the weights "
+                       "alone)",
+    "--no-ckpt-fully-parallel-save": "moejax checkpoints are Orbax (every process writes its own shards)",
+    "--account-for-embedding-in-pipeline-split": "changes only how layers are split into stages: write the split as "
+                                                 "parallel.pipeline_layout (its E and L stand for the embedding and "
+                                                 "the loss)",
+    "--account-for-loss-in-pipeline-split": "changes only how layers are split into stages: write the split as "
+                                            "parallel.pipeline_layout (its E and L stand for the embedding and the "
+                                            "loss)",
     "--no-rope-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-bias-swiglu-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-bias-gelu-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-bias-dropout-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-persist-layer-norm": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--rotary-percent": "moejax rotates every dim of a head (only 1.0 is the same model)",
+    "--rotary-seq-len-interpolation-factor": "moejax has no linear position interpolation (only 1 is the same model; "
+                                             "YaRN is model.rope_type='yarn')",
     "--init-model-with-meta-device": "moejax initializes each parameter shard on its own device (jit with shardings)",
     "--fsdp-double-buffer": "a buffer choice of Megatron's FSDP; XLA schedules the parameter all-gathers",
     "--use-nccl-ub": "a buffer choice of Megatron's NCCL communication; XLA allocates collective buffers",
@@ -311,9 +325,10 @@ _VALUE_FALLBACKS = {
                                                           "moejax: alltoall is used"),
 }
 # unmapped flags that are the same run only at these values
-_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"), "--rotary-percent": ("1", "1.0"),
-                "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",), "--megatron-fsdp-grad-comm-dtype": ("fp32",),
-                "--megatron-fsdp-main-grads-dtype": ("fp32",)}
+_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
+                "--rotary-percent": ("1", "1.0"), "--rotary-seq-len-interpolation-factor": ("1", "1.0"),
+                "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",),
+                "--megatron-fsdp-grad-comm-dtype": ("fp32",), "--megatron-fsdp-main-grads-dtype": ("fp32",)}
 # Megatron's sample-based schedule: iterations = samples / global batch
 _SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
             "--lr-warmup-samples": "optim.lr_warmup_iters", "--lr-wsd-decay-samples": "optim.lr_wsd_decay_iters"}

@@ -275,9 +275,11 @@ class _Reader:
     return None
 
 
-def read_launch(text: str) -> Launch:
-  """The launch's arguments (module docstring); ValueError when no command runs a `.py` file."""
+def read_launch(text: str, variables: dict[str, str] | None = None) -> Launch:
+  """The launch's arguments (module docstring), with `variables` set as if exported before the script runs
+  (they win over its `${NAME:-default}`); ValueError when no command runs a `.py` file."""
   reader = _Reader()
+  reader.strings.update(variables or {})
   arguments = reader.run(text)
   if arguments is None:
     held = [f"${{{n}[@]}}" for n, v in reader.arrays.items() if any(w.startswith("--") for w in v)]

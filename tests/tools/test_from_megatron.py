@@ -1,6 +1,6 @@
-"""Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README and the
-DeepSeek-V3 launch script of Megatron-LM's examples (tests/tools/fixtures/, sources in their
-headers) become recipes that build and validate, with the script's values; every argument sets a
+"""Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README, the
+DeepSeek-V3 launch script of Megatron-LM's examples and Megatron-MoE-ModelZoo's Qwen3-30B-A3B config
+(tests/tools/fixtures/, sources in their headers) become recipes that build and validate, with the script's values; every argument sets a
 key or is listed with its reason; README's flag table is the code's table."""
 import re
 
@@ -10,6 +10,7 @@ from moejax.config import model_spec
 from moejax.config.recipes import load_recipe
 from moejax.tools.from_megatron import run
 from moejax.tools.megatron_flags import FLAGS, UNMAPPED, convert, layer_pattern, split_arguments
+from moejax.tools.megatron_yaml import yaml_arguments
 from moejax.tools.shell_script import read_launch
 from moejax.train.validate import validate
 
@@ -181,3 +182,51 @@ def test_fsdp_strategy_offload_fraction_per_token_loss_and_partial_rotary():
   assert convert(["--calculate-per-token-loss"]).values["train.calculate_per_token_loss"] is True
   notes = convert(["--rotary-percent", "1.0", "--rotary-percent", "0.5"]).notes
   assert [why.startswith("NOT THE SAME RUN") for given, why in notes if given.startswith("--rotary")] == [False, True]
+
+
+# Megatron-MoE-ModelZoo's runtime table (runtime_configs/benchmarking/runtime.conf) for Qwen3-30B-A3B, as its
+# sbatch script exports them before filling the config, and best_practice/qwen3/run_30b.sh's first run's extra flag
+QWEN3_ZOO = dict(TP="1", PP="1", EP="8", CP="1", VPP="1", MBS="1", GBS="256", SEQ_LEN="4096",
+                 MOE_TOKEN_DISPATCHER="alltoall", MOE_GROUPED_GEMM="true")
+
+
+def test_modelzoo_qwen3_config(repo_root, tmp_path):
+  path = repo_root / "tests" / "tools" / "fixtures" / "qwen3_30b_a3b_modelzoo.yaml"
+  out = tmp_path / "qwen3.py"
+  sets = [f"--set={k}={v}" for k, v in QWEN3_ZOO.items()]
+  assert run([str(path), *sets, "--out", str(out), "--", "--moe-router-force-load-balancing"]) == 0
+  cfg, text = load_recipe(str(out)), out.read_text()
+  argv = yaml_arguments(path.read_text(), QWEN3_ZOO) + ["--moe-router-force-load-balancing"]
+  validate(cfg)
+  validate(cfg, 32)  # the table's 4 nodes x 8 GPUs
+  _script_values_kept(cfg, argv)
+  spec = model_spec(cfg)
+  assert (spec.num_layers, spec.hidden_size, spec.attention.num_query_groups, spec.attention.kv_channels) == (48, 2048,
+                                                                                                            4, 128)
+  assert spec.attention.qk_layernorm and spec.norm_epsilon == 1e-6 and spec.make_vocab_size_divisible_by == 1187
+  r = spec.moe.router
+  assert (spec.moe.num_experts, spec.moe_ffn_hidden_size, r.router_topk, r.aux_loss_coeff) == (128, 768, 8, 1e-3)
+  assert r.router_force_load_balancing and not r.router_pre_softmax  # `--moe-router-pre-softmax: false` left out
+  assert (cfg.parallel.ep, cfg.train.global_batch_size, cfg.train.train_iters) == (8, 256, 268554688 // 256)
+  assert cfg.optim.lr == 1.2e-4 and cfg.logging.log_params_norm
+  assert "--moe-router-pre-softmax" not in argv and "--wandb-exp-name Qwen3-30B-A3B-TP1PP1EP8CP1VPP1-MBS1GBS256-${COMMENT}" \
+      in text  # a variable not given stays as written
+  assert "unknown to moejax" not in text
+
+
+def test_modelzoo_config_reading_and_script_variables(repo_root, tmp_path, capsys):
+  text = "ENV_VARS:\n  A: 1\nMODEL_ARGS:\n  --num-layers: ${L}\n  --bf16: true\n  --swiglu: false\n" \
+         "  --recompute-modules: moe_act layernorm\n  --lr: 1.2e-4\n  --data-path: ${DATA}\n"
+  assert yaml_arguments(text, {"L": "4"}) == ["--num-layers", "4", "--bf16", "--recompute-modules", "moe_act",
+                                              "layernorm", "--lr", "0.00012", "--data-path", "${DATA}"]
+  with pytest.raises(ValueError, match="no MODEL_ARGS mapping"):
+    yaml_arguments("ENV_VARS: {}\n", {})
+  # --set: a script's ${NAME:-default} takes the given value, as if exported before it runs
+  script = repo_root / "tests" / "tools" / "fixtures" / "deepseek_v3_megatron.sh"
+  out = tmp_path / "ds.py"
+  assert run([str(script), "--set", "EP=16", "--set", "USE_MEGATRON_FSDP=0", "--out", str(out)]) == 0
+  cfg = load_recipe(str(out))
+  assert cfg.parallel.ep == 16 and not cfg.parallel.fsdp
+  with pytest.raises(SystemExit) as e:
+    run([str(script), "--set", "EP"])
+  assert e.value.code == 2 and "--set EP: give NAME=VALUE" in capsys.readouterr().err
