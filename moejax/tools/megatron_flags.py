@@ -228,6 +228,7 @@ MEGATRON_DEFAULTS = {
 _SAME = "moejax always does this"
 _NO_FP8 = "NOT THE SAME RUN: FP8 is not in moejax yet (bf16 compute)"
 _GRAPH = "XLA compiles the whole step into one program; there are no CUDA-graph settings"
+_NO_LINEAR_ATTENTION = "NOT THE SAME RUN: linear attention (Qwen3-Next's gated DeltaNet layers) is not in moejax"
 # arguments with no key, and why: what moejax does anyway, or what it does not do
 UNMAPPED: dict[str, str] = {
     "--disable-bias-linear": f"{_SAME} (no biases on linear layers; QKV/output biases have their own keys)",
@@ -313,6 +314,14 @@ UNMAPPED: dict[str, str] = {
     "--wandb-project": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
     "--wandb-exp-name": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
     "--wandb-save-dir": "moejax logs to TensorBoard (logging.tensorboard) and metrics.jsonl, not to Weights & Biases",
+    "--attention-output-gate": "NOT THE SAME RUN: the gated attention output (Qwen3-Next) is not in moejax",
+    "--apply-layernorm-1p": "NOT THE SAME RUN: norms with zero-centered scales (1 + w) are not in moejax",
+    "--no-weight-decay-cond-type": "NOT THE SAME RUN: moejax has one rule, Megatron's default (decay on matrices, "
+                                   "not on norm scales or biases)",
+    "--linear-attention-type": _NO_LINEAR_ATTENTION, "--linear-attention-freq": _NO_LINEAR_ATTENTION,
+    "--linear-conv-kernel-dim": _NO_LINEAR_ATTENTION, "--linear-key-head-dim": _NO_LINEAR_ATTENTION,
+    "--linear-value-head-dim": _NO_LINEAR_ATTENTION, "--linear-num-key-heads": _NO_LINEAR_ATTENTION,
+    "--linear-num-value-heads": _NO_LINEAR_ATTENTION,
     "--fp8": _NO_FP8, "--fp8-format": _NO_FP8, "--fp8-recipe": _NO_FP8, "--fp8-param-gather": _NO_FP8,
     "--moe-router-padding-for-fp8": _NO_FP8, "--reuse-grad-buf-for-mxfp8-param-ag": _NO_FP8,
     "--cuda-graph-impl": _GRAPH, "--cuda-graph-modules": _GRAPH, "--cuda-graph-scope": _GRAPH,
