@@ -348,7 +348,11 @@ class ModelSpec(Spec, section="model"):
   # padded rows are never predicted (their logits are masked) and exports cut them off.
   make_vocab_size_divisible_by: int = 128
   norm_epsilon: float = 1e-5
+  # weights ~ N(0, init_method_std); each layer's output projections (attention's, the MLPs' and the
+  # experts' fc2) ~ N(0, output_layer_init_std), Megatron's scaled init; the embedding table
+  # ~ N(0, embedding_init_method_std or init_method_std)
   init_method_std: float = 0.02
+  embedding_init_method_std: float | None = None
   params_dtype: Literal["float32", "bfloat16"] = "float32"        # master weights
   dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # compute
   # the LM head and its cross-entropy in one chunked pass, no [tokens, vocab] logits (layers/cross_entropy.py)
@@ -383,6 +387,8 @@ class ModelSpec(Spec, section="model"):
     a, d, freq = self.attention, self.documents, self.moe.layer_freq
     for key, ok, rule in (("norm_epsilon", self.norm_epsilon > 0, "> 0 (e.g. 1e-5)"),
                           ("init_method_std", self.init_method_std > 0, "> 0 (e.g. 0.02)"),
+                          ("embedding_init_method_std", (self.embedding_init_method_std or 1) > 0,
+                           "> 0 (or None: model.init_method_std)"),
                           ("mtp_loss_scaling_factor", self.mtp_loss_scaling_factor >= 0, ">= 0 (e.g. 0.1)")):
       if not ok:
         bad.append(f"model.{key}={getattr(self, key)} must be {rule}")
@@ -443,6 +449,12 @@ class ModelSpec(Spec, section="model"):
   def v_dim(self) -> int:
     mla = self.attention.mla
     return mla.v_head_dim if mla.multi_latent_attention else self.head_dim
+
+  @property
+  def output_layer_init_std(self) -> float:
+    """Megatron's scaled init of the output projections: init_method_std / sqrt(2 · num_layers), so that
+    the residual stream's variance at init does not grow with depth."""
+    return self.init_method_std / math.sqrt(2 * self.num_layers)
 
   @property
   def moe_ffn_hidden_size(self) -> int:

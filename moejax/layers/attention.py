@@ -65,9 +65,10 @@ class Projections(nn.Module):
   """Shared helpers of the attention modules: weights and biases in the compute dtype."""
   spec: ModelSpec
 
-  def weight(self, name, shape, axes):
+  def weight(self, name, shape, axes, std: float | None = None):
+    """A projection in the compute dtype, ~ N(0, std or model.init_method_std)."""
     s = self.spec
-    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(s.init_method_std), axes),
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(std or s.init_method_std), axes),
                       shape, s.params_dtype).astype(s.dtype)
 
   def bias(self, name, shape, axes):
@@ -106,7 +107,8 @@ class Attention(Projections):
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     o_BSND = attend(q_BSND, k_BSKD, v_BSKD, segments_BS, s)
     o_BSND = tag(nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim")), "attn_proj")
-    out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self.weight("o", (N, D, H), ("heads", "head_dim", "embed")))
+    out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self.weight("o", (N, D, H), ("heads", "head_dim", "embed"),
+                                                                   s.output_layer_init_std))
     if a.attention_output_bias:
       out_BSH = out_BSH + self.bias("o_bias", (H,), ("embed",))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

@@ -131,8 +131,8 @@ class Embedding(nn.Module):
   def setup(self):
     s = self.spec
     self.embedding = self.param("embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(s.init_method_std), ("vocab", "embed")), (s.padded_vocab_size, s.hidden_size),
-        s.params_dtype)
+        nn.initializers.normal(s.embedding_init_method_std or s.init_method_std), ("vocab", "embed")),
+        (s.padded_vocab_size, s.hidden_size), s.params_dtype)
 
   def __call__(self, tokens_BS: jax.Array) -> jax.Array:
     x_BSH = _vocab_parallel_lookup(self.embedding.astype(self.spec.dtype), tokens_BS)

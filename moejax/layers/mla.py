@@ -76,7 +76,8 @@ class MLASelfAttention(Projections):
     scale = (Dn + Dr) ** -0.5 * softmax_scale_factor(a.rotary_scaling)
     o_BSNV = attend(q_BSNQ, k_BSNQ, v_BSNV, segments_BS, s, scale)
     o_BSNV = tag(nn.with_logical_constraint(o_BSNV, ("batch", "attn_seq", *heads)), "attn_proj")
-    out_BSH = jnp.einsum("bsnv,nvh->bsh", o_BSNV, self.weight("o", (N, Dv, H), (*heads, "embed")))
+    out_BSH = jnp.einsum("bsnv,nvh->bsh", o_BSNV, self.weight("o", (N, Dv, H), (*heads, "embed"),
+                                                                 s.output_layer_init_std))
     if a.attention_output_bias:
       out_BSH = out_BSH + self.bias("o_bias", (H,), ("embed",))
     return nn.with_logical_constraint(out_BSH, ("batch", "seq", "embed"))

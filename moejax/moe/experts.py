@@ -103,9 +103,11 @@ class _ExpertWeights(nn.Module):
     """w1 [E, H, 2F] and w2 [E, F, H] in the compute dtype."""
     s = self.spec
     E, H, F = s.moe.num_experts, s.hidden_size, s.moe_ffn_hidden_size
-    init = nn.initializers.normal(s.init_method_std)
-    w1 = self.param("w1", nn.with_logical_partitioning(init, W1_AXES), (E, H, 2 * F), s.params_dtype)
-    w2 = self.param("w2", nn.with_logical_partitioning(init, W2_AXES), (E, F, H), s.params_dtype)
+    normal = nn.initializers.normal
+    w1 = self.param("w1", nn.with_logical_partitioning(normal(s.init_method_std), W1_AXES), (E, H, 2 * F),
+                    s.params_dtype)
+    w2 = self.param("w2", nn.with_logical_partitioning(normal(s.output_layer_init_std), W2_AXES), (E, F, H),
+                    s.params_dtype)
     return w1.astype(s.dtype), w2.astype(s.dtype)
 
 

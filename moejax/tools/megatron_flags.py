@@ -96,6 +96,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--mtp-loss-scaling-factor": ("model.mtp_loss_scaling_factor", float),
     "--make-vocab-size-divisible-by": ("model.make_vocab_size_divisible_by", int),
     "--init-method-std": ("model.init_method_std", float),
+    "--embedding-init-method-std": ("model.embedding_init_method_std", float),
     "--bf16": ("model.dtype", lambda _v, _a: "bfloat16"),
     "--fp16": ("model.dtype", lambda _v, _a: "float16"),
     # MoE
