@@ -89,6 +89,7 @@ EOF
 """
   assert read_launch(script) == (["--num-layers", "2", "--moe-layer-freq", "[0]*1+[1]*1"], [])
   assert read_launch("CMD='torchrun pretrain_gpt.py --lr 1'\neval $CMD\n").arguments == ["--lr", "1"]
+  assert read_launch("B=$((1<<20))\n3\npython pretrain_gpt.py --bucket $B\n").arguments == ["--bucket", "$((1<<20))"]
 
 
 def test_no_launch_names_the_variables_that_hold_arguments():
