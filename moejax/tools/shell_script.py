@@ -31,6 +31,7 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
         ast.Div: operator.floordiv}
 _ASSIGN = re.compile(r"^(?:(?:export|local|readonly|declare(?:\s+-\w+)*)\s+)?(\w+)(\+?)=(.*)$", re.S)
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_]\w*)\1")  # a word: `$((1<<20))` is no here-document
+_JOINS = ((("||", "-o"), any), (("&&", "-a"), all))
 _INT_TESTS = {"-eq": operator.eq, "-ne": operator.ne, "-lt": operator.lt, "-le": operator.le,
               "-gt": operator.gt, "-ge": operator.ge}
 
@@ -57,14 +58,15 @@ def _arith(expr: str) -> str:
     return f"$(({expr}))"
 
 
-def _scan(text: str) -> tuple[str, str | None]:
-  """(`text` without its `# comments`, the quote still open at its end or None). A # inside quotes
-  or ${...}, or not at a word's start, stays; a backslash escapes the next character outside single quotes."""
-  out, quote, depth, k = [], None, 0, 0
+def _scan(text: str) -> tuple[str, str | None, list[int]]:
+  """(`text` without its `# comments`, the quote still open at its end or None, the places in it of each
+  `;` outside quotes, where a command ends (`;;` is none)). A # inside quotes or ${...}, or not at a
+  word's start, stays; a backslash escapes the next character outside single quotes."""
+  out, quote, depth, k, cuts = [], None, 0, 0, []
   while k < len(text):
     ch = text[k]
     if ch == "\\" and quote != "'" and k + 1 < len(text):
-      out.append(text[k:k + 2])
+      out += text[k:k + 2]
       k += 2
       continue
     if quote:
@@ -79,28 +81,11 @@ def _scan(text: str) -> tuple[str, str | None]:
       while k < len(text) and text[k] != "\n":
         k += 1
       continue
+    elif ch == ";" and ";" not in (text[k + 1:k + 2], text[k - 1:k]):
+      cuts.append(len(out))
     out.append(ch)
     k += 1
-  return "".join(out), quote
-
-
-def _split_commands(code: str) -> list[str]:
-  """`code` cut at each `;` outside quotes (`;;` stays)."""
-  parts, start, quote, k = [], 0, None, 0
-  while k < len(code):
-    ch = code[k]
-    if ch == "\\" and quote != "'":
-      k += 2
-      continue
-    if quote:
-      quote = None if ch == quote else quote
-    elif ch in "\"'":
-      quote = ch
-    elif ch == ";" and code[k + 1:k + 2] != ";" and code[k - 1:k] != ";":
-      parts.append(code[start:k])
-      start = k + 1
-    k += 1
-  return parts + [code[start:]]
+  return "".join(out), quote, cuts
 
 
 def _commands(text: str) -> Iterator[str]:
@@ -109,11 +94,11 @@ def _commands(text: str) -> Iterator[str]:
   lines = text.replace("\\\n", " ").splitlines()
   i = 0
   while i < len(lines):
-    code, quote = _scan(lines[i])
+    code, quote, cuts = _scan(lines[i])
     array = re.match(r"^\s*(?:export\s+)?\w+\+?=\(", code)
     while (quote or (array and not code.rstrip().endswith(")"))) and i + 1 < len(lines):
       i += 1
-      code, quote = _scan(code + "\n" + lines[i])
+      code, quote, cuts = _scan(code + "\n" + lines[i])
     i += 1
     heredoc = _HEREDOC.search(code) if not quote else None
     if heredoc:
@@ -122,10 +107,17 @@ def _commands(text: str) -> Iterator[str]:
         body.append(lines[i])
         i += 1
       i += 1
-      yield from _split_commands(code[:heredoc.start()])
+      code, cuts = code[:heredoc.start()], [c for c in cuts if c < heredoc.start()]
+      yield from _split(code, cuts)
       yield from _commands("\n".join(body))
       continue
-    yield from (c.strip() for c in (_split_commands(code) if not array else [code]) if c.strip())
+    yield from _split(code, [] if array else cuts)
+
+
+def _split(code: str, cuts: list[int]) -> Iterator[str]:
+  """The commands of `code`, cut at `cuts`."""
+  ends = cuts + [len(code)]
+  yield from (c for c in (code[a:b].strip() for a, b in zip([0] + [c + 1 for c in cuts], ends)) if c)
 
 
 class _Reader:
@@ -200,19 +192,16 @@ class _Reader:
       self.assumptions.append((cmd, "condition not evaluated: its branch taken"))
       return True
 
-  def _or(self, t, k):
-    value, k = self._and(t, k)
-    while k < len(t) and t[k] in ("||", "-o"):
-      right, k = self._and(t, k + 1)
-      value = value or right
-    return value, k
-
-  def _and(self, t, k):
-    value, k = self._unary(t, k)
-    while k < len(t) and t[k] in ("&&", "-a"):
-      right, k = self._unary(t, k + 1)
-      value = value and right
-    return value, k
+  def _or(self, t, k, level=0):
+    """Tests joined by `||`/`-o` (level 0) of tests joined by `&&`/`-a` (level 1) of single tests."""
+    ops, combine = _JOINS[level]
+    operand = (lambda k: self._or(t, k, level + 1)) if level + 1 < len(_JOINS) else (lambda k: self._unary(t, k))
+    value, k = operand(k)
+    values = [value]
+    while k < len(t) and t[k] in ops:
+      value, k = operand(k + 1)
+      values.append(value)
+    return combine(values), k
 
   def _unary(self, t, k):
     if t[k] == "!":
