@@ -15,8 +15,8 @@ from moejax.config.spec import unknown_keys
 __all__ = [
     "AttentionSpec", "CheckpointSpec", "ConfigError", "CrossEntropyImpl", "DataSpec", "DispatchSpec",
     "DocumentSpec", "FSDPSpec", "GroupedGemmImpl", "LoadBalancingType", "LoggingSpec", "LossSpec", "MLASpec",
-    "ModelSpec", "MoESpec", "OptimSpec", "ParallelSpec", "RecomputeSpec", "RotaryScalingSpec", "RouterSpec", "RunError", "Spec", "TrainSpec",
-    "apply_overrides", "base_config",
+    "ModelSpec", "MoESpec", "OptimSpec", "ParallelSpec", "RecomputeSpec", "RotaryScalingSpec", "RouterSpec",
+    "RunError", "Spec", "TrainSpec", "apply_overrides", "base_config",
     "check_override_keys", "choices", "model_spec", "padded_vocab_size", "problems", "split_none_overrides",
     "unknown_keys",
 ]

@@ -1,15 +1,14 @@
-"""`python -m moejax.tools.from_megatron [--out configs/NAME.py] -- <Megatron arguments>`,
+"""A moejax recipe from a Megatron-LM run:
+`python -m moejax.tools.from_megatron [--out configs/NAME.py] -- <Megatron arguments>`,
 `python -m moejax.tools.from_megatron SCRIPT.sh [--set NAME=VALUE ...] [--out ...]` or
-`python -m moejax.tools.from_megatron NAME.yaml --set TP=1 --set EP=8 ... [-- extra arguments]`: a moejax
-recipe from a Megatron-LM run.
+`python -m moejax.tools.from_megatron NAME.yaml --set TP=1 --set EP=8 ... [--out ...] [-- extra arguments]`.
 
 The arguments (or those a launch script passes to `pretrain_gpt.py`, read by moejax/tools/shell_script.py,
-or a Megatron-MoE-ModelZoo config's, read by moejax/tools/megatron_yaml.py) go through the flag table of moejax/tools/megatron_flags.py. The
-recipe is `get_config()` returning `base_config()` with Megatron's defaults where moejax's differ
-and then the run's values; its docstring and the command's output list every argument that set
-no key, with the reason. The recipe is checked (`moejax.train.validate`, without devices) before
-it is written; its problems are printed.
-"""
+or a Megatron-MoE-ModelZoo config's, read by moejax/tools/megatron_yaml.py) go through the flag table of
+moejax/tools/megatron_flags.py. The recipe is `get_config()` returning `base_config()` with Megatron's
+defaults where moejax's differ and then the run's values; its docstring and the command's output list every
+argument that set no key, with the reason. The recipe is checked (`moejax.train.validate`, without devices)
+before it is written; its problems are printed."""
 from __future__ import annotations
 
 import argparse

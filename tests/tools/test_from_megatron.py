@@ -1,7 +1,7 @@
-"""Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README, the
-DeepSeek-V3 launch script of Megatron-LM's examples and Megatron-MoE-ModelZoo's Qwen3-30B-A3B config
-(tests/tools/fixtures/, sources in their headers) become recipes that build and validate, with the script's values; every argument sets a
-key or is listed with its reason; README's flag table is the code's table."""
+"""Megatron runs → recipes: the Mixtral 8x7B script of Megatron-Core's MoE README, the DeepSeek-V3 launch
+script of Megatron-LM's examples and Megatron-MoE-ModelZoo's Qwen3-30B-A3B config (tests/tools/fixtures/,
+sources in their headers) become recipes that build and validate, with the script's values; every argument
+sets a key or is listed with its reason; README's flag table is the code's table."""
 import re
 
 import pytest
