@@ -339,6 +339,22 @@ _ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "
                 "--rotary-percent": ("1", "1.0"), "--rotary-seq-len-interpolation-factor": ("1", "1.0"),
                 "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",),
                 "--megatron-fsdp-grad-comm-dtype": ("fp32",), "--megatron-fsdp-main-grads-dtype": ("fp32",)}
+# Megatron's defaults that moejax does not have, named when no argument of the run replaces them
+_MISSING_DEFAULTS = (
+    (("--swiglu",), "(no --swiglu)", "NOT THE SAME RUN: Megatron's MLPs are then GeLU, not gated; moejax's are "
+                                     "SwiGLU"),
+    (("--normalization",), "(no --normalization)", "NOT THE SAME RUN: Megatron's default norm is LayerNorm; moejax "
+                                                   "uses RMSNorm"),
+    (("--position-embedding-type", "--use-rotary-position-embeddings"), "(no --position-embedding-type)",
+     "NOT THE SAME RUN: Megatron's default is a learned absolute position table; moejax uses rotary embeddings"),
+    (("--disable-bias-linear",), "(no --disable-bias-linear)", "NOT THE SAME RUN: Megatron's linear layers then "
+                                                               "have biases; moejax's have none (attention biases: "
+                                                               "model.add_qkv_bias, model.attention_output_bias)"),
+    (("--attention-dropout",), "(no --attention-dropout)", "NOT THE SAME RUN: Megatron's default attention dropout "
+                                                           "is 0.1; moejax has no dropout"),
+    (("--hidden-dropout",), "(no --hidden-dropout)", "NOT THE SAME RUN: Megatron's default hidden dropout is 0.1; "
+                                                     "moejax has no dropout"),
+)
 # Megatron's sample-based schedule: iterations = samples / global batch
 _SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
             "--lr-warmup-samples": "optim.lr_warmup_iters", "--lr-wsd-decay-samples": "optim.lr_wsd_decay_iters"}
@@ -428,6 +444,7 @@ def convert(argv: list[str]) -> Conversion:
   if "--num-experts" in seen and "--moe-router-dtype" not in seen:
     out.notes.append(("(no --moe-router-dtype)", "Megatron's router then computes in the model's dtype; moejax's "
                                                 "in fp32 at least (moe.router_dtype)"))
+  out.notes.extend((given, why) for flags, given, why in _MISSING_DEFAULTS if not any(f in seen for f in flags))
   if "--vocab-size" not in seen:
     out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
                                           "model.vocab_size (it is the base config's until then)"))

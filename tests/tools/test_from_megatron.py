@@ -230,3 +230,15 @@ def test_modelzoo_config_reading_and_script_variables(repo_root, tmp_path, capsy
   with pytest.raises(SystemExit) as e:
     run([str(script), "--set", "EP"])
   assert e.value.code == 2 and "--set EP: give NAME=VALUE" in capsys.readouterr().err
+
+
+def test_megatron_defaults_moejax_lacks_are_named(repo_root):
+  """A run that leaves GeLU MLPs, LayerNorm, learned positions, linear biases or dropout at Megatron's defaults
+  is not moejax's model: each is named; the fixtures' runs set them all."""
+  missing = ("(no --swiglu)", "(no --normalization)", "(no --position-embedding-type)", "(no --disable-bias-linear)",
+             "(no --attention-dropout)", "(no --hidden-dropout)")
+  notes = dict(convert(["--num-layers", "2"]).notes)
+  assert all(notes[m].startswith("NOT THE SAME RUN") for m in missing)
+  for name in ("mixtral_8x7b", "deepseek_v3"):
+    argv = read_launch((repo_root / "tests" / "tools" / "fixtures" / f"{name}_megatron.sh").read_text()).arguments
+    assert not set(missing) & set(dict(convert(argv).notes)), name
