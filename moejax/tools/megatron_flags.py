@@ -234,7 +234,8 @@ _NO_LINEAR_ATTENTION = "NOT THE SAME RUN: linear attention (Qwen3-Next's gated D
 UNMAPPED: dict[str, str] = {
     "--disable-bias-linear": f"{_SAME} (no biases on linear layers; QKV/output biases have their own keys)",
     "--swiglu": f"{_SAME} (SwiGLU MLPs)",
-    "--group-query-attention": "implied by --num-query-groups (model.num_query_groups)",
+    "--group-query-attention": "makes Megatron read --num-query-groups (model.num_query_groups); without it every "
+                               "query head has its own key/value head",
     "--no-position-embedding": f"{_SAME} (no learned absolute position embedding)",
     "--max-position-embeddings": "moejax has no learned position table; rotary positions need no maximum",
     "--use-mcore-models": f"{_SAME} (one model implementation)",
@@ -380,6 +381,25 @@ def split_arguments(argv: list[str]) -> list[tuple[str, list[str]]]:
   return out
 
 
+def _derived_sizes(out: Conversion, seen: dict) -> None:
+  """Sizes Megatron derives when the run gives none (moejax's base config would keep its own): the dense FFN
+  width from the hidden size, and one key/value head per query head without --group-query-attention, which
+  alone makes Megatron read --num-query-groups."""
+  v = out.values
+  if "--ffn-hidden-size" not in seen and isinstance(v.get("model.hidden_size"), int):
+    h = v["model.hidden_size"]
+    v["model.ffn_hidden_size"] = int(4 * h * 2 / 3 / 64) * 64 if "--swiglu" in seen else 4 * h
+    out.notes.append(("(no --ffn-hidden-size)", f"Megatron's default from --hidden-size {h}: model.ffn_hidden_size="
+                                                f"{v['model.ffn_hidden_size']} (4 x hidden; with --swiglu 2/3 of it, "
+                                                "rounded down to a multiple of 64)"))
+  heads = v.get("model.num_attention_heads")
+  if "--group-query-attention" not in seen and "--multi-latent-attention" not in seen and isinstance(heads, int):
+    if v.get("model.num_query_groups", heads) != heads:
+      out.notes.append(("(no --group-query-attention)", f"Megatron reads --num-query-groups only with it: one "
+                                                        f"key/value head per query head, model.num_query_groups={heads}"))
+    v["model.num_query_groups"] = heads
+
+
 def _is_number(tok: str) -> bool:
   try:
     float(tok)
@@ -445,6 +465,7 @@ def convert(argv: list[str]) -> Conversion:
     out.notes.append(("(no --moe-router-dtype)", "Megatron's router then computes in the model's dtype; moejax's "
                                                 "in fp32 at least (moe.router_dtype)"))
   out.notes.extend((given, why) for flags, given, why in _MISSING_DEFAULTS if not any(f in seen for f in flags))
+  _derived_sizes(out, seen)
   if "--vocab-size" not in seen:
     out.notes.append(("(no --vocab-size)", "Megatron takes the vocabulary size from the tokenizer: set "
                                           "model.vocab_size (it is the base config's until then)"))

@@ -242,3 +242,15 @@ def test_megatron_defaults_moejax_lacks_are_named(repo_root):
   for name in ("mixtral_8x7b", "deepseek_v3"):
     argv = read_launch((repo_root / "tests" / "tools" / "fixtures" / f"{name}_megatron.sh").read_text()).arguments
     assert not set(missing) & set(dict(convert(argv).notes)), name
+
+
+def test_sizes_megatron_derives_when_the_run_gives_none():
+  """Megatron's dense FFN width from the hidden size (4x, 2/3 of it rounded down to 64 with --swiglu), and
+  multi-head attention unless --group-query-attention (its --num-query-groups is read only then)."""
+  v = convert(["--hidden-size", "256", "--num-attention-heads", "16", "--swiglu"]).values
+  assert (v["model.ffn_hidden_size"], v["model.num_query_groups"]) == (640, 16)
+  v = convert(["--hidden-size", "256", "--num-attention-heads", "16", "--num-query-groups", "4"]).values
+  assert (v["model.ffn_hidden_size"], v["model.num_query_groups"]) == (1024, 16)
+  v = convert(["--hidden-size", "256", "--num-attention-heads", "16", "--group-query-attention",
+               "--num-query-groups", "4", "--ffn-hidden-size", "96"]).values
+  assert (v["model.ffn_hidden_size"], v["model.num_query_groups"]) == (96, 4)
