@@ -56,9 +56,8 @@ def make_eval_step(model: GPTModel, placement: StatePlacement | None = None):
 def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict:
   """Evaluation number `index` (1-based) on its own `eval_iters` validation batches: their losses averaged
   with the weights `make_eval_step` gives them."""
-  losses, weights = np.asarray([jax.device_get(eval_fn(params, device_batch(dataset[(index - 1) * eval_iters + j],
-                                                                            bsh)))
-                                for j in range(eval_iters)], np.float64).T
+  batches = (dataset[(index - 1) * eval_iters + j] for j in range(eval_iters))
+  losses, weights = np.asarray([jax.device_get(eval_fn(params, device_batch(b, bsh))) for b in batches], np.float64).T
   loss = float(np.average(losses, weights=weights))
   return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
 
