@@ -511,8 +511,10 @@ class DataSpec(Spec, section="data"):
 
 @frozen
 class OptimSpec(Spec, section="optim"):
-  """AdamW with warmup and decay."""
-  optimizer: Literal["adam"] = "adam"
+  """AdamW (or Megatron's Muon on the hidden matrices) with warmup and decay."""
+  # `muon`: Megatron's --optimizer muon: the layers' matrices (attention, MLPs, experts, router) by
+  # orthogonalized momentum (moejax/train/muon.py), the embedding, output layer, norms and biases by AdamW
+  optimizer: Literal["adam", "muon"] = "adam"
   lr: float = 3e-4
   min_lr: float = 3e-5
   weight_decay: float = 0.1
@@ -528,6 +530,20 @@ class OptimSpec(Spec, section="optim"):
   adam_beta1: float = 0.9
   adam_beta2: float = 0.95
   adam_eps: float = 1e-8
+  # Muon (Megatron's --muon-* arguments and defaults): EMA momentum (Nesterov optional), Newton-Schulz
+  # iterations with these coefficients, computed in bf16 ("medium") or fp32 ("high": TF32 on GPUs,
+  # "highest"); the update scaled by its matrix's shape (spectral: sqrt(max(out, in))) and the extra factor;
+  # q, k and v orthogonalized apart (split_qkv); at tp/etp > 1 each rank's block apart (`blockwise`, Megatron's
+  # default) or the whole matrix (`duplicated`, `distributed`: the same update, computed differently)
+  muon_momentum: float = 0.95
+  muon_use_nesterov: bool = False
+  muon_num_ns_steps: int = 5
+  muon_coefficient_type: Literal["simple", "quintic", "polar_express"] = "quintic"
+  muon_fp32_matmul_prec: Literal["medium", "high", "highest"] = "medium"
+  muon_scale_mode: Literal["spectral", "shape_scaling", "unit_rms_norm"] = "spectral"
+  muon_extra_scale_factor: float = 1.0
+  muon_split_qkv: bool = True
+  muon_tp_mode: Literal["blockwise", "duplicated", "distributed"] = "blockwise"
   clip_grad: float = 1.0
   lr_warmup_iters: int = 0
   lr_warmup_init: float = 0.0                # the warmup's first learning rate
@@ -568,6 +584,11 @@ class OptimSpec(Spec, section="optim"):
         bad.append(f"optim.{k}={getattr(self, k)} must be in [0, 1)")
     if not self.adam_eps > 0:
       bad.append(f"optim.adam_eps={self.adam_eps} must be > 0")
+    if not 0 <= self.muon_momentum < 1:
+      bad.append(f"optim.muon_momentum={self.muon_momentum} must be in [0, 1)")
+    if self.muon_num_ns_steps < 1:
+      bad.append(f"optim.muon_num_ns_steps={self.muon_num_ns_steps} must be >= 1 (Newton-Schulz iterations; "
+                 "Megatron's default is 5)")
     if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
       bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
     if self.lr > 0 and not 0 <= self.lr_warmup_init <= self.lr:

@@ -1,11 +1,14 @@
-"""AdamW with decoupled weight decay, Megatron's learning-rate and weight-decay schedules (its decoupled
-learning rate for the embedding and output layer too), global-norm clipping; optionally precision-aware
-(moments below fp32, update math in fp32)."""
+"""AdamW with decoupled weight decay (or Megatron's Muon on the layers' matrices, moejax/train/muon.py),
+Megatron's learning-rate and weight-decay schedules (its decoupled learning rate for the embedding and
+output layer too), global-norm clipping; optionally precision-aware (moments below fp32, update math in
+fp32)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from moejax.train.muon import labels, scale_by_muon
 
 
 def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
@@ -108,9 +111,21 @@ def adamw(cfg) -> optax.GradientTransformation:
   torch's AdamW in Megatron) with Megatron's weight-decay schedule and decoupled learning rate. A
   constant decay stays a float: optax keeps a step count in the state only for a scheduled one."""
   o = cfg.optim
-  wd = o.weight_decay if o.weight_decay_incr_style == "constant" else weight_decay_schedule(cfg)
   return optax.chain(optax.scale_by_adam(b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps),
-                     optax.add_decayed_weights(wd, decay_mask), scale_by_learning_rate(cfg))
+                     optax.add_decayed_weights(_weight_decay(cfg), decay_mask), scale_by_learning_rate(cfg))
+
+
+def _weight_decay(cfg):
+  o = cfg.optim
+  return o.weight_decay if o.weight_decay_incr_style == "constant" else weight_decay_schedule(cfg)
+
+
+def muon(cfg) -> optax.GradientTransformation:
+  """Megatron's Muon with AdamW beside it: the layers' matrices by their orthogonalized momentum,
+  decoupled weight decay and the learning rate's schedule; the rest (`muon.labels`) by `adamw`."""
+  matrices = optax.chain(scale_by_muon(cfg), optax.add_decayed_weights(_weight_decay(cfg)),
+                         scale_by_learning_rate(cfg))
+  return optax.multi_transform({"muon": matrices, "adam": adamw(cfg)}, labels)
 
 
 _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -158,7 +173,8 @@ def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "f
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
   o = cfg.optim
-  opt = optax.chain(optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(), adamw(cfg))
+  update = muon(cfg) if o.optimizer == "muon" else adamw(cfg)
+  opt = optax.chain(optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(), update)
   if o.use_precision_aware_optimizer:
     return precision_aware(opt, o.exp_avg_dtype, o.exp_avg_sq_dtype)
   return keep_state_dtypes(opt)
