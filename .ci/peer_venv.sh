@@ -11,5 +11,8 @@ done
 [ -n "$PY311" ] || { echo "peer_venv: no Python 3.11 found; peer tests will be skipped" >&2; exit 0; }
 if [ ! -x .peer-venv/bin/python ]; then "$PY311" -m venv .peer-venv; fi
 .peer-venv/bin/python -m pip install -q --upgrade pip
-.peer-venv/bin/python -m pip install -q "torch==2.13.0" "megatron-core==0.16.1" transformers safetensors numpy
+.peer-venv/bin/python -m pip install -q "torch==2.13.0" "megatron-core==0.16.1" transformers safetensors numpy absl-py
+# megatron-core's Muon runs over NVIDIA's emerging_optimizers, whose wheel (pure Python) asks for Python 3.12;
+# tests/peers/megatron_muon.py adapts its two 3.12-only imports
+.peer-venv/bin/python -m pip install -q --no-deps --ignore-requires-python "emerging-optimizers==0.3.0"
 .peer-venv/bin/python -c "import torch, megatron.core; print('peer venv ok: torch', torch.__version__)"

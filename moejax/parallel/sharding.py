@@ -115,10 +115,13 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, abstract_
   `param_shardings` are those of the master params; the first `host_fraction` of the
   per-parameter bytes (in tree order) go to pinned host memory."""
   replicated_sh = replicated(mesh)
-  placed = optax.tree_map_params(optimizer, lambda leaf, sh: _Placed(sh, shard_bytes(leaf, sh)),
-                                 abstract_opt_state, param_shardings,
+  # a state masked per optimizer (Muon beside AdamW: optax.multi_transform) holds MaskedNodes for the
+  # params its optimizer does not own
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+  place_leaf = lambda leaf, sh: leaf if masked(leaf) else _Placed(sh, shard_bytes(leaf, sh))  # noqa: E731
+  placed = optax.tree_map_params(optimizer, place_leaf, abstract_opt_state, param_shardings,
                                  transform_non_params=lambda _: replicated_sh,
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+                                 is_leaf=lambda x: isinstance(x, NamedSharding) or masked(x))
   is_placed = lambda x: isinstance(x, _Placed)  # noqa: E731
   total = sum(p.nbytes for p in jax.tree.leaves(placed, is_leaf=is_placed) if is_placed(p))
   budget, seen = host_fraction * total, [0]

@@ -254,3 +254,20 @@ def test_sizes_megatron_derives_when_the_run_gives_none():
   v = convert(["--hidden-size", "256", "--num-attention-heads", "16", "--group-query-attention",
                "--num-query-groups", "4", "--ffn-hidden-size", "96"]).values
   assert (v["model.ffn_hidden_size"], v["model.num_query_groups"]) == (96, 4)
+
+
+def test_muon_arguments(tmp_path):
+  """--optimizer muon and its --muon-* arguments set their keys; the recipe validates; an optimizer
+  moejax lacks is refused naming the key."""
+  out = tmp_path / "r.py"
+  assert run(["--out", str(out), "--", "--num-layers", "2", "--optimizer", "muon", "--muon-momentum", "0.9",
+              "--muon-use-nesterov", "--muon-num-ns-steps", "7", "--muon-scale-mode", "shape_scaling",
+              "--muon-fp32-matmul-prec", "highest", "--muon-extra-scale-factor", "0.2", "--muon-no-split-qkv",
+              "--muon-tp-mode", "duplicated", "--muon-coefficient-type", "polar_express"]) == 0
+  o = load_recipe(str(out)).optim
+  assert (o.optimizer, o.muon_momentum, o.muon_use_nesterov, o.muon_num_ns_steps, o.muon_scale_mode,
+          o.muon_fp32_matmul_prec, o.muon_extra_scale_factor, o.muon_split_qkv, o.muon_tp_mode,
+          o.muon_coefficient_type) == ("muon", 0.9, True, 7, "shape_scaling", "highest", 0.2, False, "duplicated",
+                                       "polar_express")
+  assert "--muon" not in out.read_text() and "--optimizer" not in out.read_text()  # none left unmapped
+  assert run(["--out", str(tmp_path / "s.py"), "--", "--num-layers", "2", "--optimizer", "sgd"]) == 1
