@@ -31,11 +31,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax.numpy as jnp
+
 from moejax.config import model_spec
 from moejax.metrics.flops import train_flops_per_token
 from moejax.parallel.mesh import ParallelSizes, problems
 from moejax.parallel.pipeline import make_schedule
-from moejax.plan.memory import RECOMPUTE, Memory, expert_rows, layout_memory, local_params
+from moejax.plan.memory import RECOMPUTE, Memory, expert_rows, layout_memory, local_params, moment_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,14 @@ def step_seconds(spec, z: ParallelSizes, vpp: int, seq: int, micro: int, global_
   return busy * (1 + (z.pp - 1) / (m * vpp))
 
 
+def _adam_bytes(cfg, spec) -> int:
+  """Adam's two moments per weight: in the masters' dtype, or as stored by the precision-aware optimizer."""
+  o = cfg.optim
+  if o.use_precision_aware_optimizer:
+    return sum(2 if d == "bf16" else 4 for d in (o.exp_avg_dtype, o.exp_avg_sq_dtype))
+  return 2 * jnp.dtype(spec.params_dtype).itemsize
+
+
 def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
          network_gbs: float = 45.0, gpus_per_node: int = 8, flash: bool = True) -> list[list[Option]]:
   """Per valid layout, its options (recompute choice × distributed optimizer on/off), each with
@@ -164,7 +174,8 @@ def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
       for dist in (True, False):
         mem = layout_memory(spec, z, t.seq_length, t.micro_batch_size, vpp, _slots(z.pp, vpp, m) if z.pp > 1 else 0,
                             sequence_parallel=z.tp > 1, flash=flash, recompute=recompute,
-                            distributed_optimizer=dist, micro_batches=m)
+                            distributed_optimizer=dist, micro_batches=m,
+                            moment_bytes=moment_bytes(spec, z, cfg.optim.optimizer, _adam_bytes(cfg, spec)))
         options.append(Option(z, vpp, layout, recompute, dist, mem, cost))
     out.append(options)
   return out

@@ -211,20 +211,35 @@ def _largest_sharded_leaf(spec: ModelSpec, z: ParallelSizes) -> float:
   return max(leaves, default=0.0)
 
 
-def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True, moment_bytes: int = 8,
-                main_grad_bytes: int = 4, micro_batches: int = 1,
+def moment_bytes(spec: ModelSpec, z: ParallelSizes, optimizer: str = "adam", adam: float = 8.0
+                 ) -> tuple[float, float]:
+  """Optimizer-state bytes per local weight (non-expert, routed expert): Adam's two moments (`adam`
+  bytes), or with Muon one momentum in the masters' dtype for the layers' matrices and Adam's moments
+  for what every pp rank holds (embedding, head, final norm, MTP: counted as Adam's whole)."""
+  if optimizer != "muon":
+    return adam, adam
+  momentum = jnp.dtype(spec.params_dtype).itemsize
+  total, experts, outside = _param_split(spec)
+  inner = (total - experts - outside) / z.pp
+  return (adam * outside + momentum * inner) / (outside + inner), momentum
+
+
+def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool = True,
+                moment_bytes: float | tuple[float, float] = 8, main_grad_bytes: int = 4, micro_batches: int = 1,
                 backend: str = "gpu") -> tuple[float, float, float, float]:
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
   docstring) on `backend`, with `micro_batches` micro-batches a step; persistent: masters, their
-  compute copy and moments, the step's arguments."""
+  compute copy and moments, the step's arguments. `moment_bytes`: the optimizer state per weight, one
+  number or (non-expert, routed expert) as `moment_bytes()` gives."""
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+  per_weight = moment_bytes if isinstance(moment_bytes, tuple) else (moment_bytes, moment_bytes)
   master = jnp.dtype(spec.params_dtype).itemsize
   low = _itemsize(spec)
   weights = grads = optim = persistent = 0.0
   if distributed_optimizer:
     grads += main_grad_bytes * _largest_sharded_leaf(spec, z)
-  for whole, data in zip(local_params(spec, z), (z.dp, z.edp)):
+  for whole, data, moments in zip(local_params(spec, z), (z.dp, z.edp), per_weight):
     shard = whole / data if distributed_optimizer else whole
     cast = low != master
     copy = low * whole if cast and shard == whole else 0  # TrainState.compute_params, beside the masters
@@ -233,15 +248,15 @@ def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool =
       grads += low * whole + (main_grad_bytes * shard if cast or shard != whole else 0)
     elif micro_batches > 1:
       grads += main_grad_bytes * shard
-    optim += (moment_bytes + (4 if backend == "cpu" else 0)) * shard
-    persistent += (master + moment_bytes) * shard + copy
+    optim += (moments + (4 if backend == "cpu" else 0)) * shard
+    persistent += (master + moments) * shard + copy
   return weights, grads, optim, persistent
 
 
 def layout_memory(spec: ModelSpec, z: ParallelSizes, seq: int, micro: int, vpp: int = 1, slots: int = 0,
                   sequence_parallel: bool = True, flash: bool = True, recompute: str = "none",
-                  distributed_optimizer: bool = True, moment_bytes: int = 8, micro_batches: int = 1,
-                  backend: str = "gpu") -> Memory:
+                  distributed_optimizer: bool = True, moment_bytes: float | tuple[float, float] = 8,
+                  micro_batches: int = 1, backend: str = "gpu") -> Memory:
   """Weights, gradients, optimizer state and activations per GPU of one layout and recompute choice,
   with `micro_batches` micro-batches a step, as XLA compiles the step for `backend`."""
   weights, grads, optim, persistent = state_bytes(spec, z, distributed_optimizer, moment_bytes,

@@ -34,7 +34,7 @@ from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
 from moejax.metrics.memory import compiled_bytes
 from moejax.parallel.mesh import ParallelSizes
-from moejax.plan.memory import expert_rows, layout_memory, state_bytes
+from moejax.plan.memory import expert_rows, layout_memory, moment_bytes, state_bytes
 from moejax.train.step import compile_for_shapes
 
 LAYOUTS = {
@@ -42,6 +42,7 @@ LAYOUTS = {
     "dp8_replicated_optimizer": (dict(), dict(use_distributed_optimizer=False)),
     "tp2_sp_ep4_distributed_optimizer": (dict(tp=2, sequence_parallel=True, ep=4, etp=1), dict()),
     "dp8_distributed_optimizer": (dict(), dict()),
+    "ep4_muon": (dict(ep=4), dict(optimizer="muon")),
 }
 
 
@@ -57,7 +58,8 @@ def _cfg(parallel, optim):
   return c
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n != "ep4_distributed_optimizer" else ())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n not in ("ep4_distributed_optimizer",
+                                                                                     "ep4_muon") else ())
                                   for n in LAYOUTS])
 def test_estimate_matches_compiled_step(name):
   cfg = _cfg(*LAYOUTS[name])
@@ -67,7 +69,8 @@ def test_estimate_matches_compiled_step(name):
   measured_total = compiled_bytes(m)
   est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
                       sequence_parallel=cfg.parallel.sequence_parallel, flash=False, recompute="none",
-                      distributed_optimizer=cfg.optim.use_distributed_optimizer, backend="cpu")
+                      distributed_optimizer=cfg.optim.use_distributed_optimizer, backend="cpu",
+                      moment_bytes=moment_bytes(model_spec(cfg), sizes, cfg.optim.optimizer))
   print(f"{name}: compiled arguments {m.argument_size_in_bytes} B, total {measured_total} B; estimate "
         f"masters+moments {est.persistent:.0f} B, total {est.total:.0f} B (weights {est.weights:.0f}, gradients "
         f"{est.gradients:.0f}, optimizer {est.optimizer:.0f}, activations {est.activations:.0f})")
