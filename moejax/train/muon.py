@@ -179,6 +179,12 @@ def scale_by_muon(cfg) -> optax.GradientTransformation:
     for group in groups:
       views = [matrix_view(q) for q in group]
       n = 1 if blocks is None or views[0].split is None else blocks[views[0].expert]
+      for q, v in zip(group, views):
+        nb = leaves[q].ndim - v.in_ndim - v.out_ndim
+        size = leaves[q].shape[nb if v.split == "in" else nb + v.in_ndim]
+        if size % n:
+          raise ValueError(f"optim.muon_tp_mode='blockwise': {jax.tree_util.keystr(q)} has {size} rows on the side "
+                           f"tensor parallelism splits, not divisible by {n} ranks; use optim.muon_tp_mode='duplicated'")
       parts = [_to_blocks(leaves[q], v, n) for q, v in zip(group, views)]
       x = jnp.concatenate(parts, axis=-1)
       y = newton_schulz(x, o.muon_num_ns_steps, o.muon_coefficient_type, o.muon_fp32_matmul_prec)

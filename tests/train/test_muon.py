@@ -196,3 +196,12 @@ def test_bad_settings_name_the_key():
   c = _cfg(muon_momentum=1.0)
   with pytest.raises(ConfigError, match="optim.muon_momentum=1.0"):
     validate(c, 1)
+
+
+def test_blockwise_refuses_a_matrix_that_does_not_split():
+  c = _cfg(muon_tp_mode="blockwise")
+  c.parallel.tp = 3
+  g = {"decoder": {"mlp": {"down": jnp.ones((8, 4))}}}
+  opt = make_optimizer(c)
+  with pytest.raises(ValueError, match=r"\['down'\] has 8 rows .* not divisible by 3 ranks"):
+    opt.update(g, opt.init(g), g)
