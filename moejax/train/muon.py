@@ -98,7 +98,6 @@ _VIEWS = {
     "eh_proj": MatrixView(1, 1, "out"),      # MTP
 }
 _ROUTER = MatrixView(1, 1, None)
-_FUSED = (("gate", "up"), ("q", "k", "v"))   # Megatron's linear_fc1, and linear_qkv (without split_qkv)
 
 
 def _names(path) -> list:
@@ -146,6 +145,23 @@ def _from_blocks(y, view: MatrixView, n: int, shape):
   return y.reshape(shape)
 
 
+def _matrices(paths, fused) -> list[list]:
+  """The leaves grouped into the matrices Megatron orthogonalizes: siblings named as one of `fused`
+  together (its linear_fc1 = gate|up; linear_qkv = q|k|v without muon_split_qkv), any other leaf alone."""
+  siblings = {}
+  for path in paths:
+    siblings.setdefault(path[:-1], {})[_names(path)[-1]] = path
+  groups, seen = [], set()
+  for path in paths:
+    if path in seen:
+      continue
+    mine = siblings[path[:-1]]
+    group = next(([mine[n] for n in f] for f in fused if _names(path)[-1] in f and all(n in mine for n in f)), [path])
+    seen.update(group)
+    groups.append(group)
+  return groups
+
+
 class MuonState(NamedTuple):
   momentum: optax.Updates
 
@@ -156,27 +172,15 @@ def scale_by_muon(cfg) -> optax.GradientTransformation:
   o, p = cfg.optim, cfg.parallel
   beta = o.muon_momentum
   blocks = {False: p.tp, True: p.tp if p.etp is None else p.etp} if o.muon_tp_mode == "blockwise" else None
-  fused = [f for f in _FUSED if o.muon_split_qkv is False or "q" not in f]
+  fused = [("gate", "up")] + ([] if o.muon_split_qkv else [("q", "k", "v")])
 
   def init(params):
     return MuonState(jax.tree.map(jnp.zeros_like, params))
 
   def orthogonalized(leaves):
     """{path: u} → {path: scaled NS(u)} over the matrices the leaves make."""
-    by_parent = {}
-    for path in leaves:
-      by_parent.setdefault(path[:-1], {})[_names(path)[-1]] = path
-    groups, seen = [], set()
-    for path in leaves:
-      if path in seen:
-        continue
-      siblings = by_parent[path[:-1]]
-      group = next(([siblings[n] for n in f] for f in fused
-                    if _names(path)[-1] in f and all(n in siblings for n in f)), [path])
-      seen.update(group)
-      groups.append(group)
     out = {}
-    for group in groups:
+    for group in _matrices(list(leaves), fused):
       views = [matrix_view(q) for q in group]
       n = 1 if blocks is None or views[0].split is None else blocks[views[0].expert]
       for q, v in zip(group, views):
