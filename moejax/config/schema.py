@@ -89,6 +89,9 @@ class AttentionSpec(Spec, section="model"):
   num_query_groups: int = 4                  # KV heads (GQA); == heads is plain MHA
   kv_channels: int | None = None             # head dim; None = hidden_size / heads
   rotary_base: float = 10000.0
+  # Megatron's --rotary-percent (HF partial_rotary_factor): RoPE on the first int(head_dim * rotary_percent)
+  # channels of each q/k head, the rest unrotated (GLM-4.5: 0.5); MLA has its own rotary part
+  rotary_percent: float = 1.0
   attention_impl: Literal["auto", "xla", "cudnn"] = "auto"
   add_qkv_bias: bool = False                 # bias on the projections from the hidden state (Qwen2; MLA: q/kv down)
   attention_output_bias: bool = False        # bias on the output projection (HF attention_bias of Qwen3/DeepSeek)
@@ -408,6 +411,14 @@ class ModelSpec(Spec, section="model"):
     elif not a.mla.multi_latent_attention and self.head_dim > 0 and self.head_dim % 2:
       key = "model.kv_channels" if a.kv_channels is not None else "the head dim model.hidden_size/num_attention_heads"
       bad.append(f"{key}={self.head_dim} must be even: rotary embeddings turn pairs of channels")
+    elif not 0 < a.rotary_percent <= 1:
+      bad.append(f"model.rotary_percent={a.rotary_percent} must be in (0, 1] (the share of a head's channels RoPE turns)")
+    elif a.rotary_percent != 1 and a.mla.multi_latent_attention:
+      bad.append(f"model.rotary_percent={a.rotary_percent} does not apply to MLA, whose rotary part is "
+                 "model.qk_pos_emb_head_dim: leave it at 1.0")
+    elif self.head_dim > 0 and (self.rotary_dim % 2 or not self.rotary_dim):
+      bad.append(f"model.rotary_percent={a.rotary_percent} of the head dim {self.head_dim} gives {self.rotary_dim} "
+                 "rotary channels: it must be an even number > 0")
     m = self.moe
     if m.use_upcycling and m.num_experts is None:
       bad.append("moe.use_upcycling=True needs a MoE model: set moe.num_experts (and checkpoint.load_params "
@@ -438,6 +449,11 @@ class ModelSpec(Spec, section="model"):
   def head_dim(self) -> int:
     a = self.attention
     return a.kv_channels if a.kv_channels is not None else self.hidden_size // a.num_attention_heads
+
+  @property
+  def rotary_dim(self) -> int:
+    """The channels of a q/k head RoPE turns (Megatron and HF: int(head_dim * rotary_percent))."""
+    return int(self.head_dim * self.attention.rotary_percent)
 
   @property
   def qk_dim(self) -> int:

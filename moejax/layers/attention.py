@@ -100,8 +100,8 @@ class Attention(Projections):
     if a.qk_layernorm:
       q_BSND = self.norm("q_norm", "head_dim")(q_BSND)
       k_BSKD = self.norm("k_norm", "head_dim")(k_BSKD)
-    q_BSND = apply_rotary(q_BSND, positions_BS, a.rotary_base, a.rotary_scaling)
-    k_BSKD = apply_rotary(k_BSKD, positions_BS, a.rotary_base, a.rotary_scaling)
+    q_BSND = apply_rotary(q_BSND, positions_BS, a.rotary_base, a.rotary_scaling, s.rotary_dim)
+    k_BSKD = apply_rotary(k_BSKD, positions_BS, a.rotary_base, a.rotary_scaling, s.rotary_dim)
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))

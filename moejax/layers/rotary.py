@@ -57,8 +57,13 @@ def softmax_scale_factor(scaling: RotaryScalingSpec) -> float:
 
 
 def apply_rotary(x_BSND: jax.Array, positions_BS: jax.Array, base: float,
-                 scaling: RotaryScalingSpec | None = None) -> jax.Array:
-  """Rotates the two halves of the head dimension by position-dependent angles."""
+                 scaling: RotaryScalingSpec | None = None, rotary_dim: int | None = None) -> jax.Array:
+  """Rotates the two halves of the head dimension by position-dependent angles; with `rotary_dim`
+  only the first rotary_dim channels (frequencies over rotary_dim, as Megatron's --rotary-percent
+  and HF's partial_rotary_factor), the rest passed through."""
+  if rotary_dim is not None and rotary_dim < x_BSND.shape[-1]:
+    rot, rest = x_BSND[..., :rotary_dim], x_BSND[..., rotary_dim:]
+    return jnp.concatenate([apply_rotary(rot, positions_BS, base, scaling), rest], axis=-1)
   D = x_BSND.shape[-1]
   inv_freq_d, factor = rotary_frequencies(D, base, scaling)
   angles_BSd = positions_BS.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_d)

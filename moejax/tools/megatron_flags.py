@@ -74,6 +74,7 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--kv-channels": ("model.kv_channels", int),
     "--vocab-size": ("model.vocab_size", int),
     "--rotary-base": ("model.rotary_base", float),
+    "--rotary-percent": ("model.rotary_percent", float),
     "--norm-epsilon": ("model.norm_epsilon", float),
     "--cross-entropy-loss-fusion": ("model.cross_entropy_loss_fusion", True),
     "--add-qkv-bias": ("model.add_qkv_bias", True),
@@ -313,7 +314,6 @@ UNMAPPED: dict[str, str] = {
     "--no-bias-gelu-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-bias-dropout-fusion": "a fusion choice of Megatron's kernels; XLA fuses on its own",
     "--no-persist-layer-norm": "a fusion choice of Megatron's kernels; XLA fuses on its own",
-    "--rotary-percent": "moejax rotates every dim of a head (only 1.0 is the same model)",
     "--rotary-seq-len-interpolation-factor": "moejax has no linear position interpolation (only 1 is the same model; "
                                              "YaRN is model.rope_type='yarn')",
     "--init-model-with-meta-device": "moejax initializes each parameter shard on its own device (jit with shardings)",
@@ -347,7 +347,7 @@ _VALUE_FALLBACKS = {
 }
 # unmapped flags that are the same run only at these values
 _ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
-                "--rotary-percent": ("1", "1.0"), "--rotary-seq-len-interpolation-factor": ("1", "1.0"),
+                "--rotary-seq-len-interpolation-factor": ("1", "1.0"),
                 "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",),
                 "--megatron-fsdp-grad-comm-dtype": ("fp32",), "--megatron-fsdp-main-grads-dtype": ("fp32",)}
 # Megatron's defaults that moejax does not have, named when no argument of the run replaces them

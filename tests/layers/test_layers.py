@@ -53,15 +53,24 @@ def test_rotary_is_the_pairwise_rotation_and_keeps_norms():
   np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
-def test_attention_is_causal_gqa_with_rotary():
+def _rotate_part(x_BSND, pos_BS, base, rotary_dim):
+  """RoPE on the first rotary_dim channels, frequencies over rotary_dim (Megatron's --rotary-percent,
+  HF's partial_rotary_factor); the rest unchanged."""
+  return np.concatenate([_rotate(x_BSND[..., :rotary_dim], pos_BS, base), x_BSND[..., rotary_dim:]], axis=-1)
+
+
+@pytest.mark.parametrize("rotary_percent", [1.0, 0.5])
+def test_attention_is_causal_gqa_with_rotary(rotary_percent):
   x = _x(2)
   pos = np.tile(np.arange(S), (B, 1))
-  mod = Attention(SPEC)
+  spec = dataclasses.replace(SPEC, attention=dataclasses.replace(SPEC.attention, rotary_percent=rotary_percent))
+  mod = Attention(spec)
   params = nn.unbox(mod.init(jax.random.key(0), jnp.asarray(x), jnp.asarray(pos)))
   got = np.asarray(mod.apply(params, jnp.asarray(x), jnp.asarray(pos)))
   p = {k: np.asarray(v, np.float64) for k, v in params["params"].items()}
-  q = _rotate(np.einsum("bsh,hnd->bsnd", x, p["q"]), pos, 100.0)
-  k = _rotate(np.einsum("bsh,hkd->bskd", x, p["k"]), pos, 100.0)
+  rd = int(spec.head_dim * rotary_percent)
+  q = _rotate_part(np.einsum("bsh,hnd->bsnd", x, p["q"]), pos, 100.0, rd)
+  k = _rotate_part(np.einsum("bsh,hkd->bskd", x, p["k"]), pos, 100.0, rd)
   v = np.einsum("bsh,hkd->bskd", x, p["v"])
   k, v = np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2)        # 4 query heads share 2 KV heads
   scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(q.shape[-1])
