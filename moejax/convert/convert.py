@@ -87,7 +87,7 @@ def _interleaved(f: Family, hf_config: dict | None) -> bool:
 
 # ------------------------------------------------------------------------------ HF -> moejax
 def _mtp_layers_present(f: Family, raw: dict, ckpt: HFCheckpoint) -> int:
-  if f.name != "deepseek_v3":
+  if not f.mtp:
     return 0
   L = raw.get("num_hidden_layers", f.defaults["num_hidden_layers"])
   n = 0
@@ -176,7 +176,7 @@ def _check_all_used(f: Family, spec: ModelSpec, ckpt: HFCheckpoint, used: set) -
     if name in used or name.endswith("rotary_emb.inv_freq"):
       continue
     m = re.match(r"model\.layers\.(\d+)\.(.*)", name)
-    if m and int(m.group(1)) >= L and f.name == "deepseek_v3":
+    if m and int(m.group(1)) >= L and f.mtp:
       skipped.append(name)  # MTP layers beyond model.mtp_num_layers: transformers ignores them too
       continue
     if m and m.group(2) in ("embed_tokens.weight", "shared_head.head.weight") and int(m.group(1)) >= spec.num_layers:
@@ -280,8 +280,8 @@ def _producer(reader: LeafReader, leaf: str, b: Block, pos: int, cache: dict, dt
 
 
 def _bias_tensors(f: Family, spec: ModelSpec, reader: LeafReader | None, prefix: tuple) -> list:
-  """DeepSeek-V3's e_score_correction_bias per MoE layer: from the router state, else zeros."""
-  if f.name != "deepseek_v3" or not spec.moe.num_experts:
+  """DeepSeek-V3's (and GLM-4.5's) e_score_correction_bias per MoE layer: from the router state, else zeros."""
+  if not f.v3_router or not spec.moe.num_experts:
     return []
   E, out = spec.moe.num_experts, []
   for path, layers in expert_bias_layers(spec).items():

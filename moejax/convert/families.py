@@ -1,4 +1,4 @@
-"""Hugging Face config.json ↔ moejax config keys, per model family (transformers 5.24 semantics).
+"""Hugging Face config.json ↔ moejax config keys, per model family (transformers 5.25 semantics).
 
 `to_moejax(family, hf_config)` reads every field that shapes the computation and refuses, in one
 line naming the option, what moejax cannot reproduce; `to_hf(family, spec, base)` writes a
@@ -27,6 +27,8 @@ class Family:
   experts: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")  # Mixtral: w1, w3, w2
   shared: str | None = None      # shared-expert module name
   mla: bool = False
+  v3_router: bool = False        # DeepSeek-V3's: sigmoid, expert bias (e_score_correction_bias), groups
+  mtp: bool = False              # MTP layers shipped after the decoder's (transformers ignores them)
 
 
 _GQA = dict(hidden_act="silu", tie_word_embeddings=False, initializer_range=0.02, head_dim=None,
@@ -64,7 +66,18 @@ FAMILIES = {f.name: f for f in (
                 moe_intermediate_size=2048, routed_scaling_factor=2.5, n_group=8, topk_group=4,
                 first_k_dense_replace=3, norm_topk_prob=True, rope_interleave=True, num_nextn_predict_layers=1),
            {"n_routed_experts": ("num_local_experts",), "num_nextn_predict_layers": ("num_mtp_layers",)},
-           shared="shared_experts", mla=True),
+           shared="shared_experts", mla=True, v3_router=True, mtp=True),
+    # GLM-4.5: grouped-query attention (QKV biases, optional QK-norm, RoPE on half of each head) and
+    # DeepSeek-V3's MoE and MTP
+    Family("glm4_moe", "glm4_moe", "Glm4MoeForCausalLM", 1e4,
+           dict(hidden_act="silu", tie_word_embeddings=False, initializer_range=0.02, head_dim=None,
+                vocab_size=151552, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46,
+                num_attention_heads=96, num_key_value_heads=8, rms_norm_eps=1e-5, attention_bias=False,
+                use_qk_norm=False, moe_intermediate_size=1408, num_experts_per_tok=8, n_shared_experts=1,
+                n_routed_experts=128, routed_scaling_factor=1.0, n_group=1, topk_group=1, first_k_dense_replace=1,
+                norm_topk_prob=True, num_nextn_predict_layers=1, partial_rotary_factor=0.5, moe_layer_freq=1),
+           {"n_routed_experts": ("num_local_experts",), "num_nextn_predict_layers": ("num_mtp_layers",)},
+           shared="shared_experts", v3_router=True, mtp=True),
 )}
 
 
@@ -100,10 +113,13 @@ def _rope(c: HFConfig) -> dict:
     c.refuse("rope_parameters", list(rope), "one set of rotary parameters for all layers is needed")
   theta = rope.get("rope_theta", c.raw.get("rope_theta", c.family.default_theta))
   kind = rope.get("rope_type", rope.get("type", "default"))
-  partial = rope.get("partial_rotary_factor", c.raw.get("partial_rotary_factor"))
-  if partial not in (None, 1, 1.0):
-    c.refuse("partial_rotary_factor", partial, "rotary embeddings on the whole head only")
+  partial = rope.get("partial_rotary_factor", c.raw.get("partial_rotary_factor",
+                                                         c.family.defaults.get("partial_rotary_factor")))
   out = {"model.rotary_base": float(theta)}
+  if partial not in (None, 1, 1.0):
+    if "partial_rotary_factor" not in c.family.defaults:
+      c.refuse("partial_rotary_factor", partial, f"transformers' {c.family.architecture} rotates the whole head")
+    out["model.rotary_percent"] = float(partial)
   if kind == "default":
     return out
   if kind != "yarn":
@@ -174,22 +190,16 @@ def _gqa(c: HFConfig) -> dict:
   return out
 
 
-def _mla(c: HFConfig, mtp_layers: int) -> dict:
-  f, L, E = c.family, c["num_hidden_layers"], c["n_routed_experts"]
-  if c["mlp_bias"]:
-    c.refuse("mlp_bias", True, "MLP biases are not implemented")
+def _deepseek_moe(c: HFConfig) -> dict:
+  """The MoE keys of DeepSeek's layout (DeepSeek-V2/V3, GLM-4.5): dense layers first, routed and
+  shared experts of one width, routed scaling."""
+  L, E = c["num_hidden_layers"], c["n_routed_experts"]
   if c["moe_layer_freq"] != 1:
     c.refuse("moe_layer_freq", c["moe_layer_freq"], "transformers makes every layer after first_k_dense_replace MoE")
-  k = c["first_k_dense_replace"] or 0
   if not c["num_experts_per_tok"]:
     c.refuse("num_experts_per_tok", c["num_experts_per_tok"], "set the experts per token")
-  G, g = c["n_group"], c["topk_group"]
-  out = {"model.multi_latent_attention": True, "model.qk_layernorm": True,
-         "model.num_query_groups": c["num_attention_heads"], "model.q_lora_rank": c["q_lora_rank"],
-         "model.kv_lora_rank": c["kv_lora_rank"], "model.qk_head_dim": c["qk_nope_head_dim"],
-         "model.qk_pos_emb_head_dim": c["qk_rope_head_dim"], "model.v_head_dim": c["v_head_dim"],
-         "model.add_qkv_bias": bool(c["attention_bias"]), "model.attention_output_bias": bool(c["attention_bias"]),
-         "moe.num_experts": E, "moe.router_topk": c["num_experts_per_tok"],
+  k = c["first_k_dense_replace"] or 0
+  out = {"moe.num_experts": E, "moe.router_topk": c["num_experts_per_tok"],
          "moe.ffn_hidden_size": c["moe_intermediate_size"],
          "moe.router_topk_scaling_factor": None if c["routed_scaling_factor"] == 1 else float(c["routed_scaling_factor"]),
          **_moe_pattern_keys([l >= k for l in range(L)])}
@@ -198,32 +208,61 @@ def _mla(c: HFConfig, mtp_layers: int) -> dict:
   if c.raw.get("aux_loss_alpha"):  # DeepSeek's own config: sequence-wise balance loss
     out.update({"moe.aux_loss_coeff": c.raw["aux_loss_alpha"],
                 "moe.router_load_balancing_type": "seq_aux_loss" if c.raw.get("seq_aux", True) else "aux_loss"})
-  if f.name == "deepseek_v2":
-    # transformers' DeepseekV2 ignores norm_topk_prob: softmax, top-k, scaled, never renormalised
-    for key, want in (("scoring_func", "softmax"),):
-      if c.raw.get(key, want) != want:
-        c.refuse(key, c.raw[key], f"transformers' DeepseekV2 uses {want}")
-    method = c["topk_method"]
-    out["moe.router_pre_softmax"] = True
-    if method == "group_limited_greedy":
-      out.update({"moe.router_num_groups": G, "moe.router_group_topk": g, "moe.router_group_scoring": "max"})
-    elif method != "greedy":
-      c.refuse("topk_method", method, "transformers' DeepseekV2 has 'greedy' and 'group_limited_greedy'")
-  else:
-    for key, want in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
-      if c.raw.get(key, want) != want:
-        c.refuse(key, c.raw[key], f"transformers' DeepseekV3 always routes as {want}")
-    if not G or not g:
-      c.refuse("n_group", G, "transformers' DeepseekV3 always routes by groups: set n_group and topk_group")
-    out.update({"moe.router_score_function": "sigmoid", "moe.router_enable_expert_bias": True,
-                "moe.router_num_groups": G, "moe.router_group_topk": g, "moe.router_group_scoring": "sum_top2",
-                "moe.router_norm_topk_prob": bool(c["norm_topk_prob"]), "model.mtp_num_layers": mtp_layers})
   return out
+
+
+def _v3_router(c: HFConfig, mtp_layers: int) -> dict:
+  """DeepSeek-V3's router (also GLM-4.5's): sigmoid scores, the expert bias choosing, groups ranked by
+  their top-2 sum, then MTP layers present in the checkpoint."""
+  for key, want in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):
+    if c.raw.get(key, want) != want:
+      c.refuse(key, c.raw[key], f"transformers' {c.family.architecture} always routes as {want}")
+  G, g = c["n_group"], c["topk_group"]
+  if not G or not g:
+    c.refuse("n_group", G, f"transformers' {c.family.architecture} always routes by groups: set n_group and topk_group")
+  grouped = G > 1  # one group of all experts (GLM-4.5's n_group 1) is no grouping
+  return {"moe.router_score_function": "sigmoid", "moe.router_enable_expert_bias": True,
+          "moe.router_num_groups": G if grouped else None, "moe.router_group_topk": g if grouped else None,
+          "moe.router_group_scoring": "sum_top2",
+          "moe.router_norm_topk_prob": bool(c["norm_topk_prob"]), "model.mtp_num_layers": mtp_layers}
+
+
+def _mla(c: HFConfig, mtp_layers: int) -> dict:
+  if c["mlp_bias"]:
+    c.refuse("mlp_bias", True, "MLP biases are not implemented")
+  out = {"model.multi_latent_attention": True, "model.qk_layernorm": True,
+         "model.num_query_groups": c["num_attention_heads"], "model.q_lora_rank": c["q_lora_rank"],
+         "model.kv_lora_rank": c["kv_lora_rank"], "model.qk_head_dim": c["qk_nope_head_dim"],
+         "model.qk_pos_emb_head_dim": c["qk_rope_head_dim"], "model.v_head_dim": c["v_head_dim"],
+         "model.add_qkv_bias": bool(c["attention_bias"]), "model.attention_output_bias": bool(c["attention_bias"]),
+         **_deepseek_moe(c)}
+  if c.family.v3_router:
+    return {**out, **_v3_router(c, mtp_layers)}
+  # transformers' DeepseekV2 ignores norm_topk_prob: softmax, top-k, scaled, never renormalised
+  if c.raw.get("scoring_func", "softmax") != "softmax":
+    c.refuse("scoring_func", c.raw["scoring_func"], "transformers' DeepseekV2 uses softmax")
+  method = c["topk_method"]
+  out["moe.router_pre_softmax"] = True
+  if method == "group_limited_greedy":
+    out.update({"moe.router_num_groups": c["n_group"], "moe.router_group_topk": c["topk_group"],
+                "moe.router_group_scoring": "max"})
+  elif method != "greedy":
+    c.refuse("topk_method", method, "transformers' DeepseekV2 has 'greedy' and 'group_limited_greedy'")
+  return out
+
+
+def _glm(c: HFConfig, mtp_layers: int) -> dict:
+  """GLM-4.5: grouped-query attention with biases on q, k, v (not o) and optional QK-norm, DeepSeek-V3's MoE."""
+  head_dim = c["head_dim"] or c["hidden_size"] // c["num_attention_heads"]
+  return {"model.num_query_groups": c["num_key_value_heads"],
+          "model.kv_channels": None if head_dim * c["num_attention_heads"] == c["hidden_size"] else head_dim,
+          "model.add_qkv_bias": bool(c["attention_bias"]), "model.qk_layernorm": bool(c["use_qk_norm"]),
+          **_deepseek_moe(c), **_v3_router(c, mtp_layers)}
 
 
 def to_moejax(f: Family, raw: dict, mtp_layers: int = 0) -> dict:
   """Flat moejax config keys ("model.x", "moe.y") for an HF config.json of family `f`;
-  `mtp_layers`: the MTP layers present in the checkpoint (DeepSeek-V3)."""
+  `mtp_layers`: the MTP layers present in the checkpoint (DeepSeek-V3, GLM-4.5)."""
   c = HFConfig(f, raw)
   if raw.get("model_type", f.model_type) != f.model_type:
     raise ConversionError(f"config.json model_type={raw['model_type']!r} is not --family {f.name} "
@@ -238,16 +277,20 @@ def to_moejax(f: Family, raw: dict, mtp_layers: int = 0) -> dict:
          "model.ffn_hidden_size": c["intermediate_size"], "model.norm_epsilon": float(c["rms_norm_eps"]),
          "model.untie_embeddings_and_output_weights": not c["tie_word_embeddings"],
          "model.init_method_std": float(c["initializer_range"])}
-  out.update(_mla(c, mtp_layers) if f.mla else _gqa(c))
+  out.update(_mla(c, mtp_layers) if f.mla else _glm(c, mtp_layers) if f.name == "glm4_moe" else _gqa(c))
   out.update(_rope(c))
   return out
 
 
 # ------------------------------------------------------------------------------ moejax → HF
 def _rope_hf(spec: ModelSpec) -> dict:
-  r = spec.attention.rotary_scaling
+  r, partial = spec.attention.rotary_scaling, spec.attention.rotary_percent
   if r.rope_type == "rope":
     params = {"rope_type": "default", "rope_theta": spec.attention.rotary_base}
+    if partial != 1:
+      params["partial_rotary_factor"] = partial
+      return {"rope_theta": spec.attention.rotary_base, "rope_parameters": params, "rope_scaling": None,
+              "partial_rotary_factor": partial}
     return {"rope_theta": spec.attention.rotary_base, "rope_parameters": params, "rope_scaling": None}
   params = {"rope_type": "yarn", "rope_theta": spec.attention.rotary_base, "factor": r.rotary_scaling_factor,
             "original_max_position_embeddings": r.original_max_position_embeddings,
@@ -273,20 +316,24 @@ def _normalised(r) -> bool:
 def _exportable(f: Family, spec: ModelSpec) -> None:
   """Refuses, naming the key, a model the family's transformers class would compute differently."""
   a, moe, r = spec.attention, spec.moe, spec.moe.router
-  v3, qwen3 = f.name == "deepseek_v3", f.name == "qwen3_moe"
+  v3, qwen3, glm = f.v3_router, f.name == "qwen3_moe", f.name == "glm4_moe"
   wants = {"model.multi_latent_attention": (a.mla.multi_latent_attention, f.mla),
-           "model.qk_layernorm": (a.qk_layernorm, f.mla or qwen3),
            "moe.router_score_function": (r.router_score_function, "sigmoid" if v3 else "softmax"),
            "moe.shared_expert_gate": (moe.shared_expert_gate, f.name == "qwen2_moe" and bool(
                moe.shared_expert_intermediate_size))}
-  if not v3:
+  if not glm:  # GLM-4.5's use_qk_norm either way
+    wants["model.qk_layernorm"] = (a.qk_layernorm, f.mla or qwen3)
+  if "partial_rotary_factor" not in f.defaults:
+    wants["model.rotary_percent"] = (a.rotary_percent, 1.0)
+  if not f.mtp:
     wants["model.mtp_num_layers"] = (spec.mtp_num_layers, 0)
+  if not v3:
     wants["moe.router_enable_expert_bias"] = (r.router_enable_expert_bias, False)
   if f.shared is None:
     wants["moe.shared_expert_intermediate_size"] = (moe.shared_expert_intermediate_size, None)
   if f.name == "mixtral":
     wants["model.add_qkv_bias"] = (a.add_qkv_bias, False)
-  if f.name in ("mixtral", "qwen2_moe"):
+  if f.name in ("mixtral", "qwen2_moe", "glm4_moe"):
     wants["model.attention_output_bias"] = (a.attention_output_bias, False)
   else:  # one attention_bias flag for all of them
     wants["model.attention_output_bias"] = (a.attention_output_bias, a.add_qkv_bias)
@@ -302,13 +349,35 @@ def _exportable(f: Family, spec: ModelSpec) -> None:
                                                     and r.router_topk // r.router_group_topk == 2)
     if not top2:
       wants["moe.router_group_scoring"] = (r.router_group_scoring, "sum_top2")
-  if not f.mla:
+  if not f.mla and not v3:
     wants["moe.router_num_groups"] = (r.router_num_groups, None)
     wants["moe.router_topk_scaling_factor"] = (r.router_topk_scaling_factor in (None, 1.0), True)
   for key, (have, want) in wants.items():
     if have != want:
       raise ConversionError(f"{key}={have!r} cannot be written as {f.name} (transformers' {f.architecture} "
                             f"needs {want!r})")
+
+
+def _deepseek_moe_hf(f: Family, spec: ModelSpec, dense: list[int]) -> dict:
+  """The MoE fields of DeepSeek's layout (DeepSeek-V2/V3, GLM-4.5); with V3's router its fields too."""
+  moe, r = spec.moe, spec.moe.router
+  k = len(dense)
+  if dense != list(range(k)):
+    raise ConversionError(f"moe.layer_freq: {f.name} has its dense layers first (first_k_dense_replace), "
+                          f"not at layers {dense}")
+  shared = moe.shared_expert_intermediate_size or 0
+  if shared % spec.moe_ffn_hidden_size:
+    raise ConversionError(f"moe.shared_expert_intermediate_size={shared} is not a multiple of "
+                          f"moe.ffn_hidden_size={spec.moe_ffn_hidden_size} (n_shared_experts)")
+  out = {"first_k_dense_replace": k, "n_routed_experts": moe.num_experts or 0, "num_experts_per_tok": r.router_topk,
+         "moe_intermediate_size": spec.moe_ffn_hidden_size, "n_shared_experts": shared // spec.moe_ffn_hidden_size,
+         "routed_scaling_factor": r.router_topk_scaling_factor or 1.0,
+         # V3's router always routes by groups: one group of all experts = none
+         "n_group": r.router_num_groups or (1 if f.v3_router else None),
+         "topk_group": r.router_group_topk or (1 if f.v3_router else None)}
+  if f.v3_router:
+    out.update({"norm_topk_prob": _normalised(r), "num_nextn_predict_layers": spec.mtp_num_layers})
+  return out
 
 
 def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
@@ -326,31 +395,20 @@ def to_hf(f: Family, spec: ModelSpec, base: dict | None, dtype: str) -> dict:
               "initializer_range": spec.init_method_std, "hidden_act": "silu", **_rope_hf(spec)})
   E = moe.num_experts or 0
   dense = _dense_layers(spec) if E else list(range(spec.num_layers))
-  if f.mla:
+  if f.mla or f.v3_router:
+    out.update(_deepseek_moe_hf(f, spec, dense))
+    if f.name == "glm4_moe":
+      out.update({"num_key_value_heads": a.num_query_groups, "head_dim": spec.head_dim,
+                  "attention_bias": a.add_qkv_bias, "use_qk_norm": a.qk_layernorm})
+      return out
     m = a.mla
-    k = len(dense)
-    if dense != list(range(k)):
-      raise ConversionError(f"moe.layer_freq: {f.name} has its dense layers first (first_k_dense_replace), "
-                            f"not at layers {dense}")
-    shared = moe.shared_expert_intermediate_size or 0
-    if shared % spec.moe_ffn_hidden_size:
-      raise ConversionError(f"moe.shared_expert_intermediate_size={shared} is not a multiple of "
-                            f"moe.ffn_hidden_size={spec.moe_ffn_hidden_size} (n_shared_experts)")
     out.update({"num_key_value_heads": a.num_attention_heads, "q_lora_rank": m.q_lora_rank,
                 "kv_lora_rank": m.kv_lora_rank, "qk_nope_head_dim": m.qk_head_dim,
-                "qk_rope_head_dim": m.qk_pos_emb_head_dim, "v_head_dim": m.v_head_dim,
-                "attention_bias": a.add_qkv_bias, "first_k_dense_replace": k, "n_routed_experts": E,
-                "num_experts_per_tok": r.router_topk, "moe_intermediate_size": spec.moe_ffn_hidden_size,
-                "n_shared_experts": shared // spec.moe_ffn_hidden_size,
-                "routed_scaling_factor": r.router_topk_scaling_factor or 1.0,
-                # transformers' DeepseekV3 always routes by groups: one group of all experts = none
-                "n_group": r.router_num_groups or (1 if f.name == "deepseek_v3" else None),
-                "topk_group": r.router_group_topk or (1 if f.name == "deepseek_v3" else None)})
+                "qk_rope_head_dim": m.qk_pos_emb_head_dim, "v_head_dim": m.v_head_dim, "attention_bias": a.add_qkv_bias})
     if f.name == "deepseek_v2":
       out["topk_method"] = "group_limited_greedy" if r.router_group_topk else "greedy"
     else:
-      out.update({"norm_topk_prob": _normalised(r), "num_nextn_predict_layers": spec.mtp_num_layers,
-                  "rope_interleave": (base or {}).get("rope_interleave", True)})
+      out["rope_interleave"] = (base or {}).get("rope_interleave", True)
     return out
   out.update({"num_key_value_heads": a.num_query_groups, "head_dim": spec.head_dim, "num_experts_per_tok": r.router_topk})
   if f.name == "mixtral":  # every layer MoE; intermediate_size is the experts' width

@@ -37,6 +37,18 @@ RECIPES = {
     "deepseek_v2_lite": (15.7e9, 2.4e9, 8, _rounded(2.66, "published '2.4B'; 2.45B without the input embedding")),
     "deepseek_v2": (236e9, 21e9, 256, _rounded(21.38, "published '21B'; 20.85B without the input embedding")),
     "deepseek_v3": (671e9, 37e9, 512, _rounded(37.55, "published '37B'; 36.63B without the input embedding")),
+    "glm4_5_air": (106e9, 12e9, 64, _rounded(13.42, "published '12B' (report, Table 1) counts no embedding or head: "
+                                                   "12.18B without them")),
+    "glm4_5": (355e9, 32e9, 256, _rounded(33.63, "published '32B' (report, Table 1) counts no embedding or head: "
+                                                 "32.08B without them")),
+}
+# published totals that match no convention within 0.5% (rounded in the report; the checkpoints,
+# which also store each MTP layer's copy of the embedding and head, hold 110B and 358B as HF counts them)
+TOTAL_MARKS = {
+    "glm4_5_air": pytest.mark.xfail(strict=True, reason="ours 106.85B (109.23B with the MTP layer, 110.47B as the "
+                                                        "checkpoint stores it); published '106B'"),
+    "glm4_5": pytest.mark.xfail(strict=True, reason="ours 352.80B (356.79B with the MTP layer, 358.34B as the "
+                                                    "checkpoint stores it); published '355B'"),
 }
 
 
@@ -53,11 +65,14 @@ def recipe(request):
   return request.param, cfg, spec, boxed
 
 
-def test_total_matches_the_published_size_and_the_built_model(recipe):
-  name, _, spec, boxed = recipe
-  built = sum(x.size for x in jax.tree.leaves(nn.unbox(boxed)))
-  assert built == num_params(spec)                       # the formula is the model, MTP included
-  total = num_params(spec, mtp=False)                    # published totals leave MTP out (DeepSeek-V3: 671B + MTP)
+def test_the_formula_is_the_built_model(recipe):
+  _, _, spec, boxed = recipe
+  assert sum(x.size for x in jax.tree.leaves(nn.unbox(boxed))) == num_params(spec)  # MTP included
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=TOTAL_MARKS.get(n, ())) for n in sorted(RECIPES)])
+def test_total_matches_the_published_size(name):
+  total = num_params(model_spec(_recipe(name)), mtp=False)  # published totals leave MTP out (DeepSeek-V3: 671B + MTP)
   assert abs(total / RECIPES[name][0] - 1) <= 0.005, total
 
 

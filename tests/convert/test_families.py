@@ -45,6 +45,20 @@ HUB = {
         rope_theta=10000, max_position_embeddings=163840,
         rope_scaling=dict(type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
                           mscale=1.0, mscale_all_dim=1.0), tie_word_embeddings=False)),
+    "glm4_5_air": ("glm4_moe", dict(
+        model_type="glm4_moe", hidden_size=4096, intermediate_size=10944, moe_intermediate_size=1408,
+        num_hidden_layers=46, num_attention_heads=96, num_key_value_heads=8, head_dim=128, n_routed_experts=128,
+        n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=1, n_group=1, topk_group=1,
+        routed_scaling_factor=1.0, norm_topk_prob=True, num_nextn_predict_layers=1, attention_bias=True,
+        use_qk_norm=False, partial_rotary_factor=0.5, rope_theta=1000000, vocab_size=151552, rms_norm_eps=1e-5,
+        max_position_embeddings=131072, tie_word_embeddings=False)),
+    "glm4_5": ("glm4_moe", dict(
+        model_type="glm4_moe", hidden_size=5120, intermediate_size=12288, moe_intermediate_size=1536,
+        num_hidden_layers=92, num_attention_heads=96, num_key_value_heads=8, head_dim=128, n_routed_experts=160,
+        n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=3, n_group=1, topk_group=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, num_nextn_predict_layers=1, attention_bias=True,
+        use_qk_norm=True, partial_rotary_factor=0.5, rope_theta=1000000, vocab_size=151552, rms_norm_eps=1e-5,
+        max_position_embeddings=131072, tie_word_embeddings=False)),
 }
 
 
@@ -55,7 +69,7 @@ def _recipe_spec(name):
 @pytest.mark.parametrize("recipe", sorted(HUB))
 def test_hub_config_gives_the_recipe_model(recipe):
   family, raw = HUB[recipe]
-  mtp = 1 if family == "deepseek_v3" else 0  # converted when the checkpoint carries the MTP layer
+  mtp = 1 if FAMILIES[family].mtp else 0  # converted when the checkpoint carries the MTP layer
   ours = model_spec(config_from_keys(to_moejax(FAMILIES[family], raw, mtp)))
   want = _recipe_spec(recipe)
   assert num_params(ours) == num_params(want)
@@ -101,10 +115,13 @@ def test_rope_parameters_and_legacy_rope_scaling_agree():
     ("deepseek_v3", dict(moe_layer_freq=2), "moe_layer_freq=2 is not supported"),
     ("deepseek_v3", dict(quantization_config=dict(quant_method="fp8")), "quantization_config='fp8' is not supported"),
     ("deepseek_v3", dict(model_type="deepseek_v2"), "model_type='deepseek_v2' is not --family deepseek_v3"),
+    ("glm4_moe", dict(scoring_func="softmax"), "scoring_func='softmax' is not supported for glm4_moe"),
+    ("glm4_moe", dict(n_group=None), "n_group=None is not supported for glm4_moe"),
 ])
 def test_unsupported_options_are_refused_in_one_line(family, change, message):
-  raw = dict(HUB.get({"mixtral": "mixtral_8x7b", "qwen3_moe": "qwen3_30b_a3b", "deepseek_v3": "deepseek_v3"}.get(
-      family, "deepseek_v2_lite"))[1]) if family != "qwen2_moe" else dict(model_type="qwen2_moe")
+  raw = dict(HUB.get({"mixtral": "mixtral_8x7b", "qwen3_moe": "qwen3_30b_a3b", "deepseek_v3": "deepseek_v3",
+                      "glm4_moe": "glm4_5_air"}.get(family, "deepseek_v2_lite"))[1]) if family != "qwen2_moe" else dict(
+      model_type="qwen2_moe")
   raw["model_type"] = FAMILIES[family].model_type
   raw.update(change)
   with pytest.raises(ConversionError) as e:
@@ -131,3 +148,16 @@ def test_command_line_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
       main(argv)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_glm_export_refuses_what_transformers_computes_otherwise():
+  """Glm4MoeForCausalLM has no output bias and no softmax router; other families rotate whole heads."""
+  spec = _recipe_spec("glm4_5_air")
+  to_hf(FAMILIES["glm4_moe"], spec, None, "bfloat16")
+  for key, change, family, recipe in (
+      ("model.attention_output_bias", dict(attention_output_bias=True), "glm4_moe", "glm4_5_air"),
+      ("model.rotary_percent", dict(rotary_percent=0.5), "qwen3_moe", "qwen3_30b_a3b")):
+    cfg = load_recipe(str(REPO / "configs" / f"{recipe}.py"))
+    cfg.model.update(**change)
+    with pytest.raises(ConversionError, match=key.replace(".", r"\.")):
+      to_hf(FAMILIES[family], model_spec(cfg), None, "bfloat16")

@@ -26,7 +26,7 @@ from moejax.tools.logits import logits
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PEER = REPO / ".peer-venv/bin/python"
 SCRIPT = REPO / "tests/peers/hf_models.py"
-FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"]
+FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "glm4_moe"]
 CLI_FAMILY = "deepseek_v3"
 pytestmark = pytest.mark.skipif(not PEER.exists(), reason="HF transformers peer venv missing: run bash .ci/peer_venv.sh")
 
@@ -178,9 +178,9 @@ def test_models_trained_in_moejax_export_to_transformers(tmp_path):
   """The round trips above start from HF's configs; a model made in moejax may differ in ways they
   do not: the tiny recipe's experts (128) are narrower than its dense FFN (256), and mixtral's
   config.json took intermediate_size from the dense width, so transformers refused the export
-  (size mismatch). Mixtral (all MoE) and Qwen3-MoE with a dense first layer (mlp_only_layers, of
-  the dense width): random weights saved by moejax, exported, loaded by `from_pretrained`, give our
-  logits."""
+  (size mismatch). Mixtral (all MoE), Qwen3-MoE with a dense first layer (mlp_only_layers, of
+  the dense width) and GLM-4.5 (DeepSeek-V3's router, shared expert, half-rotary heads, QKV biases):
+  random weights saved by moejax, exported, loaded by `from_pretrained`, give our logits."""
   from flax import linen as nn
 
   from moejax.checkpoint.manager import save_params
@@ -188,10 +188,15 @@ def test_models_trained_in_moejax_export_to_transformers(tmp_path):
   from moejax.config.recipes import load_recipe
   from moejax.models.gpt import GPTModel
   tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
-  cases = {"mixtral": {}, "qwen3_moe": dict(layer_freq=(0, 1, 1, 1))}
+  glm = dict(layer_freq=(0, 1, 1, 1), router_score_function="sigmoid", router_enable_expert_bias=True,
+             router_num_groups=4, router_group_topk=2, router_group_scoring="sum_top2", router_topk_scaling_factor=2.5,
+             shared_expert_intermediate_size=128)
+  cases = {"mixtral": {}, "qwen3_moe": dict(layer_freq=(0, 1, 1, 1)), "glm4_moe": glm}
   for family, moe in cases.items():
     cfg = load_recipe(str(REPO / "configs" / "tiny_moe.py"))
     cfg.model.update(init_method_std=0.1, qk_layernorm=family == "qwen3_moe")
+    if family == "glm4_moe":
+      cfg.model.update(rotary_percent=0.5, add_qkv_bias=True, mtp_num_layers=0)
     cfg.moe.update(aux_loss_coeff=0.0, z_loss_coeff=0.0, **moe)
     spec = model_spec(cfg)
     assert spec.moe_ffn_hidden_size != spec.ffn_hidden_size

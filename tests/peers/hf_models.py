@@ -10,8 +10,9 @@
 The configs exercise each family's tricky options: head_dim != hidden/heads, QKV and output
 biases, QK-norm, YaRN, mlp_only_layers with decoder_sparse_step, tied embeddings, the shared-expert
 sigmoid gate, norm_topk_prob both ways, MLA with and without q_lora_rank, group-limited routing
-(max and top-2 sum), routed scaling, a non-zero e_score_correction_bias, dense-first layers, and a
-DeepSeek-V3 MTP layer appended the way DeepSeek ships it (transformers ignores it).
+(max and top-2 sum), routed scaling, a non-zero e_score_correction_bias, dense-first layers, RoPE on
+half of each head (GLM-4.5), and DeepSeek-V3 and GLM-4.5 MTP layers appended the way they ship
+(transformers ignores them).
 Every weight is random (norm scales around 1) so a misplaced tensor shows in the logits.
 """
 import json
@@ -51,6 +52,11 @@ CONFIGS = {
                          num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1, n_group=4, topk_group=2,
                          routed_scaling_factor=2.5, norm_topk_prob=True, num_key_value_heads=4,
                          rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=1.0))),
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM",
+                 dict(COMMON, num_hidden_layers=3, num_key_value_heads=2, n_routed_experts=8, num_experts_per_tok=2,
+                      moe_intermediate_size=16, n_shared_experts=1, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                      norm_topk_prob=True, first_k_dense_replace=1, attention_bias=True, use_qk_norm=True,
+                      rope_parameters=dict(rope_type="default", rope_theta=5000.0, partial_rotary_factor=0.5))),
 }
 
 # Other corners of the same families (tests/convert/test_hf_parity.py, slow): top-1 routing, tied
@@ -82,6 +88,10 @@ VARIANTS = {
                          num_experts_per_tok=3, moe_intermediate_size=8, n_shared_experts=2, n_group=3, topk_group=2,
                          routed_scaling_factor=1.5, norm_topk_prob=False, num_key_value_heads=6, rope_interleave=False,
                          attention_bias=True, tie_word_embeddings=True, rms_norm_eps=1e-5)),
+    "glm4_moe": ("Glm4MoeConfig", "Glm4MoeForCausalLM",  # transformers' default partial_rotary_factor (0.5)
+                 dict(V, num_hidden_layers=3, num_key_value_heads=3, n_routed_experts=6, num_experts_per_tok=3,
+                      moe_intermediate_size=8, n_shared_experts=2, n_group=1, topk_group=1, norm_topk_prob=False,
+                      first_k_dense_replace=0, tie_word_embeddings=True, rms_norm_eps=1e-6)),
 }
 
 
@@ -95,7 +105,7 @@ def _randomize(model, gen):
 
 
 def _append_mtp_layer(directory, model, gen):
-  """DeepSeek-V3's MTP layer as DeepSeek ships it: index num_hidden_layers, an MoE decoder layer
+  """DeepSeek-V3's (and GLM-4.5's) MTP layer as they ship it: index num_hidden_layers, an MoE decoder layer
   plus enorm, hnorm, eh_proj, shared_head.norm and copies of the embedding and head; in its own
   shard, listed in the index."""
   cfg = model.config
@@ -144,7 +154,7 @@ def build(out, configs=CONFIGS):
     _randomize(model, gen)
     d = os.path.join(out, family)
     model.save_pretrained(d, max_shard_size="40KB")
-    if family == "deepseek_v3" and configs is CONFIGS:
+    if family in ("deepseek_v3", "glm4_moe") and configs is CONFIGS:
       _append_mtp_layer(d, model, gen)
     tokens = torch.randint(0, config.vocab_size, (T,), generator=gen).tolist()
     json.dump(tokens, open(os.path.join(d, "tokens.json"), "w"))
