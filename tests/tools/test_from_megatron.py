@@ -270,3 +270,23 @@ def test_muon_arguments(tmp_path):
                                        "polar_express")
   assert "--muon" not in out.read_text() and "--optimizer" not in out.read_text()  # none left unmapped
   assert run(["--out", str(tmp_path / "s.py"), "--", "--num-layers", "2", "--optimizer", "sgd"]) == 1
+
+
+def test_glm45_arguments_give_the_zoo_model(repo_root, tmp_path):
+  """GLM-4.5's Megatron model arguments (as RL frameworks on Megatron launch it: --rotary-percent 0.5,
+  --add-qkv-bias, QK-norm, sigmoid routing with expert bias, routed scaling 2.5) give the model of
+  configs/glm4_5.py."""
+  args = ("--disable-bias-linear --qk-layernorm --group-query-attention --num-attention-heads 96 --num-query-groups 8 "
+          "--kv-channels 128 --num-layers 92 --hidden-size 5120 --ffn-hidden-size 12288 --add-qkv-bias "
+          "--normalization RMSNorm --position-embedding-type rope --rotary-percent 0.5 --swiglu "
+          "--untie-embeddings-and-output-weights --vocab-size 151552 --rotary-base 1000000 --moe-ffn-hidden-size 1536 "
+          "--moe-shared-expert-intermediate-size 1536 --moe-router-score-function sigmoid --moe-router-enable-expert-bias "
+          "--moe-router-topk 8 --moe-router-topk-scaling-factor 2.5 --moe-layer-freq [0]*3+[1]*89 --num-experts 160 "
+          "--attention-dropout 0 --hidden-dropout 0 --bf16").split()
+  out = tmp_path / "glm.py"
+  assert run(["--out", str(out), "--", *args]) == 0
+  ours, zoo = model_spec(load_recipe(str(out))), model_spec(load_recipe(str(repo_root / "configs" / "glm4_5.py")))
+  assert ours.attention == zoo.attention and ours.attention.rotary_percent == 0.5
+  assert (ours.moe.num_experts, ours.moe.layer_freq, ours.moe_ffn_hidden_size) == (
+      zoo.moe.num_experts, zoo.moe.layer_freq, zoo.moe_ffn_hidden_size)
+  assert "NOT THE SAME RUN" not in out.read_text()
