@@ -100,6 +100,14 @@ class AttentionSpec(Spec, section="model"):
   mla: MLASpec = MLASpec()
   # context parallelism (parallel.cp > 1): keys/values around a ring of permutes, or one all-gather
   cp_comm_type: Literal["p2p", "allgather"] = "p2p"
+  # Megatron's QK-clip (MuonClip, --qk-clip): after each optimizer step, heads whose largest attention
+  # logit passed qk_clip_threshold get their q weights times eta^alpha and k weights times eta^(1-alpha),
+  # eta = threshold / that logit (moejax/layers/qk_clip.py); log_max_attention_logit (on with qk_clip)
+  # logs the step's largest logit. Each costs one more q·k product per layer, without gradient.
+  qk_clip: bool = False
+  qk_clip_alpha: float = 0.5
+  qk_clip_threshold: float = 100.0
+  log_max_attention_logit: bool = False
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
@@ -107,6 +115,10 @@ class AttentionSpec(Spec, section="model"):
       bad += _not_positive("model", self, ("kv_channels",))
     if not self.rotary_base > 0:
       bad.append(f"model.rotary_base={self.rotary_base} must be > 0 (RoPE's theta, e.g. 10000)")
+    if not 0 <= self.qk_clip_alpha <= 1:
+      bad.append(f"model.qk_clip_alpha={self.qk_clip_alpha} must be in [0, 1] (the query's share of the clip)")
+    if not self.qk_clip_threshold > 0:
+      bad.append(f"model.qk_clip_threshold={self.qk_clip_threshold} must be > 0 (the largest attention logit kept)")
     if not bad and self.num_attention_heads % self.num_query_groups:
       bad.append(f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
                  f"model.num_query_groups={self.num_query_groups}: choose a divisor of the head count")

@@ -8,6 +8,7 @@ from flax import linen as nn
 from moejax.config import ModelSpec
 from moejax.layers.memory import remat_fn, tag
 from moejax.layers.norms import RMSNorm
+from moejax.layers.qk_clip import COLLECTION, MaxAttentionLogits, max_attention_logits
 from moejax.layers.rotary import apply_rotary
 from moejax.parallel.context import context_parallel_attention, cp_size
 
@@ -80,6 +81,16 @@ class Projections(nn.Module):
     s = self.spec
     return RMSNorm(s.norm_epsilon, s.dtype, s.params_dtype, axis=axis, name=name)
 
+  def record_max_logits(self, q_BSND, k_BSKD, segments_BS, scale: float):
+    """With QK-clip or its logging on, this step's largest attention logit per head, kept in the
+    step state (moejax/layers/qk_clip.py)."""
+    a = self.spec.attention
+    if not (a.qk_clip or a.log_max_attention_logit):
+      return
+    seen = self.variable(COLLECTION, "max_attention_logits", MaxAttentionLogits.zeros, q_BSND.shape[2])
+    if self.is_mutable_collection(COLLECTION) and not self.is_initializing():
+      seen.value = seen.value.see(max_attention_logits(q_BSND, k_BSKD, segments_BS, scale))
+
 
 class Attention(Projections):
 
@@ -105,6 +116,7 @@ class Attention(Projections):
     q_BSND = nn.with_logical_constraint(q_BSND, ("batch", "attn_seq", "heads", "head_dim"))
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
+    self.record_max_logits(q_BSND, k_BSKD, segments_BS, D ** -0.5)
     o_BSND = attend(q_BSND, k_BSKD, v_BSKD, segments_BS, s)
     o_BSND = tag(nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim")), "attn_proj")
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self.weight("o", (N, D, H), ("heads", "head_dim", "embed"),

@@ -74,6 +74,7 @@ class MLASelfAttention(Projections):
     k_BSNQ = nn.with_logical_constraint(k_BSNQ, ("batch", "attn_seq", *heads))
     v_BSNV = nn.with_logical_constraint(v_BSNV, ("batch", "attn_seq", *heads))
     scale = (Dn + Dr) ** -0.5 * softmax_scale_factor(a.rotary_scaling)
+    self.record_max_logits(q_BSNQ, k_BSNQ, segments_BS, scale)
     o_BSNV = attend(q_BSNQ, k_BSNQ, v_BSNV, segments_BS, s, scale)
     o_BSNV = tag(nn.with_logical_constraint(o_BSNV, ("batch", "attn_seq", *heads)), "attn_proj")
     out_BSH = jnp.einsum("bsnv,nvh->bsh", o_BSNV, self.weight("o", (N, Dv, H), (*heads, "embed"),

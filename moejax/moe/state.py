@@ -5,6 +5,8 @@ knows its own end-of-step update:
 - `ExpertBias`: the aux-loss-free expert bias (DeepSeek-V3) and this step's token counts;
   after the optimizer step the bias moves by `rate·sign(mean(c) - c)` and the counts reset.
 - `GlobalAuxCounts`: token counts and micro-batch count of `global_aux_loss`, reset each step.
+- `MaxAttentionLogits` (moejax/layers/qk_clip.py): an attention layer's largest logit per head this
+  step, for QK-clip; reset each step.
 `finish_step` finds them by type, whatever the module path. Router replay reads expert ids from
 `routing_replay` and records them into `routing_record` (moejax/train/replay.py).
 """
@@ -14,7 +16,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-MOE_STATE = "moe_state"
+from moejax.layers.qk_clip import COLLECTION as MOE_STATE
+from moejax.layers.qk_clip import MaxAttentionLogits
 ROUTING_REPLAY = "routing_replay"
 ROUTING_RECORD = "routing_record"
 COLLECTIONS = (MOE_STATE, ROUTING_REPLAY, ROUTING_RECORD)  # scanned with the layers (decoder.py)
@@ -60,11 +63,12 @@ class GlobalAuxCounts:
     return jax.tree.map(jnp.zeros_like, self)
 
 
-_STATES = (ExpertBias, GlobalAuxCounts)
+_STATES = (ExpertBias, GlobalAuxCounts, MaxAttentionLogits)
 
 
 def finish_step(moe_state, bias_update_rate: float):
-  """After the optimizer step: update every expert bias from its step counts, zero the counters."""
+  """After the optimizer step: update every expert bias from its step counts, zero the counters and
+  the attention logits' maxima."""
   if not moe_state:
     return moe_state
   return jax.tree.map(lambda s: s.finish_step(bias_update_rate) if isinstance(s, _STATES) else s, moe_state,

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from moejax.layers.qk_clip import clip_qk, largest_logit
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import finish_step
 from moejax.parallel.sharding import batch_sharding, replicated
@@ -42,13 +43,17 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   while the optimizer's own count (Adam's bias correction, the learning-rate schedule) does not:
   Megatron's behaviour for a skipped iteration.
 
+  `model.qk_clip` (Megatron's MuonClip) scales the attention layers' q and k weights after the update by
+  the step's largest logits (moejax/layers/qk_clip.py); with it or `model.log_max_attention_logit` the
+  metric `max_attention_logit` is the step's largest over all layers and heads.
+
   `log_params_norm` / `log_num_zeros_in_grad` (Megatron's --log-params-norm / --log-num-zeros-in-grad)
   add metrics `params_norm`, the L2 norm of the master params the step returns, and
   `num_zeros_in_grad`, the exact zeros of the gradients the optimizer sees (accumulated over the
   micro-batches). Both reduce global arrays, so each element counts once however the params are
   sharded or replicated.
   """
-  router = model.spec.moe.router
+  router, attention = model.spec.moe.router, model.spec.attention
   needs_rng = bool(router.input_jitter_eps) or router.router_force_load_balancing
 
   def step(state: TrainState, batch_NBS1: jax.Array):
@@ -66,6 +71,8 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if attention.qk_clip:
+      params = clip_qk(params, out.moe_state, model.spec)
     if placement is not None:
       params = jax.lax.with_sharding_constraint(params, placement.master)
     moe_state = finish_step(out.moe_state, router.router_bias_update_rate)
@@ -82,6 +89,8 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
     if placement is not None:  # an offloaded optimizer state goes home only after the last use on the device
       new = (new[0], placement.opt_state_home(new[1]), *new[2:])
     metrics = dict(loss=out.loss, grad_norm=grad_norm, lr=lr, skipped=skipped, **out.metrics)
+    if attention.qk_clip or attention.log_max_attention_logit:
+      metrics["max_attention_logit"] = largest_logit(out.moe_state)
     if log_params_norm:
       metrics["params_norm"] = optax.tree.norm(jax.tree.map(lambda p: p.astype(jnp.float32), new[0]))
     if log_num_zeros_in_grad:

@@ -290,3 +290,9 @@ def test_glm45_arguments_give_the_zoo_model(repo_root, tmp_path):
   assert (ours.moe.num_experts, ours.moe.layer_freq, ours.moe_ffn_hidden_size) == (
       zoo.moe.num_experts, zoo.moe.layer_freq, zoo.moe_ffn_hidden_size)
   assert "NOT THE SAME RUN" not in out.read_text()
+
+
+def test_qk_clip_arguments():
+  v = convert(["--qk-clip", "--qk-clip-alpha", "0.4", "--qk-clip-threshold", "50", "--log-max-attention-logit"]).values
+  assert (v["model.qk_clip"], v["model.qk_clip_alpha"], v["model.qk_clip_threshold"],
+          v["model.log_max_attention_logit"]) == (True, 0.4, 50.0, True)

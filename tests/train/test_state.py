@@ -192,23 +192,27 @@ def test_distributed_optimizer_lowers_compiled_memory(layouts):
 
 
 def test_muon_three_steps_equal_one_device_and_restore(small_moe_config, tmp_path):
-  """optim.optimizer='muon' under ZeRO-1 at ep=2 × tp=2 (Megatron refuses Muon with its distributed
-  optimizer; under GSPMD the sharded momentum is only a placement), half the state in pinned host memory:
-  three steps equal one device's (losses, params, momentum and Adam moments); the state, masked per
-  optimizer, saves and restores. `duplicated`: the whole matrices, as on one device (`blockwise`
+  """optim.optimizer='muon' with QK-clip (MuonClip) under ZeRO-1 at ep=2 × tp=2 (Megatron refuses Muon
+  with its distributed optimizer; under GSPMD the sharded momentum is only a placement), half the state
+  in pinned host memory: three steps equal one device's (losses, params, momentum and Adam moments); the
+  state, masked per optimizer, saves and restores. `duplicated`: the whole matrices, as on one device (`blockwise`
   orthogonalizes tp blocks by design, tests/train/test_muon.py)."""
   from moejax.checkpoint.manager import CheckpointManager
   muon = dict(optimizer="muon", muon_tp_mode="duplicated", muon_fp32_matmul_prec="highest")
+  clip = dict(qk_clip=True, qk_clip_threshold=0.05)  # MuonClip: every head clips each step
   cfg = _cfg(small_moe_config, optim=muon)
+  cfg.model.update(clip)
   cfg.train.micro_batch_size = 8
   model, optimizer = GPTModel(model_spec(cfg)), make_optimizer(cfg)
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.train.seq_length), jnp.int32))["params"])
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.train.seq_length), jnp.int32))
+  params = nn.unbox(variables["params"])
   state0 = jax.device_get(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                                     moe_state={}))
+                                     moe_state=variables["moe_state"]))  # the attention logits' maxima
   batches = [np.asarray(jax.random.randint(jax.random.key(s), (1, 8, 17), 0, 257)) for s in range(3)]
   losses1, state1, *_ = _run(cfg, jax.devices()[:1], state0, batches)
   cfg = _cfg(small_moe_config, parallel=dict(ep=2, tp=2, sequence_parallel=True),
              optim=dict(muon, optimizer_cpu_offload=0.5))
+  cfg.model.update(clip)
   losses, state, _, abstract, shardings = _run(cfg, jax.devices(), state0, batches)
   np.testing.assert_allclose(losses, losses1, rtol=1e-5, atol=1e-5)
   assert losses[2] < losses[0]
