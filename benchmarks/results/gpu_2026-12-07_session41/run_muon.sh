@@ -1,7 +1,8 @@
 #!/bin/bash
-# Session 41: Muon (optim.optimizer='muon') on a GPU, any Hopper card (~250 s). Carry [".whl", ".peers"];
+# Session 41: Muon (optim.optimizer='muon') on a GPU, any Hopper card (~300 s). Carry [".whl", ".peers"];
 # .whl holds emerging_optimizers-0.3.0 (pure Python) beside the usual wheels.
-#  m1_step/:   the Qwen3-30B-A3B-width proxy's whole train step with AdamW and with Muon, same call
+#  m1_step/:   the Qwen3-30B-A3B-width proxy's whole train step with AdamW, Muon, and Muon with QK-clip
+#              (MuonClip: one more q·k product per layer), same call
 #  m2_update/: the optimizer update alone, moejax's AdamW and Muon against torch's fused AdamW and
 #              emerging_optimizers' Muon (the class megatron-core's TensorParallelMuon subclasses, one
 #              parameter per expert as Megatron holds them): Qwen3 width at 2 layers, Mixtral width at 1
@@ -11,10 +12,11 @@ source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
 filt() { grep -vE '^WARNING|bfc_allocator|^I[0-9]{4}|^W[0-9]{4}'; }
 O=$OUT/m1_step; mkdir -p $O
-for opt in adam muon; do
+for run in "adam --config.optim.optimizer=adam" "muon --config.optim.optimizer=muon" \
+           "muonclip --config.optim.optimizer=muon --config.model.qk_clip=True"; do set -- $run; tag=$1; shift
   (cd /tmp/pp && timeout 150 python3 benchmarks/train_step.py --config configs/proxies/qwen3_30b_width.py \
-     --config.optim.optimizer=$opt --steps 10 --warmup 2 --tag qwen3_$opt --out $O/steps.jsonl) 2>&1 | filt > $O/$opt.log
-  tail -n 3 $O/$opt.log
+     "$@" --steps 10 --warmup 2 --tag qwen3_$tag --out $O/steps.jsonl) 2>&1 | filt > $O/$tag.log
+  tail -n 3 $O/$tag.log
 done
 O=$OUT/m2_update; mkdir -p $O
 for w in "qwen3_30b_width 2" "mixtral_width 1"; do set -- $w
