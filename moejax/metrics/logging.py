@@ -10,8 +10,8 @@ import numpy as np
 
 from moejax.metrics.moe_load import log_to_tensorboard
 
-CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "num_zeros_in_grad", "params_norm", "lr",
-                "tokens_per_sec", "tflops_per_device", "mfu")
+CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "num_zeros_in_grad", "params_norm",
+                "max_attention_logit", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
 class MetricsWriter:
