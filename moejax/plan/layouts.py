@@ -37,7 +37,8 @@ from moejax.config import model_spec
 from moejax.metrics.flops import train_flops_per_token
 from moejax.parallel.mesh import ParallelSizes, problems
 from moejax.parallel.pipeline import make_schedule
-from moejax.plan.memory import RECOMPUTE, Memory, expert_rows, layout_memory, local_params, moment_bytes
+from moejax.plan.memory import (RECOMPUTE, Memory, expert_rows, layout_memory, local_params,
+                                optimizer_state_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,7 @@ def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
         mem = layout_memory(spec, z, t.seq_length, t.micro_batch_size, vpp, _slots(z.pp, vpp, m) if z.pp > 1 else 0,
                             sequence_parallel=z.tp > 1, flash=flash, recompute=recompute,
                             distributed_optimizer=dist, micro_batches=m,
-                            moment_bytes=moment_bytes(spec, z, cfg.optim.optimizer, _adam_bytes(cfg, spec)))
+                            moment_bytes=optimizer_state_bytes(spec, z, cfg.optim.optimizer, _adam_bytes(cfg, spec)))
         options.append(Option(z, vpp, layout, recompute, dist, mem, cost))
     out.append(options)
   return out

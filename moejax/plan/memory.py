@@ -211,8 +211,8 @@ def _largest_sharded_leaf(spec: ModelSpec, z: ParallelSizes) -> float:
   return max(leaves, default=0.0)
 
 
-def moment_bytes(spec: ModelSpec, z: ParallelSizes, optimizer: str = "adam", adam: float = 8.0
-                 ) -> tuple[float, float]:
+def optimizer_state_bytes(spec: ModelSpec, z: ParallelSizes, optimizer: str = "adam",
+                          adam: float = 8.0) -> tuple[float, float]:
   """Optimizer-state bytes per local weight (non-expert, routed expert): Adam's two moments (`adam`
   bytes), or with Muon one momentum in the masters' dtype for the layers' matrices and Adam's moments
   for what every pp rank holds (embedding, head, final norm, MTP: counted as Adam's whole)."""
@@ -230,7 +230,7 @@ def state_bytes(spec: ModelSpec, z: ParallelSizes, distributed_optimizer: bool =
   """(weights, gradients, optimizer, persistent) bytes per GPU that the step holds at once (module
   docstring) on `backend`, with `micro_batches` micro-batches a step; persistent: masters, their
   compute copy and moments, the step's arguments. `moment_bytes`: the optimizer state per weight, one
-  number or (non-expert, routed expert) as `moment_bytes()` gives."""
+  number or (non-expert, routed expert) as `optimizer_state_bytes()` gives."""
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
   per_weight = moment_bytes if isinstance(moment_bytes, tuple) else (moment_bytes, moment_bytes)

@@ -8,8 +8,8 @@ view of fused layers. This follows megatron-core's `TensorParallelMuon` over NVI
   momentum  m ← β·m + (1 − β)·g;  u = m, or g + β·(m − g) with Nesterov
   update    p ← p − lr·(wd·p + scale(out, in)·NS(u))   (decoupled weight decay)
 and tests/train/test_muon.py holds it to that code. What a matrix is follows Megatron's layers: the
-dense and shared MLPs' gate and up are one (its linear_fc1), q, k and v one unless `muon_split_qkv`,
-every expert's weights their own, the router's weight one; the scan's layer axis and the expert axis
+dense and shared MLPs' gate and up are one (its linear_fc1), q, k and v apart (`muon_split_qkv`, its
+default) or one (its linear_qkv), every expert's weights their own, the router's weight one; the scan's layer axis and the expert axis
 are batch axes. With `muon_tp_mode="blockwise"` (Megatron's default) and tp or etp > 1, each rank's
 block of a matrix split by tensor parallelism is orthogonalized apart, as Megatron's ranks do; the other
 modes orthogonalize the whole matrix (Megatron computes it duplicated or distributed; the update is the

@@ -34,7 +34,7 @@ from moejax.config.recipes import load_recipe
 from moejax.metrics.flops import num_params
 from moejax.metrics.memory import compiled_bytes
 from moejax.parallel.mesh import ParallelSizes
-from moejax.plan.memory import expert_rows, layout_memory, moment_bytes, state_bytes
+from moejax.plan.memory import expert_rows, layout_memory, optimizer_state_bytes, state_bytes
 from moejax.train.step import compile_for_shapes
 
 LAYOUTS = {
@@ -70,7 +70,7 @@ def test_estimate_matches_compiled_step(name):
   est = layout_memory(model_spec(cfg), sizes, cfg.train.seq_length, cfg.train.micro_batch_size,
                       sequence_parallel=cfg.parallel.sequence_parallel, flash=False, recompute="none",
                       distributed_optimizer=cfg.optim.use_distributed_optimizer, backend="cpu",
-                      moment_bytes=moment_bytes(model_spec(cfg), sizes, cfg.optim.optimizer))
+                      moment_bytes=optimizer_state_bytes(model_spec(cfg), sizes, cfg.optim.optimizer))
   print(f"{name}: compiled arguments {m.argument_size_in_bytes} B, total {measured_total} B; estimate "
         f"masters+moments {est.persistent:.0f} B, total {est.total:.0f} B (weights {est.weights:.0f}, gradients "
         f"{est.gradients:.0f}, optimizer {est.optimizer:.0f}, activations {est.activations:.0f})")
