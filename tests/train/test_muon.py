@@ -65,7 +65,7 @@ CASES = [
 
 
 @pytest.mark.skipif(not PEER.exists(), reason="megatron-core peer venv missing: run .ci/peer_venv.sh")
-@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("case", [pytest.param(i, marks=pytest.mark.slow if i else ()) for i in range(len(CASES))])
 def test_muon_matches_megatron(tmp_path, case):
   cfg = _cfg(**CASES[case])
   o = cfg.optim
