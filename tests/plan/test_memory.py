@@ -58,8 +58,7 @@ def _cfg(parallel, optim):
   return c
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n not in ("ep4_distributed_optimizer",
-                                                                                     "ep4_muon") else ())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n != "ep4_distributed_optimizer" else ())
                                   for n in LAYOUTS])
 def test_estimate_matches_compiled_step(name):
   cfg = _cfg(*LAYOUTS[name])
