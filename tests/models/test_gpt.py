@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import linen as nn
 
 from moejax.config import AttentionSpec, DocumentSpec, ModelSpec, MoESpec, RouterSpec
@@ -71,6 +72,7 @@ def test_layer_segments_cover_the_pattern_with_few_scans():
     assert sum((kinds * r for kinds, r in segs), ()) == pattern
 
 
+@pytest.mark.slow
 def test_unrolled_layer_loop_equals_the_scan():
   """model.scan_unroll: the same params (stacked), loss and gradients, with the layer loop run 2
   layers per iteration or not at all (0: one forward and one backward while loop fewer)."""
@@ -91,6 +93,7 @@ def test_unrolled_layer_loop_equals_the_scan():
     assert loops_u == (loops if unroll == 2 else loops - 2)
 
 
+@pytest.mark.slow
 def test_per_layer_params_equal_the_scanned_stacks():
   """model.scan_layers=False: each layer its own params (decoder/layer_k: the scanned stacks'
   slices, `relayout`), the same loss, per-layer statistics and gradients, and no stack of

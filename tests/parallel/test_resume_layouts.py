@@ -34,8 +34,8 @@ def uninterrupted(small_moe_config, tmp_path_factory):
   return workdir, {r["step"]: r for r in rows}
 
 
-@pytest.mark.parametrize("micro,parallel", [(2, dict(tp=2, sequence_parallel=True, ep=2)), (1, {})],
-                         ids=["tp2-sp-ep2", "dp8"])
+@pytest.mark.parametrize("micro,parallel", [pytest.param(2, dict(tp=2, sequence_parallel=True, ep=2), marks=pytest.mark.slow),
+                                             (1, {})], ids=["tp2-sp-ep2", "dp8"])
 def test_resume_under_another_layout_continues_the_same_losses(uninterrupted, small_moe_config, tmp_path, capfd,
                                                                micro, parallel):
   source, ref = uninterrupted

@@ -57,3 +57,22 @@ def test_optimizer_state_follows_masters_and_part_goes_to_host(layout):
   assert kinds[:3] == ["pinned_host"] * 3 and set(kinds[3:]) == {"device"}  # the first half of the bytes (mu)
   everything = optimizer_state_shardings(opt, abstract, masters, layout.mesh, host_fraction=1.0)
   assert {s.memory_kind for s in jax.tree.leaves((everything[0].mu, everything[0].nu))} == {"pinned_host"}
+
+
+def test_a_state_masked_per_optimizer_follows_its_masters(layout):
+  """Muon beside AdamW (optax.multi_transform): each optimizer's state holds MaskedNodes where the
+  other owns the param; its own leaves follow their masters, the masks stay masks."""
+  from moejax.train.optim import make_optimizer
+  params = {"decoder": {"mlp": {"gate": jnp.zeros((64, 32)), "up": jnp.zeros((64, 32)), "down": jnp.zeros((32, 64))},
+                        "final_norm": {"scale": jnp.zeros((64,))}}}
+  masters = jax.tree.map(lambda p: shard_over_data(_sh(layout), p.shape, ("embed",) * p.ndim, layout), params)
+  c = base_config()
+  c.optim.optimizer = "muon"
+  opt = make_optimizer(c)
+  sh = optimizer_state_shardings(opt, jax.eval_shape(opt.init, params), masters, layout.mesh)
+  inner = sh[1].inner_states  # (clipping, the partition)
+  momentum, adam_mu = inner["muon"].inner_state[0].momentum, inner["adam"].inner_state[0].mu
+  assert momentum["decoder"]["mlp"] == masters["decoder"]["mlp"]
+  assert isinstance(momentum["decoder"]["final_norm"]["scale"], optax.MaskedNode)
+  assert adam_mu["decoder"]["final_norm"]["scale"] == masters["decoder"]["final_norm"]["scale"]
+  assert isinstance(adam_mu["decoder"]["mlp"]["gate"], optax.MaskedNode)

@@ -197,6 +197,7 @@ def _temp_bytes(pp, num_micro, kind="1f1b"):
   return temp, c.train.micro_batch_size * c.train.seq_length * c.model.hidden_size * 4
 
 
+@pytest.mark.slow
 def test_activation_memory_grows_with_pp_not_with_micro_batches():
   """1f1b keeps pp·(vpp+1)−1 stage inputs per stage whatever the number of micro-batches. The
   compiled step's temporary memory (`memory_analysis()`, per device) at 16 micro-batches is within

@@ -191,6 +191,7 @@ def test_distributed_optimizer_lowers_compiled_memory(layouts):
   assert gathers(zero1_step) > gathers(replicated_step)
 
 
+@pytest.mark.slow
 def test_muon_three_steps_equal_one_device_and_restore(small_moe_config, tmp_path):
   """optim.optimizer='muon' with QK-clip (MuonClip) under ZeRO-1 at ep=2 × tp=2 (Megatron refuses Muon
   with its distributed optimizer; under GSPMD the sharded momentum is only a placement), half the state

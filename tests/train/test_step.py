@@ -79,7 +79,7 @@ def _same_run(small_moe_config, devices, placement=True, **parallel):
   return state, parts
 
 
-@pytest.mark.parametrize("placement", [True, False])
+@pytest.mark.parametrize("placement", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_compute_copy_changes_no_number_on_one_device(small_moe_config, placement, tmp_path):
   state, parts = _same_run(small_moe_config, jax.devices()[:1], placement)
   floating = [p for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.floating)]
