@@ -76,6 +76,8 @@ def clip_attention(attention: dict, logits: MaxAttentionLogits, spec: ModelSpec)
   a = spec.attention
   thr, alpha, m = a.qk_clip_threshold, a.qk_clip_alpha, logits.value
   out = dict(attention)
+  # eta = threshold / max only where max > threshold, 1 elsewhere: megatron-core clamps thr/max to <= 1 for
+  # every head once any head of the layer clips, which would flip a head whose largest logit is negative
   if a.mla.multi_latent_attention:
     Dn, Dr, Dv = a.mla.qk_head_dim, a.mla.qk_pos_emb_head_dim, a.mla.v_head_dim
     eta = jnp.where(m > thr, thr / m, 1.0)
