@@ -30,7 +30,7 @@ def _jax(argv):
   from moejax.config import model_spec
   from moejax.models.gpt import GPTModel
   from moejax.train.muon import matrix_view
-  from moejax.train.optim import make_optimizer
+  from moejax.train.optim import make_optimizer, muon_labels
 
   cfg_flag = config_flags.DEFINE_config_file("config", None, "Recipe file with get_config().")
   flags.DEFINE_integer("iters", 10, "Timed updates.")
@@ -64,11 +64,12 @@ def _jax(argv):
     del state
   if flags.FLAGS.shapes:
     matrices, rest = [], []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-      view = matrix_view(path)
-      if view is None:
+    owners = jax.tree.leaves(muon_labels(abstract))
+    for (path, leaf), owner in zip(jax.tree_util.tree_flatten_with_path(abstract)[0], owners):
+      if owner == "adam":
         rest.append(list(leaf.shape))
         continue
+      view = matrix_view(path)
       name = getattr(path[-1], "key", None)
       if name == "up":  # Megatron's linear_fc1 holds gate and up
         continue

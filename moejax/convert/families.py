@@ -287,11 +287,10 @@ def _rope_hf(spec: ModelSpec) -> dict:
   r, partial = spec.attention.rotary_scaling, spec.attention.rotary_percent
   if r.rope_type == "rope":
     params = {"rope_type": "default", "rope_theta": spec.attention.rotary_base}
-    if partial != 1:
-      params["partial_rotary_factor"] = partial
-      return {"rope_theta": spec.attention.rotary_base, "rope_parameters": params, "rope_scaling": None,
-              "partial_rotary_factor": partial}
-    return {"rope_theta": spec.attention.rotary_base, "rope_parameters": params, "rope_scaling": None}
+    out = {"rope_theta": spec.attention.rotary_base, "rope_parameters": params, "rope_scaling": None}
+    if partial != 1:  # in rope_parameters (transformers 5) and at the top (older readers)
+      params["partial_rotary_factor"] = out["partial_rotary_factor"] = partial
+    return out
   params = {"rope_type": "yarn", "rope_theta": spec.attention.rotary_base, "factor": r.rotary_scaling_factor,
             "original_max_position_embeddings": r.original_max_position_embeddings,
             "beta_fast": r.beta_fast, "beta_slow": r.beta_slow, "mscale": r.mscale, "mscale_all_dim": r.mscale_all_dim}

@@ -39,6 +39,7 @@ from moejax.parallel.mesh import ParallelSizes, problems
 from moejax.parallel.pipeline import make_schedule
 from moejax.plan.memory import (RECOMPUTE, Memory, expert_rows, layout_memory, local_params,
                                 optimizer_state_bytes)
+from moejax.train.optim import STATE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _adam_bytes(cfg, spec) -> int:
   """Adam's two moments per weight: in the masters' dtype, or as stored by the precision-aware optimizer."""
   o = cfg.optim
   if o.use_precision_aware_optimizer:
-    return sum(2 if d == "bf16" else 4 for d in (o.exp_avg_dtype, o.exp_avg_sq_dtype))
+    return sum(jnp.dtype(STATE_DTYPES[d]).itemsize for d in (o.exp_avg_dtype, o.exp_avg_sq_dtype))
   return 2 * jnp.dtype(spec.params_dtype).itemsize
 
 
@@ -164,10 +165,11 @@ def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
   """Per valid layout, its options (recompute choice × distributed optimizer on/off), each with
   its memory per GPU and estimated step time."""
   spec = model_spec(cfg)
-  t = cfg.train
+  t, adam = cfg.train, _adam_bytes(cfg, spec)
   out = []
   for z, vpp, layout in valid_layouts(cfg, gpus):
     m = t.global_batch_size // (t.micro_batch_size * z.dp)
+    moments = optimizer_state_bytes(spec, z, cfg.optim.optimizer, adam)
     options = []
     for recompute in RECOMPUTE:
       cost = step_seconds(spec, z, vpp, t.seq_length, t.micro_batch_size, t.global_batch_size, recompute,
@@ -176,7 +178,7 @@ def plan(cfg, gpus: int, tflops: float = 400.0, nvlink_gbs: float = 400.0,
         mem = layout_memory(spec, z, t.seq_length, t.micro_batch_size, vpp, _slots(z.pp, vpp, m) if z.pp > 1 else 0,
                             sequence_parallel=z.tp > 1, flash=flash, recompute=recompute,
                             distributed_optimizer=dist, micro_batches=m,
-                            moment_bytes=optimizer_state_bytes(spec, z, cfg.optim.optimizer, _adam_bytes(cfg, spec)))
+                            moment_bytes=moments)
         options.append(Option(z, vpp, layout, recompute, dist, mem, cost))
     out.append(options)
   return out

@@ -105,11 +105,12 @@ def _names(path) -> list:
 
 
 def matrix_view(path) -> MatrixView | None:
-  """The matrix a parameter is for Muon, None for AdamW's: Megatron's rule (2-D weights other than the
-  embedding and output layer), read from moejax's names since the scan stacks layers into more axes."""
+  """The matrix a layer's parameter is for Muon, None for a vector (norm scale, bias): Megatron's rule
+  (2-D weights), read from moejax's names since the scan stacks layers into more axes. The embedding
+  and output layer are AdamW's whatever their shape (moejax/train/optim.py, `muon_labels`)."""
   names = _names(path)
   name = names[-1]
-  if names[0] in ("embedding", "output_layer") or name in ("scale", "embedding") or str(name).endswith("bias"):
+  if name == "scale" or str(name).endswith("bias"):
     return None
   if name == "kernel" and len(names) > 1 and names[-2] == "router":
     return _ROUTER
@@ -119,15 +120,14 @@ def matrix_view(path) -> MatrixView | None:
                    "name its in and out axes in moejax/train/muon.py (_VIEWS), or use optim.optimizer='adam'")
 
 
-def labels(params):
-  """"muon" or "adam" per parameter (optax.multi_transform's labels)."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: "adam" if matrix_view(p) is None else "muon", params)
-
-
-def _to_blocks(x, view: MatrixView, n: int):
+def _to_blocks(x, view: MatrixView, n: int, path):
   """x [*batch, *in, *out] → [*batch, n, in, out / n] (split "out") or [*batch, n, in / n, out]."""
   nb = x.ndim - view.in_ndim - view.out_ndim
   lead, ins, outs = x.shape[:nb], x.shape[nb:nb + view.in_ndim], x.shape[nb + view.in_ndim:]
+  size = (outs if view.split == "out" else ins)[0]
+  if size % n:
+    raise ValueError(f"optim.muon_tp_mode='blockwise': {jax.tree_util.keystr(path)} has {size} rows on the side "
+                     f"tensor parallelism splits, not divisible by {n} ranks; use optim.muon_tp_mode='duplicated'")
   if view.split == "out":
     x = x.reshape(*lead, *ins, n, outs[0] // n, *outs[1:])
     x = jnp.moveaxis(x, nb + view.in_ndim, nb)
@@ -183,13 +183,7 @@ def scale_by_muon(cfg) -> optax.GradientTransformation:
     for group in _matrices(list(leaves), fused):
       views = [matrix_view(q) for q in group]
       n = 1 if blocks is None or views[0].split is None else blocks[views[0].expert]
-      for q, v in zip(group, views):
-        nb = leaves[q].ndim - v.in_ndim - v.out_ndim
-        size = leaves[q].shape[nb if v.split == "in" else nb + v.in_ndim]
-        if size % n:
-          raise ValueError(f"optim.muon_tp_mode='blockwise': {jax.tree_util.keystr(q)} has {size} rows on the side "
-                           f"tensor parallelism splits, not divisible by {n} ranks; use optim.muon_tp_mode='duplicated'")
-      parts = [_to_blocks(leaves[q], v, n) for q, v in zip(group, views)]
+      parts = [_to_blocks(leaves[q], v, n, q) for q, v in zip(group, views)]
       x = jnp.concatenate(parts, axis=-1)
       y = newton_schulz(x, o.muon_num_ns_steps, o.muon_coefficient_type, o.muon_fp32_matmul_prec)
       y = y * scale_factor(x.shape[-1], x.shape[-2], o.muon_scale_mode) * o.muon_extra_scale_factor

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moejax.train.muon import labels, scale_by_muon
+from moejax.train.muon import matrix_view, scale_by_muon
 
 
 def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
@@ -120,15 +120,23 @@ def _weight_decay(cfg):
   return o.weight_decay if o.weight_decay_incr_style == "constant" else weight_decay_schedule(cfg)
 
 
+def muon_labels(params):
+  """"muon" or "adam" per parameter: Megatron's Muon takes the 2-D weights but the embedding and output
+  layer's (`muon.matrix_view` says which are matrices and how)."""
+  def label(path, _):
+    return "adam" if is_embedding_or_output_parameter(path) or matrix_view(path) is None else "muon"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def muon(cfg) -> optax.GradientTransformation:
   """Megatron's Muon with AdamW beside it: the layers' matrices by their orthogonalized momentum,
-  decoupled weight decay and the learning rate's schedule; the rest (`muon.labels`) by `adamw`."""
+  decoupled weight decay and the learning rate's schedule; the rest (`muon_labels`) by `adamw`."""
   matrices = optax.chain(scale_by_muon(cfg), optax.add_decayed_weights(_weight_decay(cfg)),
                          scale_by_learning_rate(cfg))
-  return optax.multi_transform({"muon": matrices, "adam": adamw(cfg)}, labels)
+  return optax.multi_transform({"muon": matrices, "adam": adamw(cfg)}, muon_labels)
 
 
-_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+STATE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}  # optim.*_dtype settings
 
 
 def keep_state_dtypes(inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -148,7 +156,7 @@ def precision_aware(inner: optax.GradientTransformation, exp_avg_dtype: str = "f
   `exp_avg_sq_dtype`, every update computed in fp32 (state, gradients and params upcast, the new
   moments rounded once to their storage dtype). optax's own `mu_dtype` covers the first moment
   only and does its math in the storage dtype."""
-  mu_dtype, nu_dtype = _DTYPES[exp_avg_dtype], _DTYPES[exp_avg_sq_dtype]
+  mu_dtype, nu_dtype = STATE_DTYPES[exp_avg_dtype], STATE_DTYPES[exp_avg_sq_dtype]
   is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
 
   def store(state):

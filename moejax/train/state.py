@@ -39,9 +39,7 @@ from moejax.moe.state import MOE_STATE
 from moejax.parallel.mesh import MeshLayout, make_mesh
 from moejax.parallel.sharding import (current_mesh, fit_to_shapes, logical_axis_rules, optimizer_state_shardings,
                                       replicated, shard_over_data)
-from moejax.train.optim import make_optimizer
-
-_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+from moejax.train.optim import STATE_DTYPES, make_optimizer
 
 
 @flax.struct.dataclass
@@ -158,7 +156,7 @@ class StatePlacement:
     sharded over data the reduction over data becomes a reduce-scatter onto the shards."""
     boxed = lambda g: isinstance(g, nn.LogicallyPartitioned)  # noqa: E731  (FSDP: grads of boxed layers)
     grads = jax.tree.map(lambda g: g.value if boxed(g) else g, grads, is_leaf=boxed)  # no constraint
-    dtype = _DTYPES[self.main_grads_dtype]
+    dtype = STATE_DTYPES[self.main_grads_dtype]
     return jax.lax.with_sharding_constraint(jax.tree.map(lambda g: g.astype(dtype), grads), self.master)
 
 

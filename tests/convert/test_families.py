@@ -15,6 +15,13 @@ from moejax.metrics.flops import num_params
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
+# GLM-4.5-Air's config.json on the Hub; GLM-4.5's differs in its sizes, QK-norm and routed scaling
+_GLM45_AIR = dict(
+    model_type="glm4_moe", hidden_size=4096, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=46,
+    num_attention_heads=96, num_key_value_heads=8, head_dim=128, n_routed_experts=128, n_shared_experts=1,
+    num_experts_per_tok=8, first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0,
+    norm_topk_prob=True, num_nextn_predict_layers=1, attention_bias=True, use_qk_norm=False, partial_rotary_factor=0.5,
+    rope_theta=1000000, vocab_size=151552, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=False)
 # The Hub's config.json of each model (fields that shape the computation; FP8 quantization left out).
 HUB = {
     "mixtral_8x7b": ("mixtral", dict(
@@ -45,20 +52,10 @@ HUB = {
         rope_theta=10000, max_position_embeddings=163840,
         rope_scaling=dict(type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
                           mscale=1.0, mscale_all_dim=1.0), tie_word_embeddings=False)),
-    "glm4_5_air": ("glm4_moe", dict(
-        model_type="glm4_moe", hidden_size=4096, intermediate_size=10944, moe_intermediate_size=1408,
-        num_hidden_layers=46, num_attention_heads=96, num_key_value_heads=8, head_dim=128, n_routed_experts=128,
-        n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=1, n_group=1, topk_group=1,
-        routed_scaling_factor=1.0, norm_topk_prob=True, num_nextn_predict_layers=1, attention_bias=True,
-        use_qk_norm=False, partial_rotary_factor=0.5, rope_theta=1000000, vocab_size=151552, rms_norm_eps=1e-5,
-        max_position_embeddings=131072, tie_word_embeddings=False)),
-    "glm4_5": ("glm4_moe", dict(
-        model_type="glm4_moe", hidden_size=5120, intermediate_size=12288, moe_intermediate_size=1536,
-        num_hidden_layers=92, num_attention_heads=96, num_key_value_heads=8, head_dim=128, n_routed_experts=160,
-        n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=3, n_group=1, topk_group=1,
-        routed_scaling_factor=2.5, norm_topk_prob=True, num_nextn_predict_layers=1, attention_bias=True,
-        use_qk_norm=True, partial_rotary_factor=0.5, rope_theta=1000000, vocab_size=151552, rms_norm_eps=1e-5,
-        max_position_embeddings=131072, tie_word_embeddings=False)),
+    "glm4_5_air": ("glm4_moe", _GLM45_AIR),
+    "glm4_5": ("glm4_moe", dict(_GLM45_AIR, hidden_size=5120, intermediate_size=12288, moe_intermediate_size=1536,
+                                num_hidden_layers=92, n_routed_experts=160, first_k_dense_replace=3,
+                                routed_scaling_factor=2.5, use_qk_norm=True)),
 }
 
 

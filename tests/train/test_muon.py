@@ -14,7 +14,7 @@ import pytest
 
 from moejax.config import ConfigError, base_config
 from moejax.train import muon
-from moejax.train.optim import make_optimizer
+from moejax.train.optim import make_optimizer, muon_labels
 from moejax.train.validate import validate
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_labels_follow_megatron():
                shared_expert_intermediate_size=16, shared_expert_gate=True)
   params = jax.eval_shape(lambda: GPTModel(model_spec(c)).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   labels = {jax.tree_util.keystr(k): v for k, v in
-            jax.tree_util.tree_flatten_with_path(muon.labels(nn.unbox(params)["params"]))[0]}
+            jax.tree_util.tree_flatten_with_path(muon_labels(nn.unbox(params)["params"]))[0]}
   adam = sorted(k for k, v in labels.items() if v == "adam")
   assert all(k.endswith("['scale']") or "bias" in k for k in adam if "embedding" not in k and "output" not in k), adam
   assert "['embedding']['embedding']" in adam and "['output_layer']['kernel']" in adam
@@ -153,7 +153,7 @@ def test_labels_follow_megatron():
                "'down'"):
     assert any(name in k and v == "muon" for k, v in labels.items()), name
   with pytest.raises(ValueError, match="no matrix view of parameter"):
-    muon.labels({"decoder": {"mystery": jnp.zeros((4, 4))}})
+    muon_labels({"decoder": {"mystery": jnp.zeros((4, 4))}})
 
 
 def test_blockwise_tensor_parallel_blocks():
