@@ -574,6 +574,9 @@ class OptimSpec(Spec, section="optim"):
   muon_tp_mode: Literal["blockwise", "duplicated", "distributed"] = "blockwise"
   clip_grad: float = 1.0
   lr_warmup_iters: int = 0
+  lr_warmup_samples: int = 0                 # with train.train_samples: Megatron's sample-based forms of
+  lr_decay_samples: int | None = None        # lr_warmup_iters, lr_decay_iters (None = train_samples) and
+  lr_wsd_decay_samples: int | None = None    # lr_wsd_decay_iters
   lr_warmup_init: float = 0.0                # the warmup's first learning rate
   lr_warmup_fraction: float | None = None    # warmup over this fraction of lr_decay_iters (not with lr_warmup_iters)
   # Megatron's styles (its default is linear); WSD: constant, then lr_wsd_decay_style over the
@@ -604,7 +607,7 @@ class OptimSpec(Spec, section="optim"):
       bad.append(f"optim.lr={self.lr} must be > 0 (a learning rate of e.g. 3e-4)")
     elif not 0 <= self.min_lr <= self.lr:
       bad.append(f"optim.min_lr={self.min_lr} must be between 0 and optim.lr={self.lr}")
-    for k in ("weight_decay", "clip_grad", "lr_warmup_iters"):
+    for k in ("weight_decay", "clip_grad", "lr_warmup_iters", "lr_warmup_samples"):
       if getattr(self, k) < 0:
         bad.append(f"optim.{k}={getattr(self, k)} must be >= 0 (0 turns it off)")
     for k in ("adam_beta1", "adam_beta2"):
@@ -619,14 +622,16 @@ class OptimSpec(Spec, section="optim"):
                  "Megatron's default is 5)")
     if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
       bad.append(f"optim.lr_decay_iters={self.lr_decay_iters} must be >= 1 (or None: train.train_iters)")
+    if self.lr_decay_samples is not None and self.lr_decay_samples < 1:
+      bad.append(f"optim.lr_decay_samples={self.lr_decay_samples} must be >= 1 (or None: train.train_samples)")
     if self.lr > 0 and not 0 <= self.lr_warmup_init <= self.lr:
       bad.append(f"optim.lr_warmup_init={self.lr_warmup_init} must be between 0 and optim.lr={self.lr}")
     if self.lr_warmup_fraction is not None and not (0 <= self.lr_warmup_fraction < 1 and self.lr_warmup_iters == 0):
       bad.append(f"optim.lr_warmup_fraction={self.lr_warmup_fraction} must be in [0, 1) with optim.lr_warmup_iters=0 "
                  "(give one of the two, as in Megatron)")
-    if self.lr_decay_style == "WSD" and not (self.lr_wsd_decay_iters or 0) >= 1:
+    if self.lr_decay_style == "WSD" and not max(self.lr_wsd_decay_iters or 0, self.lr_wsd_decay_samples or 0) >= 1:
       bad.append(f"optim.lr_decay_style='WSD' needs optim.lr_wsd_decay_iters >= 1 (the annealing steps at the end "
-                 f"of the decay), not {self.lr_wsd_decay_iters}")
+                 f"of the decay; lr_wsd_decay_samples with train.train_samples), not {self.lr_wsd_decay_iters}")
     return bad + self._weight_decay_problems() + self._decoupled_lr_problems()
 
   def _weight_decay_problems(self):
@@ -659,9 +664,14 @@ class OptimSpec(Spec, section="optim"):
 @frozen
 class TrainSpec(Spec, section="train"):
   """Steps, batch sizes and the evaluation schedule."""
-  train_iters: int = 100
+  train_iters: int | None = 100             # steps, or None with train_samples (sample-based training)
+  train_samples: int | None = None           # Megatron's --train-samples: steps follow from the batch schedule
   micro_batch_size: int = 1                  # per data-parallel rank, as in Megatron
-  global_batch_size: int = 8
+  global_batch_size: int = 8                 # the batch after any ramp-up
+  # Megatron's batch-size ramp-up (moejax/data/batch_schedule.py; needs train_samples): (start, increment,
+  # samples), --rampup-batch-size; or "TOKENS:BATCH ..." from a token count on, --step-batch-size-schedule
+  rampup_batch_size: tuple[int, ...] | None = None
+  step_batch_size_schedule: str | None = None
   seq_length: int = 128
   seed: int = 0
   log_interval: int = 10
@@ -678,8 +688,8 @@ class TrainSpec(Spec, section="train"):
   exit_interval: int | None = None
 
   def problems(self):
-    bad = super().problems() + _not_positive("train", self, ("train_iters", "micro_batch_size",
-                                                             "global_batch_size", "seq_length", "log_interval"))
+    bad = super().problems() + _not_positive("train", self, ("micro_batch_size", "global_batch_size", "seq_length",
+                                                             "log_interval") + ("train_iters",) * (self.train_iters is not None))
     if not isinstance(self.skip_nonfinite_steps, int) or self.skip_nonfinite_steps < 0:
       bad.append(f"train.skip_nonfinite_steps={self.skip_nonfinite_steps!r} must be an integer >= 0 "
                  "(0: stop at the first non-finite step)")

@@ -146,7 +146,7 @@ def _schema_value(hint, default):
   args = [a for a in typing.get_args(hint) if a is not type(None)]
   if len(args) == 1:
     (a,) = args
-    ftype = str if typing.get_origin(a) is typing.Literal else a
+    ftype = str if typing.get_origin(a) is typing.Literal else typing.get_origin(a) or a  # tuple[int, ...]: tuple
     return ml_collections.FieldReference(default, field_type=ftype)
   return ml_collections.FieldReference(default, field_type=object)
 

@@ -1,15 +1,19 @@
-"""Data and evaluation settings: the files exist, the split leaves no needed set empty."""
+"""Data and evaluation settings: the files exist, the split leaves no needed set empty, the run's length
+and batch schedule go together."""
 from __future__ import annotations
 
+from moejax.data import batch_schedule
 from moejax.data.blend import parse_blend
 from moejax.data.gpt_dataset import parse_split, split_ranges
 from moejax.data.indexed import IndexedDataset, IndexedDatasetError
 from moejax.data.loader import used_splits
 
 
-def problems(cfg) -> list[str]:
+def problems(cfg, num_devices: int | None = None) -> list[str]:
   d, t = cfg.data, cfg.train
-  problems = []
+  problems = batch_schedule.problems(cfg, num_devices)
+  if problems:
+    return problems
   if d.source != "indexed":
     if t.eval_interval:
       problems.append(f"train.eval_interval={t.eval_interval} needs a validation split: set "

@@ -1,4 +1,5 @@
-"""Global batches through Grain: batch for step s is `dataset[s]`, so resuming is exact.
+"""Global batches through Grain: batch for step s is `dataset[s]`, so resuming is exact (also under a
+batch-size ramp-up: each step's batch follows from the samples before it, moejax/data/batch_schedule.py).
 
 Sources: the bundled pydoc text, synthetic tokens, or Megatron `.bin`/`.idx` datasets
 (`data.source='indexed'`: Megatron's GPT sample index, split and blending; see gpt_dataset.py).
@@ -9,6 +10,7 @@ import grain
 import jax
 import numpy as np
 
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.data.blend import WindowSource, build_gpt_datasets
 from moejax.data.corpus import SyntheticWindows, TokenWindows, pydoc_tokens
 from moejax.data.gpt_dataset import GPTDatasetConfig
@@ -28,11 +30,11 @@ def make_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset:
     if cfg.model.vocab_size < 257:
       raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the byte tokenizer's 257")
   elif d.source == "indexed":
-    return _batches(WindowSource(gpt_datasets(cfg)[0]), cfg, num_devices, sharding)
+    return _batches(WindowSource(gpt_datasets(cfg)[0]), cfg, num_devices, sharding, ramp=True)
   else:
     source = SyntheticWindows(cfg.model.vocab_size, length, d.seed)
   ds = grain.MapDataset.source(source).shuffle(seed=d.seed).repeat()
-  return _batches(ds, cfg, num_devices, sharding)
+  return _batches(ds, cfg, num_devices, sharding, ramp=True)
 
 
 def make_eval_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset | None:
@@ -44,17 +46,21 @@ def make_eval_dataset(cfg, num_devices: int, sharding=None) -> grain.MapDataset 
   return _batches(WindowSource(gpt_datasets(cfg)[1]), cfg, num_devices, sharding)
 
 
-def _batches(source, cfg, num_devices: int, sharding=None) -> grain.MapDataset:
+def _batches(source, cfg, num_devices: int, sharding=None, ramp: bool = False) -> grain.MapDataset:
   """Consecutive records as global batches [num_micro, micro·dp, seq+1] (the GPT index is
-  already shuffled; Megatron's sampler reads it in order): record s·gbs + m·(micro·dp) + r is
-  row r of micro-batch m of step s."""
+  already shuffled; Megatron's sampler reads it in order): record c + m·(micro·dp) + r is
+  row r of micro-batch m of the step that starts after c records (s·gbs at a constant batch; `ramp`:
+  the train split's batch schedule, moejax/data/batch_schedule.py)."""
   t = cfg.train
   gbs, length = t.global_batch_size, t.seq_length + 1
   n_micro = num_microbatches(cfg, num_devices)
   ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
-  if sharding is not None and jax.process_count() > 1:
-    rows = process_rows(sharding, (n_micro, gbs // n_micro, length))
-    return local_batches(ds, gbs, n_micro, rows)
+  schedule = BatchSchedule.of(cfg) if ramp else BatchSchedule(gbs)
+  if schedule.ramps or (sharding is not None and jax.process_count() > 1):
+    rows = np.arange(gbs // n_micro)
+    if sharding is not None and jax.process_count() > 1:
+      rows = process_rows(sharding, (n_micro, gbs // n_micro, length))
+    return local_batches(ds, schedule, gbs // n_micro, rows)
   ds = ds.batch(gbs, drop_remainder=True)
   return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, length))
 
@@ -69,16 +75,18 @@ def process_rows(sharding, global_shape, devices=None) -> np.ndarray:
   return np.asarray(sorted(rows), dtype=np.int64)
 
 
-def local_batches(records: grain.MapDataset, gbs: int, n_micro: int, rows: np.ndarray) -> grain.MapDataset:
-  """Per step, only the given rows of each micro-batch: [n_micro, len(rows), seq+1]."""
-  per_micro = gbs // n_micro
-  offsets = (np.arange(n_micro)[:, None] * per_micro + rows[None, :]).ravel()
+def local_batches(records: grain.MapDataset, schedule: BatchSchedule, per_micro: int,
+                  rows: np.ndarray) -> grain.MapDataset:
+  """Per step, only the given rows of each of its micro-batches of `per_micro` (micro·dp) records:
+  [the step's batch / per_micro, len(rows), seq+1]."""
 
   def load(step):
-    recs = [np.asarray(records[int(step) * gbs + int(o)], np.int32) for o in offsets]
+    n_micro, first = schedule.global_batch_size(int(step)) // per_micro, schedule.consumed(int(step))
+    offsets = (np.arange(n_micro)[:, None] * per_micro + rows[None, :]).ravel()
+    recs = [np.asarray(records[first + int(o)], np.int32) for o in offsets]
     return np.stack(recs).reshape(n_micro, len(rows), -1)
 
-  return grain.MapDataset.range(len(records) // gbs).map(load)
+  return grain.MapDataset.range(schedule.steps_within(len(records))).map(load)
 
 
 def used_splits(cfg) -> tuple[bool, bool, bool]:
@@ -87,12 +95,13 @@ def used_splits(cfg) -> tuple[bool, bool, bool]:
 
 
 def split_sizes(cfg) -> tuple[int, int, int]:
-  """Samples each split must hold (Megatron's formula): train for every step, valid for every
-  evaluation including one at the end, test for one evaluation."""
-  t = cfg.train
-  gbs, iters = t.global_batch_size, max(t.eval_iters, 1)
-  evals = t.train_iters // t.eval_interval + 1 if t.eval_interval else 1
-  return t.train_iters * gbs, evals * iters * gbs, iters * gbs
+  """Samples each split must hold (Megatron's formula): train for every step (train.train_samples, or
+  what the steps read where Megatron's step count overruns them), valid for every evaluation including
+  one at the end, test for one evaluation."""
+  t, schedule = cfg.train, BatchSchedule.of(cfg)
+  gbs, iters, steps = t.global_batch_size, max(t.eval_iters, 1), schedule.train_iters
+  evals = steps // t.eval_interval + 1 if t.eval_interval else 1
+  return max(t.train_samples or 0, schedule.consumed(steps)), evals * iters * gbs, iters * gbs
 
 
 def gpt_datasets(cfg):

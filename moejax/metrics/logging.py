@@ -11,7 +11,7 @@ import numpy as np
 from moejax.metrics.moe_load import log_to_tensorboard
 
 CONSOLE_KEYS = ("loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "num_zeros_in_grad", "params_norm",
-                "max_attention_logit", "lr", "tokens_per_sec", "tflops_per_device", "mfu")
+                "max_attention_logit", "lr", "global_batch_size", "tokens_per_sec", "tflops_per_device", "mfu")
 
 
 class MetricsWriter:

@@ -14,13 +14,13 @@ from flax import linen as nn
 
 from moejax.checkpoint.manager import CheckpointManager
 from moejax.config import RunError
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.data.loader import device_batch, make_dataset, make_eval_dataset
 from moejax.metrics.flops import describe_params, peak_tflops_per_device, train_flops_per_token
 from moejax.metrics.logging import MOE_ARRAY_KEYS, MetricsWriter, moe_records
 from moejax.metrics.memory import memory_report
 from moejax.metrics.profile import StepProfiler
 from moejax.models.gpt import GPTModel
-from moejax.parallel.mesh import num_microbatches
 from moejax.parallel.sharding import batch_sharding, host_replicated, replicated
 from moejax.train.lock import WorkdirLock
 from moejax.train.loss import loss_fn, step_loss_tokens
@@ -60,6 +60,21 @@ def evaluate(eval_fn, params, dataset, index: int, eval_iters: int, bsh) -> dict
   losses, weights = np.asarray([jax.device_get(eval_fn(params, device_batch(b, bsh))) for b in batches], np.float64).T
   loss = float(np.average(losses, weights=weights))
   return {"eval_loss": loss, "eval_ppl": float(np.exp(min(loss, 80.0)))}
+
+
+def _meta(step: int, batches: BatchSchedule) -> dict:
+  """A checkpoint's metadata: its step and the samples consumed before it (Megatron's consumed_train_samples)."""
+  return {"step": step, "consumed_samples": batches.consumed(step)}
+
+
+def _check_consumed(meta: dict, batches: BatchSchedule) -> None:
+  """Resuming reads on from the samples the checkpoint's run had consumed; a batch schedule that puts its
+  step elsewhere would skip or repeat data: RunError naming it."""
+  step, saved = int(meta["step"]), meta.get("consumed_samples")  # older checkpoints: no count
+  if saved is not None and saved != batches.consumed(step):
+    raise RunError(f"the checkpoint at step {step} had consumed {saved} samples, but this config's batch schedule "
+                   f"(train.global_batch_size, train.rampup_batch_size, train.step_batch_size_schedule) reaches "
+                   f"step {step} after {batches.consumed(step)}: resume with the schedule it was saved with")
 
 
 def _check_nonfinite(step: int, record: dict, run: int, t, last_checkpoint: int | None) -> None:
@@ -126,7 +141,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
   mesh, n_dev = layout.mesh, layout.mesh.size
   spec = model.spec
   t = cfg.train
-  tokens_per_step = t.global_batch_size * t.seq_length
+  batches = BatchSchedule.of(cfg)
+  train_iters = batches.train_iters
   flops_per_token = train_flops_per_token(spec, t.seq_length)
   peak = peak_tflops_per_device(cfg.logging.peak_tflops_per_device)
   stop = StopAgreement(t.exit_duration_in_mins, t.exit_interval)  # from here: a signal during compilation counts
@@ -139,11 +155,14 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
     print(f"{describe_layout(layout)}; {describe_params(spec)}", file=sys.stderr)
     restored = ckpt.restore(abstract, shardings)  # the newest checkpoint that verifies
-    if restored is not None and int(restored[0].step) >= t.train_iters:
-      print(f"already at step {int(restored[0].step)} (train.train_iters={t.train_iters}); nothing to do: raise "
-            "train.train_iters to train further", file=sys.stderr)
+    length = f"train.train_iters={t.train_iters}" if t.train_samples is None else \
+        f"train.train_samples={t.train_samples}: {train_iters} steps"
+    if restored is not None and int(restored[0].step) >= train_iters:
+      print(f"already at step {int(restored[0].step)} ({length}); nothing to do: raise "
+            f"train.{'train_iters' if t.train_samples is None else 'train_samples'} to train further", file=sys.stderr)
       return history
     if restored is not None:
+      _check_consumed(restored[1], batches)
       state = with_compute_copy(restored[0], spec.dtype, shardings)
       print(f"resumed from checkpoint at step {int(state.step)}", file=sys.stderr)
     else:
@@ -151,12 +170,17 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     bsh = batch_sharding(mesh, rules, ndim=3)
     dataset = make_dataset(cfg, n_dev, bsh)
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
-    if cfg.parallel.pp > 1:
-      print(describe_pipeline(cfg, num_microbatches(cfg, n_dev)), file=sys.stderr)
-    step_fn = jit_train_step(cfg, parts, host_replicated(mesh))
     start = int(state.step)
+    if cfg.parallel.pp > 1:
+      print(describe_pipeline(cfg, dataset[start].shape[0]), file=sys.stderr)
+    if batches.ramps:
+      print(f"batch ramp-up: global batches {batches.sizes()}, {train_iters} steps; step {start} takes "
+            f"{batches.global_batch_size(start)} after {batches.consumed(start)} samples", file=sys.stderr)
+    step_fn = jit_train_step(cfg, parts, host_replicated(mesh))
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
+    per_micro = t.micro_batch_size * layout.sizes.dp
+    micro_batches = lambda step: batches.global_batch_size(step) // per_micro  # noqa: E731
+    compiled = {micro_batches(start): step_fn.lower(state, device_batch(dataset[start], bsh)).compile()}
     ckpt.prepare(abstract, shardings)  # the save's own compile, off the first save step
     eval_fn = None
     if eval_dataset is not None:
@@ -164,34 +188,41 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                          out_shardings=replicated(mesh))
       eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    print(memory_report(compiled, abstract, shardings), file=sys.stderr)
-    writer = MetricsWriter(workdir, cfg.logging.tensorboard, t.train_iters, start_step=start,
+    print(memory_report(next(iter(compiled.values())), abstract, shardings), file=sys.stderr)
+    writer = MetricsWriter(workdir, cfg.logging.tensorboard, train_iters, start_step=start,
                            primary=jax.process_index() == 0)
     lg = cfg.logging
     profiler = StepProfiler(os.path.join(workdir, "profile"), lg.profile_step_start, lg.profile_step_end,
-                            lg.profile, compiled)
+                            lg.profile, next(iter(compiled.values())))
     nonfinite_run = 0
 
     def steps():
-      for k in range(start, t.train_iters):
+      for k in range(start, train_iters):
         if not stop.allows(k):
           return
+        if micro_batches(k) not in compiled:  # the ramp-up's next batch: its own micro-batch count, compiled
+          t1 = time.perf_counter()            # between steps (`read_now`), so no step's time counts it
+          compiled[micro_batches(k)] = step_fn.lower(state, device_batch(dataset[k], bsh)).compile()
+          print(f"step {k + 1}: global batch {batches.global_batch_size(k)}, {micro_batches(k)} micro-batches; "
+                f"compiled its train step in {time.perf_counter() - t1:.1f}s", file=sys.stderr)
         yield k
 
     def run_step(step):
       nonlocal state
       batch = device_batch(dataset[step], bsh)
       profiler.before(step)
-      state, metrics = compiled(state, batch)
+      state, metrics = compiled[micro_batches(step)](state, batch)
       return metrics
 
-    def record_of(metrics, dt) -> dict:
-      tps = tokens_per_step / dt
+    def record_of(step, metrics, dt) -> dict:
+      tps = batches.global_batch_size(step) * t.seq_length / dt
       tflops = flops_per_token * tps / n_dev / 1e12
       record = {k: float(v) for k, v in metrics.items() if k not in MOE_ARRAY_KEYS}
       record.update(moe_records(metrics, cfg.logging.moe_per_layer))
       record.update(step_time=dt, tokens_per_sec=tps, tflops_per_device=tflops,
                     mfu=(tflops / peak) if peak else None)
+      if batches.ramps:  # Megatron's log line has both
+        record.update(global_batch_size=batches.global_batch_size(step), consumed_samples=batches.consumed(step + 1))
       return record
 
     def log(step, record) -> bool:
@@ -201,22 +232,23 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
       finite = math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
       nonfinite_run = 0 if finite else nonfinite_run + 1
       writer.write(step + 1, record, console=(step + 1) % t.log_interval == 0 or step == start
-                   or step + 1 == t.train_iters or not finite)
+                   or step + 1 == train_iters or not finite)
       if nonfinite_run:
         _check_nonfinite(step + 1, record, nonfinite_run, t, ckpt.latest_step())
       return finite
 
     def read_now(step) -> bool:
-      """Whether the state after `step` is read (saved, evaluated, traced, or the run stops after it)
-      before the next step runs."""
-      return ((step + 1) % c.save_interval == 0 or step + 1 == t.train_iters or step + 1 == stop.stop_after
+      """Whether the state after `step` is read (saved, evaluated, traced, the run stops after it, or the next
+      step's batch size is still to be compiled) before the next step runs."""
+      return ((step + 1) % c.save_interval == 0 or step + 1 == train_iters or step + 1 == stop.stop_after
               or (eval_fn is not None and (step + 1) % t.eval_interval == 0)
-              or (lg.profile and lg.profile_step_start - 1 <= step < lg.profile_step_end))
+              or (lg.profile and lg.profile_step_start - 1 <= step < lg.profile_step_end)
+              or micro_batches(step + 1) not in compiled)
 
     try:
       for step, metrics, dt, current in queued_steps(run_step, steps(), read_now):
         profiler.after(step)
-        record = record_of(metrics, dt)
+        record = record_of(step, metrics, dt)
         if not current:
           log(step, record)
           continue
@@ -228,7 +260,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         finite = log(step, record)
         stopping = step + 1 == stop.stop_after
         if finite:  # a state whose last step was not finite is never saved
-          ckpt.save(step + 1, state, {"step": step + 1}, force=stopping)
+          ckpt.save(step + 1, state, _meta(step + 1, batches), force=stopping)
         if stopping:
           print(f"stopping at step {step + 1} {stop.reason}; " + ("checkpoint saved" if finite else
                 f"not saved (the step was not finite; the last checkpoint is step {ckpt.latest_step()})"),
@@ -236,7 +268,7 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
           break
       else:
         if nonfinite_run == 0 and ckpt.latest_step() != int(state.step):
-          ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
+          ckpt.save(int(state.step), state, _meta(int(state.step), batches), force=True)
     finally:
       profiler.close()
       writer.close()

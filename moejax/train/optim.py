@@ -8,7 +8,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.train.muon import matrix_view, scale_by_muon
+
+
+def schedule_lengths(cfg) -> tuple[float, float, float, float]:
+  """(warmup, decay, WSD's annealing, weight decay's rise) in global batches of train.global_batch_size, the
+  unit the schedules count in (`BatchSchedule.progress`): the optim.*_iters and train.train_iters as
+  they are, or with train.train_samples Megatron's sample counts divided by the global batch."""
+  o, t = cfg.optim, cfg.train
+  if t.train_samples is None:
+    decay = o.lr_decay_iters or t.train_iters
+    warmup = o.lr_warmup_iters if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+    return warmup, decay, o.lr_wsd_decay_iters or 0, t.train_iters
+  gbs = t.global_batch_size
+  decay = (o.lr_decay_samples or t.train_samples) / gbs
+  warmup = o.lr_warmup_samples / gbs if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+  return warmup, decay, (o.lr_wsd_decay_samples or 0) / gbs, t.train_samples / gbs
 
 
 def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
@@ -19,13 +35,16 @@ def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
   at lr. `decoupled`: that of Megatron's param group of the embedding and output layer, the same
   shape between optim.decoupled_lr and optim.decoupled_min_lr (None: min_lr). Written out rather
   than joined from optax's schedules, which have no WSD and no Megatron inverse-square-root;
-  tests/train/test_optim.py holds it to megatron-core's scheduler."""
+  tests/train/test_optim.py holds it to megatron-core's scheduler. Lengths count as `schedule_lengths`
+  says; under a batch ramp-up the step's position is the samples consumed before it (Megatron steps its
+  scheduler by each step's batch; after a skipped non-finite step, which Megatron's scheduler does
+  not count either, moejax counts the first `count` steps' batches, at most one batch's difference)."""
   o = cfg.optim
   style, lr, min_lr = o.lr_decay_style, o.lr, o.min_lr
   if decoupled:
     lr, min_lr = o.decoupled_lr, min_lr if o.decoupled_min_lr is None else o.decoupled_min_lr
-  decay = o.lr_decay_iters or cfg.train.train_iters
-  warmup = o.lr_warmup_iters if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+  warmup, decay, anneal, _ = schedule_lengths(cfg)
+  progress = BatchSchedule.of(cfg).progress
   samples = cfg.train.global_batch_size  # Megatron counts in samples, which only its clamps to 1 see
 
   def coefficient(n):
@@ -35,13 +54,12 @@ def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
       return 1.0 - ratio
     if style == "cosine":
       return 0.5 * (jnp.cos(jnp.pi * ratio) + 1.0)
-    anneal = o.lr_wsd_decay_iters  # WSD: stable, then these last steps of the decay
     r = jnp.clip((n - (decay - anneal)) / anneal, 0.0, 1.0)
     return {"linear": lambda: 1.0 - r, "cosine": lambda: 0.5 * (jnp.cos(jnp.pi * r) + 1.0),
             "exponential": lambda: 2.0 * 0.5 ** r - 1.0, "minus_sqrt": lambda: 1.0 - jnp.sqrt(r)}[o.lr_wsd_decay_style]()
 
   def schedule(step):
-    n = jnp.asarray(step, jnp.float32)
+    n = progress(step)
     if style == "constant":
       after = jnp.full_like(n, lr)
     elif style == "inverse-square-root":
@@ -59,14 +77,15 @@ def lr_schedule(cfg, decoupled: bool = False) -> optax.Schedule:
 
 def weight_decay_schedule(cfg) -> optax.Schedule:
   """Megatron's weight decay (OptimizerParamScheduler.get_wd) at a step counted from 0: from
-  optim.start_weight_decay to optim.end_weight_decay over train.train_iters steps (Megatron's
-  wd_incr_steps), rising along a line or half a cosine (optim.weight_decay_incr_style), then
+  optim.start_weight_decay to optim.end_weight_decay over train.train_iters steps or train.train_samples
+  (Megatron's wd_incr_steps), rising along a line or half a cosine (optim.weight_decay_incr_style), then
   end_weight_decay."""
   o = cfg.optim
-  start, end, steps = o.start_weight_decay, o.end_weight_decay, cfg.train.train_iters
+  start, end, steps = o.start_weight_decay, o.end_weight_decay, schedule_lengths(cfg)[3]
+  progress = BatchSchedule.of(cfg).progress
 
   def schedule(step):
-    ratio = jnp.clip(jnp.asarray(step, jnp.float32) / steps, 0.0, 1.0)
+    ratio = jnp.clip(progress(step) / steps, 0.0, 1.0)
     coeff = ratio if o.weight_decay_incr_style == "linear" else 0.5 * (jnp.cos(jnp.pi * (1.0 - ratio)) + 1.0)
     return start + coeff * (end - start)
 

@@ -10,6 +10,6 @@ def validate(cfg, num_devices: int | None = None) -> None:
   """Raises ConfigError listing every problem, each with the key and the fix."""
   problems = config.unknown_keys(cfg)  # the other checks need every key in place
   if not problems:
-    problems = config.problems(cfg) + parallel.problems(cfg, num_devices) + data.problems(cfg)
+    problems = config.problems(cfg) + parallel.problems(cfg, num_devices) + data.problems(cfg, num_devices)
   if problems:
     raise ConfigError(problems)

@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moejax.config import base_config
 from moejax.train.validate import validate
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.data.blend import WindowSource
 from moejax.data.loader import (gpt_datasets, local_batches, make_dataset, make_eval_dataset,
                                 process_rows, split_sizes)
@@ -94,7 +95,7 @@ def test_global_batch_split_over_processes(cfg):
     for host in range(2):
         rows = process_rows(sharding, shape, devices[4 * host: 4 * host + 4])
         all_rows.append(rows)
-        local = local_batches(records, 16, n_micro, rows)
+        local = local_batches(records, BatchSchedule(16), 16 // n_micro, rows)
         for s in (0, 5):
             np.testing.assert_array_equal(local[s], full[s][:, rows])
     assert sorted(np.concatenate(all_rows).tolist()) == list(range(8))
