@@ -158,6 +158,9 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--data-parallel-sharding-strategy": ("parallel.fsdp", lambda _v, a: _zero3(a) and _fsdp_given(a)),
     # training
     "--train-iters": ("train.train_iters", int),
+    "--train-samples": ("train.train_samples", int),
+    "--rampup-batch-size": ("train.rampup_batch_size", lambda v, _a: tuple(int(x) for x in v)),
+    "--step-batch-size-schedule": ("train.step_batch_size_schedule", lambda v, _a: " ".join(v)),
     "--micro-batch-size": ("train.micro_batch_size", int),
     "--global-batch-size": ("train.global_batch_size", int),
     "--seq-length": ("train.seq_length", int),
@@ -180,12 +183,15 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--decoupled-lr": ("optim.decoupled_lr", float),
     "--decoupled-min-lr": ("optim.decoupled_min_lr", float),
     "--lr-warmup-iters": ("optim.lr_warmup_iters", int),
+    "--lr-warmup-samples": ("optim.lr_warmup_samples", int),
     "--lr-decay-iters": ("optim.lr_decay_iters", int),
+    "--lr-decay-samples": ("optim.lr_decay_samples", int),
     "--lr-decay-style": ("optim.lr_decay_style", str),
     "--lr-warmup-init": ("optim.lr_warmup_init", float),
     "--lr-warmup-fraction": ("optim.lr_warmup_fraction", float),
     "--lr-wsd-decay-style": ("optim.lr_wsd_decay_style", str),
     "--lr-wsd-decay-iters": ("optim.lr_wsd_decay_iters", int),
+    "--lr-wsd-decay-samples": ("optim.lr_wsd_decay_samples", int),
     "--weight-decay": ("optim.weight_decay", float),
     "--start-weight-decay": ("optim.start_weight_decay", float),
     "--end-weight-decay": ("optim.end_weight_decay", float),
@@ -370,9 +376,6 @@ _MISSING_DEFAULTS = (
     (("--hidden-dropout",), "(no --hidden-dropout)", "NOT THE SAME RUN: Megatron's default hidden dropout is 0.1; "
                                                      "moejax has no dropout"),
 )
-# Megatron's sample-based schedule: iterations = samples / global batch
-_SAMPLES = {"--train-samples": "train.train_iters", "--lr-decay-samples": "optim.lr_decay_iters",
-            "--lr-warmup-samples": "optim.lr_warmup_iters", "--lr-wsd-decay-samples": "optim.lr_wsd_decay_iters"}
 
 
 @dataclasses.dataclass
@@ -458,13 +461,6 @@ def convert(argv: list[str]) -> Conversion:
         out.notes.append((given, f"not converted: {e}"))
       if flag == "--data-path":
         out.values["data.source"] = "indexed"
-    elif flag in _SAMPLES:
-      gbs = int(seen.get("--global-batch-size") or 0)
-      if gbs:
-        out.values[_SAMPLES[flag]] = int(values[0]) // gbs
-        out.notes.append((given, f"{_SAMPLES[flag]} = {values[0]} samples / global batch {gbs}"))
-      else:
-        out.notes.append((given, "sample counts need --global-batch-size to become iterations: not converted"))
     elif flag in UNMAPPED:
       only = _ONLY_VALUES.get(flag)
       if only and values and values[0] not in only:
@@ -473,6 +469,8 @@ def convert(argv: list[str]) -> Conversion:
         out.notes.append((given, UNMAPPED[flag]))
     else:
       out.notes.append((given, "unknown to moejax: not converted"))
+  if "--train-samples" in seen:
+    out.values["train.train_iters"] = None  # sample-based training: the steps follow from the samples
   if "--moe-layer-recompute" in seen and "--recompute-granularity" not in seen:
     out.values["train.recompute_granularity"] = "selective"  # the MoE layer alone, as Megatron's flag
   if "--num-experts" in seen and "--moe-router-dtype" not in seen:

@@ -8,6 +8,7 @@ import pytest
 
 from moejax.config import model_spec
 from moejax.config.recipes import load_recipe
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.tools.from_megatron import run
 from moejax.tools.megatron_flags import FLAGS, UNMAPPED, convert, layer_pattern, split_arguments
 from moejax.tools.megatron_yaml import yaml_arguments
@@ -87,7 +88,8 @@ def test_deepseek_v3_script(repo_root, tmp_path):
   assert (r.router_score_function, r.router_enable_expert_bias, r.router_topk_scaling_factor) == ("sigmoid", True, 2.5)
   assert (r.router_num_groups, r.router_group_topk, spec.mtp_num_layers) == (8, 4, 1)
   assert tuple(cfg.train.recompute_modules) == ("mlp", "moe", "mla_up_proj", "layernorm")
-  assert cfg.train.train_iters == 585937500 // 2048 and not cfg.train.check_for_nan_in_loss_and_grad
+  assert cfg.train.train_samples == 585937500 and cfg.train.train_iters is None  # sample-based, as the script
+  assert BatchSchedule.of(cfg).train_iters == 585937500 // 2048 and not cfg.train.check_for_nan_in_loss_and_grad
   assert "--moe-token-dispatcher-type flex: moe.token_dispatcher_type='alltoall'" in text
   assert "(no --vocab-size): Megatron takes the vocabulary size from the tokenizer" in text
   # USE_MEGATRON_FSDP=1 and WANDB=1 by default add their arguments, PROFILE=0 does not
@@ -206,7 +208,8 @@ def test_modelzoo_qwen3_config(repo_root, tmp_path):
   r = spec.moe.router
   assert (spec.moe.num_experts, spec.moe_ffn_hidden_size, r.router_topk, r.aux_loss_coeff) == (128, 768, 8, 1e-3)
   assert r.router_force_load_balancing and not r.router_pre_softmax  # `--moe-router-pre-softmax: false` left out
-  assert (cfg.parallel.ep, cfg.train.global_batch_size, cfg.train.train_iters) == (8, 256, 268554688 // 256)
+  assert (cfg.parallel.ep, cfg.train.global_batch_size, cfg.train.train_samples) == (8, 256, 268554688)
+  assert BatchSchedule.of(cfg).train_iters == 268554688 // 256
   assert cfg.optim.lr == 1.2e-4 and cfg.logging.log_params_norm
   assert "--moe-router-pre-softmax" not in argv and "--wandb-exp-name Qwen3-30B-A3B-TP1PP1EP8CP1VPP1-MBS1GBS256-${COMMENT}" \
       in text  # a variable not given stays as written
@@ -296,3 +299,21 @@ def test_qk_clip_arguments():
   v = convert(["--qk-clip", "--qk-clip-alpha", "0.4", "--qk-clip-threshold", "50", "--log-max-attention-logit"]).values
   assert (v["model.qk_clip"], v["model.qk_clip_alpha"], v["model.qk_clip_threshold"],
           v["model.log_max_attention_logit"]) == (True, 0.4, 50.0, True)
+
+
+def test_sample_based_training_and_batch_ramp_up(tmp_path):
+  """--train-samples, --lr-*-samples and --rampup-batch-size become the sample-based keys as given (no
+  rounding to whole batches) and the recipe validates; --step-batch-size-schedule too."""
+  out = tmp_path / "r.py"
+  assert run(["--out", str(out), "--", "--num-layers", "2", "--global-batch-size", "64", "--micro-batch-size", "1",
+              "--train-samples", "100000", "--lr-warmup-samples", "1000", "--lr-decay-samples", "90000",
+              "--lr-wsd-decay-samples", "5000", "--lr-decay-style", "WSD", "--rampup-batch-size", "16", "16",
+              "20000"]) == 0
+  cfg = load_recipe(str(out))
+  validate(cfg, 8)
+  t, o = cfg.train, cfg.optim
+  assert (t.train_samples, t.train_iters, tuple(t.rampup_batch_size)) == (100000, None, (16, 16, 20000))
+  assert (o.lr_warmup_samples, o.lr_decay_samples, o.lr_wsd_decay_samples) == (1000, 90000, 5000)
+  assert BatchSchedule.of(cfg).sizes() == [16, 32, 48, 64]
+  assert convert(["--step-batch-size-schedule", "0:768 250B:1536 500B:3072"]).values[
+      "train.step_batch_size_schedule"] == "0:768 250B:1536 500B:3072"

@@ -148,6 +148,34 @@ def test_a_changed_model_shape_is_refused_in_one_line(run_copy, small_moe_config
   assert _steps(run_copy) == ["2", "4", "6"]  # nothing moved aside: the checkpoint is fine
 
 
+def test_a_ramped_batch_resumes_on_the_same_samples(tmp_path, small_moe_config):
+  """Batch ramp-up 4 -> 8 over 40 samples: stopped after step 4 (a compiled step per size, the second
+  compiled between steps) and resumed, the run equals an uninterrupted one step by step; each row logs
+  the step's batch and the samples consumed after it; resuming under another ramp is refused in one line."""
+  def cfg(**train):
+    c = _cfg(small_moe_config)
+    c.train.update(**{"train_iters": None, "train_samples": 40, "rampup_batch_size": (4, 4, 8), **train})
+    c.optim.update(lr_decay_iters=None, lr_decay_samples=400)
+    c.logging.profile = False
+    return c
+
+  _train(cfg(), tmp_path / "full")
+  _train(cfg(exit_interval=4), tmp_path / "run")
+  assert _steps(tmp_path / "run") == ["2", "4"]
+  _train(cfg(), tmp_path / "run")
+  full, resumed = _rows(tmp_path / "full"), _rows(tmp_path / "run")
+  assert [r["global_batch_size"] for r in full] == [4, 4, 8, 8, 8, 8]
+  assert [r["consumed_samples"] for r in full] == [4, 8, 16, 24, 32, 40]
+  assert [(r["step"], r["global_batch_size"], r["consumed_samples"]) for r in resumed] == \
+      [(r["step"], r["global_batch_size"], r["consumed_samples"]) for r in full]
+  for a, b in zip(full, resumed):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["lr"] == a["lr"], a["step"]
+  with pytest.raises(RunError) as e:
+    _train(cfg(rampup_batch_size=(4, 4, 16)), tmp_path / "run")
+  assert "\n" not in str(e.value) and str(e.value).startswith(
+      "the checkpoint at step 6 had consumed 40 samples, but this config's batch schedule")
+
+
 def test_queued_steps_read_each_step_after_the_next_dispatch_except_where_asked():
   """Step k's metrics come back once step k + 1 is dispatched, except after a step whose state is
   read at once (read_now), which comes back before the next dispatch; every step once, in order."""

@@ -17,6 +17,7 @@ import pytest
 from flax import linen as nn
 
 from moejax.config import ConfigError, base_config, model_spec
+from moejax.data.batch_schedule import BatchSchedule
 from moejax.models.gpt import GPTModel
 from moejax.train.optim import (decay_mask, is_embedding_or_output_parameter, keep_state_dtypes, lr_schedule,
                                 make_optimizer, precision_aware, weight_decay_schedule)
@@ -163,6 +164,53 @@ def test_schedules_match_megatron(tmp_path):
     assert got.keys() == want.keys()
     for name in got:
       np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{name} {optim}")
+
+
+RAMPED = [  # (optim keys in samples, train keys): the schedule's position is the samples before each step
+    (dict(lr_decay_style="cosine", lr_warmup_samples=40), dict(rampup_batch_size=(4, 4, 60), train_samples=300)),
+    (dict(lr_decay_style="linear", lr_warmup_samples=30, lr_decay_samples=250, weight_decay_incr_style="cosine",
+          start_weight_decay=0.0, end_weight_decay=0.1), dict(rampup_batch_size=(4, 8, 100), train_samples=301)),
+    (dict(lr_decay_style="WSD", lr_warmup_fraction=0.1, lr_wsd_decay_samples=90, lr_wsd_decay_style="linear",
+          decoupled_lr=2.0), dict(step_batch_size_schedule="0:4 320:8 1280:12", train_samples=290)),
+    (dict(lr_decay_style="inverse-square-root", lr_warmup_samples=33), dict(rampup_batch_size=(4, 4, 50),
+                                                                          train_samples=400)),
+    (dict(lr_decay_style="cosine", lr_warmup_samples=30), dict(train_samples=301)),  # constant batch, samples
+]
+
+
+@pytest.mark.skipif(not PEER.exists(), reason="megatron-core peer venv missing: run .ci/peer_venv.sh")
+def test_schedules_under_a_batch_ramp_match_megatron(tmp_path):
+  """Sample-based training, the batch ramped up (train.global_batch_size 12 after it): each parameter's
+  learning rate and weight decay at every step against megatron-core's scheduler at the samples
+  consumed before the step (BatchSchedule.consumed, itself held to megatron-core's calculator in
+  tests/data/test_batch_schedule.py); sample counts that are no whole number of batches included."""
+  cases, ours = [], []
+  for optim, train in RAMPED:
+    c = base_config()
+    c.optim.update(lr=1.0, min_lr=0.1, **optim)
+    c.train.update(**{"train_iters": None, "global_batch_size": 12, "micro_batch_size": 4, "seq_length": 80, **train})
+    validate(c)
+    o, t, batches = c.optim, c.train, BatchSchedule.of(c)
+    steps = list(range(batches.train_iters + 3))
+    decay = o.lr_decay_samples or t.train_samples
+    warmup = o.lr_warmup_samples if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
+    constant = o.weight_decay_incr_style == "constant"
+    cases.append({"steps": [batches.consumed(n) for n in steps], "args": dict(
+        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup, lr_decay_steps=decay,
+        lr_decay_style=o.lr_decay_style, wsd_decay_steps=o.lr_wsd_decay_samples,
+        lr_wsd_decay_style=o.lr_wsd_decay_style, wd_incr_steps=t.train_samples, wd_incr_style=o.weight_decay_incr_style,
+        start_wd=o.weight_decay if constant else o.start_weight_decay,
+        end_wd=o.weight_decay if constant else o.end_weight_decay),
+        "optimizer": dict(lr=o.lr, min_lr=o.min_lr, decoupled_lr=o.decoupled_lr, decoupled_min_lr=o.decoupled_min_lr),
+        "params": [[".".join(path), ndim, flag] for path, ndim, flag in PARAMS]})
+    ours.append(_ours(c, steps))
+  (tmp_path / "cases.json").write_text(json.dumps(cases))
+  r = subprocess.run([str(PEER), str(REPO / "tests/peers/megatron_lr.py"), str(tmp_path / "cases.json"),
+                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for (optim, train), got, want in zip(RAMPED, ours, json.load(open(tmp_path / "out.json"))):
+    for name in got:
+      np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{name} {optim} {train}")
 
 
 @pytest.mark.parametrize("optim,message", [
