@@ -5,9 +5,12 @@ dense), MLA (q_lora_rank 1536, kv_lora_rank 512, 128 + 64 rotary q/k head dims, 
 the released config.
 
 Source: DeepSeek-V3 report (arXiv 2412.19437) §4.2 and deepseek-ai/DeepSeek-V3 config.json:
-init std 0.006, AdamW (0.9, 0.95), weight decay 0.1, lr 2.2e-4 after 2000 warmup steps (cosine to
-2.2e-5), clip 1.0, batch 3072 → 15360 × 4096 tokens, bias update speed 0.001, sequence-wise balance
-α = 0.0001, MTP loss weight 0.3 (first 10T tokens; 0.1 after).
+init std 0.006, AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, bias update speed 0.001, sequence-wise
+balance α = 0.0001, MTP loss weight 0.3 (first 10T tokens; 0.1 after), 14.8T tokens of 4096. Sample-based
+as the report counts: the batch ramps from 3072 to 15360 sequences over the first 469B tokens (the report
+gives no increment: 3072 here, so five sizes, each compiled once); lr 2.2e-4 after a 2000-step warmup
+(2000 × 3072 samples), constant to 10T tokens, then a cosine over 4.3T tokens to 2.2e-5 (WSD with a cosine
+annealing), kept to the end (the report's last 167B tokens at 7.3e-6 are not expressed).
 Layout: 512 H200 (64 nodes × 8): tp=8 with sequence parallelism, ep=256 × etp=2 (one expert per
 expert-parallel rank, over 2 GPUs): ~1.3B expert + 3.2B other parameters per GPU ≈ 90 GB.
 """
@@ -29,7 +32,11 @@ def get_config():
                router_load_balancing_type="seq_aux_loss", aux_loss_coeff=1e-4, token_dispatcher_type="alltoall")
   c.parallel.update(tp=8, sequence_parallel=True, ep=256, etp=2)
   c.data.update(source="synthetic")
-  c.train.update(train_iters=235_000, micro_batch_size=1, global_batch_size=3072, seq_length=4096,
-                 recompute_granularity="full", log_interval=1)
-  c.optim.update(lr=2.2e-4, min_lr=2.2e-5, lr_warmup_iters=2000, weight_decay=0.1, clip_grad=1.0)
+  tokens = lambda n: int(n) // 4096  # noqa: E731  samples of 4096 tokens
+  c.train.update(train_iters=None, train_samples=tokens(14.8e12), micro_batch_size=1, global_batch_size=15360,
+                 rampup_batch_size=(3072, 3072, tokens(469e9)), seq_length=4096, recompute_granularity="full",
+                 log_interval=1)
+  c.optim.update(lr=2.2e-4, min_lr=2.2e-5, lr_warmup_samples=2000 * 3072, lr_decay_style="WSD",
+                 lr_decay_samples=tokens(14.3e12), lr_wsd_decay_style="cosine", lr_wsd_decay_samples=tokens(4.3e12),
+                 weight_decay=0.1, clip_grad=1.0)
   return c

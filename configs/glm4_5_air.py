@@ -6,8 +6,8 @@ the aux-loss-free expert bias, no routed scaling, Multi-Token Prediction depth 1
 Source: zai-org/GLM-4.5-Air config.json (transformers' Glm4MoeForCausalLM; hf-to-moejax --family
 glm4_moe reads it to the same keys) and the GLM-4.5 report (arXiv 2508.06471): Muon (5 Newton-Schulz steps,
 momentum 0.95, update RMS 0.2), lr 2.5e-4 after warmup with cosine decay to 2.5e-5, weight decay 0.1,
-MTP loss weight 0.3, sequences of 4096, batches ramped up to 64M tokens (moejax has no batch ramp-up:
-the recipe takes the final 16384 × 4096).
+MTP loss weight 0.3, sequences of 4096, batches ramped up to 64M tokens (the recipe
+takes the final 16384 × 4096 from the start; `train.rampup_batch_size` with `train.train_samples` ramps it).
 Layout: 64 H200 (8 nodes × 8): tp=4 with sequence parallelism, ep=64 (two experts per GPU):
 ~1.6B expert + 1.7B other parameters per GPU.
 """
