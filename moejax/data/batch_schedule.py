@@ -113,7 +113,7 @@ class BatchSchedule:
     return self.size_at(self.consumed(step))
 
   def sizes(self) -> list[int]:
-    """Every global batch the run takes, in order (each is a compiled step)."""
+    """Every global batch the run takes, ascending (each is a compiled step)."""
     return sorted({self.size_at(int(c)) for c in self._ramp} | {self.final})
 
   @property

@@ -56,10 +56,9 @@ def _batches(source, cfg, num_devices: int, sharding=None, ramp: bool = False) -
   n_micro = num_microbatches(cfg, num_devices)
   ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
   schedule = BatchSchedule.of(cfg) if ramp else BatchSchedule(gbs)
-  if schedule.ramps or (sharding is not None and jax.process_count() > 1):
-    rows = np.arange(gbs // n_micro)
-    if sharding is not None and jax.process_count() > 1:
-      rows = process_rows(sharding, (n_micro, gbs // n_micro, length))
+  several = sharding is not None and jax.process_count() > 1
+  if schedule.ramps or several:
+    rows = process_rows(sharding, (n_micro, gbs // n_micro, length)) if several else np.arange(gbs // n_micro)
     return local_batches(ds, schedule, gbs // n_micro, rows)
   ds = ds.batch(gbs, drop_remainder=True)
   return ds.map(lambda b: np.asarray(b, np.int32).reshape(n_micro, -1, length))

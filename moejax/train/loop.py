@@ -155,11 +155,11 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
         CheckpointManager(workdir, c.save_interval, c.max_to_keep, c.async_save, c.keep_interval) as ckpt):
     print(f"{describe_layout(layout)}; {describe_params(spec)}", file=sys.stderr)
     restored = ckpt.restore(abstract, shardings)  # the newest checkpoint that verifies
-    length = f"train.train_iters={t.train_iters}" if t.train_samples is None else \
-        f"train.train_samples={t.train_samples}: {train_iters} steps"
     if restored is not None and int(restored[0].step) >= train_iters:
-      print(f"already at step {int(restored[0].step)} ({length}); nothing to do: raise "
-            f"train.{'train_iters' if t.train_samples is None else 'train_samples'} to train further", file=sys.stderr)
+      key = "train_iters" if t.train_samples is None else "train_samples"
+      steps = "" if t.train_samples is None else f": {train_iters} steps"
+      print(f"already at step {int(restored[0].step)} (train.{key}={getattr(t, key)}{steps}); nothing to do: raise "
+            f"train.{key} to train further", file=sys.stderr)
       return history
     if restored is not None:
       _check_consumed(restored[1], batches)
@@ -171,15 +171,15 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
     dataset = make_dataset(cfg, n_dev, bsh)
     eval_dataset = make_eval_dataset(cfg, n_dev, bsh)
     start = int(state.step)
+    per_micro = t.micro_batch_size * layout.sizes.dp
+    micro_batches = lambda step: batches.global_batch_size(step) // per_micro  # noqa: E731
     if cfg.parallel.pp > 1:
-      print(describe_pipeline(cfg, dataset[start].shape[0]), file=sys.stderr)
+      print(describe_pipeline(cfg, micro_batches(start)), file=sys.stderr)
     if batches.ramps:
       print(f"batch ramp-up: global batches {batches.sizes()}, {train_iters} steps; step {start} takes "
             f"{batches.global_batch_size(start)} after {batches.consumed(start)} samples", file=sys.stderr)
     step_fn = jit_train_step(cfg, parts, host_replicated(mesh))
     t0 = time.perf_counter()
-    per_micro = t.micro_batch_size * layout.sizes.dp
-    micro_batches = lambda step: batches.global_batch_size(step) // per_micro  # noqa: E731
     compiled = {micro_batches(start): step_fn.lower(state, device_batch(dataset[start], bsh)).compile()}
     ckpt.prepare(abstract, shardings)  # the save's own compile, off the first save step
     eval_fn = None
