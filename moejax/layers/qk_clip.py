@@ -17,7 +17,7 @@ from jax import lax
 from moejax.config import ModelSpec
 
 COLLECTION = "moe_state"  # the model's step state (moejax/moe/state.py: the routers' buffers too)
-_QUERY_CHUNK = 256        # query rows of the logits held at once
+_QUERY_CHUNK = 256        # query rows (and key columns) of the logits held at once
 
 
 @flax.struct.dataclass
@@ -39,25 +39,28 @@ class MaxAttentionLogits:
 def max_attention_logits(q_BSND, k_BSKD, segments_BS, scale: float) -> jax.Array:
   """[N] the largest scale·q·k per head over the batch, the queries and the keys each may see
   (causal, within its document), in fp32 from the operands' values; no gradient. The logits are
-  formed a chunk of queries at a time, not [S, S] at once."""
+  formed a block of queries against a block of keys at a time, only for key blocks at or before the
+  query block (causal: about half of the [S, S] products, and of the fp32 logits written and read)."""
   q, k = lax.stop_gradient(q_BSND), lax.stop_gradient(k_BSKD)
   B, S, N, D = q.shape
   K = k.shape[2]
   C = min(_QUERY_CHUNK, S)
-  pad = -S % C
-  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, (S + pad) // C, C, K, N // K, D)
-  seg = None if segments_BS is None else jnp.pad(segments_BS, ((0, 0), (0, pad)), constant_values=-1)
+  n, pad = -(-S // C), -S % C
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, C, K, N // K, D)
+  k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, C, K, D)
+  seg = None if segments_BS is None else jnp.pad(segments_BS, ((0, 0), (0, pad)), constant_values=-1).reshape(B, n, C)
+  pairs = jnp.asarray([(i, j) for i in range(n) for j in range(i + 1)], jnp.int32)  # query block, key block
 
-  def chunk(i):
-    s_BKGCS = jnp.einsum("bckgd,bskd->bkgcs", q[:, i], k, preferred_element_type=jnp.float32) * scale
-    rows = i * C + jnp.arange(C)
-    see_CS = (jnp.arange(S)[None, :] <= rows[:, None]) & (rows[:, None] < S)
-    see_BCS = see_CS[None]
+  def block(ij):
+    i, j = ij[0], ij[1]
+    s_BKGCC = jnp.einsum("bckgd,bskd->bkgcs", q[:, i], k[:, j], preferred_element_type=jnp.float32) * scale
+    rows, cols = i * C + jnp.arange(C), j * C + jnp.arange(C)
+    see_BCC = ((cols[None, :] <= rows[:, None]) & (rows[:, None] < S))[None]
     if seg is not None:
-      see_BCS = see_BCS & (lax.dynamic_slice_in_dim(seg, i * C, C, axis=1)[:, :, None] == segments_BS[:, None, :])
-    return jnp.max(jnp.where(see_BCS[:, None, None], s_BKGCS, -jnp.inf), axis=(0, 3, 4))  # [K, G]
+      see_BCC = see_BCC & (seg[:, i, :, None] == seg[:, j, None, :])
+    return jnp.max(jnp.where(see_BCC[:, None, None], s_BKGCC, -jnp.inf), axis=(0, 3, 4))  # [K, G]
 
-  return jnp.max(lax.map(chunk, jnp.arange((S + pad) // C)), axis=0).reshape(N)
+  return jnp.max(lax.map(block, pairs), axis=0).reshape(N)
 
 
 def _clip(w, eta, parts):
