@@ -180,7 +180,8 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
             f"{batches.global_batch_size(start)} after {batches.consumed(start)} samples", file=sys.stderr)
     step_fn = jit_train_step(cfg, parts, host_replicated(mesh))
     t0 = time.perf_counter()
-    compiled = {micro_batches(start): step_fn.lower(state, device_batch(dataset[start], bsh)).compile()}
+    first = step_fn.lower(state, device_batch(dataset[start], bsh)).compile()
+    compiled = {micro_batches(start): first}  # one per batch size of a ramp-up
     ckpt.prepare(abstract, shardings)  # the save's own compile, off the first save step
     eval_fn = None
     if eval_dataset is not None:
@@ -188,12 +189,12 @@ def train(cfg, workdir: str, devices=None) -> list[dict]:
                          out_shardings=replicated(mesh))
       eval_fn = lambda params, batch: eval_jit(params, batch, state.moe_state)  # noqa: E731
     print(f"compiled the train step in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    print(memory_report(next(iter(compiled.values())), abstract, shardings), file=sys.stderr)
+    print(memory_report(first, abstract, shardings), file=sys.stderr)
     writer = MetricsWriter(workdir, cfg.logging.tensorboard, train_iters, start_step=start,
                            primary=jax.process_index() == 0)
     lg = cfg.logging
     profiler = StepProfiler(os.path.join(workdir, "profile"), lg.profile_step_start, lg.profile_step_end,
-                            lg.profile, next(iter(compiled.values())))
+                            lg.profile, first)
     nonfinite_run = 0
 
     def steps():
