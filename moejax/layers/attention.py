@@ -10,7 +10,7 @@ from moejax.layers.memory import remat_fn, tag
 from moejax.layers.norms import RMSNorm
 from moejax.layers.qk_clip import COLLECTION, MaxAttentionLogits, max_attention_logits
 from moejax.layers.rotary import apply_rotary
-from moejax.parallel.context import context_parallel_attention, cp_size
+from moejax.parallel.context import context_parallel_attention, cp_size, load_balanced_order
 
 
 def attention_impl(spec: ModelSpec) -> str:
@@ -89,7 +89,9 @@ class Projections(nn.Module):
       return
     seen = self.variable(COLLECTION, "max_attention_logits", MaxAttentionLogits.zeros, q_BSND.shape[2])
     if self.is_mutable_collection(COLLECTION) and not self.is_initializing():
-      seen.value = seen.value.see(max_attention_logits(q_BSND, k_BSKD, segments_BS, scale))
+      cp, S = cp_size(), q_BSND.shape[1]
+      positions = load_balanced_order(S, cp) if cp > 1 else None  # the sequence's order under cp
+      seen.value = seen.value.see(max_attention_logits(q_BSND, k_BSKD, segments_BS, scale, positions))
 
 
 class Attention(Projections):

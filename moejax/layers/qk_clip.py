@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from moejax.config import ModelSpec
@@ -36,11 +37,13 @@ class MaxAttentionLogits:
     return jax.tree.map(jnp.zeros_like, self)
 
 
-def max_attention_logits(q_BSND, k_BSKD, segments_BS, scale: float) -> jax.Array:
+def max_attention_logits(q_BSND, k_BSKD, segments_BS, scale: float, positions_S=None) -> jax.Array:
   """[N] the largest scale·q·k per head over the batch, the queries and the keys each may see
   (causal, within its document), in fp32 from the operands' values; no gradient. The logits are
-  formed a block of queries against a block of keys at a time, only for key blocks at or before the
-  query block (causal: about half of the [S, S] products, and of the fp32 logits written and read)."""
+  formed a block of queries against a block of keys at a time, in sequence order only for key blocks
+  at or before the query block (causal: about half of the [S, S] products, and of the fp32 logits
+  written and read). `positions_S` (NumPy): each slot's position where the sequence is stored in
+  another order (context parallelism's load-balanced order), which then forms every block pair."""
   q, k = lax.stop_gradient(q_BSND), lax.stop_gradient(k_BSKD)
   B, S, N, D = q.shape
   K = k.shape[2]
@@ -49,13 +52,15 @@ def max_attention_logits(q_BSND, k_BSKD, segments_BS, scale: float) -> jax.Array
   q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, C, K, N // K, D)
   k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, C, K, D)
   seg = None if segments_BS is None else jnp.pad(segments_BS, ((0, 0), (0, pad)), constant_values=-1).reshape(B, n, C)
-  pairs = jnp.asarray([(i, j) for i in range(n) for j in range(i + 1)], jnp.int32)  # query block, key block
+  pos = np.arange(S) if positions_S is None else np.asarray(positions_S)
+  pos_q = jnp.asarray(np.pad(pos, (0, pad), constant_values=-1).reshape(n, C))  # padded queries see no key,
+  pos_k = jnp.asarray(np.pad(pos, (0, pad), constant_values=S).reshape(n, C))   # padded keys no query
+  pairs = jnp.asarray([(i, j) for i in range(n) for j in range(n if positions_S is not None else i + 1)], jnp.int32)
 
   def block(ij):
     i, j = ij[0], ij[1]
     s_BKGCC = jnp.einsum("bckgd,bskd->bkgcs", q[:, i], k[:, j], preferred_element_type=jnp.float32) * scale
-    rows, cols = i * C + jnp.arange(C), j * C + jnp.arange(C)
-    see_BCC = ((cols[None, :] <= rows[:, None]) & (rows[:, None] < S))[None]
+    see_BCC = (pos_k[j][None, :] <= pos_q[i][:, None])[None]
     if seg is not None:
       see_BCC = see_BCC & (seg[:, i, :, None] == seg[:, j, None, :])
     return jnp.max(jnp.where(see_BCC[:, None, None], s_BKGCC, -jnp.inf), axis=(0, 3, 4))  # [K, G]

@@ -67,10 +67,6 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
       and moe.token_drop_policy == "position":
     problems.append(f"moe.token_drop_policy='position' with parallel.cp={p.cp}: capacity dropping by position "
                     "would see cp's load-balanced token order; use moe.token_drop_policy='probs'")
-  if p.cp > 1 and (m.qk_clip or m.log_max_attention_logit):
-    key = "model.qk_clip" if m.qk_clip else "model.log_max_attention_logit"
-    problems.append(f"{key}=True with parallel.cp={p.cp}: the largest attention logit is not taken under context "
-                    "parallelism yet; use parallel.cp=1")
   problems += layout_problems(cfg)
   if moe.num_experts is not None:
     if moe.num_experts % p.ep:

@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from moejax.config import ConfigError, base_config, model_spec
 from moejax.layers.qk_clip import MaxAttentionLogits, clip_attention, clip_qk, max_attention_logits
+from moejax.parallel.context import load_balanced_order
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE
 from moejax.train.optim import lr_schedule, make_optimizer
@@ -39,6 +40,36 @@ def test_max_attention_logits_matches_numpy(documents):
     see = see & (seg[:, :, None] == seg[:, None, :])
   want = np.where(see[:, None], s, -np.inf).max(axis=(0, 2, 3))
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_max_attention_logits_in_context_parallel_order():
+  """Slots in cp's load-balanced order with their positions given: the logits of the natural order."""
+  rng = np.random.default_rng(1)
+  B, S, N, K, D = 2, 296, 4, 2, 8        # 2·cp = 4 chunks of 74; blocks of 256: a part-filled one
+  q, k = rng.normal(size=(B, S, N, D)).astype(np.float32), rng.normal(size=(B, S, K, D)).astype(np.float32)
+  seg = np.cumsum(rng.random((B, S)) < 0.02, axis=1)
+  order = load_balanced_order(S, 2)
+  want = max_attention_logits(jnp.asarray(q), jnp.asarray(k), jnp.asarray(seg), 0.3)
+  got = max_attention_logits(jnp.asarray(q[:, order]), jnp.asarray(k[:, order]), jnp.asarray(seg[:, order]), 0.3,
+                             positions_S=order)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_context_parallel_run_equals_one_device(small_moe_config, tmp_path):
+  """QK-clip at cp=2 × dp=4 on 8 devices (a threshold the first step's logits pass): three steps' losses
+  and largest logits equal one device's."""
+  from moejax.train.loop import train
+  states = {}
+  for name, devices, parallel in (("one", 1, {}), ("cp2", 8, dict(cp=2))):
+    cfg = small_moe_config()
+    cfg.model.update(qk_clip=True, qk_clip_threshold=0.05)
+    cfg.train.update(train_iters=3, micro_batch_size=4 if devices == 1 else 1, log_interval=100)
+    cfg.parallel.update(**parallel)
+    cfg.logging.tensorboard = False
+    rows = train(cfg, str(tmp_path / name), devices=jax.devices()[:devices])
+    states[name] = [(r["loss"], r["max_attention_logit"]) for r in rows]
+  np.testing.assert_allclose(states["cp2"], states["one"], rtol=1e-5)
+  assert states["one"][0][1] > 0.05  # the first step's logits pass the threshold: the later steps run clipped
 
 
 def _peer(tmp_path, arrays):
@@ -132,8 +163,3 @@ def test_bad_settings_name_the_key():
     c.model.update(qk_clip=True, **model)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
       validate(c, 1)
-  c = base_config()
-  c.model.update(qk_clip=True)
-  c.parallel.cp = 2
-  with pytest.raises(ConfigError, match="model.qk_clip=True with parallel.cp=2"):
-    validate(c, 2)
