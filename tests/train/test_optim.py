@@ -129,6 +129,29 @@ def _ours(c, steps):
   return out
 
 
+def _megatron_case(c, samples, warmup, decay, wsd, wd_steps) -> dict:
+  """A case of tests/peers/megatron_lr.py: megatron-core's scheduler at these sample counts, its lengths in
+  samples, over the param groups megatron-core makes of PARAMS."""
+  o = c.optim
+  constant = o.weight_decay_incr_style == "constant"
+  return {"steps": samples, "args": dict(
+      init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup, lr_decay_steps=decay,
+      lr_decay_style=o.lr_decay_style, wsd_decay_steps=wsd, lr_wsd_decay_style=o.lr_wsd_decay_style,
+      wd_incr_steps=wd_steps, wd_incr_style=o.weight_decay_incr_style,
+      start_wd=o.weight_decay if constant else o.start_weight_decay,
+      end_wd=o.weight_decay if constant else o.end_weight_decay),
+      "optimizer": dict(lr=o.lr, min_lr=o.min_lr, decoupled_lr=o.decoupled_lr, decoupled_min_lr=o.decoupled_min_lr),
+      "params": [[".".join(path), ndim, flag] for path, ndim, flag in PARAMS]}
+
+
+def _megatron_schedules(tmp_path, cases) -> list:
+  (tmp_path / "cases.json").write_text(json.dumps(cases))
+  r = subprocess.run([str(PEER), str(REPO / "tests/peers/megatron_lr.py"), str(tmp_path / "cases.json"),
+                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.load(open(tmp_path / "out.json"))
+
+
 @pytest.mark.skipif(not PEER.exists(), reason="megatron-core peer venv missing: run .ci/peer_venv.sh")
 def test_schedules_match_megatron(tmp_path):
   """Each parameter's learning rate and weight decay at every step from 0 (the first update's) to past
@@ -146,21 +169,10 @@ def test_schedules_match_megatron(tmp_path):
     o, steps, gbs = c.optim, list(range(iters + 3)), 4
     decay = (o.lr_decay_iters or iters) * gbs
     warmup = o.lr_warmup_iters * gbs if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
-    constant = o.weight_decay_incr_style == "constant"
-    cases.append({"steps": [n * gbs for n in steps], "args": dict(
-        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup, lr_decay_steps=decay,
-        lr_decay_style=o.lr_decay_style, wsd_decay_steps=o.lr_wsd_decay_iters and o.lr_wsd_decay_iters * gbs,
-        lr_wsd_decay_style=o.lr_wsd_decay_style, wd_incr_steps=iters * gbs, wd_incr_style=o.weight_decay_incr_style,
-        start_wd=o.weight_decay if constant else o.start_weight_decay,
-        end_wd=o.weight_decay if constant else o.end_weight_decay),
-        "optimizer": dict(lr=o.lr, min_lr=o.min_lr, decoupled_lr=o.decoupled_lr, decoupled_min_lr=o.decoupled_min_lr),
-        "params": [[".".join(path), ndim, flag] for path, ndim, flag in PARAMS]})
+    cases.append(_megatron_case(c, [n * gbs for n in steps], warmup, decay,
+                                o.lr_wsd_decay_iters and o.lr_wsd_decay_iters * gbs, iters * gbs))
     ours.append(_ours(c, steps))
-  (tmp_path / "cases.json").write_text(json.dumps(cases))
-  r = subprocess.run([str(PEER), str(REPO / "tests/peers/megatron_lr.py"), str(tmp_path / "cases.json"),
-                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  for (optim, _), got, want in zip(SCHEDULES, ours, json.load(open(tmp_path / "out.json"))):
+  for (optim, _), got, want in zip(SCHEDULES, ours, _megatron_schedules(tmp_path, cases)):
     assert got.keys() == want.keys()
     for name in got:
       np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{name} {optim}")
@@ -194,21 +206,10 @@ def test_schedules_under_a_batch_ramp_match_megatron(tmp_path):
     steps = list(range(batches.train_iters + 3))
     decay = o.lr_decay_samples or t.train_samples
     warmup = o.lr_warmup_samples if o.lr_warmup_fraction is None else o.lr_warmup_fraction * decay
-    constant = o.weight_decay_incr_style == "constant"
-    cases.append({"steps": [batches.consumed(n) for n in steps], "args": dict(
-        init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr, lr_warmup_steps=warmup, lr_decay_steps=decay,
-        lr_decay_style=o.lr_decay_style, wsd_decay_steps=o.lr_wsd_decay_samples,
-        lr_wsd_decay_style=o.lr_wsd_decay_style, wd_incr_steps=t.train_samples, wd_incr_style=o.weight_decay_incr_style,
-        start_wd=o.weight_decay if constant else o.start_weight_decay,
-        end_wd=o.weight_decay if constant else o.end_weight_decay),
-        "optimizer": dict(lr=o.lr, min_lr=o.min_lr, decoupled_lr=o.decoupled_lr, decoupled_min_lr=o.decoupled_min_lr),
-        "params": [[".".join(path), ndim, flag] for path, ndim, flag in PARAMS]})
+    cases.append(_megatron_case(c, [batches.consumed(n) for n in steps], warmup, decay, o.lr_wsd_decay_samples,
+                                t.train_samples))
     ours.append(_ours(c, steps))
-  (tmp_path / "cases.json").write_text(json.dumps(cases))
-  r = subprocess.run([str(PEER), str(REPO / "tests/peers/megatron_lr.py"), str(tmp_path / "cases.json"),
-                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  for (optim, train), got, want in zip(RAMPED, ours, json.load(open(tmp_path / "out.json"))):
+  for (optim, train), got, want in zip(RAMPED, ours, _megatron_schedules(tmp_path, cases)):
     for name in got:
       np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{name} {optim} {train}")
 
