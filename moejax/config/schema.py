@@ -108,9 +108,14 @@ class AttentionSpec(Spec, section="model"):
   qk_clip_alpha: float = 0.5
   qk_clip_threshold: float = 100.0
   log_max_attention_logit: bool = False
+  # Megatron's --attention-dropout on the attention probabilities in training (its default is 0.1, moejax's 0);
+  # above 0 the core attention runs in XLA (softmax written out: cuDNN's path here takes no dropout)
+  attention_dropout: float = 0.0
 
   def problems(self):
     bad = super().problems() + _not_positive("model", self, ("num_attention_heads", "num_query_groups"))
+    if not 0 <= self.attention_dropout < 1:
+      bad.append(f"model.attention_dropout={self.attention_dropout} must be in [0, 1) (0 turns it off)")
     if self.kv_channels is not None:
       bad += _not_positive("model", self, ("kv_channels",))
     if not self.rotary_base > 0:
@@ -387,6 +392,9 @@ class ModelSpec(Spec, section="model"):
   untie_embeddings_and_output_weights: bool = True
   mtp_num_layers: int = 0                    # Multi-Token Prediction depths (DeepSeek-V3: 1); 0 = the base model
   mtp_loss_scaling_factor: float = 0.1       # the MTP loss weight, shared over the depths (λ / D)
+  # Megatron's --hidden-dropout in training: on the embedding's output and on each attention and MLP/MoE
+  # output before its residual add (Megatron's bias-dropout-add); its default is 0.1, moejax's 0
+  hidden_dropout: float = 0.0
   attention: AttentionSpec = AttentionSpec()
   moe: MoESpec = MoESpec()
   recompute: RecomputeSpec = RecomputeSpec()
@@ -404,7 +412,8 @@ class ModelSpec(Spec, section="model"):
                           ("init_method_std", self.init_method_std > 0, "> 0 (e.g. 0.02)"),
                           ("embedding_init_method_std", (self.embedding_init_method_std or 1) > 0,
                            "> 0 (or None: model.init_method_std)"),
-                          ("mtp_loss_scaling_factor", self.mtp_loss_scaling_factor >= 0, ">= 0 (e.g. 0.1)")):
+                          ("mtp_loss_scaling_factor", self.mtp_loss_scaling_factor >= 0, ">= 0 (e.g. 0.1)"),
+                          ("hidden_dropout", 0 <= self.hidden_dropout < 1, "in [0, 1) (0 turns it off)")):
       if not ok:
         bad.append(f"model.{key}={getattr(self, key)} must be {rule}")
     if ((d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from moejax.config import ModelSpec
+from moejax.layers.dropout import dropout_key
 from moejax.layers.memory import remat_fn, tag
 from moejax.layers.norms import RMSNorm
 from moejax.layers.qk_clip import COLLECTION, MaxAttentionLogits, max_attention_logits
@@ -31,11 +32,13 @@ def cudnn_takes(spec: ModelSpec) -> bool:
   return spec.dtype in ("bfloat16", "float16") and d <= limit and d % 8 == 0
 
 
-def attend(q_BSND, k_BSKD, v_BSKE, segments_BS, spec: ModelSpec, scale: float | None = None):
+def attend(q_BSND, k_BSKD, v_BSKE, segments_BS, spec: ModelSpec, scale: float | None = None, dropout_key=None):
   """Causal softmax attention [B, S, N, E]; with `segments_BS` (document ids) a token sees only
   its own document. Under context parallelism the sequence is in cp's load-balanced order
   (moejax/parallel/context.py). q, k and v are named `core_attn` for offloading, and the core is
-  recomputed in the backward pass when `train.recompute_modules` has core_attn.
+  recomputed in the backward pass when `train.recompute_modules` has core_attn (with the same
+  dropout: its key is an input). With a `dropout_key`, model.attention_dropout on the probabilities
+  (`_dropout_attention`).
 
   `jax.nn.dot_product_attention` (JAX 0.11) needs one head dim for q, k and v: when v's differs
   (MLA: 128 vs 192) the smaller side is zero-padded (exact: padded v columns give zero outputs,
@@ -57,9 +60,30 @@ def attend(q_BSND, k_BSKD, v_BSKE, segments_BS, spec: ModelSpec, scale: float | 
     mask, impl = None, attention_impl(spec)
   else:  # document masks go through XLA (the cuDNN path here takes no arbitrary mask)
     mask, impl = segments_BS[:, None, :, None] == segments_BS[:, None, None, :], "xla"
+  if dropout_key is not None:
+    rate = spec.attention.attention_dropout
+    core = remat_fn(spec, "core_attn", lambda q, k, v, m, key: _dropout_attention(q, k, v, m, scale, rate, key))
+    return core(q_BSND, k_BSKD, v_BSKE, mask, dropout_key)[..., :Dv]
   core = remat_fn(spec, "core_attn", lambda q, k, v, m: jax.nn.dot_product_attention(
       q, k, v, mask=m, is_causal=True, scale=scale, implementation=impl)[..., :Dv])
   return core(q_BSND, k_BSKD, v_BSKE, mask)
+
+
+def _dropout_attention(q_BSND, k_BSKD, v_BSKE, mask_B1SS, scale: float, rate: float, key) -> jax.Array:
+  """Causal softmax attention with dropout on the probabilities (each zeroed with probability `rate`, the
+  rest divided by 1 - rate: Megatron's attention dropout), written out in XLA with fp32 logits and
+  softmax, the [S, S] probabilities whole: jax.nn.dot_product_attention takes no dropout."""
+  B, S, N, D = q_BSND.shape
+  K = k_BSKD.shape[2]
+  q_BSKGD = q_BSND.reshape(B, S, K, N // K, D)
+  logits = jnp.einsum("bqkgd,bskd->bkgqs", q_BSKGD, k_BSKD, preferred_element_type=jnp.float32) * scale
+  see = jnp.tril(jnp.ones((S, S), bool))[None, None, None]
+  if mask_B1SS is not None:
+    see = see & mask_B1SS[:, :, None]
+  probs = jax.nn.softmax(jnp.where(see, logits, -jnp.inf), axis=-1)
+  keep = jax.random.bernoulli(key, 1.0 - rate, probs.shape)
+  probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v_BSKE.dtype)
+  return jnp.einsum("bkgqs,bskd->bqkgd", probs, v_BSKE).reshape(B, S, N, -1)
 
 
 class Projections(nn.Module):
@@ -119,7 +143,7 @@ class Attention(Projections):
     k_BSKD = nn.with_logical_constraint(k_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     v_BSKD = nn.with_logical_constraint(v_BSKD, ("batch", "attn_seq", "kv_heads", "head_dim"))
     self.record_max_logits(q_BSND, k_BSKD, segments_BS, D ** -0.5)
-    o_BSND = attend(q_BSND, k_BSKD, v_BSKD, segments_BS, s)
+    o_BSND = attend(q_BSND, k_BSKD, v_BSKD, segments_BS, s, dropout_key=dropout_key(self, a.attention_dropout))
     o_BSND = tag(nn.with_logical_constraint(o_BSND, ("batch", "attn_seq", "heads", "head_dim")), "attn_proj")
     out_BSH = jnp.einsum("bsnd,ndh->bsh", o_BSND, self.weight("o", (N, D, H), ("heads", "head_dim", "embed"),
                                                                    s.output_layer_init_std))

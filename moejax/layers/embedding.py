@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from moejax.config import ModelSpec
 from moejax.layers.cross_entropy import head_logits, linear_cross_entropy, vocab_parallel_lse_and_target
+from moejax.layers.dropout import hidden_dropout
 from moejax.parallel.sharding import current_mesh, dividing_axes
 
 
@@ -136,6 +137,7 @@ class Embedding(nn.Module):
 
   def __call__(self, tokens_BS: jax.Array) -> jax.Array:
     x_BSH = _vocab_parallel_lookup(self.embedding.astype(self.spec.dtype), tokens_BS)
+    x_BSH = hidden_dropout(self, x_BSH, self.spec.hidden_dropout)  # Megatron's embedding dropout
     return nn.with_logical_constraint(x_BSH, ("batch", "seq", "embed"))
 
   def attend(self, x_BSH: jax.Array) -> jax.Array:

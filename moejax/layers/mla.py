@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from moejax.layers.attention import Projections, attend
+from moejax.layers.dropout import dropout_key
 from moejax.layers.memory import remat_fn, tag
 from moejax.layers.norms import RMSNorm
 from moejax.layers.rotary import apply_rotary, softmax_scale_factor
@@ -75,7 +76,7 @@ class MLASelfAttention(Projections):
     v_BSNV = nn.with_logical_constraint(v_BSNV, ("batch", "attn_seq", *heads))
     scale = (Dn + Dr) ** -0.5 * softmax_scale_factor(a.rotary_scaling)
     self.record_max_logits(q_BSNQ, k_BSNQ, segments_BS, scale)
-    o_BSNV = attend(q_BSNQ, k_BSNQ, v_BSNV, segments_BS, s, scale)
+    o_BSNV = attend(q_BSNQ, k_BSNQ, v_BSNV, segments_BS, s, scale, dropout_key(self, s.attention.attention_dropout))
     o_BSNV = tag(nn.with_logical_constraint(o_BSNV, ("batch", "attn_seq", *heads)), "attn_proj")
     out_BSH = jnp.einsum("bsnv,nvh->bsh", o_BSNV, self.weight("o", (N, Dv, H), (*heads, "embed"),
                                                                  s.output_layer_init_std))

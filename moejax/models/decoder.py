@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from moejax.config import ModelSpec
 from moejax.layers.attention import Attention
+from moejax.layers.dropout import hidden_dropout
 from moejax.layers.memory import block_policy, remat_module, tag
 from moejax.layers.mla import MLASelfAttention
 from moejax.layers.mlp import MLP
@@ -105,13 +106,14 @@ class DecoderBlock(nn.Module):
     attention = MLASelfAttention if s.attention.mla.multi_latent_attention else Attention
     x_BSH = tag(x_BSH, "attn_norm")
     h_BSH = tag(norm("input_norm")(x_BSH), "qkv_linear")
-    x_BSH = tag(x_BSH + attention(s, name="attention")(h_BSH, positions_BS, segments_BS), "mlp_norm")
+    a_BSH = attention(s, name="attention")(h_BSH, positions_BS, segments_BS)
+    x_BSH = tag(x_BSH + hidden_dropout(self, a_BSH, s.hidden_dropout), "mlp_norm")
     h_BSH = norm("pre_mlp_norm")(x_BSH)
     if self.is_moe:
       m_BSH, stats = remat_module(s, "moe", MoELayer)(s, name="moe")(h_BSH)
     else:
       m_BSH, stats = remat_module(s, "mlp", MLP)(s, s.ffn_hidden_size, name="mlp")(h_BSH), None
-    x_BSH = nn.with_logical_constraint(x_BSH + m_BSH, ("batch", "seq", "embed"))
+    x_BSH = nn.with_logical_constraint(x_BSH + hidden_dropout(self, m_BSH, s.hidden_dropout), ("batch", "seq", "embed"))
     return x_BSH, stats
 
 
@@ -165,7 +167,7 @@ class Decoder(nn.Module):
     for i, (kinds, repeats) in enumerate(layer_segments(s.moe_pattern) if s.scan_layers else ()):
       # moe_state: expert bias and step counters; routing_replay/record: router replay ids.
       scanned = nn.scan(block_cls, variable_axes={c: 0 for c in SCANNED_COLLECTIONS},
-                        split_rngs={"params": True, "router": True},
+                        split_rngs={"params": True, "router": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=repeats,
                         unroll=s.scan_unroll or repeats,  # 0: every repeat unrolled (no loop)
                         metadata_params={nn.PARTITION_NAME: "layers"})

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax.config import ModelSpec
+from moejax.layers.dropout import step_rngs
 from moejax.layers.embedding import Embedding, OutputHead
 from moejax.layers.norms import RMSNorm
 from moejax.models.decoder import DecoderBlock, layer_segments
@@ -134,8 +135,8 @@ class StagePlan:
     return jax.tree.map(lambda ref, x: x.astype(ref.dtype), {s: like[s] for s in out}, out)
 
   # ---------------------------------------------------------------- one virtual stage
-  def embed(self, params, tokens_BS):
-    return Embedding(self.spec).apply({"params": params["embedding"]}, tokens_BS)
+  def embed(self, params, tokens_BS, rng=None):
+    return Embedding(self.spec).apply({"params": params["embedding"]}, tokens_BS, rngs=step_rngs(rng))
 
   def head_loss(self, params, x_BSH, labels_BS, weights_BS):
     """Final norm (params["final_norm"]), output head (or the tied embedding) and Σ
@@ -150,7 +151,7 @@ class StagePlan:
   def _layer(self, is_moe: bool, params, moe_state, x_BSH, positions_BS, segments_BS, rng):
     variables = {"params": params, **({MOE_STATE: moe_state} if moe_state is not None else {})}
     (y_BSH, stats), updates = DecoderBlock(self.spec, is_moe).apply(
-        variables, x_BSH, positions_BS, segments_BS, rngs={"router": rng} if rng is not None else {},
+        variables, x_BSH, positions_BS, segments_BS, rngs=step_rngs(rng),
         mutable=[MOE_STATE])
     return y_BSH, stats, updates.get(MOE_STATE, moe_state)
 

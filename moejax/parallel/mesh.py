@@ -67,6 +67,9 @@ def problems(cfg, num_devices: int | None = None) -> list[str]:
       and moe.token_drop_policy == "position":
     problems.append(f"moe.token_drop_policy='position' with parallel.cp={p.cp}: capacity dropping by position "
                     "would see cp's load-balanced token order; use moe.token_drop_policy='probs'")
+  if p.cp > 1 and m.attention_dropout:
+    problems.append(f"model.attention_dropout={m.attention_dropout} with parallel.cp={p.cp}: context parallelism's "
+                    "attention has no dropout; use model.attention_dropout=0 or parallel.cp=1")
   problems += layout_problems(cfg)
   if moe.num_experts is not None:
     if moe.num_experts % p.ep:

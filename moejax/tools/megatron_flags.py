@@ -157,6 +157,8 @@ FLAGS: dict[str, tuple[str, object]] = {
     "--use-torch-fsdp2": ("parallel.fsdp", lambda _v, a: _zero3(a)),
     "--data-parallel-sharding-strategy": ("parallel.fsdp", lambda _v, a: _zero3(a) and _fsdp_given(a)),
     # training
+    "--hidden-dropout": ("model.hidden_dropout", float),
+    "--attention-dropout": ("model.attention_dropout", float),
     "--train-iters": ("train.train_iters", int),
     "--train-samples": ("train.train_samples", int),
     "--rampup-batch-size": ("train.rampup_batch_size", lambda v, _a: tuple(int(x) for x in v)),
@@ -245,6 +247,8 @@ MEGATRON_DEFAULTS = {
     "moe.shared_expert_overlap": False,
     "model.cross_entropy_loss_fusion": False,
     "model.dtype": "float32",  # Megatron computes in fp32 unless --bf16 / --fp16
+    "model.hidden_dropout": 0.1,
+    "model.attention_dropout": 0.1,
 }
 
 _SAME = "moejax always does this"
@@ -295,8 +299,6 @@ UNMAPPED: dict[str, str] = {
     "--logging-level": "not a moejax setting",
     "--enable-experimental": "not a moejax setting",
     "--moe-flex-dispatcher-backend": "DeepEP/HybridEP are not in moejax: alltoall is used",
-    "--attention-dropout": "moejax has no dropout (only 0 is the same run)",
-    "--hidden-dropout": "moejax has no dropout (only 0 is the same run)",
     "--normalization": "moejax uses RMSNorm (only RMSNorm is the same model)",
     "--position-embedding-type": "moejax uses rotary embeddings (only rope is the same model)",
     "--moe-enable-deepep": "DeepEP is not in moejax: alltoall is used",
@@ -356,8 +358,7 @@ _VALUE_FALLBACKS = {
                                                           "moejax: alltoall is used"),
 }
 # unmapped flags that are the same run only at these values
-_ONLY_VALUES = {"--attention-dropout": ("0", "0.0"), "--hidden-dropout": ("0", "0.0"),
-                "--rotary-seq-len-interpolation-factor": ("1", "1.0"),
+_ONLY_VALUES = {"--rotary-seq-len-interpolation-factor": ("1", "1.0"),
                 "--normalization": ("RMSNorm",), "--position-embedding-type": ("rope",),
                 "--megatron-fsdp-grad-comm-dtype": ("fp32",), "--megatron-fsdp-main-grads-dtype": ("fp32",)}
 # Megatron's defaults that moejax does not have, named when no argument of the run replaces them
@@ -371,10 +372,6 @@ _MISSING_DEFAULTS = (
     (("--disable-bias-linear",), "(no --disable-bias-linear)", "NOT THE SAME RUN: Megatron's linear layers then "
                                                                "have biases; moejax's have none (attention biases: "
                                                                "model.add_qkv_bias, model.attention_output_bias)"),
-    (("--attention-dropout",), "(no --attention-dropout)", "NOT THE SAME RUN: Megatron's default attention dropout "
-                                                           "is 0.1; moejax has no dropout"),
-    (("--hidden-dropout",), "(no --hidden-dropout)", "NOT THE SAME RUN: Megatron's default hidden dropout is 0.1; "
-                                                     "moejax has no dropout"),
 )
 
 

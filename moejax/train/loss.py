@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.layers.dropout import step_rngs
 from moejax.models.gpt import GPTModel
 from moejax.moe.state import MOE_STATE, ROUTING_RECORD, ROUTING_REPLAY
 
@@ -56,7 +57,7 @@ def loss_fn(model: GPTModel, params, tokens_BS1: jax.Array, moe_state=None, rng=
   with_mtp = model.spec.mtp_num_layers > 0
   out, updates = model.apply(variables, inputs_BS, labels_BS=labels_BS,
                              loss_weights_BS=token_weights(inputs_BS, model, loss_tokens), mtp=with_mtp,
-                             rngs={"router": rng} if rng is not None else {}, mutable=mutable)
+                             rngs=step_rngs(rng), mutable=mutable)
   lm, moe = out[:2]
   extra = {}
   total = lm

@@ -84,8 +84,8 @@ def pipeline(plan: StagePlan, kind: str = "1f1b", logical_specs=None):
         tokens_BS1 = jax.lax.dynamic_index_in_dim(batch_NBS1, micro, keepdims=False)
         inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
         inp = model_inputs(spec, inputs_BS, None, labels_BS, token_weights(inputs_BS, model, loss_tokens))
-        x_BSH = jnp.where(has_e[rank, chunk], plan.embed(head_params, inp.tokens_BS), x_BSH)
         r = None if rng is None else jax.random.fold_in(rng, micro)
+        x_BSH = jnp.where(has_e[rank, chunk], plan.embed(head_params, inp.tokens_BS, r), x_BSH)
         x_BSH, stats, ms = plan.forward(rank, chunk, layers, ms, x_BSH, inp.positions_BS, inp.segments_BS, r)
         loss = (jnp.sum(stats["aux_loss"]) + jnp.sum(stats["z_loss"])) * moe_loss_scale(inputs_BS, loss_tokens)
         lm = jnp.zeros((), jnp.float32)

@@ -54,7 +54,8 @@ def make_train_step(model: GPTModel, optimizer: optax.GradientTransformation, sc
   sharded or replicated.
   """
   router, attention = model.spec.moe.router, model.spec.attention
-  needs_rng = bool(router.input_jitter_eps) or router.router_force_load_balancing
+  needs_rng = (bool(router.input_jitter_eps) or router.router_force_load_balancing or model.spec.hidden_dropout > 0
+               or attention.attention_dropout > 0)
 
   def step(state: TrainState, batch_NBS1: jax.Array):
     rng = jax.random.fold_in(jax.random.key(0), state.step) if needs_rng else None

@@ -235,12 +235,15 @@ def test_modelzoo_config_reading_and_script_variables(repo_root, tmp_path, capsy
 
 
 def test_megatron_defaults_moejax_lacks_are_named(repo_root):
-  """A run that leaves GeLU MLPs, LayerNorm, learned positions, linear biases or dropout at Megatron's defaults
-  is not moejax's model: each is named; the fixtures' runs set them all."""
-  missing = ("(no --swiglu)", "(no --normalization)", "(no --position-embedding-type)", "(no --disable-bias-linear)",
-             "(no --attention-dropout)", "(no --hidden-dropout)")
-  notes = dict(convert(["--num-layers", "2"]).notes)
+  """A run that leaves GeLU MLPs, LayerNorm, learned positions or linear biases at Megatron's defaults
+  is not moejax's model: each is named; the fixtures' runs set them all. Megatron's default dropout (0.1
+  hidden and attention) is moejax's dropout at 0.1."""
+  missing = ("(no --swiglu)", "(no --normalization)", "(no --position-embedding-type)", "(no --disable-bias-linear)")
+  out = convert(["--num-layers", "2"])
+  notes = dict(out.notes)
   assert all(notes[m].startswith("NOT THE SAME RUN") for m in missing)
+  assert (out.values["model.hidden_dropout"], out.values["model.attention_dropout"]) == (0.1, 0.1)
+  assert convert(["--hidden-dropout", "0.0", "--attention-dropout", "0.05"]).values["model.attention_dropout"] == 0.05
   for name in ("mixtral_8x7b", "deepseek_v3"):
     argv = read_launch((repo_root / "tests" / "tools" / "fixtures" / f"{name}_megatron.sh").read_text()).arguments
     assert not set(missing) & set(dict(convert(argv).notes)), name
