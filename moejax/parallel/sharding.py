@@ -174,9 +174,10 @@ def has_pinned_host(device) -> bool:
 
 
 def current_mesh():
-  """The mesh set by `jax.set_mesh`, or None outside one (single-device code)."""
+  """The mesh set by `jax.set_mesh`, or None outside one and inside a shard_map manual over every axis
+  (pipeline stages when pp is the whole mesh): single-device code there."""
   mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh is None or mesh.empty else mesh
+  return None if mesh is None or mesh.empty or set(mesh.manual_axes) >= set(mesh.axis_names) else mesh
 
 
 def mesh_axes_of(logical: str) -> tuple[str, ...]:

@@ -142,11 +142,14 @@ def test_kill_9_during_async_saves_never_leaves_a_bad_checkpoint_taken_for_compl
   assert [r["step"] for r in _metrics(workdir)] == list(range(1, 61))
 
 
-PIPELINE_RUNS = {  # name: (overrides on 8 devices, micro_batch_size giving 8 rows per micro-batch)
-    "pp2_vpp2_cp2": (["--config.parallel.pp=2", "--config.parallel.vpp=2", "--config.parallel.cp=2"], 4),
+PIPELINE_RUNS = {  # name: (overrides, micro_batch_size giving 8 rows per micro-batch, devices)
+    "pp2_vpp2_cp2": (["--config.parallel.pp=2", "--config.parallel.vpp=2", "--config.parallel.cp=2"], 4, 8),
     "pp2_ep2_tp2_sp": (["--config.parallel.pp=2", "--config.parallel.ep=2", "--config.parallel.tp=2",
-                        "--config.parallel.sequence_parallel=True"], 4),
-    "cp2_ep4": (["--config.parallel.cp=2", "--config.parallel.ep=4"], 2),
+                        "--config.parallel.sequence_parallel=True"], 4, 8),
+    "cp2_ep4": (["--config.parallel.cp=2", "--config.parallel.ep=4"], 2, 8),
+    # pp the whole mesh: the stages' shard_map is manual over every axis, so the layers' own shard_maps
+    # (embedding lookup, MoE dispatch) must run as single-device code there
+    "pp2_only": (["--config.parallel.pp=2"], 8, 2),
 }
 PIPELINE_BASE = ["--config.model.num_layers=4", "--config.train.train_iters=3", "--config.train.log_interval=1",
                  "--config.train.global_batch_size=16"]
@@ -160,16 +163,16 @@ def one_device_losses(repo_root, tmp_path_factory):
   return _metrics(workdir)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "pp2_vpp2_cp2" else pytest.mark.slow)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in ("pp2_vpp2_cp2", "pp2_only") else pytest.mark.slow)
                                   for n in PIPELINE_RUNS])
 def test_pipeline_and_context_parallel_through_train_py(repo_root, tmp_path, one_device_losses, name):
-  """train.py on 8 devices with pp, vpp, cp, EP and TP+SP logs the single device's losses (1e-5);
-  with pp it prints the stages and the schedule's bubble fraction (Megatron's formula). The default
-  run, pp=2 x vpp=2 x cp=2, covers the pipeline and cp; the slow ones add EP with TP+SP under pp
+  """train.py with pp, vpp, cp, EP and TP+SP logs the single device's losses (1e-5); with pp it prints the
+  stages and the schedule's bubble fraction (Megatron's formula). The default runs, pp=2 x vpp=2 x cp=2
+  on 8 devices and pp=2 alone on 2, cover the pipeline and cp; the slow ones add EP with TP+SP under pp
   and cp folded into EP."""
-  overrides, micro = PIPELINE_RUNS[name]
+  overrides, micro, devices = PIPELINE_RUNS[name]
   err = _run(repo_root, tmp_path, PIPELINE_BASE + overrides + [f"--config.train.micro_batch_size={micro}"],
-             devices=8)
+             devices=devices)
   rows = _metrics(tmp_path)
   assert [r["step"] for r in rows] == [1, 2, 3]
   for key in ("loss", "lm_loss", "aux_loss", "z_loss", "grad_norm"):
