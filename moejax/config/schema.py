@@ -697,8 +697,8 @@ class TrainSpec(Spec, section="train"):
   exit_interval: int | None = None
 
   def problems(self):
-    bad = super().problems() + _not_positive("train", self, ("micro_batch_size", "global_batch_size", "seq_length",
-                                                             "log_interval") + ("train_iters",) * (self.train_iters is not None))
+    counts = ("micro_batch_size", "global_batch_size", "seq_length", "log_interval")
+    bad = super().problems() + _not_positive("train", self, counts + ("train_iters",) * (self.train_iters is not None))
     if not isinstance(self.skip_nonfinite_steps, int) or self.skip_nonfinite_steps < 0:
       bad.append(f"train.skip_nonfinite_steps={self.skip_nonfinite_steps!r} must be an integer >= 0 "
                  "(0: stop at the first non-finite step)")

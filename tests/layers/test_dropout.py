@@ -75,8 +75,8 @@ def test_eight_devices_draw_the_masks_one_device_draws(small_moe_config, tmp_pat
   the losses without dropout."""
   from moejax.train.loop import train
   losses = {}
-  for name, devices, parallel, rate in (("one", 1, {}, 0.2), ("eight", 8, dict(tp=2, sequence_parallel=True, ep=2), 0.2),
-                                        ("none", 1, {}, 0.0)):
+  eight = dict(tp=2, sequence_parallel=True, ep=2)
+  for name, devices, parallel, rate in (("one", 1, {}, 0.2), ("eight", 8, eight, 0.2), ("none", 1, {}, 0.0)):
     cfg = small_moe_config()
     cfg.model.update(hidden_dropout=rate, attention_dropout=rate)
     cfg.train.update(train_iters=3, micro_batch_size=4 if devices == 1 else 1, log_interval=100)
