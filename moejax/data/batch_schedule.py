@@ -95,14 +95,11 @@ class BatchSchedule:
       return consumed >= self.thresholds[-1][0]
     return True
 
-  @functools.cached_property
+  @property
   def _ramp(self) -> np.ndarray:
-    """Samples consumed before each step of the ramp, and after its last (int64, length K + 1)."""
-    consumed, out = 0, [0]
-    while not self._settled(consumed):
-      consumed += self.size_at(consumed)
-      out.append(consumed)
-    return np.asarray(out, np.int64)
+    """Samples consumed before each step of the ramp, and after its last (int64, length K + 1); walked
+    once per schedule however many times the config is read (`_walk`)."""
+    return _walk(self)
 
   def consumed(self, step: int) -> int:
     """Samples read before step `step` (counted from 0)."""
@@ -124,19 +121,13 @@ class BatchSchedule:
     batches)."""
     if self.train_samples is None:
       return self.train_iters_set
-    total = self.train_samples
-    if self.rampup:
-      consumed = steps = 0
-      while consumed <= self.rampup[2] and consumed <= total:
-        consumed += self.size_at(consumed)
-        steps += 1
-      return steps + max(total - consumed, 0) // self.final
-    if self.thresholds:
-      consumed = steps = 0
-      while consumed < total:
-        consumed += self.size_at(consumed)
-        steps += 1
-      return steps
+    total, ramp = self.train_samples, self._ramp
+    if self.rampup:  # the steps that start at most min(ramp-up samples, total) in, then whole batches
+      steps = int(np.searchsorted(ramp, min(self.rampup[2], total), side="right"))
+      return steps + max(total - self.consumed(steps), 0) // self.final
+    if self.thresholds:  # the steps that start before `total`
+      k = len(ramp) - 1
+      return int(np.searchsorted(ramp, total)) if total <= ramp[k] else k - (-(total - int(ramp[k])) // self.final)
     return total // self.final
 
   def progress(self, count):
@@ -156,6 +147,15 @@ class BatchSchedule:
     if records < self._ramp[k]:
       return int(np.searchsorted(self._ramp, records, side="right")) - 1
     return k + (records - int(self._ramp[k])) // self.final
+
+
+@functools.lru_cache(maxsize=16)
+def _walk(schedule: BatchSchedule) -> np.ndarray:
+  consumed, out = 0, [0]
+  while not schedule._settled(consumed):
+    consumed += schedule.size_at(consumed)
+    out.append(consumed)
+  return np.asarray(out, np.int64)
 
 
 def problems(cfg, num_devices: int | None = None) -> list[str]:
